@@ -1,0 +1,31 @@
+# Two commands: `make repro` runs the demo pipeline, `make test` runs the test suite.
+# Both share `setup`, which creates .venv with torch installed FIRST (the pinned CPU wheel on
+# this kind of machine; the normal wheel elsewhere) so that no loose requirement pulls a
+# multi-GB CUDA build, then installs the project with its test extra. When .venv is already
+# complete (its stamp is newer than pyproject.toml) setup does nothing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+TORCH_PIN ?= torch==2.13.0
+
+.PHONY: setup repro test lint bench
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q $(TORCH_PIN)
+	$(BIN)/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+repro: setup
+	PATH="$(abspath $(BIN)):$$PATH" dvc repro
+
+test: setup
+	PATH="$(abspath $(BIN)):$$PATH" TORCH_FORCE_WEIGHTS_ONLY_LOAD=1 $(BIN)/python -m pytest -q -p no:cacheprovider
+
+lint: setup
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+bench: setup
+	$(BIN)/python -m benchmarks.run

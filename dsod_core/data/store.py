@@ -1,0 +1,293 @@
+"""The HDF5 dataset store: the format between the prepare stage and training.
+
+One file per dataset. The layout is documented in ``docs/store.md`` precisely enough to read
+it with plain h5py; :class:`StoreWriter` streams samples in (never holding the dataset in
+memory) and :class:`StoreReader` reads them back lazily, one open file handle per process, so
+it is safe in several DataLoader workers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from dsod_core.data.sample import SPLITS, Sample
+from dsod_core.errors import DataError
+
+FORMAT_NAME = "dsod-store"
+FORMAT_VERSION = 1
+
+
+class _RunningStats:
+    """Per-channel mean/variance over many images (Chan et al. parallel update, float64)."""
+
+    def __init__(self, channels: int):
+        self.count = np.zeros(channels, dtype=np.int64)
+        self.mean = np.zeros(channels, dtype=np.float64)
+        self.m2 = np.zeros(channels, dtype=np.float64)
+
+    def update(self, image: np.ndarray, valid: np.ndarray | None) -> None:
+        c = image.shape[0]
+        pixels = image.reshape(c, -1).astype(np.float64)
+        if valid is not None:
+            pixels = pixels[:, valid.reshape(-1)]
+        n = pixels.shape[1]
+        if n == 0:
+            return
+        mean_b = pixels.mean(axis=1)
+        m2_b = ((pixels - mean_b[:, None]) ** 2).sum(axis=1)
+        n_a = self.count.astype(np.float64)
+        total = n_a + n
+        delta = mean_b - self.mean
+        self.mean = self.mean + delta * (n / total)
+        self.m2 = self.m2 + m2_b + delta**2 * (n_a * n / total)
+        self.count += n
+
+    def result(self) -> tuple[np.ndarray, np.ndarray]:
+        std = np.sqrt(self.m2 / np.maximum(self.count, 1))
+        # A constant channel (e.g. an all-valid validity mask) would divide by zero.
+        std = np.where(std < 1e-6, 1.0, std)
+        return self.mean.astype(np.float32), std.astype(np.float32)
+
+
+class StoreWriter:
+    """Stream :class:`Sample` objects into a new store, written atomically.
+
+    Samples go into ``<path>.partial`` which is renamed onto ``path`` only by :meth:`close`
+    after the statistics, splits and the ``complete`` flag are written. An exception inside the
+    ``with`` block (or a killed process) leaves no file at ``path`` that looks complete: the
+    partial file is removed on exceptions and never carries ``complete = 1``.
+
+    Args:
+        path: destination ``.h5`` file.
+        modality: adapter name.
+        class_names: names of labels 1..K.
+        channel_names: names of the C channels; every sample must have C channels.
+        params: the params that produced the store (JSON-serialisable), kept for provenance.
+        compression: ``"gzip"`` (portable, default) or ``None``.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        *,
+        modality: str,
+        class_names: list[str],
+        channel_names: list[str],
+        params: Mapping[str, Any] | None = None,
+        compression: str | None = "gzip",
+    ):
+        self.path = Path(path)
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.class_names = list(class_names)
+        self.channel_names = list(channel_names)
+        self.compression = compression
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = h5py.File(self.partial, "w")
+        f = self._file
+        f.attrs["format"] = FORMAT_NAME
+        f.attrs["format_version"] = FORMAT_VERSION
+        f.attrs["complete"] = 0
+        f.attrs["modality"] = modality
+        f.attrs["class_names"] = json.dumps(self.class_names)
+        f.attrs["channel_names"] = json.dumps(self.channel_names)
+        f.attrs["params"] = json.dumps(dict(params or {}), default=str)
+        f.attrs["created"] = datetime.now(UTC).isoformat(timespec="seconds")
+        self._samples = f.create_group("samples")
+        self._splits: dict[str, list[int]] = {s: [] for s in SPLITS}
+        self._ids: set[str] = set()
+        self._stats = _RunningStats(len(self.channel_names))
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def add(self, sample: Sample) -> int:
+        """Validate and append one sample; returns its index."""
+        sample.validate(num_channels=len(self.channel_names), num_classes=len(self.class_names))
+        if sample.sample_id in self._ids:
+            raise DataError(f"duplicate sample id {sample.sample_id!r}", path=sample.source)
+        self._ids.add(sample.sample_id)
+        idx = self._n
+        g = self._samples.create_group(f"{idx:07d}")
+        c, h, w = sample.image.shape
+        g.create_dataset(
+            "image",
+            data=sample.image,
+            chunks=(1, h, w),
+            compression=self.compression,
+            shuffle=self.compression is not None,
+        )
+        g.create_dataset("boxes", data=sample.boxes.astype(np.float32).reshape(-1, 4))
+        g.create_dataset("labels", data=sample.labels.astype(np.int64))
+        g.create_dataset("difficult", data=sample.difficult.astype(bool))
+        if sample.valid is not None:
+            g.create_dataset(
+                "valid", data=sample.valid.astype(np.uint8), compression=self.compression
+            )
+        g.attrs["sample_id"] = sample.sample_id
+        g.attrs["source"] = sample.source
+        g.attrs["split"] = sample.split
+        g.attrs["affine"] = sample.affine.astype(np.float64)
+        g.attrs["meta"] = json.dumps(sample.meta)
+        self._splits[sample.split].append(idx)
+        if sample.split == "train":
+            self._stats.update(sample.image, sample.valid)
+        self._n += 1
+        return idx
+
+    def close(self) -> Path:
+        """Write splits, train statistics and the ``complete`` flag, then rename into place."""
+        f = self._file
+        if not self._splits["train"]:
+            self.abort()
+            raise DataError("no training samples were written", path=self.path)
+        splits = f.create_group("splits")
+        for name, idx in self._splits.items():
+            splits.create_dataset(name, data=np.asarray(idx, dtype=np.int64))
+        mean, std = self._stats.result()
+        stats = f.create_group("stats")
+        stats.create_dataset("mean", data=mean)
+        stats.create_dataset("std", data=std)
+        stats.create_dataset("pixel_count", data=self._stats.count)
+        f.attrs["num_samples"] = self._n
+        f.attrs["complete"] = 1
+        f.flush()
+        f.close()
+        os.replace(self.partial, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        """Discard the partial file."""
+        try:
+            self._file.close()
+        finally:
+            self.partial.unlink(missing_ok=True)
+
+    def __enter__(self) -> StoreWriter:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+class StoreReader:
+    """Read a store lazily; picklable, one h5py handle per process.
+
+    Attributes (read once at construction): ``modality``, ``class_names``, ``channel_names``,
+    ``params``, ``mean``/``std`` (float32 ``[C]``, train split only), ``splits``.
+    """
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise DataError("store not found", path=self.path)
+        try:
+            with h5py.File(self.path, "r") as f:
+                attrs = dict(f.attrs)
+                if attrs.get("format") != FORMAT_NAME:
+                    raise DataError("not a dsod-store HDF5 file", path=self.path)
+                version = int(attrs.get("format_version", -1))
+                if version != FORMAT_VERSION:
+                    raise DataError(
+                        f"unsupported store format version {version} "
+                        f"(this code reads version {FORMAT_VERSION}); re-run the prepare stage",
+                        path=self.path,
+                    )
+                if int(attrs.get("complete", 0)) != 1:
+                    raise DataError("store is incomplete (interrupted write)", path=self.path)
+                self.modality = str(attrs["modality"])
+                self.class_names = json.loads(attrs["class_names"])
+                self.channel_names = json.loads(attrs["channel_names"])
+                self.params = json.loads(attrs["params"])
+                self.num_samples = int(attrs["num_samples"])
+                self.mean = f["stats/mean"][()].astype(np.float32)
+                self.std = f["stats/std"][()].astype(np.float32)
+                self.splits = {s: f[f"splits/{s}"][()].astype(np.int64) for s in SPLITS}
+        except OSError as exc:
+            raise DataError(f"cannot read HDF5 store ({exc})", path=self.path) from exc
+        self._file: h5py.File | None = None
+        self._pid: int | None = None
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    @property
+    def num_channels(self) -> int:
+        return len(self.channel_names)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def split_indices(self, split: str) -> np.ndarray:
+        if split not in self.splits:
+            raise DataError(f"unknown split {split!r}; known: {list(self.splits)}", self.path)
+        return self.splits[split]
+
+    def _handle(self) -> h5py.File:
+        # A handle opened before fork must not be shared by workers: reopen per process.
+        if self._file is None or self._pid != os.getpid():
+            self._file = h5py.File(self.path, "r")
+            self._pid = os.getpid()
+        return self._file
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_file"] = None
+        state["_pid"] = None
+        return state
+
+    def read_targets(self, index: int) -> dict[str, Any]:
+        """Boxes, labels, difficult and attributes of sample ``index`` without its pixels."""
+        g = self._handle()[f"samples/{index:07d}"]
+        return {
+            "boxes": g["boxes"][()].reshape(-1, 4),
+            "labels": g["labels"][()],
+            "difficult": g["difficult"][()].astype(bool),
+            "shape": tuple(g["image"].shape),
+            "sample_id": str(g.attrs["sample_id"]),
+            "source": str(g.attrs["source"]),
+            "split": str(g.attrs["split"]),
+            "affine": np.asarray(g.attrs["affine"], dtype=np.float64),
+            "meta": json.loads(g.attrs["meta"]),
+        }
+
+    def read_image(self, index: int) -> np.ndarray:
+        """The stored (un-normalised) float32 ``[C, H, W]`` image of sample ``index``."""
+        return self._handle()[f"samples/{index:07d}/image"][()]
+
+    def get(self, index: int) -> Sample:
+        """Sample ``index`` as a :class:`Sample` (un-normalised image)."""
+        if not 0 <= index < self.num_samples:
+            raise IndexError(index)
+        t = self.read_targets(index)
+        g = self._handle()[f"samples/{index:07d}"]
+        valid = g["valid"][()].astype(bool) if "valid" in g else None
+        return Sample(
+            image=self.read_image(index),
+            boxes=t["boxes"],
+            labels=t["labels"],
+            difficult=t["difficult"],
+            sample_id=t["sample_id"],
+            source=t["source"],
+            split=t["split"],
+            affine=t["affine"],
+            valid=valid,
+            meta=t["meta"],
+        )
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
