@@ -1,0 +1,68 @@
+"""A torch Dataset over one split of an HDF5 store, with box-aware augmentation.
+
+Augmentation randomness is derived from ``(seed, epoch, sample index)`` rather than from a
+global RNG, so an epoch's data are identical however many workers load them and whether or
+not training was interrupted and resumed (:meth:`DetectionDataset.set_epoch`).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from torch.utils.data import Dataset
+
+from dsod_core.data.store import StoreReader
+
+Transform = Callable[[dict[str, Any], np.random.Generator], dict[str, Any]]
+
+
+class DetectionDataset(Dataset):
+    """Items of one split, normalised with the store's train statistics.
+
+    Each item is a dict: ``image`` float32 ``[C, H, W]`` (normalised, then transformed),
+    ``boxes`` float32 ``[N, 4]`` xyxy pixels of the transformed image, ``labels`` int64
+    ``[N]``, ``difficult`` bool ``[N]``, ``index`` (the store index) and ``orig_size``
+    ``(H, W)`` of the stored image (to map predictions back).
+    """
+
+    def __init__(
+        self,
+        store: str | os.PathLike | StoreReader,
+        split: str,
+        transform: Transform | None = None,
+        seed: int = 0,
+    ):
+        self.reader = store if isinstance(store, StoreReader) else StoreReader(store)
+        self.split = split
+        self.indices = self.reader.split_indices(split)
+        self.transform = transform
+        self.seed = int(seed)
+        self.epoch = 0
+        self._mean = self.reader.mean[:, None, None]
+        self._std = self.reader.std[:, None, None]
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        index = int(self.indices[i])
+        image = self.reader.read_image(index)
+        t = self.reader.read_targets(index)
+        item = {
+            "image": ((image - self._mean) / self._std).astype(np.float32),
+            "boxes": t["boxes"].astype(np.float32),
+            "labels": t["labels"].astype(np.int64),
+            "difficult": t["difficult"],
+        }
+        if self.transform is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, index])
+            item = self.transform(item, rng)
+        item["index"] = index
+        item["orig_size"] = tuple(image.shape[1:])
+        return item

@@ -1,0 +1,380 @@
+"""Ignite training of DSOD on CPU, one GPU (AMP) or many (``ignite.distributed``).
+
+Structure (as Ignite's templates): small ``setup_*`` functions and ``run(local_rank, config)``,
+launched by :func:`train` through ``idist.Parallel``. One ``to_save`` dict (model, optimiser,
+scheduler, scaler, trainer state, history, RNG state) serves checkpointing and resuming.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import ignite.distributed as idist
+import numpy as np
+import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import ProgressBar, TerminateOnNan
+from ignite.metrics import RunningAverage
+from torch import nn
+from torch.utils.data import DataLoader
+
+from dsod_core.data.collate import detection_collate
+from dsod_core.data.dataset import DetectionDataset
+from dsod_core.data.store import StoreReader
+from dsod_core.data.transforms import build_train_transform
+from dsod_core.engine.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    save_atomic,
+    save_training_checkpoint,
+)
+from dsod_core.engine.config import TrainConfig
+from dsod_core.engine.evaluator import (
+    create_evaluator,
+    eval_loader,
+    gather_predictions,
+    score_predictions,
+)
+from dsod_core.engine.sampler import StepBatchSampler
+from dsod_core.errors import CheckpointError, ConfigError, ProjectError
+from dsod_core.loss import MultiBoxLoss
+from dsod_core.model import DSOD, build_model
+from dsod_core.transfer import load_transferred
+
+WEIGHTS_FORMAT = "dsod-weights"
+
+
+def _device(config: TrainConfig) -> torch.device:
+    if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ConfigError("train.device is 'cuda' but no GPU is available")
+        return idist.device() if idist.get_world_size() > 1 else torch.device("cuda")
+    return torch.device("cpu")
+
+
+def unwrap(model: nn.Module) -> DSOD:
+    return model.module if hasattr(model, "module") else model
+
+
+def setup_data(config: TrainConfig, reader: StoreReader) -> tuple[DataLoader, StepBatchSampler]:
+    """Training loader with the shared batch plan (see :mod:`dsod_core.engine.sampler`)."""
+    transform = build_train_transform(
+        config.input_size,
+        config.augmentation,
+        channel_names=reader.channel_names,
+        channel_mean=reader.mean,
+        channel_std=reader.std,
+        value_range=reader.params.get("value_range") if isinstance(reader.params, dict) else None,
+    )
+    dataset = DetectionDataset(reader, config.train_split, transform, seed=config.seed)
+    sampler = StepBatchSampler(
+        len(dataset),
+        config.batch_size,
+        config.accumulate,
+        idist.get_world_size(),
+        idist.get_rank(),
+        seed=config.seed,
+    )
+    if sampler.steps_per_epoch == 0:
+        raise ConfigError(
+            f"{len(dataset)} training samples are fewer than one global batch "
+            f"(batch_size {config.batch_size} x accumulate {config.accumulate} x "
+            f"{idist.get_world_size()} processes)",
+            path=config.store,
+        )
+    loader = DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=config.num_workers,
+        collate_fn=detection_collate,
+        persistent_workers=False,
+        pin_memory=torch.cuda.is_available(),
+    )
+    return loader, sampler
+
+
+def setup_model(config: TrainConfig, reader: StoreReader, device: torch.device) -> nn.Module:
+    """Build the variant for the store's channels/classes; optionally initialise from a source
+    checkpoint (first conv adapted, class head re-initialised when classes differ)."""
+    torch.manual_seed(config.seed)
+    model = build_model(
+        config.variant,
+        in_channels=reader.num_channels,
+        num_classes=reader.num_classes,
+        input_size=config.input_size,
+        **config.model_overrides,
+    )
+    if config.init != "scratch":
+        source = load_checkpoint(config.init)
+        if source.get("format") != WEIGHTS_FORMAT or "model" not in source:
+            raise CheckpointError(
+                "not a dsod-weights file (expected model.pt of a run)", path=config.init
+            )
+        load_transferred(model, source["model"], source=config.init)
+    model = model.to(device)
+    if device.type == "cuda" and config.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return idist.auto_model(model, sync_bn=config.sync_bn)
+
+
+def lr_factor(step: int, total_steps: int, config: TrainConfig) -> float:
+    """LR multiplier after ``step`` optimiser steps: linear warm-up, then multistep/cosine."""
+    warm = 1.0
+    if config.warmup_steps > 0 and step < config.warmup_steps:
+        warm = (step + 1) / config.warmup_steps
+    frac = step / max(total_steps, 1)
+    if config.schedule == "cosine":
+        return warm * 0.5 * (1.0 + math.cos(math.pi * min(frac, 1.0)))
+    drops = sum(1 for s in config.lr_steps if frac >= s)
+    return warm * config.lr_gamma**drops
+
+
+def setup_trainer(
+    config: TrainConfig,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    criterion: MultiBoxLoss,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    scaler: torch.amp.GradScaler,
+    device: torch.device,
+) -> Engine:
+    """The update step: loss dict, gradient accumulation, clipping, AMP on CUDA."""
+    use_amp = bool(config.amp and device.type == "cuda")
+    channels_last = device.type == "cuda" and config.channels_last
+
+    def update(engine: Engine, batch: dict[str, Any]) -> dict[str, float]:
+        model.train()
+        images = batch["images"].to(device, non_blocking=True)
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        targets = [{k: v.to(device) for k, v in t.items()} for t in batch["targets"]]
+        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+            loc, conf = model(images)
+        losses = criterion(loc.float(), conf.float(), targets, image_size=tuple(images.shape[-2:]))
+        scaler.scale(losses["loss"] / config.accumulate).backward()
+        if engine.state.iteration % config.accumulate == 0:
+            if config.grad_clip:
+                scaler.unscale_(optimizer)
+                nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+        return {k: float(v.detach()) for k, v in losses.items()}
+
+    trainer = Engine(update)
+    trainer.add_event_handler(
+        Events.ITERATION_COMPLETED, TerminateOnNan(output_transform=lambda o: o["loss"])
+    )
+    RunningAverage(output_transform=lambda o: o["loss"]).attach(trainer, "loss")
+    return trainer
+
+
+def _evaluate(
+    config: TrainConfig, model: nn.Module, reader: StoreReader, device: torch.device, split: str
+) -> dict[str, Any] | None:
+    if len(reader.split_indices(split)) == 0:
+        return None
+    loader = eval_loader(reader, split, config.input_size, max(config.batch_size, 8))
+    evaluator = create_evaluator(model, device, config.postprocess)
+    if config.progress and idist.get_rank() == 0:
+        ProgressBar(desc=f"eval {split}", persist=False).attach(evaluator)
+    evaluator.run(loader)
+    predictions = gather_predictions(evaluator.state.predictions)
+    if idist.get_rank() != 0:
+        return None
+    scores = score_predictions(reader, predictions)
+    scores.pop("_voc07", None)
+    return scores
+
+
+def weights_dict(
+    model: nn.Module, config: TrainConfig, reader: StoreReader, extra: dict[str, Any]
+) -> dict[str, Any]:
+    """Final weights: a plain dict of tensors and primitives (loadable with weights_only)."""
+    det = unwrap(model)
+    return {
+        "format": WEIGHTS_FORMAT,
+        "version": 1,
+        "model": {k: v.detach().cpu() for k, v in det.state_dict().items()},
+        "variant": config.variant,
+        "input_size": config.input_size,
+        "model_overrides": dict(config.model_overrides),
+        "in_channels": reader.num_channels,
+        "num_classes": reader.num_classes,
+        "class_names": list(reader.class_names),
+        "channel_names": list(reader.channel_names),
+        "modality": reader.modality,
+        "mean": torch.from_numpy(reader.mean.copy()),
+        "std": torch.from_numpy(reader.std.copy()),
+        **extra,
+    }
+
+
+def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[DSOD, dict]:
+    """Rebuild a detector from a run's ``model.pt``; returns ``(model in eval mode, meta)``."""
+    w = load_checkpoint(path)
+    if w.get("format") != WEIGHTS_FORMAT:
+        raise CheckpointError("not a dsod-weights file", path=path)
+    model = build_model(
+        w["variant"],
+        in_channels=int(w["in_channels"]),
+        num_classes=int(w["num_classes"]),
+        input_size=int(w["input_size"]),
+        **w.get("model_overrides", {}),
+    )
+    try:
+        model.load_state_dict(w["model"])
+    except RuntimeError as exc:
+        raise CheckpointError(f"weights do not fit the model: {str(exc)[:300]}", path=path) from exc
+    return model.to(device).eval(), w
+
+
+def run(local_rank: int, config: TrainConfig) -> dict[str, Any]:
+    """Train per ``config`` in this process; rank 0 writes ``model.pt`` and ``history.json``."""
+    rank = idist.get_rank()
+    out_dir = Path(config.out_dir)
+    ckpt_dir = out_dir / "checkpoints"
+    device = _device(config)
+    reader = StoreReader(config.store)
+
+    model = setup_model(config, reader, device)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    optimizer = idist.auto_optim(optimizer)
+    loader, sampler = setup_data(config, reader)
+    steps_per_epoch = sampler.steps_per_epoch
+    if config.iterations:
+        epochs = math.ceil(config.iterations / steps_per_epoch)
+    else:
+        epochs = config.epochs
+    total_steps = config.iterations or epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, total_steps, config)
+    )
+    criterion = MultiBoxLoss(unwrap(model).default_boxes)
+    scaler = torch.amp.GradScaler("cuda", enabled=bool(config.amp and device.type == "cuda"))
+    trainer = setup_trainer(config, model, optimizer, criterion, scheduler, scaler, device)
+
+    history: list[dict[str, Any]] = []
+    clock = {"train_seconds": 0.0, "started": time.perf_counter()}
+
+    def to_save() -> dict[str, Any]:
+        return {
+            "model": unwrap(model).state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "trainer": trainer.state_dict(),
+            "history": history,
+            "train_seconds": clock["train_seconds"] + time.perf_counter() - clock["started"],
+            "torch_rng": torch.get_rng_state(),
+            "config": config.to_dict(),
+        }
+
+    if config.resume:
+        state = latest_checkpoint(ckpt_dir)
+        if state is not None:
+            try:
+                unwrap(model).load_state_dict(state["model"])
+                optimizer.load_state_dict(state["optimizer"])
+                scheduler.load_state_dict(state["scheduler"])
+                scaler.load_state_dict(state["scaler"])
+                trainer.load_state_dict(state["trainer"])
+            except (KeyError, RuntimeError, ValueError) as exc:
+                raise CheckpointError(
+                    f"checkpoint does not fit this run: {exc}", path=ckpt_dir
+                ) from exc
+            history.extend(state["history"])
+            clock["train_seconds"] = float(state["train_seconds"])
+            torch.set_rng_state(state["torch_rng"])
+
+    live = None
+    if rank == 0 and config.dvclive:
+        from dvclive import Live
+
+        live = Live(
+            dir=str(out_dir / "dvclive"), resume=bool(history), save_dvc_exp=False, dvcyaml=False
+        )
+
+    @trainer.on(Events.EPOCH_STARTED)
+    def _plan_epoch(engine: Engine) -> None:
+        epoch0 = engine.state.epoch - 1  # ignite counts from 1
+        sampler.set_epoch(epoch0)
+        loader.dataset.set_epoch(epoch0)
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def _end_epoch(engine: Engine) -> None:
+        epoch = engine.state.epoch
+        row: dict[str, Any] = {
+            "epoch": epoch,
+            "loss": float(engine.state.metrics["loss"]),
+            "lr": float(optimizer.param_groups[0]["lr"]),
+        }
+        due = config.eval_every and epoch % config.eval_every == 0
+        if due or epoch == engine.state.max_epochs:
+            scores = _evaluate(config, model, reader, device, config.val_split)
+            if scores is not None:
+                row.update({"val_map50": scores["map50"], "val_coco_ap": scores["coco_ap"]})
+        history.append(row)
+        if rank == 0:
+            if live is not None:
+                for k, v in row.items():
+                    if k != "epoch" and v is not None:
+                        live.log_metric(f"train/{k}" if k in ("loss", "lr") else k, v)
+                live.next_step()
+            save_training_checkpoint(ckpt_dir, epoch, to_save(), keep=config.keep_checkpoints)
+        idist.barrier()
+
+    if config.progress and rank == 0:
+        ProgressBar(desc="train", persist=True).attach(trainer, metric_names=["loss"])
+
+    trainer.run(loader, max_epochs=epochs, epoch_length=len(loader))
+    if trainer.state.output is not None and not math.isfinite(trainer.state.output["loss"]):
+        raise ProjectError(
+            f"training diverged: the loss became {trainer.state.output['loss']} "
+            f"at iteration {trainer.state.iteration}; lower train.lr or set "
+            "train.grad_clip",
+            path=config.out_dir,
+        )
+    seconds = clock["train_seconds"] + time.perf_counter() - clock["started"]
+    if live is not None:
+        live.end()
+    result = {"epochs": epochs, "steps": total_steps, "train_seconds": seconds, "history": history}
+    if rank == 0:
+        save_atomic(
+            weights_dict(model, config, reader, {"train_seconds": seconds, "history": history}),
+            out_dir / "model.pt",
+        )
+        tmp = out_dir / "history.json.tmp"
+        tmp.write_text(json.dumps(result, indent=1))
+        tmp.replace(out_dir / "history.json")
+    return result
+
+
+def _run_worker(local_rank: int, config: TrainConfig) -> None:
+    run(local_rank, config)
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Launch :func:`run`: in this process, or in ``nproc_per_node`` spawned processes, or in
+    the processes ``torchrun`` started (set ``backend``, leave ``nproc_per_node`` unset).
+
+    The global batch is ``batch_size * accumulate * world_size``. Returns the run's
+    ``history.json`` content (written by rank 0).
+    """
+    if config.backend is None and not config.nproc_per_node:
+        return run(0, config)
+    with idist.Parallel(backend=config.backend, nproc_per_node=config.nproc_per_node) as par:
+        par.run(_run_worker, config)
+    return json.loads((Path(config.out_dir) / "history.json").read_text())
+
+
+def seed_everything(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed)

@@ -1,0 +1,29 @@
+"""Detection metrics: VOC07 11-point and VOC area AP, COCO AP via an established evaluator."""
+
+from dsod_core.metrics.coco import (
+    COCO_STAT_NAMES,
+    build_coco_ground_truth,
+    build_coco_results,
+    coco_to_arrays,
+    evaluate_coco,
+    evaluate_coco_dicts,
+    evaluate_coco_files,
+    read_coco_files,
+)
+from dsod_core.metrics.plots import plot_pr_curves
+from dsod_core.metrics.voc import evaluate_voc, pairwise_iou, voc_ap
+
+__all__ = [
+    "COCO_STAT_NAMES",
+    "build_coco_ground_truth",
+    "build_coco_results",
+    "coco_to_arrays",
+    "evaluate_coco",
+    "evaluate_coco_dicts",
+    "evaluate_coco_files",
+    "evaluate_voc",
+    "pairwise_iou",
+    "plot_pr_curves",
+    "read_coco_files",
+    "voc_ap",
+]

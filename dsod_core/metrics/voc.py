@@ -1,0 +1,279 @@
+"""PASCAL VOC average precision, with the devkit's matching rules.
+
+Box contract: boxes are ``[N, 4]`` ``(x1, y1, x2, y2)`` in continuous pixel coordinates, so the
+IoU is computed **without** the devkit's ``+1`` on widths and heights.
+
+Matching (per class, as the VOC devkit's ``VOCevaldet`` / py-faster-rcnn's ``voc_eval``):
+
+- the detections of the class over all images are sorted by score, highest first; ties keep
+  the input order (image order, then the order within an image) — a *stable* sort, as MATLAB's
+  ``sort`` in the original devkit (py-faster-rcnn's unstable ``np.argsort`` is not reproducible);
+- each detection is compared with the ground truths of its class in its image and takes the
+  one of highest IoU (first one on equal IoU), whether or not that one is already matched;
+- if that IoU is **>= iou_threshold** (the devkit writes ``ovmax > thresh``; we follow the spec
+  and COCO, which accept equality): a difficult ground truth makes the detection *ignored*
+  (neither TP nor FP, it stays in the ranked list as the devkit leaves it), an unmatched one
+  makes it a TP and marks the ground truth matched, an already matched one makes it a FP;
+  below the threshold (or no ground truth of the class in the image) it is a FP;
+- ``npos`` is the number of non-difficult ground truths of the class.
+
+The best-overlap ground truth of a detection does not depend on which ones are matched
+already, so the only sequential rule ("the first detection of a ground truth wins") reduces to
+taking the first occurrence of each matched ground truth in ranked order: that is what makes
+this implementation vectorised (one small IoU matrix per image, one sort for all classes).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from dsod_core.errors import DataError
+
+__all__ = ["voc_ap", "evaluate_voc", "pairwise_iou", "as_numpy"]
+
+# 11 recall thresholds k/10, each the double nearest to k/10. py-faster-rcnn iterates over
+# np.arange(0, 1.1, 0.1), whose 0.30000000000000004 makes a recall of exactly 0.3 miss the
+# 0.3 threshold; k/10 is what the definition says.
+_VOC07_RECALL_THRESHOLDS = np.arange(11, dtype=np.float64) / 10.0
+
+
+def as_numpy(value: Any, dtype: Any) -> np.ndarray:
+    """Convert a numpy array, torch tensor or sequence to a numpy array of ``dtype``."""
+    if hasattr(value, "detach") and hasattr(value, "cpu"):  # torch.Tensor, without importing torch
+        value = value.detach().cpu().numpy()
+    return np.asarray(value, dtype=dtype)
+
+
+def voc_ap(recall: Any, precision: Any, use_07_metric: bool) -> float:
+    """Average precision from a ranked precision/recall curve.
+
+    Args:
+        recall: float [D], cumulative recall after each ranked detection (non-decreasing).
+        precision: float [D], precision after each ranked detection.
+        use_07_metric: True → VOC2007 11-point interpolation: the mean over
+            r in {0, 0.1, ..., 1} of the maximum precision at recall >= r (0 when no point
+            reaches r). False → VOC2010+ : the area under the monotone (non-increasing)
+            precision envelope, summed where the recall changes.
+
+    Returns:
+        AP in [0, 1]. An empty curve gives 0.
+    """
+    rec = as_numpy(recall, np.float64).reshape(-1)
+    prec = as_numpy(precision, np.float64).reshape(-1)
+    if rec.shape != prec.shape:
+        raise ValueError(f"recall {rec.shape} and precision {prec.shape} differ in length")
+    if use_07_metric:
+        if rec.size == 0:
+            return 0.0
+        # reach[t, i]: point i reaches threshold t; max precision over reaching points, else 0.
+        reach = rec[None, :] >= _VOC07_RECALL_THRESHOLDS[:, None]
+        best = np.where(reach, prec[None, :], -np.inf).max(axis=1)
+        best[~reach.any(axis=1)] = 0.0
+        return float(np.sum(best / 11.0))
+    mrec = np.concatenate(([0.0], rec, [1.0]))
+    mpre = np.concatenate(([0.0], prec, [0.0]))
+    # Precision envelope: at each point, the best precision at this recall or beyond.
+    mpre = np.maximum.accumulate(mpre[::-1])[::-1]
+    changes = np.flatnonzero(mrec[1:] != mrec[:-1])
+    return float(np.sum((mrec[changes + 1] - mrec[changes]) * mpre[changes + 1]))
+
+
+def pairwise_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
+    """IoU of xyxy boxes in continuous coordinates (no ``+1``).
+
+    Args:
+        boxes_a: float64 [N, 4]; boxes_b: float64 [M, 4].
+
+    Returns:
+        float64 [N, M]. A pair whose union is 0 (two empty boxes) gets IoU 0.
+    """
+    ix1 = np.maximum(boxes_a[:, None, 0], boxes_b[None, :, 0])
+    iy1 = np.maximum(boxes_a[:, None, 1], boxes_b[None, :, 1])
+    ix2 = np.minimum(boxes_a[:, None, 2], boxes_b[None, :, 2])
+    iy2 = np.minimum(boxes_a[:, None, 3], boxes_b[None, :, 3])
+    inter = np.maximum(ix2 - ix1, 0.0) * np.maximum(iy2 - iy1, 0.0)
+    area_a = (boxes_a[:, 2] - boxes_a[:, 0]) * (boxes_a[:, 3] - boxes_a[:, 1])
+    area_b = (boxes_b[:, 2] - boxes_b[:, 0]) * (boxes_b[:, 3] - boxes_b[:, 1])
+    union = area_a[:, None] + area_b[None, :] - inter
+    with np.errstate(divide="ignore", invalid="ignore"):
+        iou = inter / union
+    return np.where(union > 0, iou, 0.0)
+
+
+def _boxes(entry: Mapping[str, Any], key: str, sample: str) -> np.ndarray:
+    boxes = as_numpy(entry.get(key, np.zeros((0, 4))), np.float64)
+    if boxes.size == 0:
+        boxes = boxes.reshape(0, 4)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise DataError(f"'{key}' must have shape [N, 4], got {list(boxes.shape)}", sample=sample)
+    if not np.isfinite(boxes).all():
+        raise DataError(f"'{key}' contains non-finite coordinates", sample=sample)
+    if ((boxes[:, 2] < boxes[:, 0]) | (boxes[:, 3] < boxes[:, 1])).any():
+        raise DataError(f"'{key}' has a box with x2 < x1 or y2 < y1 (xyxy expected)", sample=sample)
+    return boxes
+
+
+def _vector(entry: Mapping[str, Any], key: str, n: int, dtype: Any, sample: str) -> np.ndarray:
+    if key not in entry:
+        raise DataError(f"missing '{key}'", sample=sample)
+    values = as_numpy(entry[key], dtype).reshape(-1)
+    if len(values) != n:
+        raise DataError(f"'{key}' has {len(values)} entries for {n} boxes", sample=sample)
+    return values
+
+
+def _labels(entry: Mapping[str, Any], n: int, num_classes: int, sample: str) -> np.ndarray:
+    raw = as_numpy(entry["labels"] if "labels" in entry else [], np.float64).reshape(-1)
+    if len(raw) != n:
+        raise DataError(f"'labels' has {len(raw)} entries for {n} boxes", sample=sample)
+    labels = raw.astype(np.int64)
+    if (labels != raw).any() or ((labels < 1) | (labels > num_classes)).any():
+        raise DataError(f"labels must be integers in 1..{num_classes}", sample=sample)
+    return labels
+
+
+def evaluate_voc(
+    ground_truths: Sequence[Mapping[str, Any]],
+    detections: Sequence[Mapping[str, Any]],
+    num_classes: int,
+    iou_threshold: float = 0.5,
+    use_07_metric: bool = True,
+) -> dict[str, Any]:
+    """VOC detection AP per class and its mean.
+
+    Args:
+        ground_truths: one dict per image: ``boxes`` float [N, 4] xyxy pixels (continuous,
+            no +1), ``labels`` int [N] in 1..num_classes, optional ``difficult`` bool [N]
+            (default all False). numpy arrays, torch tensors or lists.
+        detections: one dict per image, same order: ``boxes`` float [D, 4], ``scores``
+            float [D], ``labels`` int [D] in 1..num_classes.
+        num_classes: K, the number of foreground classes.
+        iou_threshold: a detection matches when IoU >= this (see the module docstring).
+        use_07_metric: VOC2007 11-point AP (True) or VOC2010+ area AP (False).
+
+    Returns:
+        dict with
+        - ``map``: mean of ``ap`` over the classes that have at least one non-difficult
+          ground truth (classes without any are **excluded** from the mean, where the devkit
+          would produce nan; NaN when no class has one);
+        - ``ap``: list of K floats, class c at index c-1; NaN for a class without any
+          non-difficult ground truth; 0 for a class with ground truth but no detection;
+        - ``precision``, ``recall``: lists of K float64 arrays [D_c], the PR curve after each
+          ranked detection of the class (ignored detections included, as in the devkit;
+          recall is NaN-filled when the class has no non-difficult ground truth);
+        - ``num_gt``: list of K ints, non-difficult ground truths per class;
+        - ``num_detections``: list of K ints; ``iou_threshold``; ``use_07_metric``.
+
+    Raises:
+        DataError: naming the image index, for malformed or inconsistent inputs.
+    """
+    if len(ground_truths) != len(detections):
+        raise DataError(
+            f"{len(ground_truths)} ground-truth entries but {len(detections)} detection entries"
+        )
+    if not 0.0 < iou_threshold <= 1.0:
+        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+
+    # Per detection: image, label, score, best-overlap gt (global index, -1 when none), IoU.
+    det_label, det_score, det_gt, det_iou = [], [], [], []
+    gt_label_all, gt_difficult_all = [], []
+    gt_offset = 0
+    for index, (gt, det) in enumerate(zip(ground_truths, detections)):
+        sample = f"image {index}"
+        gt_boxes = _boxes(gt, "boxes", sample)
+        gt_labels = _labels(gt, len(gt_boxes), num_classes, sample)
+        if "difficult" in gt and gt["difficult"] is not None:
+            difficult = _vector(gt, "difficult", len(gt_boxes), bool, sample)
+        else:
+            difficult = np.zeros(len(gt_boxes), dtype=bool)
+        if (
+            len(gt_boxes)
+            and ((gt_boxes[:, 2] <= gt_boxes[:, 0]) | (gt_boxes[:, 3] <= gt_boxes[:, 1])).any()
+        ):
+            raise DataError("a ground-truth box has zero width or height", sample=sample)
+        det_boxes = _boxes(det, "boxes", sample)
+        scores = _vector(det, "scores", len(det_boxes), np.float64, sample)
+        if not np.isfinite(scores).all():
+            raise DataError("'scores' contains non-finite values", sample=sample)
+        labels = _labels(det, len(det_boxes), num_classes, sample)
+
+        best_gt = np.full(len(det_boxes), -1, dtype=np.int64)
+        best_iou = np.full(len(det_boxes), -np.inf)
+        if len(det_boxes) and len(gt_boxes):
+            iou = pairwise_iou(det_boxes, gt_boxes)
+            same_class = labels[:, None] == gt_labels[None, :]
+            # Another class's gt must never win: put it below any real IoU (which is >= 0).
+            iou = np.where(same_class, iou, -1.0)
+            arg = iou.argmax(axis=1)  # first maximum, like the devkit's argmax
+            has_gt = same_class.any(axis=1)
+            best_gt[has_gt] = arg[has_gt] + gt_offset
+            best_iou[has_gt] = iou[has_gt, arg[has_gt]]
+        det_label.append(labels)
+        det_score.append(scores)
+        det_gt.append(best_gt)
+        det_iou.append(best_iou)
+        gt_label_all.append(gt_labels)
+        gt_difficult_all.append(difficult)
+        gt_offset += len(gt_boxes)
+
+    det_label_a = np.concatenate(det_label) if det_label else np.zeros(0, np.int64)
+    det_score_a = np.concatenate(det_score) if det_score else np.zeros(0)
+    det_gt_a = np.concatenate(det_gt) if det_gt else np.zeros(0, np.int64)
+    det_iou_a = np.concatenate(det_iou) if det_iou else np.zeros(0)
+    gt_label_a = np.concatenate(gt_label_all) if gt_label_all else np.zeros(0, np.int64)
+    gt_difficult_a = np.concatenate(gt_difficult_all) if gt_difficult_all else np.zeros(0, bool)
+
+    # Rank: by class, then score descending; lexsort is stable, so ties keep input order.
+    order = np.lexsort((-det_score_a, det_label_a))
+    det_label_a, det_gt_a, det_iou_a = det_label_a[order], det_gt_a[order], det_iou_a[order]
+
+    matched = det_iou_a >= iou_threshold
+    ignored = np.zeros_like(matched)
+    if len(gt_difficult_a):
+        ignored = matched & gt_difficult_a[np.where(matched, det_gt_a, 0)]
+    candidate = matched & ~ignored
+    # The first ranked candidate of each gt is its TP; later ones are duplicates (FP). gt
+    # indices are global and a gt is only ever matched by detections of its own class, so one
+    # pass over the class-sorted list gives the per-class answer.
+    tp = np.zeros(len(det_gt_a), dtype=bool)
+    cand_idx = np.flatnonzero(candidate)
+    _, first = np.unique(det_gt_a[cand_idx], return_index=True)
+    tp[cand_idx[first]] = True
+    fp = ~tp & ~ignored
+
+    npos = np.bincount(gt_label_a[~gt_difficult_a], minlength=num_classes + 1)[1:]
+    bounds = np.searchsorted(det_label_a, np.arange(1, num_classes + 2))
+    ap, precisions, recalls, num_det = [], [], [], []
+    for c in range(num_classes):
+        lo, hi = bounds[c], bounds[c + 1]
+        tp_cum = np.cumsum(tp[lo:hi], dtype=np.float64)
+        fp_cum = np.cumsum(fp[lo:hi], dtype=np.float64)
+        # Devkit: an ignored first detection gives 0/eps = 0 precision at recall 0.
+        prec = tp_cum / np.maximum(tp_cum + fp_cum, np.finfo(np.float64).eps)
+        if npos[c] > 0:
+            rec = tp_cum / float(npos[c])
+            ap.append(voc_ap(rec, prec, use_07_metric))
+        else:
+            rec = np.full(hi - lo, np.nan)
+            ap.append(float("nan"))
+        precisions.append(prec)
+        recalls.append(rec)
+        num_det.append(int(hi - lo))
+
+    ap_arr = np.asarray(ap, dtype=np.float64)
+    valid = ~np.isnan(ap_arr)
+    return {
+        "map": float(ap_arr[valid].mean()) if valid.any() else float("nan"),
+        "ap": [float(a) for a in ap_arr],
+        "precision": precisions,
+        "recall": recalls,
+        "num_gt": [int(n) for n in npos],
+        "num_detections": num_det,
+        "iou_threshold": float(iou_threshold),
+        "use_07_metric": bool(use_07_metric),
+    }

@@ -1,0 +1,140 @@
+"""Stage `compare`: scratch vs fine-tuned per dataset, beside the RGB baseline.
+
+Writes ``reports/compare.json`` (a list of rows, one per evaluated run), ``reports/compare.md``
+and ``reports/compare.png`` (final mAP@0.5 / COCO AP bars and validation mAP-vs-epoch curves).
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+from dsod_core.errors import ConfigError, DataError
+from pipelines._common import load_params, stage_main, write_atomic, write_json
+
+
+def epochs_to_fraction(history: list[dict[str, Any]], fraction: float = 0.9) -> int | None:
+    """First epoch whose validation mAP@0.5 reaches ``fraction`` of the final one."""
+    curve = [(h["epoch"], h["val_map50"]) for h in history if h.get("val_map50") is not None]
+    if not curve:
+        return None
+    final = curve[-1][1]
+    return next(e for e, m in curve if m >= fraction * final)
+
+
+def collect(runs: list[str]) -> list[dict[str, Any]]:
+    rows = []
+    for run in runs:
+        path = Path("reports/runs") / run / "metrics.json"
+        if not path.is_file():
+            raise DataError("metrics of run missing (did evaluate run?)", path=path)
+        m = json.loads(path.read_text())
+        history = json.loads((path.parent / "history.json").read_text())
+        rows.append(
+            {
+                "run": run,
+                "dataset": m["dataset"],
+                "modality": m["modality"],
+                "init": "scratch" if m["init"] in ("scratch", "pretrain") else m["init"],
+                "role": "rgb_baseline" if run == "pretrain" else "target",
+                "map50": m["map50"],
+                "map50_area": m["map50_area"],
+                "coco_ap": m["coco_ap"],
+                "coco_ap50": m["coco_ap50"],
+                "per_class_ap50": m["per_class_ap50"],
+                "params": m["params"],
+                "train_seconds": round(m["train_seconds"], 1),
+                "epochs": m["epochs"],
+                "epochs_to_90pct": epochs_to_fraction(history),
+                "channels": len(m["channels"]),
+                "curve": [[h["epoch"], h.get("val_map50")] for h in history],
+            }
+        )
+    return rows
+
+
+def _fmt(x: Any, digits: int = 3) -> str:
+    return "–" if x is None else (f"{x:.{digits}f}" if isinstance(x, float) else str(x))
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    lines = [
+        "# Scratch vs fine-tuned",
+        "",
+        "VOC07 11-point mAP at IoU 0.5 and COCO AP@[.5:.95] on each dataset's test split. "
+        "`finetuned` starts from the RGB source model (first conv adapted to the channel "
+        "count); the RGB baseline is the source model itself, trained from scratch.",
+        "",
+        "| dataset | modality | init | channels | mAP@0.5 | VOC area mAP | COCO AP | COCO AP50 "
+        "| params | train s | epochs | epochs to 90% |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        name = f"{r['dataset']} (RGB baseline)" if r["role"] == "rgb_baseline" else r["dataset"]
+        lines.append(
+            f"| {name} | {r['modality']} | {r['init']} | {r['channels']} | {_fmt(r['map50'])} "
+            f"| {_fmt(r['map50_area'])} | {_fmt(r['coco_ap'])} | {_fmt(r['coco_ap50'])} "
+            f"| {r['params']:,} | {_fmt(r['train_seconds'], 0)} | {r['epochs']} "
+            f"| {_fmt(r['epochs_to_90pct'])} |"
+        )
+    lines += ["", "## Per-class AP@0.5", ""]
+    for r in rows:
+        per = ", ".join(f"{k}: {_fmt(v)}" for k, v in r["per_class_ap50"].items())
+        lines.append(f"- {r['run']}: {per}")
+    lines += ["", "![comparison](compare.png)", ""]
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax_bar, ax_curve = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    labels = [f"{r['dataset']}\n{r['init']}" for r in rows]
+    xs = range(len(rows))
+    ax_bar.bar([x - 0.2 for x in xs], [r["map50"] or 0 for r in rows], 0.4, label="mAP@0.5")
+    ax_bar.bar([x + 0.2 for x in xs], [r["coco_ap"] or 0 for r in rows], 0.4, label="COCO AP")
+    ax_bar.set_xticks(list(xs), labels, fontsize=7, rotation=30)
+    ax_bar.set_ylim(0, 1)
+    ax_bar.set_title("test split")
+    ax_bar.legend()
+    for r in rows:
+        pts = [(e, m) for e, m in r["curve"] if m is not None]
+        if pts:
+            style = "-" if r["init"] == "scratch" else "--"
+            ax_curve.plot(*zip(*pts), style, label=f"{r['dataset']} {r['init']}")
+    ax_curve.set_xlabel("epoch")
+    ax_curve.set_ylabel("val mAP@0.5")
+    ax_curve.set_ylim(0, 1)
+    ax_curve.legend(fontsize=7)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    write_atomic(path, buf.getvalue())
+
+
+@stage_main
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    args = parser.parse_args(argv)
+    params = load_params(args.params)
+    targets, inits = params.get("targets"), params.get("inits")
+    if not isinstance(targets, list) or not isinstance(inits, list):
+        raise ConfigError("'targets' and 'inits' must be lists", path=args.params)
+    runs = ["pretrain"] + [f"{d}-{i}" for d in targets for i in inits]
+    rows = collect(runs)
+    write_json("reports/compare.json", rows)
+    write_atomic("reports/compare.md", markdown(rows))
+    plot(rows, Path("reports/compare.png"))
+    print(markdown(rows).split("\n## ")[0])
+    return 0
+
+
+if __name__ == "__main__":
+    main()
