@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -192,10 +193,14 @@ class ModalityAdapter(ABC):
 
     # --- helpers for subclasses ---------------------------------------------------------
     def resolve_inside_root(self, relative: str | Path, referenced_from: str | Path) -> Path:
-        """Resolve a path read from an annotation file; refuse one that escapes ``root``."""
-        root = self.root.resolve()
+        """Resolve a path read from an annotation file; refuse one that escapes ``root``.
+
+        The check is lexical (``..`` and absolute paths), not through symlink targets, so a
+        dataset whose image folder is a symlink to another disk still works.
+        """
+        root = Path(os.path.abspath(self.root))
         candidate = Path(relative)
-        path = (candidate if candidate.is_absolute() else root / candidate).resolve()
+        path = Path(os.path.normpath(candidate if candidate.is_absolute() else root / candidate))
         if path != root and root not in path.parents:
             raise DataError(
                 f"path {str(relative)!r} escapes the dataset root {root}", path=referenced_from

@@ -68,7 +68,8 @@ def setup_data(config: TrainConfig, reader: StoreReader) -> tuple[DataLoader, St
         channel_names=reader.channel_names,
         channel_mean=reader.mean,
         channel_std=reader.std,
-        value_range=reader.params.get("value_range") if isinstance(reader.params, dict) else None,
+        # Adapters deliver RGB as 8-bit/255, i.e. in [0, 1] (photometric distortion needs it).
+        value_range=1.0,
     )
     dataset = DetectionDataset(reader, config.train_split, transform, seed=config.seed)
     sampler = StepBatchSampler(
