@@ -159,7 +159,6 @@ def test_training_learns(tmp_path):
     store = write_synthetic_store(
         tmp_path / "learn.h5", n=160, size=48, seed=1, splits=(0.75, 0.25)
     )
-    t0 = time.time()
     hist = train(
         _cfg(
             store,
@@ -177,4 +176,3 @@ def test_training_learns(tmp_path):
     assert losses[-1] < 0.6 * losses[0]
     assert hist["history"][-1]["val_map50"] > 0.5, hist["history"][-1]
     assert (tmp_path / "learn/dvclive/metrics.json").exists()
-    assert time.time() - t0 < 120
