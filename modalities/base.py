@@ -173,6 +173,11 @@ class ModalityAdapter(ABC):
         tmp.replace(path)
         return [path]
 
+    def extra_metrics(self, exported: list[Path], split: str) -> dict[str, Any]:
+        """Modality-specific scores computed from the files :meth:`export_predictions` wrote
+        for ``split`` (e.g. FROC on 3D lesions for medical volumes). Default: none."""
+        return {}
+
     def render(self, image: np.ndarray) -> np.ndarray:
         """A uint8 ``[H, W, 3]`` picture of a stored (un-normalised) ``[C,H,W]`` image for
         drawing detections. Default: first channel, min-max scaled, grey."""

@@ -126,6 +126,7 @@ def evaluate_run(run: str, params: dict[str, Any], source: str = "params.yaml") 
         )
     world = adapter.export_predictions(items, out / "world")
     metrics["world_outputs"] = [str(w) for w in world]
+    metrics.update(adapter.extra_metrics(world, split))
     pic_dir = out / "pictures"
     pic_dir.mkdir(exist_ok=True)
     with_objects = [p for p in predictions if len(reader.read_targets(p["index"])["labels"])]

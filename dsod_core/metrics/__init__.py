@@ -10,10 +10,14 @@ from dsod_core.metrics.coco import (
     evaluate_coco_files,
     read_coco_files,
 )
+from dsod_core.metrics.froc import LUNA16_FP_RATES, froc, froc_from_datalists
 from dsod_core.metrics.plots import plot_pr_curves
 from dsod_core.metrics.voc import evaluate_voc, pairwise_iou, voc_ap
 
 __all__ = [
+    "LUNA16_FP_RATES",
+    "froc",
+    "froc_from_datalists",
     "COCO_STAT_NAMES",
     "build_coco_ground_truth",
     "build_coco_results",
