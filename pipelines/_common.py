@@ -16,6 +16,10 @@ import yaml
 from dsod_core.errors import ConfigError, ProjectError
 
 
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+
 def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
     """Read params.yaml with ``yaml.safe_load`` (never executes anything)."""
     path = Path(path)
@@ -38,6 +42,7 @@ def write_atomic(path: str | Path, data: str | bytes) -> Path:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; give the usual permissions
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

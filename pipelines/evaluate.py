@@ -45,7 +45,9 @@ def draw_picture(
     for box, lab in zip(truth["boxes"], truth["labels"]):
         draw.rectangle([float(v) * s for v in box], outline=(0, 255, 0), width=2)
         draw.text((box[0] * s + 2, box[3] * s - 12), class_names[lab - 1], fill=(0, 255, 0))
-    for box, score, lab in zip(pred["boxes"], pred["scores"], pred["labels"]):
+    order = np.argsort(-np.asarray(pred["scores"]), kind="stable")[:max_boxes]
+    for i in order:
+        box, score, lab = pred["boxes"][i], pred["scores"][i], pred["labels"][i]
         if score < min_score:
             continue
         draw.rectangle([float(v) * s for v in box], outline=(255, 0, 0), width=2)

@@ -57,7 +57,8 @@ def prepare(
         params={"dataset": name, **entry, "adapter": adapter_params},
         compression=compression,
     ) as writer:
-        for ref in tqdm(refs, desc=f"prepare {name}", unit="file"):
+        # disable=None: no progress bar when stderr is not a terminal, so an error stays one line.
+        for ref in tqdm(refs, desc=f"prepare {name}", unit="file", disable=None):
             if on_error == "error":
                 # Stream: a raster's chips or a volume's slices never sit in memory together.
                 for s in adapter.read(ref):
