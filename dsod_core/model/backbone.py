@@ -1,0 +1,281 @@
+"""DSOD backbone: stem, dense blocks and transitions (DSOD_SPEC.md §1).
+
+The stem is post-activation (conv-BN-ReLU); everything after it is pre-activation
+(BN-ReLU-conv). No conv has a bias. Every max pool rounds up (ceil mode), which is what turns
+75 into 38 and keeps the source maps at 38/19/10/5/3/2 for a 300 px input.
+
+The backbone returns two maps: source 1 (after dense block 2 and its transition without
+pooling) and the top map (after dense block 4 and the last transition, the "learned half" of
+source 2 in the dense structure). It publishes their channels as ``out_channels`` and their
+sizes for any input through ``output_sizes`` so that the prediction layers and the head derive
+them instead of hard-coding the 300 px numbers.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from torch import Tensor, nn
+
+from dsod_core.model.config import DSODConfig
+
+
+def conv_out_size(size: int, kernel: int, stride: int, padding: int) -> int:
+    """Output side of a convolution (floor rounding, as PyTorch and Caffe do)."""
+    return (size + 2 * padding - kernel) // stride + 1
+
+
+def pool_out_size(size: int, kernel: int, stride: int, padding: int = 0) -> int:
+    """Output side of a ceil-mode max pool, including PyTorch's (and Caffe's) rule that the
+    last window must start inside the input or the left padding."""
+    out = math.ceil((size + 2 * padding - kernel) / stride) + 1
+    if (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+def ceil_max_pool() -> nn.MaxPool2d:
+    """The 2×2/2 max pool used everywhere after the stem; ceil mode keeps odd borders."""
+    return nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True)
+
+
+class PreActConv(nn.Sequential):
+    """BN → ReLU → conv (no bias): the pre-activation unit used after the stem."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1
+    ) -> None:
+        super().__init__(
+            nn.BatchNorm2d(in_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(
+                in_channels,
+                out_channels,
+                kernel_size,
+                stride=stride,
+                padding=kernel_size // 2,
+                bias=False,
+            ),
+        )
+        self.out_channels = out_channels
+
+
+def post_act_conv(
+    in_channels: int, out_channels: int, kernel_size: int, stride: int
+) -> list[nn.Module]:
+    """Conv (no bias) → BN → ReLU, the stem's post-activation unit."""
+    return [
+        nn.Conv2d(
+            in_channels,
+            out_channels,
+            kernel_size,
+            stride=stride,
+            padding=kernel_size // 2,
+            bias=False,
+        ),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    ]
+
+
+class DSODStem(nn.Sequential):
+    """3×3/2 → A, 3×3 → A, 3×3 → 2A, max 2×2/2 (ceil). 300 px → 2A × 75 × 75."""
+
+    def __init__(self, in_channels: int, width: int) -> None:
+        super().__init__(
+            *post_act_conv(in_channels, width, 3, 2),
+            *post_act_conv(width, width, 3, 1),
+            *post_act_conv(width, 2 * width, 3, 1),
+            ceil_max_pool(),
+        )
+        self.out_channels = 2 * width
+
+    @staticmethod
+    def output_size(size: int) -> int:
+        return pool_out_size(conv_out_size(size, 3, 2, 1), 2, 2)
+
+
+class DenseNetStem(nn.Sequential):
+    """The "without stem" ablation: DenseNet's 7×7/2 → 2A, max 3×3/2 pad 1 (ceil)."""
+
+    def __init__(self, in_channels: int, width: int) -> None:
+        super().__init__(
+            *post_act_conv(in_channels, 2 * width, 7, 2),
+            nn.MaxPool2d(kernel_size=3, stride=2, padding=1, ceil_mode=True),
+        )
+        self.out_channels = 2 * width
+
+    @staticmethod
+    def output_size(size: int) -> int:
+        return pool_out_size(conv_out_size(size, 7, 2, 3), 3, 2, 1)
+
+
+class DenseLayer(nn.Module):
+    """BN-ReLU-1×1 conv → B, BN-ReLU-3×3 conv → k; the caller concatenates.
+
+    Takes the list of all earlier feature maps of the block (as torchvision's DenseNet does)
+    so that, when ``memory_efficient`` is set, the concatenation, BN, ReLU and 1×1 conv are
+    recomputed in backward instead of kept: that concatenation is what makes a plain
+    DenseNet need memory quadratic in depth.
+    """
+
+    def __init__(
+        self, in_channels: int, bottleneck_width: int, growth_rate: int, memory_efficient: bool
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.BatchNorm2d(in_channels)
+        self.conv1 = nn.Conv2d(in_channels, bottleneck_width, 1, bias=False)
+        self.norm2 = nn.BatchNorm2d(bottleneck_width)
+        self.conv2 = nn.Conv2d(bottleneck_width, growth_rate, 3, padding=1, bias=False)
+        self.memory_efficient = memory_efficient
+
+    def _bottleneck(self, features: list[Tensor]) -> Tensor:
+        return self.conv1(F.relu(self.norm1(torch.cat(features, 1))))
+
+    def _checkpointed_bottleneck(self, features: list[Tensor]) -> Tensor:
+        calls = [0]
+
+        def bottleneck(*feats: Tensor) -> Tensor:
+            x = torch.cat(feats, 1)
+            if calls[0] == 0 or not self.norm1.training:
+                x = self.norm1(x)
+            else:
+                # The recomputation in backward must not move the running statistics a second
+                # time (torchvision's DenseNet does): same op and saved tensors, but it updates
+                # throwaway copies; in training mode the output uses batch statistics anyway.
+                norm = self.norm1
+                x = F.batch_norm(
+                    x,
+                    norm.running_mean.clone() if norm.running_mean is not None else None,
+                    norm.running_var.clone() if norm.running_var is not None else None,
+                    norm.weight,
+                    norm.bias,
+                    training=True,
+                    momentum=0.1 if norm.momentum is None else norm.momentum,
+                    eps=norm.eps,
+                )
+            calls[0] += 1
+            return self.conv1(F.relu(x))
+
+        return cp.checkpoint(bottleneck, *features, use_reentrant=False)
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        """features: maps [B, C_i, H, W] with sum C_i = in_channels → new map [B, k, H, W]."""
+        if (
+            self.memory_efficient
+            and torch.is_grad_enabled()
+            and any(f.requires_grad for f in features)
+            and not torch.jit.is_tracing()
+        ):
+            bottleneck = self._checkpointed_bottleneck(features)
+        else:
+            bottleneck = self._bottleneck(features)
+        return self.conv2(F.relu(self.norm2(bottleneck)))
+
+
+class DenseBlock(nn.Module):
+    """``num_layers`` dense layers; output = concat[input, every new map], C + L·k channels."""
+
+    def __init__(
+        self,
+        num_layers: int,
+        in_channels: int,
+        bottleneck_width: int,
+        growth_rate: int,
+        memory_efficient: bool,
+    ) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(
+            DenseLayer(
+                in_channels + i * growth_rate, bottleneck_width, growth_rate, memory_efficient
+            )
+            for i in range(num_layers)
+        )
+        self.out_channels = in_channels + num_layers * growth_rate
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = [x]
+        for layer in self.layers:
+            features.append(layer(features))
+        return torch.cat(features, 1)
+
+
+def compressed(channels: int, theta: float) -> int:
+    """θ·C rounded down, as the authors' generator does (``int(math.floor(C * times))``)."""
+    return int(math.floor(channels * theta))
+
+
+class DSODBackbone(nn.Module):
+    """Stem, four dense blocks and the transitions between them (DSOD_SPEC.md §1).
+
+    ``forward(images [B, C_in, H, W]) -> (source1 [B, C1, H1, W1], top [B, C2, H2, W2])``;
+    for DS/64-192-48-1 at 300 px: 800×38×38 and 256×19×19.
+    """
+
+    def __init__(self, config: DSODConfig, top_channels: int | None = None) -> None:
+        """``top_channels``: width of the last transition; None compresses block 4 by θ."""
+        super().__init__()
+        c = config
+        stem_cls = DSODStem if c.stem == "dsod" else DenseNetStem
+        self.stem = stem_cls(c.in_channels, c.stem_channels)
+
+        def block(index: int, channels: int) -> DenseBlock:
+            return DenseBlock(
+                c.block_layers[index],
+                channels,
+                c.bottleneck_width,
+                c.growth_rate,
+                c.memory_efficient,
+            )
+
+        self.block1 = block(0, self.stem.out_channels)
+        trans1 = compressed(self.block1.out_channels, c.compression)
+        self.transition1 = nn.Sequential(
+            PreActConv(self.block1.out_channels, trans1), ceil_max_pool()
+        )
+        self.block2 = block(1, trans1)
+        if c.transition_wo_pool:
+            self.transition2: nn.Module = PreActConv(
+                self.block2.out_channels, compressed(self.block2.out_channels, c.compression)
+            )
+            source1_channels = self.transition2.out_channels
+        else:
+            self.transition2 = nn.Identity()
+            source1_channels = self.block2.out_channels
+        self.pool3 = ceil_max_pool()
+        self.block3 = block(2, source1_channels)
+        if c.transition_wo_pool:
+            self.transition3: nn.Module = PreActConv(
+                self.block3.out_channels, compressed(self.block3.out_channels, c.compression)
+            )
+            block4_in = self.transition3.out_channels
+        else:
+            self.transition3 = nn.Identity()
+            block4_in = self.block3.out_channels
+        self.block4 = block(3, block4_in)
+        # The last transition without pooling: the "learned half" (256) in the dense structure.
+        if top_channels is None:
+            top_channels = compressed(self.block4.out_channels, c.compression)
+        self.transition4 = PreActConv(self.block4.out_channels, top_channels)
+        self._out_channels = (source1_channels, top_channels)
+        self._stem_output_size = stem_cls.output_size
+
+    @property
+    def out_channels(self) -> tuple[int, int]:
+        """Channels of (source 1, top map)."""
+        return self._out_channels
+
+    def output_sizes(self, input_size: int) -> tuple[int, int]:
+        """Sides of (source 1, top map) for a square input of ``input_size`` px, computed
+        from the layer arithmetic without running the network."""
+        s = pool_out_size(self._stem_output_size(input_size), 2, 2)  # transition 1
+        return s, pool_out_size(s, 2, 2)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        x = self.transition1(self.block1(self.stem(images)))
+        source1 = self.transition2(self.block2(x))
+        x = self.transition3(self.block3(self.pool3(source1)))
+        return source1, self.transition4(self.block4(x))

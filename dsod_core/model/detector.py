@@ -1,0 +1,132 @@
+"""The DSOD detector: backbone → prediction structure → head, plus its default boxes."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from dsod_core.boxes.priors import boxes_per_location, default_boxes
+from dsod_core.errors import ConfigError
+from dsod_core.model.backbone import DSODBackbone
+from dsod_core.model.config import NUM_SOURCES, DSODConfig
+from dsod_core.model.head import DSODHead
+from dsod_core.model.prediction import DensePrediction, PlainPrediction, source_sizes
+
+
+def init_backbone_conv(conv: nn.Conv2d) -> None:
+    """Caffe's ``xavier`` filler, which the authors use on every backbone and prediction conv.
+
+    Caffe's default (``variance_norm: FAN_IN``) draws U(-a, a) with a = sqrt(3 / fan_in), i.e.
+    variance 1 / fan_in; PyTorch's ``xavier_uniform_`` averages fan-in and fan-out instead, so
+    it is not used here.
+    """
+    fan_in = conv.in_channels // conv.groups * math.prod(conv.kernel_size)
+    bound = math.sqrt(3.0 / fan_in)
+    nn.init.uniform_(conv.weight, -bound, bound)
+
+
+class DSOD(nn.Module):
+    """DSOD object detector for images of any channel count.
+
+    ``forward(images [B, C, S, S]) -> (loc [B, P, 4], conf [B, P, K+1])``: raw head outputs,
+    box offsets in centre-size coding (variances 0.1/0.2 applied by the coder) and class
+    logits with column 0 the background. ``default_boxes`` [P, 4] (cx, cy, w, h, normalised to
+    [0, 1]) is a non-persistent buffer derived from the config, so checkpoints hold only
+    weights. C = ``config.in_channels``, S = ``config.input_size``; other sizes run but the
+    default boxes only fit S.
+    """
+
+    default_boxes: Tensor
+
+    def __init__(self, config: DSODConfig) -> None:
+        super().__init__()
+        self.config = config
+        # Dense: the last transition is the 256-wide learned half of source 2. Plain: it
+        # compresses by θ like the other transitions and is source 2 itself.
+        dense = config.prediction == "dense"
+        self.backbone = DSODBackbone(config, config.learned_half_channels if dense else None)
+        if dense:
+            self.prediction: nn.Module = DensePrediction(
+                self.backbone.out_channels, config.learned_half_channels, config.extra_channels
+            )
+        else:
+            self.prediction = PlainPrediction(self.backbone.out_channels, config.extra_channels)
+        self._source_channels: tuple[int, ...] = tuple(self.prediction.source_channels)
+        self._source_sizes = tuple(
+            source_sizes(*self.backbone.output_sizes(config.input_size), NUM_SOURCES - 2)
+        )
+        self.boxes_per_location = tuple(boxes_per_location(config.prior_layout, NUM_SOURCES))
+        self.head = DSODHead(self._source_channels, self.boxes_per_location, config.num_classes)
+        self.register_buffer(
+            "default_boxes",
+            default_boxes(
+                list(self._source_sizes),
+                config.input_size,
+                layout=config.prior_layout,
+                dataset=config.prior_dataset,
+            ),
+            persistent=False,
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Xavier (Caffe) on backbone and prediction convs, BN to (1, 0), head N(0, 0.01)."""
+        for module in (self.backbone, self.prediction):
+            for m in module.modules():
+                if isinstance(m, nn.Conv2d):
+                    init_backbone_conv(m)
+                elif isinstance(m, nn.BatchNorm2d):
+                    m.reset_parameters()
+        self.head.reset_parameters()
+
+    @property
+    def source_channels(self) -> tuple[int, ...]:
+        """Channels of the six source maps (800, 512, 512, 256, 256, 256 for DSOD300)."""
+        return self._source_channels
+
+    @property
+    def source_sizes(self) -> tuple[int, ...]:
+        """Sides of the six source maps at ``config.input_size`` (38, 19, 10, 5, 3, 2 at 300)."""
+        return self._source_sizes
+
+    @property
+    def num_priors(self) -> int:
+        """P, the number of default boxes (8,744 for DSOD300 at 300 px)."""
+        return int(self.default_boxes.shape[0])
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        """images [B, C, H, W] float → (loc [B, P, 4], conf [B, P, K+1])."""
+        # Skipped while tracing (ONNX export), where the shape is symbolic.
+        if not torch.jit.is_tracing() and (
+            images.dim() != 4 or images.shape[1] != self.config.in_channels
+        ):
+            raise ConfigError(
+                f"DSOD expects images [B, {self.config.in_channels}, H, W], "
+                f"got {list(images.shape)}"
+            )
+        source1, top = self.backbone(images)
+        return self.head(self.prediction(source1, top))
+
+    @torch.no_grad()
+    def detect(self, images: Tensor, **postprocess_kwargs: Any) -> list[dict[str, Tensor]]:
+        """Detections per image in input-pixel coordinates.
+
+        Runs ``forward`` and ``dsod_core.postprocess.postprocess`` (softmax, per-class top-k
+        and NMS). Put the model in eval mode first: BN in training mode would use the batch's
+        statistics. Returns one dict per image with ``boxes`` [N, 4] xyxy px, ``scores`` [N],
+        ``labels`` [N] int64 in 1..K.
+        """
+        from dsod_core.postprocess import postprocess  # the postprocess layer sits above model
+
+        loc, conf = self(images)
+        height, width = images.shape[-2:]
+        return postprocess(
+            loc,
+            conf,
+            self.default_boxes,
+            image_size=(int(height), int(width)),
+            **postprocess_kwargs,
+        )
