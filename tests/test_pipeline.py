@@ -1,0 +1,120 @@
+"""`dvc repro` of a tiny configuration in a temporary git repository (CI-sized).
+
+Checks the outputs, that a second `dvc repro` does nothing, that a library change makes
+`dvc status` report the dependent stages, and that `dvc exp show` lists DVCLive metrics.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def _run(args, cwd, check=True):
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+           "PYTHONPATH": str(cwd), "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
+                             f"{proc.stderr[-3000:]}")
+    return proc
+
+
+def tiny_params() -> dict:
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["demo"].update(image_size=48, num_images=24, modalities=["rgb", "medical"])
+    params["datasets"] = {k: v for k, v in params["datasets"].items()
+                          if k in ("rgb_demo", "medical_demo")}
+    params["targets"] = ["medical_demo"]
+    params["train"].update(epochs=2, batch_size=4, eval_every=1, progress=False,
+                           warmup_steps=2)
+    params["model"]["input_size"] = 48
+    params["evaluate"]["pictures"] = 2
+    return params
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("pipeline")
+    for name in ("dsod_core", "modalities", "pipelines"):
+        shutil.copytree(ROOT / name, repo / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
+        shutil.copy(ROOT / name, repo / name)
+    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    _run(["git", "init", "-q"], repo)
+    _run(["git", "config", "user.email", "ci@example.invalid"], repo)
+    _run(["git", "config", "user.name", "ci"], repo)
+    _run(["dvc", "init", "-q"], repo)
+    _run(["dvc", "config", "core.analytics", "false"], repo)
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "commit", "-qm", "tiny pipeline"], repo)
+    first = _run(["dvc", "repro"], repo)
+    return repo, first
+
+
+def test_outputs(repo):
+    repo, first = repo
+    assert "Running stage 'compare'" in first.stdout
+    rows = json.loads((repo / "reports/compare.json").read_text())
+    assert [(r["dataset"], r["init"]) for r in rows] == [
+        ("rgb_demo", "scratch"), ("medical_demo", "scratch"), ("medical_demo", "finetuned")]
+    for r in rows:
+        for key in ("modality", "map50", "coco_ap", "params", "train_seconds",
+                    "epochs_to_90pct"):
+            assert key in r
+        assert 0.0 <= r["map50"] <= 1.0 and r["params"] > 0 and r["train_seconds"] > 0
+    md = (repo / "reports/compare.md").read_text()
+    assert "medical_demo" in md and "RGB baseline" in md
+    assert (repo / "reports/compare.png").stat().st_size > 1000
+    for run in ("pretrain", "medical_demo-scratch", "medical_demo-finetuned"):
+        pics = list((repo / "reports/runs" / run / "pictures").glob("*.png"))
+        assert pics, run
+        metrics = json.loads((repo / "reports/runs" / run / "metrics.json").read_text())
+        assert {"map50", "coco_ap", "per_class_ap50"} <= set(metrics)
+    medical = json.loads((repo / "reports/runs/medical_demo-scratch/metrics.json").read_text())
+    assert "froc_cpm" in medical
+    assert (repo / "reports/runs/medical_demo-scratch/world/predictions_3d.json").exists()
+
+
+def test_second_repro_does_nothing_and_status_clean(repo):
+    repo, _ = repo
+    again = _run(["dvc", "repro"], repo)
+    assert "Running stage" not in again.stdout
+    status = _run(["dvc", "status"], repo)
+    assert "up to date" in status.stdout
+
+
+def test_library_change_marks_dependent_stages(repo):
+    repo, _ = repo
+    loss = repo / "dsod_core/loss.py"
+    original = loss.read_text()
+    try:
+        loss.write_text(original + "\n# a change\n")
+        status = _run(["dvc", "status"], repo).stdout
+        for stage in ("pretrain:", "train@medical_demo-scratch:", "evaluate_baseline:"):
+            assert stage in status, status
+    finally:
+        loss.write_text(original)
+    assert "up to date" in _run(["dvc", "status"], repo).stdout
+
+
+def test_metrics_visible_to_dvc(repo):
+    repo, _ = repo
+    shown = json.loads(_run(["dvc", "metrics", "show", "--json"], repo).stdout)
+    text = json.dumps(shown)
+    assert "val_map50" in text and "coco_ap" in text
+    _run(["git", "add", "-A"], repo)
+    _run(["git", "commit", "-qm", "results"], repo)
+    exp = _run(["dvc", "exp", "show", "--no-pager", "--json"], repo).stdout
+    assert "dvclive/metrics.json" in exp and "val_map50" in exp
