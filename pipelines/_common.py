@@ -15,7 +15,6 @@ import yaml
 
 from dsod_core.errors import ConfigError, ProjectError
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

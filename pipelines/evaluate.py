@@ -36,8 +36,10 @@ def draw_picture(
     truth: dict[str, Any],
     class_names: list[str],
     min_score: float = 0.3,
+    max_boxes: int = 10,
 ) -> Image.Image:
-    """``rgb`` uint8 [H, W, 3] enlarged, with true boxes green and predictions red."""
+    """``rgb`` uint8 [H, W, 3] enlarged, with true boxes green and the best ``max_boxes``
+    predictions scoring at least ``min_score`` red."""
     h, w = rgb.shape[:2]
     s = PICTURE_SCALE
     img = Image.fromarray(rgb).resize((w * s, h * s), Image.NEAREST)
@@ -61,6 +63,10 @@ def draw_picture(
 
 def evaluate_run(run: str, params: dict[str, Any], source: str = "params.yaml") -> dict:
     run_dir = Path("models") / run
+    if not (run_dir / "config.json").is_file() or not (run_dir / "model.pt").is_file():
+        raise CheckpointError(
+            f"run {run!r} has not been trained (no config.json / model.pt)", path=run_dir
+        )
     config = json.loads((run_dir / "config.json").read_text())
     dataset = config["dataset"]
     sec = evaluate_section(params, source)
@@ -113,7 +119,7 @@ def evaluate_run(run: str, params: dict[str, Any], source: str = "params.yaml") 
     write_json(out / "predictions_coco.json", coco_results)
 
     # World coordinates and pictures need the modality adapter (its root holds the sources).
-    adapter, _ = adapter_for(dataset_entry(params, dataset, source))
+    adapter, _ = adapter_for(dataset_entry(params, dataset, source), source)
     items = []
     for p in predictions:
         t = reader.read_targets(p["index"])

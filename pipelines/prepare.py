@@ -16,14 +16,15 @@ from typing import Any
 from tqdm import tqdm
 
 from dsod_core.data.store import StoreWriter
-from dsod_core.errors import DataError
+from dsod_core.errors import ConfigError, DataError
 from modalities import get_adapter
 from pipelines._common import load_params, stage_main, write_json
 from pipelines.params import dataset_entry, prepare_section
 
 
-def adapter_for(entry: dict[str, Any]):
-    """Instantiate a dataset's adapter; demo roots contribute their ``demo_params.json``."""
+def adapter_for(entry: dict[str, Any], source: str = "params.yaml"):
+    """Instantiate a dataset's adapter; demo roots contribute their ``demo_params.json``.
+    Configuration errors without a file of their own are attributed to ``source``."""
     root = Path(entry["root"])
     if not root.exists():
         raise DataError("dataset root does not exist", path=root)
@@ -32,8 +33,12 @@ def adapter_for(entry: dict[str, Any]):
     if demo_params.is_file():
         adapter_params.update(json.loads(demo_params.read_text()))
     adapter_params.update(entry.get("adapter") or {})
-    cls = get_adapter(entry["modality"])
-    return cls(root, adapter_params), adapter_params
+    try:
+        return get_adapter(entry["modality"])(root, adapter_params), adapter_params
+    except ConfigError as exc:
+        if exc.path is None:
+            raise ConfigError(exc.reason, path=source) from exc
+        raise
 
 
 def prepare(
@@ -104,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out_dir) / f"{args.dataset}.h5",
         on_error=sec.get("on_error", "error"),
         compression=sec.get("compression", "gzip"),
+        source=args.params,
     )
     print(f"prepare {args.dataset}: {report['samples']} samples, {len(report['skipped'])} skipped")
     return 0

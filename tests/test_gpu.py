@@ -12,9 +12,20 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 def test_amp_channels_last_training_runs(tmp_path):
     store = write_synthetic_store(tmp_path / "s.h5", n=48, size=48)
-    hist = train(TrainConfig(store=str(store), out_dir=str(tmp_path / "run"), input_size=48,
-                             batch_size=8, epochs=2, device="cuda", amp=True,
-                             channels_last=True, progress=False, dvclive=False))
+    hist = train(
+        TrainConfig(
+            store=str(store),
+            out_dir=str(tmp_path / "run"),
+            input_size=48,
+            batch_size=8,
+            epochs=2,
+            device="cuda",
+            amp=True,
+            channels_last=True,
+            progress=False,
+            dvclive=False,
+        )
+    )
     assert all(torch.isfinite(torch.tensor(h["loss"])) for h in hist["history"])
 
 

@@ -21,23 +21,29 @@ BIN = Path(sys.executable).parent
 
 
 def _run(args, cwd, check=True):
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-           "PYTHONPATH": str(cwd), "DVC_NO_ANALYTICS": "1", "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": str(cwd),
+        "DVC_NO_ANALYTICS": "1",
+        "OMP_NUM_THREADS": "1",
+    }
     proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
     if check and proc.returncode != 0:
-        raise AssertionError(f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n"
-                             f"{proc.stderr[-3000:]}")
+        raise AssertionError(
+            f"{args} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
     return proc
 
 
 def tiny_params() -> dict:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["demo"].update(image_size=48, num_images=24, modalities=["rgb", "medical"])
-    params["datasets"] = {k: v for k, v in params["datasets"].items()
-                          if k in ("rgb_demo", "medical_demo")}
+    params["datasets"] = {
+        k: v for k, v in params["datasets"].items() if k in ("rgb_demo", "medical_demo")
+    }
     params["targets"] = ["medical_demo"]
-    params["train"].update(epochs=2, batch_size=4, eval_every=1, progress=False,
-                           warmup_steps=2)
+    params["train"].update(epochs=2, batch_size=4, eval_every=1, progress=False, warmup_steps=2)
     params["model"]["input_size"] = 48
     params["evaluate"]["pictures"] = 2
     return params
@@ -47,8 +53,9 @@ def tiny_params() -> dict:
 def repo(tmp_path_factory):
     repo = tmp_path_factory.mktemp("pipeline")
     for name in ("dsod_core", "modalities", "pipelines"):
-        shutil.copytree(ROOT / name, repo / name,
-                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+        shutil.copytree(
+            ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+        )
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(ROOT / name, repo / name)
     (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
@@ -68,10 +75,12 @@ def test_outputs(repo):
     assert "Running stage 'compare'" in first.stdout
     rows = json.loads((repo / "reports/compare.json").read_text())
     assert [(r["dataset"], r["init"]) for r in rows] == [
-        ("rgb_demo", "scratch"), ("medical_demo", "scratch"), ("medical_demo", "finetuned")]
+        ("rgb_demo", "scratch"),
+        ("medical_demo", "scratch"),
+        ("medical_demo", "finetuned"),
+    ]
     for r in rows:
-        for key in ("modality", "map50", "coco_ap", "params", "train_seconds",
-                    "epochs_to_90pct"):
+        for key in ("modality", "map50", "coco_ap", "params", "train_seconds", "epochs_to_90pct"):
             assert key in r
         assert 0.0 <= r["map50"] <= 1.0 and r["params"] > 0 and r["train_seconds"] > 0
     md = (repo / "reports/compare.md").read_text()

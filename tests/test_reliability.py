@@ -554,11 +554,6 @@ def test_bad_input_catalogue(case_id: str, tmp_path: Path) -> None:
     )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (depth adapter): no max_pixels param, and Pillow's DecompressionBombError is not "
-    "translated into a DataError, so the stage prints a traceback (docs/errors.md E17)",
-)
 def test_depth_decompression_bomb_is_a_one_line_error(tmp_path: Path) -> None:
     entry = depth_tree(tmp_path / "data")
     # 20000 x 20000 16-bit grey: above Pillow's hard limit (2 x MAX_IMAGE_PIXELS).
@@ -650,11 +645,6 @@ def test_engine_config_python_tag_refused_in_one_line(tmp_path: Path, capsys) ->
     assert tree_digest(cfg) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (dsod_core/engine/__main__.py): the YAML error text is embedded whole, so the "
-    "message spans several lines; pipelines/_common.load_params keeps only its first line",
-)
 def test_engine_config_yaml_error_is_one_line(tmp_path: Path, capsys) -> None:
     from dsod_core.engine.__main__ import main
 
@@ -807,11 +797,6 @@ def test_train_stage_bad_params(
     assert not (tmp_path / "models").exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (pipelines/evaluate.py): a run folder without config.json (never trained, or "
-    "deleted) raises FileNotFoundError, a traceback instead of a one-line error",
-)
 def test_evaluate_untrained_run_is_a_one_line_error(tmp_path: Path, monkeypatch, capsys) -> None:
     from pipelines.evaluate import main
 
@@ -880,11 +865,6 @@ def test_foreign_and_truncated_checkpoints_refused(tmp_path: Path) -> None:
         load_trained_model(tmp_path / "lies.pt")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="bug (dsod_core/engine/trainer.py load_trained_model and the resume path of run): "
-    "load_state_dict's multi-line RuntimeError text is embedded, so the message spans lines",
-)
 def test_weights_that_do_not_fit_give_one_line(tmp_path: Path) -> None:
     w = _weights(2, ["a"])
     w["in_channels"] = 4

@@ -27,7 +27,8 @@ def main(argv: list[str] | None = None) -> int:
         try:
             data = yaml.safe_load(args.config.read_text())
         except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"cannot read config ({exc})", path=args.config) from exc
+            first = " ".join(str(exc).split())[:300]
+            raise ConfigError(f"cannot read config ({first})", path=args.config) from exc
         if not isinstance(data, dict):
             raise ConfigError("config must be a mapping", path=args.config)
         if args.resume:

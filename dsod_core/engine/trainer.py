@@ -231,7 +231,8 @@ def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> 
     try:
         model.load_state_dict(w["model"])
     except RuntimeError as exc:
-        raise CheckpointError(f"weights do not fit the model: {str(exc)[:300]}", path=path) from exc
+        first = " ".join(str(exc).split())[:300]
+        raise CheckpointError(f"weights do not fit the model: {first}", path=path) from exc
     return model.to(device).eval(), w
 
 

@@ -86,6 +86,7 @@ class DepthAdapter(ModalityAdapter):
         "val_fraction": 0.15,
         "test_fraction": 0.15,
         "split_seed": 0,
+        "max_pixels": 50_000_000,  # decompression-bomb guard on declared image sizes
     }
 
     def __init__(self, root: str | Path, params: Mapping[str, Any] | None = None):
@@ -99,6 +100,12 @@ class DepthAdapter(ModalityAdapter):
 
         def bad(key: str, why: str) -> ConfigError:
             return ConfigError(f"depth adapter param {key}={p[key]!r}: {why}")
+
+        try:
+            if float(p["max_pixels"]) <= 0:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise bad("max_pixels", "must be a positive number") from None
 
         if p["layout"] not in _LAYOUTS:
             raise bad("layout", f"must be one of {list(_LAYOUTS)}")
@@ -354,7 +361,7 @@ class DepthAdapter(ModalityAdapter):
                     raise DataError(f"frame {ref.meta['index']}: {exc}", path=path) from exc
             depth, valid = self._to_metres(frame.pop("depth"), "m")
             return depth, valid, frame
-        raw, unit = formats.read_depth_raw(ref.paths["depth"])
+        raw, unit = formats.read_depth_raw(ref.paths["depth"], float(self.params["max_pixels"]))
         depth, valid = self._to_metres(raw, unit)
         return depth, valid, {}
 

@@ -26,8 +26,11 @@ _INT_MODES = ("I;16", "I;16B", "I;16L", "I")
 NYU_REQUIRED = ("depths", "instances", "labels", "names")
 
 
-def read_depth_raw(path: Path) -> tuple[np.ndarray, str]:
+def read_depth_raw(path: Path, max_pixels: float = 50e6) -> tuple[np.ndarray, str]:
     """Read a depth file's raw values.
+
+    The declared image size is checked against ``max_pixels`` before any pixel is decoded
+    (decompression-bomb guard).
 
     Returns:
         float64 ``[H, W]`` raw values (NaN/0 = no reading) and its natural unit: ``"mm"`` for
@@ -54,6 +57,13 @@ def read_depth_raw(path: Path) -> tuple[np.ndarray, str]:
         raise DataError(f"unsupported depth file type {suffix!r}", path=path)
     try:
         with Image.open(path) as img:
+            w, h = img.size
+            if w * h > max_pixels:
+                raise DataError(
+                    f"declared size {w}x{h} = {w * h} pixels exceeds max_pixels "
+                    f"({int(max_pixels)}); raise the depth adapter's max_pixels to allow it",
+                    path=path,
+                )
             img.load()
             mode = img.mode
             if mode in _INT_MODES:
@@ -68,6 +78,8 @@ def read_depth_raw(path: Path) -> tuple[np.ndarray, str]:
                 )
     except DataError:
         raise
+    except Image.DecompressionBombError as exc:
+        raise DataError(f"image exceeds Pillow's pixel limit ({exc})", path=path) from exc
     except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
         # Pillow reports a truncated PNG as OSError("image file is truncated ...").
         raise DataError(f"cannot read depth image: {exc}", path=path) from exc
