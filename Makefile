@@ -21,8 +21,10 @@ $(STAMP): pyproject.toml
 repro: setup
 	PATH="$(abspath $(BIN)):$$PATH" dvc repro
 
+# One thread per process: tests start training subprocesses, and oversubscribed OpenMP
+# threads slow small-tensor work down by orders of magnitude.
 test: setup
-	PATH="$(abspath $(BIN)):$$PATH" TORCH_FORCE_WEIGHTS_ONLY_LOAD=1 $(BIN)/python -m pytest -q -p no:cacheprovider
+	PATH="$(abspath $(BIN)):$$PATH" OMP_NUM_THREADS=1 TORCH_FORCE_WEIGHTS_ONLY_LOAD=1 $(BIN)/python -m pytest -q -p no:cacheprovider
 
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

@@ -882,8 +882,8 @@ def _demo_image(rng: np.random.Generator, size: int) -> tuple[Image.Image, list[
             side = rng.uniform(0.2, 0.5) * size
             x1, y1 = rng.uniform(0, size - side, 2)
             box = np.array([x1, y1, x1 + side, y1 + side])
-            # Limit occlusion: a new object covers at most ~35 % of an earlier one.
-            if all(_overlap_fraction(b, box) <= 0.35 for b in boxes):
+            # Limit occlusion: a new object covers at most ~10 % of an earlier one.
+            if all(_overlap_fraction(b, box) <= 0.10 for b in boxes):
                 break
         else:
             continue

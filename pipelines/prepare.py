@@ -47,8 +47,9 @@ def prepare(
     out: Path,
     on_error: str = "error",
     compression: str | None = "gzip",
+    source: str = "params.yaml",
 ) -> dict[str, Any]:
-    adapter, adapter_params = adapter_for(entry)
+    adapter, adapter_params = adapter_for(entry, source)
     refs = adapter.discover()
     if not refs:
         raise DataError("the adapter found no data", path=entry["root"])

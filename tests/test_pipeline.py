@@ -127,3 +127,44 @@ def test_metrics_visible_to_dvc(repo):
     _run(["git", "commit", "-qm", "results"], repo)
     exp = _run(["dvc", "exp", "show", "--no-pager", "--json"], repo).stdout
     assert "dvclive/metrics.json" in exp and "val_map50" in exp
+
+
+def test_interrupted_repro_then_repro_completes(repo):
+    """Kill `dvc repro` inside a training stage; the next `dvc repro` completes and leaves
+    `dvc status` clean (stage outputs are written atomically, so no half file is taken as
+    done)."""
+    import signal
+    import time
+
+    repo, _ = repo
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    params["train"]["epochs"] = 3
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        "PYTHONPATH": str(repo),
+        "OMP_NUM_THREADS": "1",
+    }
+    proc = subprocess.Popen(
+        ["dvc", "repro"],
+        cwd=repo,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    ckpt = repo / "models/pretrain/checkpoints"
+    deadline = time.time() + 180
+    while time.time() < deadline and not any(ckpt.glob("ckpt_epoch*.pt")):
+        if proc.poll() is not None:
+            pytest.fail(f"dvc repro ended before the kill: {proc.stdout.read()[-2000:]}")
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGKILL)  # dvc and the stage command it runs
+    proc.wait()
+    assert not (repo / "models/pretrain/model.pt").exists()
+    status = _run(["dvc", "status"], repo).stdout
+    assert "pretrain:" in status
+    _run(["dvc", "repro"], repo)
+    assert "up to date" in _run(["dvc", "status"], repo).stdout
+    assert (repo / "models/pretrain/model.pt").exists()

@@ -47,6 +47,7 @@ class TrainConfig:
     postprocess: dict[str, Any] = field(default_factory=dict)
     # hardware
     device: str = "auto"  # "auto", "cpu", "cuda"
+    threads: int | None = None  # CPU threads per process; None: cores / processes on the node
     amp: bool = True  # CUDA only: float16 autocast + GradScaler
     channels_last: bool = True  # CUDA only
     sync_bn: bool = False  # SyncBatchNorm across processes (CUDA/NCCL)
@@ -108,6 +109,10 @@ class TrainConfig:
         need(
             self.backend in (None, "gloo", "nccl"),
             f"train.backend must be null, gloo or nccl, got {self.backend!r}",
+        )
+        need(
+            self.threads is None or (isinstance(self.threads, int) and self.threads >= 1),
+            f"train.threads must be a positive integer or null, got {self.threads!r}",
         )
         need(isinstance(self.augmentation, dict), "train.augmentation must be a mapping")
         need(isinstance(self.model_overrides, dict), "train.model_overrides must be a mapping")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -239,6 +240,12 @@ def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> 
 def run(local_rank: int, config: TrainConfig) -> dict[str, Any]:
     """Train per ``config`` in this process; rank 0 writes ``model.pt`` and ``history.json``."""
     rank = idist.get_rank()
+    # Several processes each using every core oversubscribe the CPU, and OpenMP's spinning
+    # threads then slow small-tensor work down by orders of magnitude: share the cores out.
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    elif idist.get_nproc_per_node() > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // idist.get_nproc_per_node()))
     out_dir = Path(config.out_dir)
     ckpt_dir = out_dir / "checkpoints"
     device = _device(config)
