@@ -743,7 +743,7 @@ class RGBAdapter(ModalityAdapter):
         and ``ImageSets/Main/{train,val,test}.txt`` (about 70/15/15) directly under
         ``out_dir``. Classes ``circle``, ``square``, ``triangle`` on cluttered backgrounds
         (gradients, noise, blurred blobs, strokes); each class draws its colour from a palette
-        overlapping the others', so shape decides. 1-3 objects of 20-50 % of the side, later
+        overlapping the others', so shape decides. 1-3 objects of 30-55 % of the side, later
         ones may partly occlude earlier ones; faint (low-contrast) objects are ``difficult``.
         Returns the params (format voc, years ``["."]``) that read it with ``root=out_dir``."""
         if num_images < 3:
@@ -879,7 +879,7 @@ def _demo_image(rng: np.random.Generator, size: int) -> tuple[Image.Image, list[
     boxes: list[np.ndarray] = []
     for _ in range(rng.integers(1, 4)):
         for _attempt in range(20):
-            side = rng.uniform(0.2, 0.5) * size
+            side = rng.uniform(0.3, 0.55) * size
             x1, y1 = rng.uniform(0, size - side, 2)
             box = np.array([x1, y1, x1 + side, y1 + side])
             # Limit occlusion: a new object covers at most ~10 % of an earlier one.

@@ -17,6 +17,7 @@ def write_synthetic_store(
     channels: int = 2,
     seed: int = 0,
     splits=(0.7, 0.15),
+    object_scale=(0.3, 0.5),
 ) -> Path:
     """Classes differ by shape only (same intensity): a detector must learn shape."""
     rng = np.random.default_rng(seed)
@@ -31,7 +32,7 @@ def write_synthetic_store(
             img = rng.normal(0, 0.25, (channels, size, size)).astype(np.float32)
             boxes, labels = [], []
             for _ in range(int(rng.integers(1, 3))):
-                s = rng.uniform(0.3, 0.5) * size
+                s = rng.uniform(*object_scale) * size
                 x, y = rng.uniform(0, size - s, 2)
                 lab = int(rng.integers(1, 3))
                 if lab == 1:

@@ -157,17 +157,22 @@ def test_two_gloo_processes_match_one_process(store, tmp_path):
 
 def test_training_learns(tmp_path):
     store = write_synthetic_store(
-        tmp_path / "learn.h5", n=160, size=48, seed=1, splits=(0.75, 0.25)
+        tmp_path / "learn.h5",
+        n=160,
+        size=48,
+        seed=1,
+        splits=(0.75, 0.25),
+        object_scale=(0.45, 0.6),
     )
     hist = train(
         _cfg(
             store,
             tmp_path / "learn",
-            epochs=12,
-            batch_size=16,
-            lr=0.1,
+            epochs=25,
+            batch_size=8,
+            lr=0.05,
             warmup_steps=10,
-            eval_every=12,
+            eval_every=25,
             dvclive=True,
             augmentation={"zoom_out": False, "crop": False, "flip": True},
         )
