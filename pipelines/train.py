@@ -75,7 +75,10 @@ def main(argv: list[str] | None = None) -> int:
     if not args.resume:
         shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
-    write_json(out_dir / "config.json", {"dataset": dataset, "init": init, **config.to_dict()})
+    # "init" names the initialisation (scratch / finetuned / pretrain); the TrainConfig field
+    # of the same name (a weights path) is kept as "init_weights".
+    record = {**config.to_dict(), "init_weights": config.init, "dataset": dataset, "init": init}
+    write_json(out_dir / "config.json", record)
     result = train(config)
     print(f"trained {out_dir}: {result['epochs']} epochs in {result['train_seconds']:.0f} s")
     return 0
