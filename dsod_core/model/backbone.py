@@ -117,9 +117,10 @@ class DenseLayer(nn.Module):
     """BN-ReLU-1×1 conv → B, BN-ReLU-3×3 conv → k; the caller concatenates.
 
     Takes the list of all earlier feature maps of the block (as torchvision's DenseNet does)
-    so that, when ``memory_efficient`` is set, the concatenation, BN, ReLU and 1×1 conv are
-    recomputed in backward instead of kept: that concatenation is what makes a plain
-    DenseNet need memory quadratic in depth.
+    so that, when ``memory_efficient`` is set, the whole layer (concatenation, BN, ReLU, 1×1
+    conv, BN, ReLU, 3×3 conv) is recomputed in backward instead of kept: the concatenation is
+    what makes a plain DenseNet need memory quadratic in depth, and the B-wide bottleneck
+    activations are the next largest part.
     """
 
     def __init__(
@@ -135,32 +136,36 @@ class DenseLayer(nn.Module):
     def _bottleneck(self, features: list[Tensor]) -> Tensor:
         return self.conv1(F.relu(self.norm1(torch.cat(features, 1))))
 
-    def _checkpointed_bottleneck(self, features: list[Tensor]) -> Tensor:
+    @staticmethod
+    def _bn(norm: nn.BatchNorm2d, x: Tensor, recomputing: bool) -> Tensor:
+        if not recomputing or not norm.training:
+            return norm(x)
+        # The recomputation in backward must not move the running statistics a second time
+        # (torchvision's DenseNet does): same op and saved tensors, but it updates throwaway
+        # copies; in training mode the output uses batch statistics anyway.
+        return F.batch_norm(
+            x,
+            norm.running_mean.clone() if norm.running_mean is not None else None,
+            norm.running_var.clone() if norm.running_var is not None else None,
+            norm.weight,
+            norm.bias,
+            training=True,
+            momentum=0.1 if norm.momentum is None else norm.momentum,
+            eps=norm.eps,
+        )
+
+    def _checkpointed_layer(self, features: list[Tensor]) -> Tensor:
+        # The whole layer (concat-BN-ReLU-1x1 and BN-ReLU-3x3) is recomputed in backward:
+        # only the block's inputs and the new k-channel map stay in memory.
         calls = [0]
 
-        def bottleneck(*feats: Tensor) -> Tensor:
-            x = torch.cat(feats, 1)
-            if calls[0] == 0 or not self.norm1.training:
-                x = self.norm1(x)
-            else:
-                # The recomputation in backward must not move the running statistics a second
-                # time (torchvision's DenseNet does): same op and saved tensors, but it updates
-                # throwaway copies; in training mode the output uses batch statistics anyway.
-                norm = self.norm1
-                x = F.batch_norm(
-                    x,
-                    norm.running_mean.clone() if norm.running_mean is not None else None,
-                    norm.running_var.clone() if norm.running_var is not None else None,
-                    norm.weight,
-                    norm.bias,
-                    training=True,
-                    momentum=0.1 if norm.momentum is None else norm.momentum,
-                    eps=norm.eps,
-                )
+        def layer(*feats: Tensor) -> Tensor:
+            again = calls[0] > 0
             calls[0] += 1
-            return self.conv1(F.relu(x))
+            x = self.conv1(F.relu(self._bn(self.norm1, torch.cat(feats, 1), again)))
+            return self.conv2(F.relu(self._bn(self.norm2, x, again)))
 
-        return cp.checkpoint(bottleneck, *features, use_reentrant=False)
+        return cp.checkpoint(layer, *features, use_reentrant=False)
 
     def forward(self, features: list[Tensor]) -> Tensor:
         """features: maps [B, C_i, H, W] with sum C_i = in_channels → new map [B, k, H, W]."""
@@ -170,10 +175,8 @@ class DenseLayer(nn.Module):
             and any(f.requires_grad for f in features)
             and not torch.jit.is_tracing()
         ):
-            bottleneck = self._checkpointed_bottleneck(features)
-        else:
-            bottleneck = self._bottleneck(features)
-        return self.conv2(F.relu(self.norm2(bottleneck)))
+            return self._checkpointed_layer(features)
+        return self.conv2(F.relu(self.norm2(self._bottleneck(features))))
 
 
 class DenseBlock(nn.Module):
