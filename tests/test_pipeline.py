@@ -155,11 +155,16 @@ def test_interrupted_repro_then_repro_completes(repo):
         start_new_session=True,
     )
     ckpt = repo / "models/pretrain/checkpoints"
+    model = repo / "models/pretrain/model.pt"
     deadline = time.time() + 180
-    while time.time() < deadline and not any(ckpt.glob("ckpt_epoch*.pt")):
+
+    def retraining() -> bool:  # the old outputs are gone and the new run has checkpointed
+        return not model.exists() and any(ckpt.glob("ckpt_epoch*.pt"))
+
+    while time.time() < deadline and not retraining():
         if proc.poll() is not None:
             pytest.fail(f"dvc repro ended before the kill: {proc.stdout.read()[-2000:]}")
-        time.sleep(0.05)
+        time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)  # dvc and the stage command it runs
     proc.wait()
     assert not (repo / "models/pretrain/model.pt").exists()
