@@ -211,6 +211,14 @@ def compressed(channels: int, theta: float) -> int:
     return int(math.floor(channels * theta))
 
 
+def _transition_wo_pool(channels: int, theta: float, enabled: bool) -> tuple[nn.Module, int]:
+    """The 1×1 transition without pooling (or nothing when disabled) and its output width."""
+    if not enabled:
+        return nn.Identity(), channels
+    conv = PreActConv(channels, compressed(channels, theta))
+    return conv, conv.out_channels
+
+
 class DSODBackbone(nn.Module):
     """Stem, four dense blocks and the transitions between them (DSOD_SPEC.md §1).
 
@@ -240,24 +248,14 @@ class DSODBackbone(nn.Module):
             PreActConv(self.block1.out_channels, trans1), ceil_max_pool()
         )
         self.block2 = block(1, trans1)
-        if c.transition_wo_pool:
-            self.transition2: nn.Module = PreActConv(
-                self.block2.out_channels, compressed(self.block2.out_channels, c.compression)
-            )
-            source1_channels = self.transition2.out_channels
-        else:
-            self.transition2 = nn.Identity()
-            source1_channels = self.block2.out_channels
+        self.transition2, source1_channels = _transition_wo_pool(
+            self.block2.out_channels, c.compression, c.transition_wo_pool
+        )
         self.pool3 = ceil_max_pool()
         self.block3 = block(2, source1_channels)
-        if c.transition_wo_pool:
-            self.transition3: nn.Module = PreActConv(
-                self.block3.out_channels, compressed(self.block3.out_channels, c.compression)
-            )
-            block4_in = self.transition3.out_channels
-        else:
-            self.transition3 = nn.Identity()
-            block4_in = self.block3.out_channels
+        self.transition3, block4_in = _transition_wo_pool(
+            self.block3.out_channels, c.compression, c.transition_wo_pool
+        )
         self.block4 = block(3, block4_in)
         # The last transition without pooling: the "learned half" (256) in the dense structure.
         if top_channels is None:
