@@ -1,6 +1,28 @@
-"""Modality adapters: native file formats -> canonical samples -> world coordinates."""
+"""Modality adapters: native file formats -> canonical samples -> world coordinates.
 
-from modalities.base import ModalityAdapter, SampleRef, assign_split
-from modalities.registry import available, get_adapter, register
+One package per modality (``modalities/<name>/``: ``adapter.py``, ``params.py``, ``demo.py``
+and one module per file format), resolved by name through :mod:`modalities.registry`.
+"""
 
-__all__ = ["ModalityAdapter", "SampleRef", "assign_split", "available", "get_adapter", "register"]
+from modalities.base import (
+    AdapterParams,
+    ModalityAdapter,
+    PrepareLog,
+    SampleRef,
+    assign_split,
+    param,
+)
+from modalities.registry import adapter_code, adapter_version, available, get_adapter
+
+__all__ = [
+    "AdapterParams",
+    "ModalityAdapter",
+    "PrepareLog",
+    "SampleRef",
+    "adapter_code",
+    "adapter_version",
+    "assign_split",
+    "available",
+    "get_adapter",
+    "param",
+]

@@ -1,9 +1,10 @@
-"""Name -> adapter class, for the built-in modalities and for third-party packages.
+"""Name -> adapter class, through one mechanism: the entry-point group ``dsod.modalities``.
 
-Third-party packages add adapters through the entry-point group ``dsod.modalities``::
+The built-in modalities are declared in this project's ``pyproject.toml`` exactly as another
+package declares its own::
 
     [project.entry-points."dsod.modalities"]
-    thermal = "my_pkg.thermal:ThermalAdapter"
+    thermal = "my_pkg.thermal.adapter:ThermalAdapter"
 
 Names are only ever resolved through this registry (never by importing a module named in a
 params file), so a params file cannot make the pipeline import arbitrary code.
@@ -12,49 +13,31 @@ params file), so a params file cannot make the pipeline import arbitrary code.
 from __future__ import annotations
 
 import importlib
+import inspect
 import warnings
 from importlib.metadata import entry_points
+from pathlib import Path
 
 from dsod_core.errors import ConfigError
 from modalities.base import ModalityAdapter
 
 ENTRY_POINT_GROUP = "dsod.modalities"
 
-# Built-ins are listed here too so the registry works without an installed distribution.
-_BUILTIN = {
-    "rgb": "modalities.rgb:RGBAdapter",
-    "depth": "modalities.depth:DepthAdapter",
-    "medical": "modalities.medical:MedicalAdapter",
-    "multispectral": "modalities.multispectral:MultispectralAdapter",
-}
-
-_registered: dict[str, type[ModalityAdapter]] = {}
+_loaded: dict[str, type[ModalityAdapter]] = {}
 
 
-def register(name: str):
-    """Class decorator registering an adapter under ``name``."""
-
-    def deco(cls: type[ModalityAdapter]) -> type[ModalityAdapter]:
-        if not issubclass(cls, ModalityAdapter):
-            raise TypeError(f"{cls!r} is not a ModalityAdapter")
-        cls.name = name
-        _registered[name] = cls
-        return cls
-
-    return deco
-
-
-def _spec_table() -> dict[str, str]:
-    table = dict(_BUILTIN)
+def _table() -> dict[str, tuple[str, str | None]]:
+    """name -> (``module:attr``, distribution version or None)."""
+    table: dict[str, tuple[str, str | None]] = {}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        table.setdefault(ep.name, ep.value)
+        dist = getattr(ep, "dist", None)
+        table.setdefault(ep.name, (ep.value, dist.version if dist is not None else None))
     return table
 
 
 def available() -> list[str]:
-    """Names of every adapter that can be resolved (registered, built-in or entry point)."""
-    names = set(_registered) | set(_spec_table())
-    return sorted(n for n in names if _loadable(n))
+    """Names of every adapter that can be resolved."""
+    return sorted(n for n in _table() if _loadable(n))
 
 
 def _loadable(name: str) -> bool:
@@ -68,16 +51,35 @@ def _loadable(name: str) -> bool:
 
 def get_adapter(name: str) -> type[ModalityAdapter]:
     """Resolve an adapter class by name; unknown names list the known ones."""
-    if name in _registered:
-        return _registered[name]
-    table = _spec_table()
+    if name in _loaded:
+        return _loaded[name]
+    table = _table()
     if name not in table:
-        known = sorted(set(_registered) | set(table))
-        raise ConfigError(f"unknown modality {name!r}; known modalities: {', '.join(known)}")
-    module_name, _, attr = table[name].partition(":")
-    module = importlib.import_module(module_name)
-    cls = getattr(module, attr)
+        raise ConfigError(
+            f"unknown modality {name!r}; known modalities: {', '.join(sorted(table))}"
+        )
+    spec = table[name][0]
+    module_name, _, attr = spec.partition(":")
+    cls = getattr(importlib.import_module(module_name), attr, None)
     if not (isinstance(cls, type) and issubclass(cls, ModalityAdapter)):
-        raise ConfigError(f"entry point {name!r} -> {table[name]} is not a ModalityAdapter")
-    _registered[name] = cls
+        raise ConfigError(f"entry point {name!r} -> {spec} is not a ModalityAdapter")
+    if cls.name != name:
+        raise ConfigError(f"entry point {name!r} -> {spec} declares name {cls.name!r}")
+    _loaded[name] = cls
     return cls
+
+
+def adapter_version(name: str) -> str | None:
+    """Version of the distribution that provides adapter ``name`` (None when not installed)."""
+    entry = _table().get(name)
+    return entry[1] if entry else None
+
+
+def adapter_code(name: str) -> Path:
+    """The code that makes adapter ``name``: its package folder when the class lives in a
+    ``<package>/adapter.py`` (the house shape), else its module file. The pipeline lists this
+    path among the prepare stage's DVC deps (``datasets.<name>.code``)."""
+    module_file = Path(inspect.getfile(get_adapter(name))).resolve()
+    if module_file.name == "adapter.py" and (module_file.parent / "__init__.py").is_file():
+        return module_file.parent
+    return module_file

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -42,23 +43,35 @@ def box_area(boxes: Tensor) -> Tensor:
     )
 
 
-def box_iou(a: Tensor, b: Tensor) -> Tensor:
-    """Pairwise IoU of xyxy boxes (continuous coordinates, no +1).
+def box_iou(a: Tensor | np.ndarray, b: Tensor | np.ndarray, mode: str = "iou"):
+    """Pairwise overlap of xyxy boxes (continuous coordinates, no +1): the project's one IoU.
 
     Args:
-        a: ``Tensor[..., N, 4]``; b: ``Tensor[..., M, 4]`` (leading dims broadcast).
+        a: ``[..., N, 4]``; b: ``[..., M, 4]`` (leading dims broadcast), tensors or numpy
+            arrays (numpy in, numpy out, computed in the input's precision).
+        mode: ``"iou"`` (intersection over union) or ``"iomin"`` (intersection over the
+            smaller area: 1 for nested boxes).
 
     Returns:
-        ``Tensor[..., N, M]``. A pair whose union is empty (two degenerate boxes) has IoU 0.
+        ``[..., N, M]``. A pair whose denominator is empty (degenerate boxes) has overlap 0.
     """
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        ta = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))
+        tb = torch.from_numpy(np.ascontiguousarray(b, dtype=np.float64))
+        return box_iou(ta, tb, mode).numpy()
     area_a = box_area(a)
     area_b = box_area(b)
     lt = torch.maximum(a[..., :, None, :2], b[..., None, :, :2])
     rb = torch.minimum(a[..., :, None, 2:], b[..., None, :, 2:])
     wh = (rb - lt).clamp(min=0)
     inter = wh[..., 0] * wh[..., 1]
-    union = area_a[..., :, None] + area_b[..., None, :] - inter
-    return torch.where(union > 0, inter / union.clamp(min=torch.finfo(inter.dtype).tiny), 0.0)
+    if mode == "iou":
+        denom = area_a[..., :, None] + area_b[..., None, :] - inter
+    elif mode == "iomin":
+        denom = torch.minimum(area_a[..., :, None], area_b[..., None, :])
+    else:
+        raise ValueError(f"overlap mode must be 'iou' or 'iomin', got {mode!r}")
+    return torch.where(denom > 0, inter / denom.clamp(min=torch.finfo(inter.dtype).tiny), 0.0)
 
 
 def encode(

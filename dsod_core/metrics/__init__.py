@@ -12,7 +12,7 @@ from dsod_core.metrics.coco import (
 )
 from dsod_core.metrics.froc import LUNA16_FP_RATES, froc, froc_from_datalists
 from dsod_core.metrics.plots import plot_pr_curves
-from dsod_core.metrics.voc import evaluate_voc, pairwise_iou, voc_ap
+from dsod_core.metrics.voc import evaluate_voc, voc_ap
 
 __all__ = [
     "LUNA16_FP_RATES",
@@ -26,7 +26,6 @@ __all__ = [
     "evaluate_coco_dicts",
     "evaluate_coco_files",
     "evaluate_voc",
-    "pairwise_iou",
     "plot_pr_curves",
     "read_coco_files",
     "voc_ap",

@@ -30,9 +30,10 @@ from typing import Any
 
 import numpy as np
 
+from dsod_core.boxes.ops import box_iou
 from dsod_core.errors import DataError
 
-__all__ = ["voc_ap", "evaluate_voc", "pairwise_iou", "as_numpy"]
+__all__ = ["voc_ap", "evaluate_voc", "as_numpy"]
 
 # 11 recall thresholds k/10, each the double nearest to k/10. py-faster-rcnn iterates over
 # np.arange(0, 1.1, 0.1), whose 0.30000000000000004 makes a recall of exactly 0.3 miss the
@@ -79,28 +80,6 @@ def voc_ap(recall: Any, precision: Any, use_07_metric: bool) -> float:
     mpre = np.maximum.accumulate(mpre[::-1])[::-1]
     changes = np.flatnonzero(mrec[1:] != mrec[:-1])
     return float(np.sum((mrec[changes + 1] - mrec[changes]) * mpre[changes + 1]))
-
-
-def pairwise_iou(boxes_a: np.ndarray, boxes_b: np.ndarray) -> np.ndarray:
-    """IoU of xyxy boxes in continuous coordinates (no ``+1``).
-
-    Args:
-        boxes_a: float64 [N, 4]; boxes_b: float64 [M, 4].
-
-    Returns:
-        float64 [N, M]. A pair whose union is 0 (two empty boxes) gets IoU 0.
-    """
-    ix1 = np.maximum(boxes_a[:, None, 0], boxes_b[None, :, 0])
-    iy1 = np.maximum(boxes_a[:, None, 1], boxes_b[None, :, 1])
-    ix2 = np.minimum(boxes_a[:, None, 2], boxes_b[None, :, 2])
-    iy2 = np.minimum(boxes_a[:, None, 3], boxes_b[None, :, 3])
-    inter = np.maximum(ix2 - ix1, 0.0) * np.maximum(iy2 - iy1, 0.0)
-    area_a = (boxes_a[:, 2] - boxes_a[:, 0]) * (boxes_a[:, 3] - boxes_a[:, 1])
-    area_b = (boxes_b[:, 2] - boxes_b[:, 0]) * (boxes_b[:, 3] - boxes_b[:, 1])
-    union = area_a[:, None] + area_b[None, :] - inter
-    with np.errstate(divide="ignore", invalid="ignore"):
-        iou = inter / union
-    return np.where(union > 0, iou, 0.0)
 
 
 def _boxes(entry: Mapping[str, Any], key: str, sample: str) -> np.ndarray:
@@ -205,7 +184,7 @@ def evaluate_voc(
         best_gt = np.full(len(det_boxes), -1, dtype=np.int64)
         best_iou = np.full(len(det_boxes), -np.inf)
         if len(det_boxes) and len(gt_boxes):
-            iou = pairwise_iou(det_boxes, gt_boxes)
+            iou = box_iou(det_boxes, gt_boxes)
             same_class = labels[:, None] == gt_labels[None, :]
             # Another class's gt must never win: put it below any real IoU (which is >= 0).
             iou = np.where(same_class, iou, -1.0)
