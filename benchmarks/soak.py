@@ -34,7 +34,7 @@ import torch
 from ignite.engine import Engine, Events
 
 from dsod_core.data.store import StoreReader
-from dsod_core.engine.checkpoint import save_training_checkpoint
+from dsod_core.engine.checkpoint import checkpointer
 from dsod_core.engine.config import TrainConfig
 from dsod_core.engine.trainer import lr_factor, setup_data, setup_model, setup_trainer, unwrap
 from dsod_core.loss import MultiBoxLoss
@@ -90,7 +90,7 @@ def soak(
     )
     device = torch.device("cpu")
     reader = StoreReader(store)
-    model = setup_model(config, reader, device)
+    model, _ = setup_model(config, reader, device)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
@@ -121,15 +121,16 @@ def soak(
         sampler.set_epoch(engine.state.epoch - 1)
         loader.dataset.set_epoch(engine.state.epoch - 1)
 
-    @trainer.on(Events.EPOCH_COMPLETED)
-    def _checkpoint(engine: Engine) -> None:
-        state = {
-            "model": unwrap(model).state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "trainer": engine.state_dict(),
-        }
-        save_training_checkpoint(work / "checkpoints", engine.state.epoch, state)
+    saver = checkpointer(
+        work / "checkpoints",
+        {
+            "model": unwrap(model),
+            "optimizer": optimizer,
+            "scheduler": scheduler,
+            "trainer": trainer,
+        },
+    )
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, saver)
 
     trainer.add_event_handler(Events.ITERATION_COMPLETED(once=1), record)
     trainer.add_event_handler(Events.ITERATION_COMPLETED(every=sample_every), record)

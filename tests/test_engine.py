@@ -85,7 +85,9 @@ def test_checkpoints_plain_and_two_kept(store, tmp_path):
     files = checkpoint_files(tmp_path / "r/checkpoints")
     assert [f.name for f in files] == ["ckpt_epoch0002.pt", "ckpt_epoch0003.pt"]
     state = torch.load(files[-1], weights_only=True)  # plain dict: loads with weights_only
-    assert set(state) >= {"model", "optimizer", "scheduler", "trainer", "history", "torch_rng"}
+    assert set(state) == {"model", "optimizer", "scheduler", "scaler", "trainer", "run"}
+    assert set(state["run"]) >= {"history", "torch_rng", "train_seconds", "config"}
+    assert [h["epoch"] for h in state["run"]["history"]] == [1, 2, 3]
     model, meta = load_trained_model(tmp_path / "r/model.pt")
     assert meta["class_names"] == ["square", "disc"] and meta["in_channels"] == 2
     assert model.default_boxes.shape[1] == 4

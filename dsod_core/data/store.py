@@ -143,6 +143,32 @@ class StoreWriter:
         self._n += 1
         return idx
 
+    def mark(self) -> tuple[int, dict[str, int], _RunningStats]:
+        """A point to :meth:`rollback` to: what has been added so far."""
+        stats = _RunningStats(len(self.channel_names))
+        stats.count, stats.mean, stats.m2 = (
+            self._stats.count.copy(),
+            self._stats.mean.copy(),
+            self._stats.m2.copy(),
+        )
+        return self._n, {k: len(v) for k, v in self._splits.items()}, stats
+
+    def rollback(self, mark: tuple[int, dict[str, int], _RunningStats]) -> int:
+        """Remove every sample added since ``mark`` (a unit that failed half-way, skipped
+        whole); returns how many were removed. Statistics and splits go back with them."""
+        n, split_sizes, stats = mark
+        removed = 0
+        for idx in range(n, self._n):
+            g = self._samples[f"{idx:07d}"]
+            self._ids.discard(str(g.attrs["sample_id"]))
+            del self._samples[f"{idx:07d}"]
+            removed += 1
+        for k, size in split_sizes.items():
+            del self._splits[k][size:]
+        self._stats = stats
+        self._n = n
+        return removed
+
     def close(self) -> Path:
         """Write splits, train statistics and the ``complete`` flag, then rename into place."""
         f = self._file

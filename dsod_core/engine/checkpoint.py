@@ -1,7 +1,11 @@
 """Checkpoints as plain dicts of tensors and primitives, written atomically, newest N kept.
 
-Loading always uses ``torch.load(..., weights_only=True)``: a pickle that would construct
-arbitrary objects (and so could run code) is refused before anything in it runs.
+Rotation is Ignite's :class:`~ignite.handlers.Checkpoint` with a :class:`DurableDiskSaver`
+(Ignite's ``DiskSaver`` renames atomically but does not fsync; ours writes through
+:func:`dsod_core.io.atomic_path`, which does). Resume is ``Checkpoint.load_objects`` on a dict
+loaded here with ``torch.load(..., weights_only=True)``: a pickle that would construct
+arbitrary objects (and so could run code) is refused before anything in it runs, and a corrupt
+newest checkpoint falls back to the one before (:func:`latest_checkpoint`).
 """
 
 from __future__ import annotations
@@ -9,32 +13,62 @@ from __future__ import annotations
 import os
 import pickle
 import re
-import tempfile
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
+from ignite.handlers import Checkpoint, DiskSaver
 
 from dsod_core.errors import CheckpointError
+from dsod_core.io import atomic_path
 
 _PATTERN = re.compile(r"^ckpt_epoch(\d+)\.pt$")
+FILENAME_PATTERN = "ckpt_epoch{global_step:04d}.{ext}"
 
 
 def save_atomic(obj: dict[str, Any], path: str | os.PathLike) -> Path:
     """``torch.save`` into a temp file in the same folder, fsync, then rename onto ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+    return Path(path)
+
+
+class DurableDiskSaver(DiskSaver):
+    """Ignite's ``DiskSaver`` whose atomic write also fsyncs (see :mod:`dsod_core.io`)."""
+
+    def _save_func(self, checkpoint: Mapping, path: Path, func) -> None:
+        with atomic_path(path) as tmp:
+            func(checkpoint, tmp, **self.kwargs)
+
+
+def checkpointer(
+    directory: str | os.PathLike, to_save: Mapping[str, Any], keep: int = 2
+) -> Checkpoint:
+    """An Ignite ``Checkpoint`` writing ``ckpt_epoch<N>.pt`` into ``directory``, newest ``keep``
+    kept. Checkpoints already there (a resumed run) join its rotation."""
+    saver = DurableDiskSaver(str(directory), create_dir=True, require_empty=False)
+    handler = Checkpoint(
+        to_save,
+        saver,
+        n_saved=keep,
+        filename_pattern=FILENAME_PATTERN,
+        global_step_transform=lambda engine, _: engine.state.epoch,
+    )
+    existing = [(int(_PATTERN.match(p.name).group(1)), p.name) for p in checkpoint_files(directory)]
+    handler.load_state_dict({"_saved": existing})
+    return handler
+
+
+def _refusal(exc: pickle.UnpicklingError) -> str:
+    """The one reason in torch's multi-paragraph weights-only refusal."""
+    text = " ".join(str(exc).split())
+    m = re.search(
+        r"WeightsUnpickler error:\s*(.*?)(?: Please use| Check the documentation|$)", text
+    )
+    reason = (m.group(1) if m else text).strip().rstrip(".")
+    return reason or "unsafe pickle"
 
 
 def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict:
@@ -43,15 +77,18 @@ def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = 
     if not path.is_file():
         raise CheckpointError("checkpoint not found", path=path)
     try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():  # torch warns about pickle protocols: one line only
+            warnings.simplefilter("ignore")
+            obj = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "unsafe pickle"
         raise CheckpointError(
-            f"refused: not a plain checkpoint (weights_only load failed: {first[:200]})",
+            "refused: not a plain checkpoint of tensors, the file pickles Python objects that "
+            f"could run code ({_refusal(exc)})",
             path=path,
         ) from exc
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise CheckpointError(f"corrupt or unreadable checkpoint ({exc})", path=path) from exc
+        first = " ".join(str(exc).split()) or type(exc).__name__
+        raise CheckpointError(f"corrupt or unreadable checkpoint ({first})", path=path) from exc
     if not isinstance(obj, dict):
         raise CheckpointError(f"expected a dict, found {type(obj).__name__}", path=path)
     return obj
@@ -68,16 +105,6 @@ def checkpoint_files(directory: str | os.PathLike) -> list[Path]:
         if m:
             found.append((int(m.group(1)), p))
     return [p for _, p in sorted(found)]
-
-
-def save_training_checkpoint(
-    directory: str | os.PathLike, epoch: int, state: dict[str, Any], keep: int = 2
-) -> Path:
-    """Write ``ckpt_epoch<N>.pt`` atomically and delete all but the newest ``keep``."""
-    path = save_atomic(state, Path(directory) / f"ckpt_epoch{epoch:04d}.pt")
-    for old in checkpoint_files(directory)[:-keep]:
-        old.unlink(missing_ok=True)
-    return path
 
 
 def latest_checkpoint(directory: str | os.PathLike) -> dict[str, Any] | None:

@@ -24,7 +24,7 @@ class TrainConfig:
     variant: str = "dsod_tiny"
     input_size: int = 64
     model_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. memory_efficient
-    init: str = "scratch"  # "scratch" or a path to source weights (model.pt of another run)
+    init_weights: str | None = None  # None: from scratch; else model.pt of a source run
     # optimisation (per-process micro-batch; global batch = batch_size*accumulate*world)
     batch_size: int = 16
     accumulate: int = 1

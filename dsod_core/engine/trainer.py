@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any
 
 import ignite.distributed as idist
-import numpy as np
 import torch
 from ignite.engine import Engine, Events
-from ignite.handlers import ProgressBar, TerminateOnNan
+from ignite.handlers import Checkpoint, ProgressBar, TerminateOnNan
 from ignite.metrics import RunningAverage
 from torch import nn
 from torch.utils.data import DataLoader
@@ -27,12 +26,7 @@ from dsod_core.data.collate import detection_collate
 from dsod_core.data.dataset import DetectionDataset
 from dsod_core.data.store import StoreReader
 from dsod_core.data.transforms import build_train_transform
-from dsod_core.engine.checkpoint import (
-    latest_checkpoint,
-    load_checkpoint,
-    save_atomic,
-    save_training_checkpoint,
-)
+from dsod_core.engine.checkpoint import checkpointer, latest_checkpoint, save_atomic
 from dsod_core.engine.config import TrainConfig
 from dsod_core.engine.evaluator import (
     create_evaluator,
@@ -41,12 +35,12 @@ from dsod_core.engine.evaluator import (
     score_predictions,
 )
 from dsod_core.engine.sampler import StepBatchSampler
+from dsod_core.engine.weights import load_weights, weights_dict
 from dsod_core.errors import CheckpointError, ConfigError, ProjectError
+from dsod_core.io import write_json
 from dsod_core.loss import MultiBoxLoss
 from dsod_core.model import DSOD, build_model
 from dsod_core.transfer import load_transferred
-
-WEIGHTS_FORMAT = "dsod-weights"
 
 
 def _device(config: TrainConfig) -> torch.device:
@@ -99,9 +93,12 @@ def setup_data(config: TrainConfig, reader: StoreReader) -> tuple[DataLoader, St
     return loader, sampler
 
 
-def setup_model(config: TrainConfig, reader: StoreReader, device: torch.device) -> nn.Module:
+def setup_model(
+    config: TrainConfig, reader: StoreReader, device: torch.device
+) -> tuple[nn.Module, dict[str, list[str]]]:
     """Build the variant for the store's channels/classes; optionally initialise from a source
-    checkpoint (first conv adapted, class head re-initialised when classes differ)."""
+    checkpoint (first conv adapted, class head re-initialised when classes differ). Returns
+    the model and which tensors were copied / adapted / re-initialised (empty from scratch)."""
     torch.manual_seed(config.seed)
     model = build_model(
         config.variant,
@@ -110,17 +107,14 @@ def setup_model(config: TrainConfig, reader: StoreReader, device: torch.device) 
         input_size=config.input_size,
         **config.model_overrides,
     )
-    if config.init != "scratch":
-        source = load_checkpoint(config.init)
-        if source.get("format") != WEIGHTS_FORMAT or "model" not in source:
-            raise CheckpointError(
-                "not a dsod-weights file (expected model.pt of a run)", path=config.init
-            )
-        load_transferred(model, source["model"], source=config.init)
+    transfer: dict[str, list[str]] = {}
+    if config.init_weights:
+        source = load_weights(config.init_weights)
+        transfer = load_transferred(model, source["model"], source=config.init_weights)
     model = model.to(device)
     if device.type == "cuda" and config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return idist.auto_model(model, sync_bn=config.sync_bn)
+    return idist.auto_model(model, sync_bn=config.sync_bn), transfer
 
 
 def lr_factor(step: int, total_steps: int, config: TrainConfig) -> float:
@@ -194,47 +188,26 @@ def _evaluate(
     return scores
 
 
-def weights_dict(
-    model: nn.Module, config: TrainConfig, reader: StoreReader, extra: dict[str, Any]
-) -> dict[str, Any]:
-    """Final weights: a plain dict of tensors and primitives (loadable with weights_only)."""
-    det = unwrap(model)
-    return {
-        "format": WEIGHTS_FORMAT,
-        "version": 1,
-        "model": {k: v.detach().cpu() for k, v in det.state_dict().items()},
-        "variant": config.variant,
-        "input_size": config.input_size,
-        "model_overrides": dict(config.model_overrides),
-        "in_channels": reader.num_channels,
-        "num_classes": reader.num_classes,
-        "class_names": list(reader.class_names),
-        "channel_names": list(reader.channel_names),
-        "modality": reader.modality,
-        "mean": torch.from_numpy(reader.mean.copy()),
-        "std": torch.from_numpy(reader.std.copy()),
-        **extra,
-    }
+class _RunState:
+    """What a checkpoint keeps besides the Ignite objects: history, training time, RNG."""
 
+    def __init__(self, config: TrainConfig, clock: dict[str, float], history: list):
+        self.config, self.clock, self.history = config, clock, history
 
-def load_trained_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[DSOD, dict]:
-    """Rebuild a detector from a run's ``model.pt``; returns ``(model in eval mode, meta)``."""
-    w = load_checkpoint(path)
-    if w.get("format") != WEIGHTS_FORMAT:
-        raise CheckpointError("not a dsod-weights file", path=path)
-    model = build_model(
-        w["variant"],
-        in_channels=int(w["in_channels"]),
-        num_classes=int(w["num_classes"]),
-        input_size=int(w["input_size"]),
-        **w.get("model_overrides", {}),
-    )
-    try:
-        model.load_state_dict(w["model"])
-    except RuntimeError as exc:
-        first = " ".join(str(exc).split())[:300]
-        raise CheckpointError(f"weights do not fit the model: {first}", path=path) from exc
-    return model.to(device).eval(), w
+    def state_dict(self) -> dict[str, Any]:
+        elapsed = time.perf_counter() - self.clock["started"]
+        return {
+            "history": list(self.history),
+            "train_seconds": self.clock["train_seconds"] + elapsed,
+            "torch_rng": torch.get_rng_state(),
+            "config": self.config.to_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.history[:] = state["history"]
+        self.clock["train_seconds"] = float(state["train_seconds"])
+        self.clock["started"] = time.perf_counter()
+        torch.set_rng_state(state["torch_rng"])
 
 
 def run(local_rank: int, config: TrainConfig) -> dict[str, Any]:
@@ -251,7 +224,7 @@ def run(local_rank: int, config: TrainConfig) -> dict[str, Any]:
     device = _device(config)
     reader = StoreReader(config.store)
 
-    model = setup_model(config, reader, device)
+    model, transfer = setup_model(config, reader, device)
     optimizer = torch.optim.SGD(
         model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
@@ -273,35 +246,26 @@ def run(local_rank: int, config: TrainConfig) -> dict[str, Any]:
     history: list[dict[str, Any]] = []
     clock = {"train_seconds": 0.0, "started": time.perf_counter()}
 
-    def to_save() -> dict[str, Any]:
-        return {
-            "model": unwrap(model).state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "trainer": trainer.state_dict(),
-            "history": history,
-            "train_seconds": clock["train_seconds"] + time.perf_counter() - clock["started"],
-            "torch_rng": torch.get_rng_state(),
-            "config": config.to_dict(),
-        }
-
+    run_state = _RunState(config, clock, history)
+    to_save = {
+        "model": unwrap(model),
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "scaler": scaler,
+        "trainer": trainer,
+        "run": run_state,
+    }
     if config.resume:
         state = latest_checkpoint(ckpt_dir)
         if state is not None:
             try:
-                unwrap(model).load_state_dict(state["model"])
-                optimizer.load_state_dict(state["optimizer"])
-                scheduler.load_state_dict(state["scheduler"])
-                scaler.load_state_dict(state["scaler"])
-                trainer.load_state_dict(state["trainer"])
-            except (KeyError, RuntimeError, ValueError) as exc:
+                Checkpoint.load_objects(to_load=to_save, checkpoint=state)
+            except (KeyError, RuntimeError, ValueError, TypeError) as exc:
+                first = " ".join(str(exc).split())
                 raise CheckpointError(
-                    f"checkpoint does not fit this run: {exc}", path=ckpt_dir
+                    f"checkpoint does not fit this run: {first}", path=ckpt_dir
                 ) from exc
-            history.extend(state["history"])
-            clock["train_seconds"] = float(state["train_seconds"])
-            torch.set_rng_state(state["torch_rng"])
+    saver = checkpointer(ckpt_dir, to_save, keep=config.keep_checkpoints) if rank == 0 else None
 
     live = None
     if rank == 0 and config.dvclive:
@@ -337,7 +301,7 @@ def run(local_rank: int, config: TrainConfig) -> dict[str, Any]:
                     if k != "epoch" and v is not None:
                         live.log_metric(f"train/{k}" if k in ("loss", "lr") else k, v)
                 live.next_step()
-            save_training_checkpoint(ckpt_dir, epoch, to_save(), keep=config.keep_checkpoints)
+            saver(engine)
         idist.barrier()
 
     if config.progress and rank == 0:
@@ -356,13 +320,16 @@ def run(local_rank: int, config: TrainConfig) -> dict[str, Any]:
         live.end()
     result = {"epochs": epochs, "steps": total_steps, "train_seconds": seconds, "history": history}
     if rank == 0:
-        save_atomic(
-            weights_dict(model, config, reader, {"train_seconds": seconds, "history": history}),
-            out_dir / "model.pt",
+        weights = weights_dict(
+            model,
+            variant=config.variant,
+            input_size=config.input_size,
+            model_overrides=config.model_overrides,
+            reader=reader,
+            extra={"train_seconds": seconds, "history": history, "transfer": transfer},
         )
-        tmp = out_dir / "history.json.tmp"
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(out_dir / "history.json")
+        save_atomic(weights, out_dir / "model.pt")
+        write_json(out_dir / "history.json", result, indent=1)
     return result
 
 
@@ -382,8 +349,3 @@ def train(config: TrainConfig) -> dict[str, Any]:
     with idist.Parallel(backend=config.backend, nproc_per_node=config.nproc_per_node) as par:
         par.run(_run_worker, config)
     return json.loads((Path(config.out_dir) / "history.json").read_text())
-
-
-def seed_everything(seed: int) -> None:
-    torch.manual_seed(seed)
-    np.random.seed(seed)
