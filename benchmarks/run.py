@@ -1,4 +1,4 @@
-"""The benchmark suite of issue 10: training memory/time, inference paths, FLOPs, data path,
+"""The benchmark suite: training memory/time, inference paths, FLOPs, data path,
 evaluation, GPU.
 
 ``python -m benchmarks.run [--quick] [--out DIR] [--threads N]`` (from the repository root;
@@ -1104,7 +1104,7 @@ def run_all(plan: Plan, out_dir: Path, threads: int) -> dict[str, Any]:
     machine["load_average_end"] = list(os.getloadavg())
     machine["total_seconds"] = time.perf_counter() - started
     targets = targets_table(results, machine["cpu_flags"])
-    report.section("Targets of issue 10", targets)
+    report.section("Targets", targets)
 
     flags = ", ".join(f"{k} {'yes' if v else 'no'}" for k, v in machine["cpu_flags"].items())
     head = (

@@ -1,4 +1,4 @@
-"""SSD's MultiBox loss with hard negative mining, as DSOD trains it (DSOD_SPEC.md section 4)."""
+"""SSD's MultiBox loss with hard negative mining, as DSOD trains it (docs/dsod.md section 4)."""
 
 from __future__ import annotations
 

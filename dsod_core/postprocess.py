@@ -1,4 +1,4 @@
-"""Decode + per-class NMS: network outputs to one detection dict per image (DSOD_SPEC.md s. 5)."""
+"""Decode + per-class NMS: network outputs to one detection dict per image (docs/dsod.md s. 5)."""
 
 from __future__ import annotations
 

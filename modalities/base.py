@@ -192,6 +192,10 @@ def _range_text(meta: Mapping[str, Any]) -> str:
     return f" {left} and <= {hi}" if lo is not None else f" <= {hi}"
 
 
+RENAMED = {"classes": "class_names", "unknown_classes": "unknown_class", "split_seed": "seed"}
+"""Old param names -> the shared vocabulary (for the "did you mean" of unknown keys)."""
+
+
 @dataclass(frozen=True)
 class AdapterParams:
     """Base of every adapter's params: a frozen dataclass whose fields are the params.
@@ -219,7 +223,8 @@ class AdapterParams:
         unknown = sorted(set(values) - set(fields))
         if unknown:
             key = unknown[0]
-            close = difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
+            close = [RENAMED[key]] if RENAMED.get(key) in fields else []
+            close = close or difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
             hint = f"; did you mean {close[0]!r}?" if close else ""
             raise ConfigError(
                 f"unknown {where} {key!r}{hint} (accepted: {', '.join(sorted(fields))})",

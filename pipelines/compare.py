@@ -12,8 +12,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from dsod_core.errors import ConfigError, DataError
+from dsod_core.errors import DataError
 from pipelines._common import load_params, stage_main, write_atomic, write_json
+from pipelines.params import validate_params
 
 
 def epochs_to_fraction(history: list[dict[str, Any]], fraction: float = 0.9) -> int | None:
@@ -25,10 +26,10 @@ def epochs_to_fraction(history: list[dict[str, Any]], fraction: float = 0.9) -> 
     return next(e for e, m in curve if m >= fraction * final)
 
 
-def collect(runs: list[str]) -> list[dict[str, Any]]:
+def collect(runs: list[str], runs_dir: Path = Path("reports/runs")) -> list[dict[str, Any]]:
     rows = []
     for run in runs:
-        path = Path("reports/runs") / run / "metrics.json"
+        path = runs_dir / run / "metrics.json"
         if not path.is_file():
             raise DataError("metrics of run missing (did evaluate run?)", path=path)
         m = json.loads(path.read_text())
@@ -122,16 +123,17 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--runs-dir", required=True, help="reports/runs (one folder per run)")
+    parser.add_argument("--out", required=True, help="output prefix, e.g. reports/compare")
     args = parser.parse_args(argv)
     params = load_params(args.params)
-    targets, inits = params.get("targets"), params.get("inits")
-    if not isinstance(targets, list) or not isinstance(inits, list):
-        raise ConfigError("'targets' and 'inits' must be lists", path=args.params)
+    validate_params(params, args.params, datasets=[])
+    targets, inits = params["targets"], params["inits"]
     runs = ["pretrain"] + [f"{d}-{i}" for d in targets for i in inits]
-    rows = collect(runs)
-    write_json("reports/compare.json", rows)
-    write_atomic("reports/compare.md", markdown(rows))
-    plot(rows, Path("reports/compare.png"))
+    rows = collect(runs, Path(args.runs_dir))
+    write_json(f"{args.out}.json", rows)
+    write_atomic(f"{args.out}.md", markdown(rows))
+    plot(rows, Path(f"{args.out}.png"))
     print(markdown(rows).split("\n## ")[0])
     return 0
 

@@ -1,7 +1,8 @@
 """Stage `demo@<modality>`: write the embedded demo data of one modality in its native format.
 
-Output: ``data/demo/<modality>/`` with the files and ``demo_params.json`` (the adapter params
-that read them), written into a temporary folder and renamed into place.
+Output: ``--out`` (``data/demo/<modality>/`` in ``dvc.yaml``) with the files and
+``demo_params.json`` (the adapter params that read them), written into a temporary folder and
+renamed into place.
 """
 
 from __future__ import annotations
@@ -12,19 +13,21 @@ from pathlib import Path
 
 from modalities import get_adapter
 from pipelines._common import load_params, stage_main, write_json
-from pipelines.params import demo_section
+from pipelines.params import demo_section, validate_params
 
 
 @stage_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("modality")
+    parser.add_argument("--out", required=True, help="the folder to write (data/demo/<modality>)")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     params = load_params(args.params)
+    validate_params(params, args.params, datasets=[])
     demo = demo_section(params, args.params)
     adapter = get_adapter(args.modality)
-    out = Path(demo["out"]) / args.modality
+    out = Path(args.out)
     tmp = out.with_name(out.name + ".partial")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

@@ -1,48 +1,139 @@
-"""Reading and checking the sections of params.yaml that the stage scripts use.
+"""Reading and checking ``params.yaml``: the whole file, before any stage touches an output.
 
-Each stage reads only its own slice; unknown keys and wrong types are refused with a
-:class:`ConfigError` naming params.yaml and the key.
+:func:`validate_params` is called first by every stage script (and by the ``check`` stage that
+``dvc.yaml`` runs before all others, so that ``dvc repro`` stops on a typo before DVC removes
+any stage's previous outputs). It refuses unknown keys (with a "did you mean"), wrong types,
+unknown model variants, ``targets`` or ``pretrain.dataset`` not in ``datasets``, unknown
+modalities, adapter params their adapter does not accept, and a dataset ``code`` path that is
+not the code of its adapter. Every message names the params file and the key.
 """
 
 from __future__ import annotations
 
+import difflib
+import os
+from pathlib import Path
 from typing import Any
 
+from dsod_core.engine.config import TrainConfig
 from dsod_core.errors import ConfigError
 
-DEMO_KEYS = {"out", "image_size", "num_images", "num_images_per_modality", "modalities"}
-DATASET_KEYS = {"modality", "root", "adapter", "description"}
+TOP_KEYS = {
+    "seed",
+    "demo",
+    "datasets",
+    "prepare",
+    "model",
+    "pretrain",
+    "targets",
+    "inits",
+    "train",
+    "finetune",
+    "evaluate",
+}
+DEMO_KEYS = {"image_size", "num_images", "num_images_per_modality", "modalities"}
+DATASET_KEYS = {"modality", "root", "code", "adapter", "description"}
 PREPARE_KEYS = {"on_error", "compression"}
-EVALUATE_KEYS = {"split", "score_threshold", "nms_iou", "max_detections", "pictures", "batch_size"}
+MODEL_KEYS = {"variant", "input_size", "overrides"}
+PRETRAIN_KEYS = {"dataset", "train"}
+EVALUATE_KEYS = {
+    "split",
+    "score_threshold",
+    "nms_iou",
+    "max_detections",
+    "pictures",
+    "batch_size",
+    "device",
+}
+INITS = ("scratch", "finetuned")
+
+
+def _unknown(keys: set[str], allowed: set[str], where: str, source: str) -> None:
+    extra = sorted(set(keys) - allowed)
+    if extra:
+        close = difflib.get_close_matches(extra[0], sorted(allowed), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"unknown key {where}{extra[0]!r}{hint} (accepted: {', '.join(sorted(allowed))})",
+            path=source,
+        )
 
 
 def _section(params: dict[str, Any], name: str, allowed: set[str], source: str) -> dict:
     sec = params.get(name)
     if not isinstance(sec, dict):
         raise ConfigError(f"missing or malformed section {name!r}", path=source)
-    unknown = sorted(set(sec) - allowed)
-    if unknown:
-        raise ConfigError(
-            f"unknown key(s) {unknown} in {name!r}; accepted: {sorted(allowed)}", path=source
-        )
+    _unknown(set(sec), allowed, f"{name}.", source)
     return sec
 
 
+def _need(ok: bool, msg: str, source: str) -> None:
+    if not ok:
+        raise ConfigError(msg, path=source)
+
+
+def _is_int(v: Any, lo: int = 1) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool) and v >= lo
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
 def demo_section(params: dict[str, Any], source: str = "params.yaml") -> dict[str, Any]:
-    return _section(params, "demo", DEMO_KEYS, source)
+    sec = _section(params, "demo", DEMO_KEYS, source)
+    for key in ("image_size", "num_images"):
+        _need(_is_int(sec.get(key)), f"demo.{key} must be a positive integer", source)
+    _need(
+        isinstance(sec.get("num_images_per_modality") or {}, dict),
+        "demo.num_images_per_modality must be a mapping",
+        source,
+    )
+    return sec
 
 
 def prepare_section(params: dict[str, Any], source: str = "params.yaml") -> dict[str, Any]:
     sec = _section(params, "prepare", PREPARE_KEYS, source)
-    if sec.get("on_error", "error") not in ("error", "skip"):
-        raise ConfigError(
-            f"prepare.on_error must be 'error' or 'skip', got {sec['on_error']!r}", path=source
-        )
+    _need(
+        sec.get("on_error", "error") in ("error", "skip"),
+        f"prepare.on_error must be 'error' or 'skip', got {sec.get('on_error')!r}",
+        source,
+    )
+    _need(
+        sec.get("compression", "gzip") in ("gzip", None),
+        f"prepare.compression must be 'gzip' or null, got {sec.get('compression')!r}",
+        source,
+    )
     return sec
 
 
 def evaluate_section(params: dict[str, Any], source: str = "params.yaml") -> dict[str, Any]:
-    return _section(params, "evaluate", EVALUATE_KEYS, source)
+    sec = _section(params, "evaluate", EVALUATE_KEYS, source)
+    _need(
+        sec.get("split", "test") in ("train", "val", "test"),
+        f"evaluate.split must be train, val or test, got {sec.get('split')!r}",
+        source,
+    )
+    _need(
+        sec.get("device", "auto") in ("auto", "cpu", "cuda"),
+        f"evaluate.device must be auto, cpu or cuda, got {sec.get('device')!r}",
+        source,
+    )
+    for key in ("score_threshold", "nms_iou"):
+        if key in sec:
+            _need(
+                _is_num(sec[key]) and 0 <= sec[key] <= 1,
+                f"evaluate.{key} must be a number in [0, 1], got {sec[key]!r}",
+                source,
+            )
+    for key, lo in (("max_detections", 1), ("batch_size", 1), ("pictures", 0)):
+        if key in sec:
+            _need(
+                _is_int(sec[key], lo),
+                f"evaluate.{key} must be an integer >= {lo}, got {sec[key]!r}",
+                source,
+            )
+    return sec
 
 
 def dataset_entry(params: dict[str, Any], name: str, source: str = "params.yaml") -> dict:
@@ -53,15 +144,153 @@ def dataset_entry(params: dict[str, Any], name: str, source: str = "params.yaml"
     entry = datasets[name]
     if not isinstance(entry, dict):
         raise ConfigError(f"datasets.{name} must be a mapping", path=source)
-    unknown = sorted(set(entry) - DATASET_KEYS)
-    if unknown:
-        raise ConfigError(
-            f"unknown key(s) {unknown} in datasets.{name}; accepted: {sorted(DATASET_KEYS)}",
-            path=source,
-        )
-    for key in ("modality", "root"):
-        if not isinstance(entry.get(key), str):
-            raise ConfigError(f"datasets.{name}.{key} must be a string", path=source)
+    _unknown(set(entry), DATASET_KEYS, f"datasets.{name}.", source)
+    for key in ("modality", "root", "code"):
+        if not isinstance(entry.get(key), str) or not entry.get(key):
+            raise ConfigError(f"datasets.{name}.{key} must be a non-empty string", path=source)
     if not isinstance(entry.get("adapter", {}) or {}, dict):
         raise ConfigError(f"datasets.{name}.adapter must be a mapping", path=source)
     return entry
+
+
+def check_dataset(name: str, entry: dict[str, Any], source: str = "params.yaml") -> None:
+    """The modality resolves, its adapter accepts the params, ``code`` is the adapter's code."""
+    from modalities.registry import adapter_code, get_adapter
+
+    try:
+        cls = get_adapter(entry["modality"])
+    except ConfigError as exc:
+        raise ConfigError(f"datasets.{name}.modality: {exc.reason}", path=source) from None
+    try:
+        cls.Params.parse(entry.get("adapter") or {}, owner=cls.name)
+    except ConfigError as exc:
+        raise ConfigError(f"datasets.{name}.adapter: {exc.reason}", path=source) from None
+    expected = adapter_code(entry["modality"])
+    declared = Path(os.path.abspath(entry["code"]))
+    if declared.resolve() != expected:
+        try:
+            shown = expected.relative_to(Path.cwd().resolve())
+        except ValueError:
+            shown = expected
+        raise ConfigError(
+            f"datasets.{name}.code is {entry['code']!r} but the {entry['modality']!r} adapter's "
+            f"code is {str(shown)!r}; set it so DVC re-runs prepare when that code changes",
+            path=source,
+        )
+
+
+def model_section(params: dict[str, Any], source: str = "params.yaml") -> dict[str, Any]:
+    from dsod_core.model import list_variants
+
+    sec = _section(params, "model", MODEL_KEYS, source)
+    variant = sec.get("variant")
+    if variant not in list_variants():
+        close = difflib.get_close_matches(str(variant), list_variants(), n=1, cutoff=0.6)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(
+            f"model.variant {variant!r} is not a known variant{hint} "
+            f"(known: {', '.join(list_variants())})",
+            path=source,
+        )
+    _need(_is_int(sec.get("input_size")), "model.input_size must be a positive integer", source)
+    _need(isinstance(sec.get("overrides") or {}, dict), "model.overrides must be a mapping", source)
+    return sec
+
+
+def validate_params(
+    params: dict[str, Any], source: str = "params.yaml", datasets: list[str] | None = None
+) -> None:
+    """Check the whole params file (see the module docstring); raise ``ConfigError``.
+
+    ``datasets`` names the datasets whose adapters are resolved and whose adapter params are
+    checked by their adapter (None: all). A stage passes only the datasets it reads, so that
+    it imports only the adapter code it depends on; the ``check`` stage passes None.
+    """
+    from dsod_core.model import variant_config
+
+    _unknown(set(params), TOP_KEYS, "", source)
+    _need(_is_int(params.get("seed", 0), 0), "seed must be a non-negative integer", source)
+    demo_section(params, source)
+    all_datasets = params.get("datasets")
+    _need(
+        isinstance(all_datasets, dict) and all_datasets,
+        "datasets must be a non-empty mapping",
+        source,
+    )
+    for name in all_datasets:
+        entry = dataset_entry(params, name, source)
+        if datasets is None or name in datasets:
+            check_dataset(name, entry, source)
+    datasets = all_datasets
+    prepare_section(params, source)
+    model = model_section(params, source)
+    try:
+        variant_config(
+            model["variant"],
+            in_channels=1,
+            num_classes=1,
+            input_size=int(model["input_size"]),
+            **dict(model.get("overrides") or {}),
+        )
+    except (ConfigError, TypeError, ValueError) as exc:
+        reason = exc.reason if isinstance(exc, ConfigError) else str(exc)
+        raise ConfigError(f"model: {reason}", path=source) from None
+    pre = _section(params, "pretrain", PRETRAIN_KEYS, source)
+    _need(
+        pre.get("dataset") in datasets,
+        f"pretrain.dataset {pre.get('dataset')!r} is not in datasets ({', '.join(datasets)})",
+        source,
+    )
+    targets, inits = params.get("targets"), params.get("inits")
+    _need(isinstance(targets, list) and targets, "targets must be a non-empty list", source)
+    for t in targets:
+        _need(t in datasets, f"targets: {t!r} is not in datasets ({', '.join(datasets)})", source)
+    _need(
+        isinstance(inits, list) and inits and all(i in INITS for i in inits),
+        f"inits must be a list of {' / '.join(INITS)}, got {inits!r}",
+        source,
+    )
+    for init in ("pretrain", *inits):
+        dataset = pre["dataset"] if init == "pretrain" else targets[0]
+        build_config(params, dataset, init, Path("models") / "check", source=source)
+    evaluate_section(params, source)
+
+
+PIPELINE_KEYS = {"store", "out_dir", "variant", "input_size", "init_weights", "model_overrides"}
+
+
+def build_config(
+    params: dict[str, Any],
+    dataset: str,
+    init: str,
+    out_dir: Path,
+    store: str | Path | None = None,
+    init_weights: str | Path | None = None,
+    source: str = "params.yaml",
+) -> TrainConfig:
+    """The ``TrainConfig`` of one run: ``train`` with the ``finetune`` (init = finetuned) or
+    ``pretrain.train`` (init = pretrain) overrides, the model section and the paths."""
+    model = params.get("model") or {}
+    train_params = dict(params.get("train") or {})
+    if init == "finetuned":
+        train_params.update(params.get("finetune") or {})
+    elif init == "pretrain":
+        train_params.update((params.get("pretrain") or {}).get("train") or {})
+    elif init != "scratch":
+        raise ConfigError(f"init must be 'scratch' or 'finetuned', got {init!r}", path=source)
+    overlap = PIPELINE_KEYS & set(train_params)
+    if overlap:
+        raise ConfigError(f"train keys {sorted(overlap)} are set by the pipeline", path=source)
+    return TrainConfig.from_dict(
+        {
+            **train_params,
+            "store": str(store or f"data/prepared/{dataset}.h5"),
+            "out_dir": str(out_dir),
+            "variant": model.get("variant", "dsod_tiny"),
+            "input_size": int(model.get("input_size", 64)),
+            "model_overrides": dict(model.get("overrides") or {}),
+            "init_weights": str(init_weights) if init == "finetuned" and init_weights else None,
+            "seed": int(params.get("seed", 0)),
+        },
+        source=source,
+    )

@@ -1,14 +1,21 @@
-"""Stage `prepare@<dataset>`: adapter -> HDF5 store (``data/prepared/<dataset>.h5``).
+"""Stage `prepare@<dataset>`: adapter -> HDF5 store, and a report of what was read and skipped.
 
-Samples stream from the adapter into the store (never all in memory). With
-``prepare.on_error: skip`` a bad sample is skipped and listed with its reason in
-``data/prepared/<dataset>.report.json``; with ``error`` (default) the first bad sample stops
-the stage with a one-line message and no store is written.
+``python -m pipelines.prepare DATASET --out data/prepared/DATASET.h5 --report
+data/prepared/DATASET.report.json`` (paths come from ``dvc.yaml``).
+
+One error policy: the adapter raises :class:`DataError` naming file, sample and reason, and
+``prepare.on_error`` alone decides. ``error`` (default): the first bad unit stops the stage
+with a one-line message and no store is written (a previous store stays as it was). ``skip``:
+the bad unit (an image, a volume, a raster) is left out whole — samples it had already added
+are removed from the store — and listed with file and reason in the report. Adapter warnings
+land in the report in both modes. Samples stream from the adapter into the store (never all
+in memory).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -16,81 +23,156 @@ from typing import Any
 from tqdm import tqdm
 
 from dsod_core.data.store import StoreWriter
-from dsod_core.errors import ConfigError, DataError
-from modalities import get_adapter
-from pipelines._common import load_params, stage_main, write_json
-from pipelines.params import dataset_entry, prepare_section
+from dsod_core.errors import ConfigError, DataError, ProjectError
+from dsod_core.io import write_json
+from modalities import PrepareLog, SampleRef, get_adapter
+from modalities.registry import adapter_code, adapter_version
+from pipelines._common import load_params, stage_main
+from pipelines.params import dataset_entry, prepare_section, validate_params
 
 
-def adapter_for(entry: dict[str, Any], source: str = "params.yaml"):
-    """Instantiate a dataset's adapter; demo roots contribute their ``demo_params.json``.
-    Configuration errors without a file of their own are attributed to ``source``."""
+def adapter_for(entry: dict[str, Any], source: str = "params.yaml", log: PrepareLog | None = None):
+    """The dataset's adapter exactly as the prepare stage builds it; demo roots contribute
+    their ``demo_params.json``. Configuration errors without a file of their own are
+    attributed to ``source``. Returns ``(adapter, merged adapter params)``."""
     root = Path(entry["root"])
     if not root.exists():
         raise DataError("dataset root does not exist", path=root)
     adapter_params: dict[str, Any] = {}
     demo_params = root / "demo_params.json"
     if demo_params.is_file():
-        adapter_params.update(json.loads(demo_params.read_text()))
+        try:
+            adapter_params.update(json.loads(demo_params.read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataError(f"not valid JSON ({exc})", path=demo_params) from None
     adapter_params.update(entry.get("adapter") or {})
+    cls = get_adapter(entry["modality"])
     try:
-        return get_adapter(entry["modality"])(root, adapter_params), adapter_params
+        params = cls.Params.parse(adapter_params, owner=cls.name, source=source)
     except ConfigError as exc:
-        if exc.path is None:
-            raise ConfigError(exc.reason, path=source) from exc
-        raise
+        raise ConfigError(exc.reason, path=exc.path or source) from None
+    return cls(root, params, log=log), params.to_dict()
+
+
+def code_fingerprint(modality: str) -> dict[str, Any]:
+    """Where the adapter's code is, its sha256 over all its ``.py`` files, and the version of
+    the distribution that provides it: recorded in the report, so that a stage depending on
+    the report re-runs when the adapter changes."""
+    path = adapter_code(modality)
+    files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(f.relative_to(path.parent).as_posix().encode())
+        digest.update(f.read_bytes())
+    return {
+        "name": modality,
+        "code": str(path),
+        "code_sha256": digest.hexdigest(),
+        "version": adapter_version(modality),
+    }
+
+
+def _unit_file(ref: SampleRef) -> str:
+    paths = ref.paths or {}
+    main = paths.get("image") or paths.get("raster") or paths.get("volume")
+    if main is None and paths:
+        main = next(iter(paths.values()))
+    return str(main) if main is not None else ref.ref_id
+
+
+def _as_data_error(exc: Exception, ref: SampleRef) -> DataError:
+    """An adapter bug or an unforeseen library error on a bad file still names the file."""
+    if isinstance(exc, DataError):
+        return exc
+    reason = " ".join(str(exc).split()) or "no message"
+    return DataError(f"unreadable ({type(exc).__name__}: {reason})", path=_unit_file(ref))
 
 
 def prepare(
     name: str,
     entry: dict[str, Any],
     out: Path,
+    report_path: Path,
     on_error: str = "error",
     compression: str | None = "gzip",
     source: str = "params.yaml",
 ) -> dict[str, Any]:
-    adapter, adapter_params = adapter_for(entry, source)
-    refs = adapter.discover()
-    if not refs:
-        raise DataError("the adapter found no data", path=entry["root"])
-    skipped: list[dict[str, str]] = []
-    counts = {"train": 0, "val": 0, "test": 0}
-    with StoreWriter(
-        out,
-        modality=entry["modality"],
-        class_names=adapter.class_names,
-        channel_names=adapter.channel_names,
-        params={"dataset": name, **entry, "adapter": adapter_params},
-        compression=compression,
-    ) as writer:
-        # disable=None: no progress bar when stderr is not a terminal, so an error stays one line.
-        for ref in tqdm(refs, desc=f"prepare {name}", unit="file", disable=None):
-            if on_error == "error":
-                # Stream: a raster's chips or a volume's slices never sit in memory together.
-                for s in adapter.read(ref):
-                    writer.add(s)
-                    counts[s.split] += 1
-                continue
-            try:
-                # Skip mode: read one unit fully first so a bad file adds nothing.
-                samples = list(adapter.read(ref))
-                for s in samples:
-                    s.validate(len(adapter.channel_names), len(adapter.class_names))
-            except DataError as exc:
-                skipped.append({"ref": ref.ref_id, "reason": str(exc)})
-                continue
-            for s in samples:
-                writer.add(s)
-                counts[s.split] += 1
-    report = {
+    log = PrepareLog(on_error=on_error)
+    adapter, adapter_params = adapter_for(entry, source, log)
+    failure_path = report_path.with_name(report_path.name.replace(".report.json", ".failed.json"))
+    report: dict[str, Any] = {
         "dataset": name,
         "modality": entry["modality"],
-        "samples": counts,
-        "classes": adapter.class_names,
-        "channels": adapter.channel_names,
-        "skipped": skipped,
+        "on_error": on_error,
+        "adapter": code_fingerprint(entry["modality"]),
+        "adapter_params": adapter_params,
     }
-    write_json(out.with_suffix(".report.json"), report)
+
+    def finish(status: str, **extra: Any) -> dict[str, Any]:
+        report.update(status=status, skipped=log.skipped, warnings=log.warnings, **extra)
+        return report
+
+    try:
+        try:
+            refs = adapter.discover()
+        except ProjectError:
+            raise
+        except Exception as exc:  # an adapter that failed to name the file
+            raise DataError(
+                f"listing the dataset failed ({type(exc).__name__}: {exc})", path=entry["root"]
+            ) from exc
+        if not refs:
+            found = f"; {len(log.skipped)} skipped" if log.skipped else ""
+            raise DataError(f"the adapter found no data{found}", path=entry["root"])
+        counts = {"train": 0, "val": 0, "test": 0}
+        with StoreWriter(
+            out,
+            modality=entry["modality"],
+            class_names=adapter.class_names,
+            channel_names=adapter.channel_names,
+            params={"dataset": name, **entry, "adapter": adapter_params},
+            compression=compression,
+        ) as writer:
+            # disable=None: no bar when stderr is not a terminal, so an error stays one line.
+            for ref in tqdm(refs, desc=f"prepare {name}", unit="unit", disable=None):
+                mark = writer.mark()
+                added = {"train": 0, "val": 0, "test": 0}
+                try:
+                    for s in adapter.read(ref):  # streamed: chips/slices never all in memory
+                        writer.add(s)
+                        added[s.split] += 1
+                except Exception as exc:
+                    err = _as_data_error(exc, ref)
+                    if on_error != "skip":
+                        if err is exc:
+                            raise
+                        raise err from exc
+                    writer.rollback(mark)
+                    log.record_skip(err, _unit_file(ref), unit=ref.ref_id)
+                    continue
+                for k, v in added.items():
+                    counts[k] += v
+            if counts["train"] == 0:
+                first = log.skipped[0] if log.skipped else None
+                why = (
+                    f"; {len(log.skipped)} unit(s) skipped, first {first['file']}: "
+                    f"{first['reason']}"
+                    if first
+                    else ""
+                )
+                raise DataError(f"no training samples were written{why}", path=out)
+    except ProjectError as exc:
+        if on_error == "skip" or log.skipped or log.warnings:
+            write_json(failure_path, finish("failed", error=str(exc)))
+        raise
+    failure_path.unlink(missing_ok=True)
+    finish(
+        "ok",
+        samples=counts,
+        classes=adapter.class_names,
+        channels=adapter.channel_names,
+    )
+    write_json(report_path, report)
     return report
 
 
@@ -99,20 +181,26 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("dataset")
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--out-dir", default="data/prepared")
+    parser.add_argument("--out", required=True, help="the store to write (.h5)")
+    parser.add_argument("--report", required=True, help="the report to write (.json)")
     args = parser.parse_args(argv)
     params = load_params(args.params)
+    validate_params(params, args.params, datasets=[args.dataset])
     entry = dataset_entry(params, args.dataset, args.params)
     sec = prepare_section(params, args.params)
     report = prepare(
         args.dataset,
         entry,
-        Path(args.out_dir) / f"{args.dataset}.h5",
+        Path(args.out),
+        Path(args.report),
         on_error=sec.get("on_error", "error"),
         compression=sec.get("compression", "gzip"),
         source=args.params,
     )
-    print(f"prepare {args.dataset}: {report['samples']} samples, {len(report['skipped'])} skipped")
+    print(
+        f"prepare {args.dataset}: {report['samples']} samples, {len(report['skipped'])} "
+        f"skipped, {len(report['warnings'])} warnings"
+    )
     return 0
 
 

@@ -1,10 +1,14 @@
 """Stage `pretrain` and `train@<dataset>-<init>`: train a detector on a prepared store.
 
-``python -m pipelines.train pretrain`` trains the RGB source model (``pretrain.dataset``) into
-``models/pretrain``. ``python -m pipelines.train <dataset> --init scratch|finetuned`` trains
-into ``models/<dataset>-<init>``; ``finetuned`` starts from ``models/pretrain/model.pt`` with the
-first conv adapted to the dataset's channels and a new class head when classes differ
-(``dsod_core.transfer``) and applies the ``finetune`` overrides (e.g. a lower lr).
+``python -m pipelines.train pretrain --store S --out-dir models/pretrain`` trains the RGB
+source model (``pretrain.dataset``). ``python -m pipelines.train DATASET --init scratch|finetuned
+--store S --out-dir models/DATASET-INIT [--init-weights models/pretrain/model.pt]`` trains a
+target run; ``finetuned`` starts from the source weights with the first conv adapted to the
+dataset's channels and a new class head when classes differ (``dsod_core.transfer``) and
+applies the ``finetune`` overrides (e.g. a lower lr). Paths come from ``dvc.yaml``.
+
+The whole params file, the store and the source weights are checked before the previous run
+in ``--out-dir`` is removed, so a typo never destroys a trained model.
 """
 
 from __future__ import annotations
@@ -12,45 +16,13 @@ from __future__ import annotations
 import argparse
 import shutil
 from pathlib import Path
-from typing import Any
 
-from dsod_core.engine import TrainConfig, train
+from dsod_core.data.store import StoreReader
+from dsod_core.engine import train
+from dsod_core.engine.weights import load_weights
 from dsod_core.errors import ConfigError
 from pipelines._common import load_params, stage_main, write_json
-
-PRETRAIN_WEIGHTS = Path("models/pretrain/model.pt")
-
-
-def build_config(
-    params: dict[str, Any], dataset: str, init: str, out_dir: Path, source: str = "params.yaml"
-) -> TrainConfig:
-    model = params.get("model") or {}
-    unknown = sorted(set(model) - {"variant", "input_size", "overrides"})
-    if unknown:
-        raise ConfigError(f"unknown key(s) {unknown} in 'model'", path=source)
-    train_params = dict(params.get("train") or {})
-    if init == "finetuned":
-        train_params.update(params.get("finetune") or {})
-    elif init == "pretrain":
-        train_params.update((params.get("pretrain") or {}).get("train") or {})
-    elif init != "scratch":
-        raise ConfigError(f"init must be 'scratch' or 'finetuned', got {init!r}", path=source)
-    overlap = {"store", "out_dir", "variant", "input_size", "init"} & set(train_params)
-    if overlap:
-        raise ConfigError(f"train keys {sorted(overlap)} are set by the pipeline", path=source)
-    return TrainConfig.from_dict(
-        {
-            **train_params,
-            "store": f"data/prepared/{dataset}.h5",
-            "out_dir": str(out_dir),
-            "variant": model.get("variant", "dsod_tiny"),
-            "input_size": int(model.get("input_size", 64)),
-            "model_overrides": dict(model.get("overrides") or {}),
-            "init": str(PRETRAIN_WEIGHTS) if init == "finetuned" else "scratch",
-            "seed": int(params.get("seed", 0)),
-        },
-        source=source,
-    )
+from pipelines.params import build_config, validate_params
 
 
 @stage_main
@@ -59,26 +31,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("dataset", help="a dataset name, or 'pretrain'")
     parser.add_argument("--init", default="scratch", choices=["scratch", "finetuned"])
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--store", required=True, help="the prepared store (.h5)")
+    parser.add_argument("--out-dir", required=True, help="the run folder (models/<run>)")
+    parser.add_argument("--init-weights", help="source model.pt (init = finetuned)")
     parser.add_argument("--resume", action="store_true")
     args = parser.parse_args(argv)
     params = load_params(args.params)
+    validate_params(params, args.params, datasets=[])
     if args.dataset == "pretrain":
-        pre = params.get("pretrain") or {}
-        if not isinstance(pre.get("dataset"), str):
-            raise ConfigError("pretrain.dataset must name a dataset", path=args.params)
-        dataset, init, out_dir = pre["dataset"], "pretrain", Path("models/pretrain")
+        dataset, init = params["pretrain"]["dataset"], "pretrain"
     else:
         dataset, init = args.dataset, args.init
-        out_dir = Path("models") / f"{dataset}-{init}"
-    config = build_config(params, dataset, init, out_dir, args.params)
+        if init == "finetuned" and not args.init_weights:
+            raise ConfigError("init 'finetuned' needs --init-weights", path=args.params)
+    out_dir = Path(args.out_dir)
+    config = build_config(
+        params, dataset, init, out_dir, args.store, args.init_weights, source=args.params
+    )
     config.resume = args.resume
+    # Inputs known good before anything in out_dir is touched.
+    StoreReader(config.store)
+    if config.init_weights:
+        load_weights(config.init_weights)
     if not args.resume:
         shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True, exist_ok=True)
-    # "init" names the initialisation (scratch / finetuned / pretrain); the TrainConfig field
-    # of the same name (a weights path) is kept as "init_weights".
-    record = {**config.to_dict(), "init_weights": config.init, "dataset": dataset, "init": init}
-    write_json(out_dir / "config.json", record)
+    write_json(out_dir / "config.json", {**config.to_dict(), "dataset": dataset, "init": init})
     result = train(config)
     print(f"trained {out_dir}: {result['epochs']} epochs in {result['train_seconds']:.0f} s")
     return 0

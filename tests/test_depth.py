@@ -3,20 +3,24 @@ geometry, NYU-style .mat boxes against brute-force references, and the error pat
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import typing
 from pathlib import Path
 
 import h5py
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageFile
 
 from dsod_core.data.store import StoreReader, StoreWriter
 from dsod_core.errors import ConfigError, DataError
 from modalities import get_adapter
-from modalities.depth import DepthAdapter
+from modalities.base import PrepareLog
+from modalities.depth import DepthAdapter, DepthParams
 from modalities.depth.demo import CLASSES
 from modalities.depth.encodings import ENCODING_CHANNELS, Intrinsics, backproject
+from modalities.depth.png import read_depth
 
 K = {"fx": 40.0, "fy": 44.0, "cx": 15.5, "cy": 11.0}
 
@@ -80,9 +84,7 @@ def test_png16_round_trip_exact_mm(tmp_path):
     mm[rng.random(mm.shape) < 0.2] = 0  # no reading
     mm[0, 0], mm[0, 1] = 1, 65535
     voc_dataset(tmp_path, {"a": mm})
-    from modalities.depth.formats import read_depth_raw
-
-    raw, unit = read_depth_raw(tmp_path / "depth" / "a.png")
+    raw, unit = read_depth(tmp_path / "depth" / "a.png")
     assert unit == "mm"
     np.testing.assert_array_equal(raw, mm.astype(np.float64))  # every millimetre exact
 
@@ -194,7 +196,7 @@ def test_nyu_mat_boxes_from_instance_masks(tmp_path):
     write_nyu(tmp_path / "nyu_depth_v2_labeled.mat", depths, labels, inst, names, images)
 
     classes = ["table", "chair"]  # "lamp" is not asked for: its instances are skipped
-    a = DepthAdapter(tmp_path, {"classes": classes, "encoding": "rgbd"})
+    a = DepthAdapter(tmp_path, {"class_names": classes, "encoding": "rgbd"})
     refs = a.discover()
     assert len(refs) == n and a.class_names == classes
     for i, ref in enumerate(refs):
@@ -219,6 +221,18 @@ def test_nyu_mat_boxes_from_instance_masks(tmp_path):
                     )
         got = sorted(zip(s.labels.tolist(), map(tuple, s.boxes.tolist())))
         assert got == sorted(expected)
+    # The left-out "lamp" instances: one warning per frame that had any, with their count.
+    lamps = {
+        ref.ref_id: len({int(k) for k in inst[i][(labels[i] == 3) & (inst[i] > 0)]})
+        for i, ref in enumerate(refs)
+    }
+    lamps = {r: c for r, c in lamps.items() if c}
+    assert lamps, "the random scene should hold at least one lamp instance"
+    assert {w["sample"]: w["reason"] for w in a.warnings} == {
+        r: f"left out {c} object(s) of classes not in class_names: 'lamp' x{c}"
+        for r, c in lamps.items()
+    }
+    assert all(w["file"].endswith("nyu_depth_v2_labeled.mat") for w in a.warnings)
 
 
 def test_nyu_mat_missing_datasets(tmp_path):
@@ -381,13 +395,160 @@ def test_missing_intrinsics_and_rgb_named(tmp_path):
         {"fx": 10.0},
         {"min_depth_m": 0.0},
         {"depth_unit": "cm"},
-        {"classes": []},
+        {"class_names": []},
+        {"class_names": ["chair", "chair"]},
+        {"min_depth_m": 5.0, "max_depth_m": 2.0},
+        {"cy": 3.0},
+        {"fx": -1.0, "fy": 1.0, "cx": 1.0, "cy": 1.0},
+        {"val_fraction": 0.6, "test_fraction": 0.4},
+        {"max_pixels": 0},
+        {"depth_dir": ""},
         {"validity_channel": "yes"},
     ],
 )
 def test_bad_params_refused(tmp_path, params):
     with pytest.raises(ConfigError, match=next(iter(params))):
         DepthAdapter(tmp_path, params)
+
+
+def test_old_param_names_point_to_the_new_ones(tmp_path):
+    with pytest.raises(ConfigError, match=r"unknown depth adapter param 'classes'.*'class_names'"):
+        DepthAdapter(tmp_path, {"classes": ["chair"]})
+    with pytest.raises(ConfigError, match=r"'split_seed'.*accepted:.*\bseed\b"):
+        DepthAdapter(tmp_path, {"split_seed": 3})
+    p = DepthAdapter(tmp_path, {"class_names": ["chair"], "seed": 3, "max_pixels": "1e6"}).params
+    assert isinstance(p, DepthParams) and p.seed == 3 and p.max_pixels == 1e6
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        p.seed = 4  # type: ignore[misc]
+
+
+def test_params_declared_with_docs_and_encodings_match():
+    rows = DepthParams.describe()
+    assert {r["name"] for r in rows} == {f.name for f in dataclasses.fields(DepthParams)}
+    assert all(r["doc"] for r in rows)
+    hints = typing.get_type_hints(DepthParams)
+    assert set(typing.get_args(hints["encoding"])) == set(ENCODING_CHANNELS)
+    assert DepthAdapter.Params is DepthParams and DepthAdapter.name == "depth"
+
+
+def test_max_pixels_checked_from_the_header_in_discover(tmp_path):
+    voc_dataset(tmp_path, {f"f{i}": np.full((24, 32), 1000, np.uint16) for i in range(3)})
+    write_png16(tmp_path / "depth" / "f1.png", np.full((40, 60), 1000, np.uint16))  # 2400 px
+    with pytest.raises(
+        DataError, match=r"f1\.png: declares 60 x 40 px = 2,400, over the limit max_pixels=1,000"
+    ):
+        DepthAdapter(tmp_path, {"max_pixels": 1000}).discover()
+    log = PrepareLog(on_error="skip")
+    a = DepthAdapter(tmp_path, {"max_pixels": 1000}, log=log)
+    assert [r.ref_id for r in a.discover()] == ["f0", "f2"]
+    (skip,) = log.skipped
+    assert skip["file"].endswith("f1.png") and skip["unit"] == "image"
+    assert "'max_pixels'" in skip["reason"] and skip["stage"] == "discover"
+    # A .npy depth map is checked from its header the same way.
+    (tmp_path / "depth" / "f1.png").unlink()
+    np.save(tmp_path / "depth" / "f1.npy", np.ones((40, 60), np.float32))
+    with pytest.raises(DataError, match=r"f1\.npy: declares 60 x 40 px.*max_pixels"):
+        DepthAdapter(tmp_path, {"max_pixels": 1000}).discover()
+
+
+def test_decode_time_size_guard_kept(tmp_path):
+    write_png16(tmp_path / "big.png", np.full((40, 60), 1000, np.uint16))
+    with pytest.raises(DataError, match=r"big\.png: declared size 60x40 = 2400 pixels exceeds"):
+        read_depth(tmp_path / "big.png", max_pixels=1000)
+
+
+def test_rgb_header_checked_for_rgbd(tmp_path):
+    voc_dataset(tmp_path, {"a": np.full((24, 32), 1000, np.uint16)}, rgb=True)
+    Image.fromarray(np.zeros((240, 320, 3), np.uint8)).save(tmp_path / "rgb" / "a.png")
+    assert DepthAdapter(tmp_path, {"max_pixels": 1000}).discover()  # colour unused: not read
+    with pytest.raises(DataError, match=r"rgb[/\\]a\.png: declares 320 x 240 px.*max_pixels"):
+        DepthAdapter(tmp_path, {"max_pixels": 1000, "encoding": "rgbd"}).discover()
+
+
+@pytest.mark.parametrize("keep", ["half", "most", "no_iend"])
+@pytest.mark.parametrize("lenient_pillow", [False, True])
+def test_truncated_16bit_png_raises_in_read(tmp_path, monkeypatch, keep, lenient_pillow):
+    """A 16-bit PNG written by Pillow, then cut: the header still reads (discover passes), the
+    full decode in read() raises, even with Pillow told to accept truncated images."""
+    mm = np.random.default_rng(7).integers(1, 60000, (48, 64)).astype(np.uint16)
+    voc_dataset(tmp_path, {"a": mm})
+    png = tmp_path / "depth" / "a.png"
+    data = png.read_bytes()
+    cut = {"half": len(data) // 2, "most": len(data) - 40, "no_iend": len(data) - 12}[keep]
+    png.write_bytes(data[:cut])
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", lenient_pillow)
+    a = DepthAdapter(tmp_path, {})
+    (ref,) = a.discover()
+    with pytest.raises(DataError, match=r"a\.png.*cannot read depth image.*(truncated|Truncated)"):
+        list(a.read(ref))
+
+
+def test_truncated_npy_refused_in_discover(tmp_path):
+    voc_dataset(tmp_path, {"a": np.ones((24, 32), np.float32)})
+    npy = tmp_path / "depth" / "a.npy"
+    npy.write_bytes(npy.read_bytes()[:-100])
+    with pytest.raises(DataError, match=r"a\.npy: cannot read \.npy header"):
+        DepthAdapter(tmp_path, {}).discover()
+
+
+def test_one_bad_annotation_among_many_goes_through_the_log(tmp_path):
+    voc_dataset(tmp_path, {f"f{i}": np.full((24, 32), 1000, np.uint16) for i in range(4)})
+    (tmp_path / "Annotations" / "f2.xml").write_text("<annotation><object><name>chair")
+    with pytest.raises(DataError, match=r"f2\.xml: cannot parse VOC XML"):
+        DepthAdapter(tmp_path, {}).discover()
+    a = DepthAdapter(tmp_path, {}, log=PrepareLog(on_error="skip"))
+    refs = a.discover()
+    assert [r.ref_id for r in refs] == ["f0", "f1", "f3"] and a.class_names == ["chair"]
+    (skip,) = a.log.skipped
+    assert skip["file"].endswith("f2.xml") and "cannot parse VOC XML" in skip["reason"]
+    assert skip["unit"] == "image"
+    # COCO: an image naming a missing depth map is one unit among the file's images.
+    coco = {
+        "images": [
+            {"id": 1, "file_name": "f0.png"},
+            {"id": 2, "file_name": "ghost.png"},
+            {"id": 3, "file_name": "f3.png"},
+        ],
+        "categories": [{"id": 1, "name": "chair"}],
+        "annotations": [{"image_id": i, "category_id": 1, "bbox": [1, 1, 5, 5]} for i in (1, 2, 3)],
+    }
+    (tmp_path / "c.json").write_text(json.dumps(coco))
+    params = {"layout": "coco", "coco_file": "c.json"}
+    with pytest.raises(DataError, match=r"c\.json: sample ghost:.*'ghost'"):
+        DepthAdapter(tmp_path, params).discover()
+    a = DepthAdapter(tmp_path, params, log=PrepareLog(on_error="skip"))
+    assert [r.ref_id for r in a.discover()] == ["f0", "f3"]
+    assert a.log.skipped[0]["sample"] == "ghost"
+
+
+def test_objects_of_unlisted_classes_left_out_with_one_warning_per_file(tmp_path):
+    write_png16(tmp_path / "depth" / "a.png", np.full((24, 32), 1500, np.uint16))
+    write_png16(tmp_path / "depth" / "b.png", np.full((24, 32), 1500, np.uint16))
+    objs = [("chair", [3, 4, 10, 12]), ("lamp", [1, 1, 5, 5]), ("lamp", [6, 6, 9, 9])]
+    objs += [("plant", [2, 2, 8, 8])]
+    write_voc(tmp_path / "Annotations" / "a.xml", "a.png", objs)
+    write_voc(tmp_path / "Annotations" / "b.xml", "b.png", [("chair", [3, 4, 10, 12])])
+    a = DepthAdapter(tmp_path, {"class_names": ["chair"]})
+    samples = {s.sample_id: s for ref in a.discover() for s in a.read(ref)}
+    np.testing.assert_array_equal(samples["a"].labels, [1])
+    np.testing.assert_array_equal(samples["a"].boxes, [[2, 3, 10, 12]])
+    (w,) = a.warnings
+    assert w["file"].endswith("a.xml") and w["sample"] == "a"
+    assert w["reason"] == (
+        "left out 3 object(s) of classes not in class_names: 'lamp' x2, 'plant' x1"
+    )
+    assert DepthAdapter(tmp_path, {}).discover() and not DepthAdapter(tmp_path, {}).warnings
+
+
+def test_nyu_frame_size_checked_in_discover(tmp_path):
+    d = np.ones((2, 18, 26))
+    z = np.zeros((2, 18, 26))
+    write_nyu(tmp_path / "nyu_depth_v2_labeled.mat", d, z, z, ["chair"])
+    assert len(DepthAdapter(tmp_path, {}).discover()) == 2
+    with pytest.raises(
+        DataError, match=r"labeled\.mat: declares 26 x 18 px frames = 468, over the limit"
+    ):
+        DepthAdapter(tmp_path, {"max_pixels": 400}).discover()
 
 
 # --- export, render, demo ----------------------------------------------------------------------
@@ -411,6 +572,7 @@ def test_export_median_depth_and_camera_centre(tmp_path):
         }
     ]
     (path,) = a.export_predictions(items, tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["predictions_depth.json"]
     (row,) = json.loads(path.read_text())
     (det,) = row["detections"]
     inside = mm[4:12, 8:20]
@@ -433,6 +595,9 @@ def test_render_colour_map(tmp_path):
 
 def test_demo_round_trip_and_not_separable_by_depth(tmp_path):
     params = DepthAdapter.write_demo(tmp_path, num_images=45, image_size=64, seed=1)
+    assert params["class_names"] == list(CLASSES)
+    assert DepthParams.parse(params).to_dict().items() >= params.items()  # the new names
+    assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".")]  # no temp files left
     assert get_adapter("depth") is DepthAdapter
     assert (tmp_path / "depth" / "scene_00000.png").is_file()
     with Image.open(tmp_path / "depth" / "scene_00000.png") as im:

@@ -1,5 +1,5 @@
-"""Tests of the medical adapter, its 3D linking and FROC (issue 7). NIfTI files are built by
-hand here (nibabel + explicit affines), independent of the demo writer."""
+"""Tests of the medical adapter, its 3D linking and FROC. NIfTI files are built by hand here
+(nibabel + explicit affines), independent of the demo writer."""
 
 from __future__ import annotations
 
@@ -14,8 +14,10 @@ import pytest
 from dsod_core.data.sample import pixel_to_world, world_to_pixel
 from dsod_core.errors import ConfigError, DataError
 from dsod_core.metrics.froc import ScanLesions, froc, froc_from_datalists
-from modalities.medical import MedicalAdapter
-from modalities.medical_link import (
+from modalities.base import PrepareLog
+from modalities.medical import (
+    MedicalAdapter,
+    MedicalParams,
     cuts_to_detections,
     ellipsoid_slice_cuts,
     link_volume,
@@ -43,9 +45,16 @@ def _datalist(root: Path, entries: dict[str, list[dict]]) -> None:
 
 
 def _all_samples(adapter: MedicalAdapter):
+    """Discover and read every volume as the prepare stage does: in the log's skip mode a
+    volume whose ``read`` raises is recorded in ``adapter.log.skipped`` and adds nothing."""
     out = []
     for ref in adapter.discover():
-        out.extend(adapter.read(ref))
+        try:
+            out.extend(list(adapter.read(ref)))
+        except DataError as exc:
+            if adapter.log.on_error != "skip":
+                raise
+            adapter.log.record_skip(exc, ref.paths["image"], unit="volume")
     return out
 
 
@@ -191,7 +200,7 @@ def test_lesion_lands_in_expected_slices_and_pixels(tmp_path: Path) -> None:
     file_z = affine[2, 3] + 2.0 * np.arange(20)
     assert len(with_box) == int((np.abs(file_z - centre_ras[2]) < radius).sum()) == 5
     # half the 15 lesion-free slices kept, the same ones on every read, all lesion slices kept
-    half = {**ad.params, "negative_slice_rate": 0.5}
+    half = ad.params.replace(negative_slice_rate=0.5)
     kept = [
         sorted(s.meta["slice_index"] for s in _all_samples(MedicalAdapter(tmp_path, half)))
         for _ in range(2)
@@ -501,9 +510,9 @@ def _one_volume(tmp_path: Path, data: np.ndarray, name: str = "v.nii.gz", box=No
     )
 
 
-def _read_all(tmp_path: Path, **extra):
+def _read_all(tmp_path: Path, log: PrepareLog | None = None, **extra):
     ad = MedicalAdapter(
-        tmp_path, {"datalist": "datalist.json", "negative_slice_rate": 1.0, **extra}
+        tmp_path, {"datalist": "datalist.json", "negative_slice_rate": 1.0, **extra}, log=log
     )
     return ad, _all_samples(ad)
 
@@ -517,10 +526,187 @@ def test_truncated_gz_names_file_or_skips(tmp_path: Path) -> None:
     path.write_bytes(raw[: len(raw) // 2])
     with pytest.raises(DataError, match="v.nii.gz") as err:
         _read_all(tmp_path)
-    assert "truncated" in str(err.value) or "cannot read" in str(err.value)
-    ad, samples = _read_all(tmp_path, on_error="skip")
+    assert "truncated or corrupt gzip stream" in str(err.value)
+    log = PrepareLog(on_error="skip")
+    ad, samples = _read_all(tmp_path, log=log)
     assert samples == []  # nothing partial
-    assert len(ad.skipped) == 1 and ad.skipped[0]["path"].endswith("v.nii.gz")
+    assert len(log.skipped) == 1 and log.skipped[0]["file"].endswith("v.nii.gz")
+    assert ad.log is log
+
+
+# --- whole-volume integrity: a volume damaged anywhere is refused before any slice ----------
+
+
+def _early_lesion_volume(tmp_path: Path, name: str = "v.nii.gz", shape=(24, 24, 20)) -> Path:
+    """Random float32 voxels, one lesion in the first slices and no negatives kept: the
+    slices the adapter keeps all lie in the first quarter of the file."""
+    data = np.random.default_rng(5).normal(-500, 100, size=shape).astype(np.float32)
+    affine = np.diag([1.0, 1.0, 2.0, 1.0])
+    _save(tmp_path / name, data, affine)
+    _datalist(
+        tmp_path,
+        {"training": [{"image": name, "box": [[12.0, 12.0, 4.0, 6.0, 6.0, 4.0]], "label": [0]}]},
+    )
+    return tmp_path / name
+
+
+def _early_params() -> dict:
+    return {
+        "datalist": "datalist.json",
+        "world_frame": "RAS",
+        "negative_slice_rate": 0.0,
+        "min_cross_section": 0.0,
+        "val_fraction": 0.0,
+        "test_fraction": 0.0,
+    }
+
+
+def test_gz_cut_after_the_kept_slices_is_refused_before_any_sample(tmp_path: Path) -> None:
+    path = _early_lesion_volume(tmp_path)
+    ad = MedicalAdapter(tmp_path, _early_params())
+    (ref,) = ad.discover()
+    kept = [s.meta["slice_index"] for s in ad.read(ref)]
+    assert kept and max(kept) <= 4  # intact: a few early slices only
+    raw = path.read_bytes()
+    path.write_bytes(raw[: int(len(raw) * 0.7)])  # cut after its middle
+    # the data of the kept slices is still there ...
+    with gzip.open(path, "rb") as f:
+        assert len(f.read(352 + 24 * 24 * 4 * 6)) == 352 + 24 * 24 * 4 * 6
+    # ... yet the volume is refused, naming the file, before its first sample
+    ad = MedicalAdapter(tmp_path, _early_params())
+    (ref,) = ad.discover()  # the header is intact
+    samples = ad.read(ref)
+    with pytest.raises(DataError) as err:
+        next(samples)
+    assert str(path) in str(err.value)
+    assert "truncated or corrupt gzip stream" in err.value.reason
+    assert err.value.path == str(path) and err.value.sample == ref.ref_id == "v"
+
+
+def test_gz_cut_with_skip_log_leaves_the_decision_to_the_prepare_stage(tmp_path: Path) -> None:
+    path = _early_lesion_volume(tmp_path)
+    raw = path.read_bytes()
+    path.write_bytes(raw[: int(len(raw) * 0.7)])
+    log = PrepareLog(on_error="skip")
+    ad = MedicalAdapter(tmp_path, _early_params(), log=log)
+    (ref,) = ad.discover()  # the header is fine: nothing skipped at discovery
+    assert log.skipped == []
+    with pytest.raises(DataError, match="truncated or corrupt gzip stream"):
+        next(iter(ad.read(ref)))  # the adapter raises; it never skips by itself
+    assert log.skipped == []
+    # driven like the prepare stage in skip mode, the volume is left out whole
+    samples = _all_samples(MedicalAdapter(tmp_path, _early_params(), log=log))
+    assert samples == []
+    assert [(e["file"], e["unit"], e["stage"]) for e in log.skipped] == [
+        (str(path), "volume", "read")
+    ]
+
+
+def test_gz_with_bad_crc_is_refused(tmp_path: Path) -> None:
+    path = _early_lesion_volume(tmp_path)
+    raw = bytearray(path.read_bytes())
+    raw[-8] ^= 0xFF  # the CRC32 of the gzip trailer
+    path.write_bytes(bytes(raw))
+    ad = MedicalAdapter(tmp_path, _early_params())
+    (ref,) = ad.discover()
+    with pytest.raises(DataError, match="truncated or corrupt gzip stream.*CRC") as err:
+        next(iter(ad.read(ref)))
+    assert err.value.path == str(path)
+
+
+def test_short_data_in_a_complete_gz_stream_names_the_byte_counts(tmp_path: Path) -> None:
+    nii = _early_lesion_volume(tmp_path, name="v.nii")
+    need = 352 + 24 * 24 * 20 * 4
+    assert nii.stat().st_size == need
+    short = nii.read_bytes()[: need - 24 * 24 * 4 * 5]  # the last 5 slices missing
+    # a well-formed gzip stream of the cut file
+    (tmp_path / "v.nii.gz").write_bytes(gzip.compress(short))
+    _datalist(
+        tmp_path,
+        {"training": [{"image": "v.nii.gz", "box": [[12.0, 12.0, 4.0, 6, 6, 4]], "label": [0]}]},
+    )
+    ad = MedicalAdapter(tmp_path, _early_params())
+    (ref,) = ad.discover()
+    with pytest.raises(DataError, match=r"v\.nii\.gz") as err:
+        next(iter(ad.read(ref)))
+    assert f"data ends at byte {len(short):,}, header declares {need:,}" in err.value.reason
+
+
+def test_truncated_uncompressed_nii_is_refused(tmp_path: Path) -> None:
+    nii = _early_lesion_volume(tmp_path, name="v.nii")
+    raw = nii.read_bytes()
+    nii.write_bytes(raw[: len(raw) - 1000])
+    ad = MedicalAdapter(tmp_path, _early_params())
+    (ref,) = ad.discover()
+    with pytest.raises(DataError, match=r"v\.nii") as err:
+        next(iter(ad.read(ref)))
+    assert f"data ends at byte {len(raw) - 1000:,}, header declares {len(raw):,}" in str(err.value)
+
+
+def test_nan_after_the_kept_slices_is_refused_before_any_sample(tmp_path: Path) -> None:
+    data = np.random.default_rng(5).normal(-500, 100, size=(24, 24, 20)).astype(np.float32)
+    data[7, 9, 17] = np.nan  # far from the lesion slices that are kept
+    _save(tmp_path / "v.nii.gz", data, np.diag([1.0, 1.0, 2.0, 1.0]))
+    _datalist(
+        tmp_path,
+        {"training": [{"image": "v.nii.gz", "box": [[12.0, 12.0, 4.0, 6, 6, 4]], "label": [0]}]},
+    )
+    ad = MedicalAdapter(tmp_path, _early_params())
+    (ref,) = ad.discover()
+    with pytest.raises(DataError, match=r"v\.nii\.gz.*slice 17 holds NaN or infinite values"):
+        next(iter(ad.read(ref)))
+
+
+# --- header checks at discovery -------------------------------------------------------------
+
+
+def _write_header_only(path: Path, dims: list[int]) -> None:
+    """A NIfTI-1 file written by nibabel's header writer with the given ``dim`` field."""
+    hdr = nib.Nifti1Header()
+    hdr.set_data_dtype(np.int16)
+    hdr["dim"] = [len(dims), *dims, *([1] * (7 - len(dims)))]
+    hdr["vox_offset"] = 352
+    hdr.set_sform(np.eye(4), code=1)
+    with path.open("wb") as f:
+        hdr.write_to(f)
+        f.write(b"\0" * 4)
+
+
+def test_declared_size_over_max_voxels_is_refused_from_the_header(tmp_path: Path) -> None:
+    _write_header_only(tmp_path / "huge.nii", [30000, 30000, 10])
+    _save(tmp_path / "ok.nii.gz", np.zeros((4, 4, 3), np.float32), np.eye(4))
+    _datalist(tmp_path, {"training": [{"image": "huge.nii"}, {"image": "ok.nii.gz"}]})
+    params = {"datalist": "datalist.json", "class_names": ["x"]}
+    with pytest.raises(DataError, match=r"huge\.nii") as err:
+        MedicalAdapter(tmp_path, params).discover()
+    msg = err.value.reason
+    assert "30000 x 30000 x 10 voxels" in msg and "max_voxels=262,144,000" in msg
+    # under the prepare stage's skip mode the volume is left out, the other one kept
+    log = PrepareLog(on_error="skip")
+    refs = MedicalAdapter(tmp_path, params, log=log).discover()
+    assert [r.meta["image"] for r in refs] == ["ok.nii.gz"]
+    assert log.skipped[0]["unit"] == "volume" and log.skipped[0]["file"].endswith("huge.nii")
+    assert log.skipped[0]["stage"] == "discover" and log.skipped[0]["sample"] == "huge"
+    # the default limit, documented
+    assert MedicalParams.parse({"datalist": "d.json"}).max_voxels == 512 * 512 * 1000
+
+
+def test_max_voxels_applies_to_each_volume(tmp_path: Path) -> None:
+    _save(tmp_path / "ok.nii.gz", np.zeros((4, 4, 3), np.float32), np.eye(4))
+    _datalist(tmp_path, {"training": [{"image": "ok.nii.gz"}]})
+    params = {"datalist": "datalist.json", "class_names": ["x"], "max_voxels": 40}
+    with pytest.raises(DataError, match=r"ok\.nii\.gz.*4 x 4 x 3 voxels = 48.*max_voxels"):
+        MedicalAdapter(tmp_path, params).discover()
+    assert len(MedicalAdapter(tmp_path, {**params, "max_voxels": 48}).discover()) == 1
+
+
+@pytest.mark.parametrize("dims", [[16, 0, 8], [16, -5, 8]])
+def test_non_positive_dimensions_are_refused(tmp_path: Path, dims: list[int]) -> None:
+    _write_header_only(tmp_path / "bad.nii", dims)
+    _datalist(tmp_path, {"training": [{"image": "bad.nii"}]})
+    with pytest.raises(DataError, match=r"bad\.nii.*every dimension must be >= 1") as err:
+        MedicalAdapter(tmp_path, {"datalist": "datalist.json"}).discover()
+    assert str(dims[1]) in err.value.reason
 
 
 def test_2d_image_nan_volume_and_outside_box(tmp_path: Path) -> None:
@@ -530,8 +716,9 @@ def test_2d_image_nan_volume_and_outside_box(tmp_path: Path) -> None:
     _one_volume(tmp_path, np.full((4, 4, 3), np.nan, dtype=np.float32), name="nan.nii.gz")
     with pytest.raises(DataError, match=r"nan\.nii\.gz.*NaN"):
         _read_all(tmp_path)
-    ad, samples = _read_all(tmp_path, on_error="skip")
-    assert samples == [] and "NaN" in ad.skipped[0]["reason"]
+    log = PrepareLog(on_error="skip")
+    ad, samples = _read_all(tmp_path, log=log)
+    assert samples == [] and "NaN" in log.skipped[0]["reason"]
     _one_volume(
         tmp_path,
         np.zeros((4, 4, 3), dtype=np.float32),
@@ -542,6 +729,47 @@ def test_2d_image_nan_volume_and_outside_box(tmp_path: Path) -> None:
         _read_all(tmp_path)
 
 
+def test_bad_entries_go_through_the_prepare_log(tmp_path: Path) -> None:
+    _save(tmp_path / "a.nii.gz", np.zeros((4, 4, 3), np.float32), np.eye(4))
+    _datalist(
+        tmp_path,
+        {
+            "training": [
+                {"image": "a.nii.gz"},
+                {"image": "missing.nii.gz"},
+                {"image": "a2.nii.gz", "box": [[1, 1, 1, -2, 2, 2]], "label": [0]},
+                {"image": "a3.nii.gz", "box": [[1, 1, 1, 2, 2, 2]], "label": [4]},
+            ]
+        },
+    )
+    params = {"datalist": "datalist.json", "class_names": ["x"]}
+    with pytest.raises(DataError, match=r"datalist\.json.*training\[1\].*not found"):
+        MedicalAdapter(tmp_path, params).discover()
+    log = PrepareLog(on_error="skip")
+    ad = MedicalAdapter(tmp_path, params, log=log)
+    assert [r.meta["image"] for r in ad.discover()] == ["a.nii.gz"]
+    reasons = [e["reason"] for e in log.skipped]
+    assert len(reasons) == 3 and all(e["unit"] == "volume" for e in log.skipped)
+    assert "not found" in reasons[0]
+    assert "positive sizes" in reasons[1]
+    assert "label 4 exceeds the 1 class_names" in reasons[2]
+
+
+def test_bad_csv_row_skips_its_series_only(tmp_path: Path) -> None:
+    for uid in ("s1", "s2"):
+        _save(tmp_path / f"{uid}.nii.gz", np.zeros((8, 8, 4), np.float32), np.eye(4))
+    (tmp_path / "annotations.csv").write_text(
+        "seriesuid,coordX,coordY,coordZ,diameter_mm\ns1,-3.0,-3.0,2.0,2.0\ns2,abc,1,1,2\n"
+    )
+    params = {"annotations_csv": "annotations.csv", "val_fraction": 0.0, "test_fraction": 0.0}
+    with pytest.raises(DataError, match=r"annotations\.csv.*series 's2': line 3: bad number"):
+        MedicalAdapter(tmp_path, params).discover()
+    log = PrepareLog(on_error="skip")
+    refs = MedicalAdapter(tmp_path, params, log=log).discover()
+    assert [r.meta["seriesuid"] for r in refs] == ["s1"]
+    assert len(log.skipped) == 1 and "s2" in log.skipped[0]["reason"]
+
+
 def test_bad_params_and_paths(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="exactly one"):
         MedicalAdapter(tmp_path, {})
@@ -549,6 +777,16 @@ def test_bad_params_and_paths(tmp_path: Path) -> None:
         MedicalAdapter(tmp_path, {"datalist": "d.json", "windows": ["brain"]})
     with pytest.raises(ConfigError, match="unknown medical"):
         MedicalAdapter(tmp_path, {"datalist": "d.json", "slices": 3})
+    # renamed and removed params are refused by name
+    with pytest.raises(ConfigError, match="unknown medical adapter param 'split_seed'.*seed"):
+        MedicalAdapter(tmp_path, {"datalist": "d.json", "split_seed": 3})
+    with pytest.raises(ConfigError, match="unknown medical adapter param 'on_error'"):
+        MedicalAdapter(tmp_path, {"datalist": "d.json", "on_error": "skip"})
+    with pytest.raises(ConfigError, match="max_voxels.*>= 1"):
+        MedicalAdapter(tmp_path, {"datalist": "d.json", "max_voxels": 0})
+    with pytest.raises(ConfigError, match="series_map.*seriesuid"):
+        MedicalAdapter(tmp_path, {"annotations_csv": "a.csv", "series_map": "{uid}.nii.gz"})
+    assert MedicalAdapter(tmp_path, {"datalist": "d.json", "seed": 3}).params.seed == 3
     _datalist(tmp_path, {"training": [{"image": "../outside.nii.gz"}]})
     with pytest.raises(DataError, match="escapes"):
         MedicalAdapter(tmp_path, {"datalist": "datalist.json"}).discover()

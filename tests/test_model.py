@@ -1,7 +1,7 @@
 """DSOD network: structure, parameter counts, shapes, init, gradients, memory-efficient path.
 
 Parameter counts and map sizes are checked against an independent arithmetic reference
-written here from DSOD_SPEC.md §1-2 (not from the model code), and against the paper's figures.
+written here from docs/dsod.md §1-2 (not from the model code), and against the paper's figures.
 """
 
 from __future__ import annotations

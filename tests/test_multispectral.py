@@ -16,15 +16,21 @@ import rasterio
 from rasterio.features import rasterize
 from rasterio.transform import from_origin
 from rasterio.warp import transform as warp_transform
+from rasterio.windows import Window
 
 from dsod_core.data.store import StoreReader, StoreWriter
 from dsod_core.errors import ConfigError, DataError
+from modalities.base import PrepareLog
 from modalities.multispectral import (
     MultispectralAdapter,
+    MultispectralParams,
     chip_starts,
     chip_windows,
     class_wise_nms,
+    geojson,
+    geotiff,
 )
+from modalities.multispectral import adapter as adapter_module
 from modalities.registry import get_adapter
 
 UTM = "EPSG:32633"
@@ -245,10 +251,12 @@ def test_empty_chips_kept_at_configured_rate_deterministically(tmp_path):
         ad = MultispectralAdapter(
             tmp_path, {"chip_size": 16, "overlap": 0, "empty_chip_rate": rate}
         )
-        refs = ad.discover()
-        empty = [r for r in refs if not r.meta["boxes"]]
+        (ref,) = ad.discover()  # one ref per raster, listing its kept chips
+        empty = [c for c in ref.meta["chips"] if not c["boxes"]]
         counts.append(len(empty))
-        assert [r.ref_id for r in refs] == [r.ref_id for r in ad.discover()]
+        assert [c["id"] for c in ref.meta["chips"]] == [
+            c["id"] for c in ad.discover()[0].meta["chips"]
+        ]
     # 25 x 25 chips; the box (2..20 px) is 60 % inside chip (0, 0), < 50 % in the others.
     assert counts[0] == 0
     assert counts[2] == 25 * 25 - 1
@@ -473,17 +481,20 @@ def test_corrupt_tile_names_the_file(tmp_path):
     write_labels(tmp_path / "broken.geojson", [("x", lonlat_ring([5, 5, 20, 20]))])
     size = path.stat().st_size
     ad = MultispectralAdapter(tmp_path, {"chip_size": 32, "overlap": 0, "empty_chip_rate": 1.0})
-    refs = ad.discover()
-    list(ad.read(refs[0]))  # statistics of the intact raster are now cached
+    (ref,) = ad.discover()
+    assert len(list(ad.read(ref))) == 16  # intact
     with open(path, "r+b") as f:
         f.truncate(int(size * 0.5))
-    # A window whose tiles are gone.
-    with pytest.raises(DataError, match=r"broken\.tif: cannot read window .*corrupt.*TIFF"):
-        for ref in refs:
-            list(ad.read(ref))
-    # A fresh adapter fails already on the decimated statistics read, naming the file.
-    with pytest.raises(DataError, match=r"broken\.tif: cannot read the raster.*truncated"):
-        read_all(MultispectralAdapter(tmp_path, {"chip_size": 32}))
+    # Tiles are gone: the raster is refused whole, before its first chip.
+    with pytest.raises(DataError, match=r"broken\.tif: corrupt or truncated tile .*TIFF"):
+        next(iter(ad.read(ref)))
+    # The windowed and the decimated reads name the file, the window and GDAL's reason too.
+    info = ad._rasters["broken.tif"]
+    with geotiff.open_raster(path) as ds:
+        with pytest.raises(DataError, match=r"broken\.tif: cannot read window .*corrupt.*TIFF"):
+            geotiff.read_window(ds, info, Window(96, 96, 32, 32))
+        with pytest.raises(DataError, match=r"broken\.tif: cannot read the raster.*truncated"):
+            geotiff.raster_stats(ds, info, [], 32, None)
     # Truncated into the header: refused when opened.
     with open(path, "r+b") as f:
         f.truncate(100)
@@ -529,16 +540,19 @@ def test_labels_missing_the_raster(tmp_path):
         MultispectralAdapter(tmp_path).discover()
     # The user can say the misses are expected: then it is a recorded warning.
     ad = MultispectralAdapter(
-        tmp_path, {"labels_outside": "warn", "classes": ["x"], "empty_chip_rate": 1.0}
+        tmp_path, {"labels_outside": "warn", "class_names": ["x"], "empty_chip_rate": 1.0}
     )
     refs = ad.discover()
-    assert refs and all(not r.meta["boxes"] for r in refs)
-    assert len(ad.warnings) == 1 and "a.geojson" in ad.warnings[0]
+    chips = [c for r in refs for c in r.meta["chips"]]
+    assert chips and all(not c["boxes"] for c in chips)
+    assert len(ad.warnings) == 1 and ad.warnings[0]["file"].endswith("a.geojson")
+    assert "none of the 2 label features overlaps" in ad.warnings[0]["reason"]
     # Some features outside, some inside: always a warning, the inside ones are used.
     write_labels(tmp_path / "a.geojson", [("x", far), ("x", lonlat_ring([5, 5, 20, 20]))])
     ad = MultispectralAdapter(tmp_path, {"chip_size": 256})
     (s,) = read_all(ad)
-    assert len(s.boxes) == 1 and "1 of 2 features lie outside" in ad.warnings[0]
+    assert len(s.boxes) == 1 and "1 of 2 features lie outside" in ad.warnings[0]["reason"]
+    assert ad.warnings[0]["file"].endswith("a.geojson")
 
 
 def test_unknown_class_missing_labels_and_bad_params(tmp_path):
@@ -549,12 +563,13 @@ def test_unknown_class_missing_labels_and_bad_params(tmp_path):
         [("car", lonlat_ring([5, 5, 20, 20])), ("boat", lonlat_ring([30, 30, 50, 50]))],
     )
     with pytest.raises(DataError, match=r"a\.geojson.*class 'boat'"):
-        MultispectralAdapter(tmp_path, {"classes": ["car"]}).discover()
+        MultispectralAdapter(tmp_path, {"class_names": ["car"]}).discover()
     ad = MultispectralAdapter(
-        tmp_path, {"classes": ["car"], "unknown_class": "skip", "chip_size": 256}
+        tmp_path, {"class_names": ["car"], "unknown_class": "skip", "chip_size": 256}
     )
     (s,) = read_all(ad)
-    assert s.labels.tolist() == [1] and "boat" in ad.warnings[0]
+    assert s.labels.tolist() == [1] and "boat" in ad.warnings[0]["reason"]
+    assert ad.warnings[0]["file"].endswith("a.geojson")
     (tmp_path / "a.geojson").unlink()
     with pytest.raises(DataError, match=r"a\.tif.*a\.geojson not found"):
         MultispectralAdapter(tmp_path).discover()
@@ -568,9 +583,202 @@ def test_unknown_class_missing_labels_and_bad_params(tmp_path):
         {"min_visible": "half"},
         {"empty_chip_rate": 1.5},
         {"nope": 1},
+        {"max_pixels": 0},
+        {"band_roles": {"nri": "B8"}},
+        {"class_names": ["a", "a"]},
+        {"val_fraction": 0.6, "test_fraction": 0.5},
+        {"label_pattern": "labels.geojson"},
     ):
         with pytest.raises(ConfigError):
             MultispectralAdapter(tmp_path, bad)
+    # The old name of class_names is pointed at.
+    with pytest.raises(ConfigError, match=r"'classes'; did you mean 'class_names'"):
+        MultispectralAdapter(tmp_path, {"classes": ["car"]})
+
+
+# --- declared size, whole-raster integrity, per-raster units -------------------------------
+def write_sparse_raster(path: Path, width: int, height: int) -> Path:
+    """A tiled, deflate GeoTIFF declaring ``width x height`` px with only one tiny window
+    written (GDAL's sparse files: unwritten tiles take no bytes)."""
+    with rasterio.open(
+        path,
+        "w",
+        driver="GTiff",
+        width=width,
+        height=height,
+        count=1,
+        dtype="uint8",
+        crs=UTM,
+        transform=from_origin(*ORIGIN, PIX, PIX),
+        tiled=True,
+        blockxsize=256,
+        blockysize=256,
+        compress="deflate",
+        sparse_ok=True,
+    ) as dst:
+        dst.write(np.ones((1, 16, 16), np.uint8), window=Window(0, 0, 16, 16))
+    return path
+
+
+def test_declared_size_is_refused_from_the_header_before_any_window(tmp_path, monkeypatch):
+    rng = np.random.default_rng(16)
+    bomb = write_sparse_raster(tmp_path / "bomb.tif", 200_000, 200_000)
+    assert bomb.stat().st_size < 10_000_000  # a few MB on disk, 4e10 px declared
+    write_labels(tmp_path / "bomb.geojson", [("x", lonlat_ring([2, 2, 12, 12]))])
+    write_raster(tmp_path / "good.tif", random_raster(rng, bands=1, h=64, w=64))
+    write_labels(tmp_path / "good.geojson", [("x", lonlat_ring([5, 5, 20, 20]))])
+    built = []
+    real = adapter_module.chip_windows
+
+    def spy(width, height, *args):
+        built.append((width, height))
+        return real(width, height, *args)
+
+    monkeypatch.setattr(adapter_module, "chip_windows", spy)
+    with pytest.raises(
+        DataError, match=r"bomb\.tif: declares 200000 x 200000 px = 40,000,000,000.*'max_pixels'"
+    ):
+        MultispectralAdapter(tmp_path, {"chip_size": 32}).discover()
+    assert built == []  # refused before a single chip window was built
+    # Skip mode (the prepare stage's on_error): the bomb is one refused raster, the rest reads.
+    log = PrepareLog(on_error="skip")
+    params = {"chip_size": 32, "overlap": 0, "empty_chip_rate": 1.0}
+    ad = MultispectralAdapter(tmp_path, params, log=log)
+    (ref,) = ad.discover()
+    assert ref.meta["raster"] == "good.tif" and built == [(64, 64)]
+    (skip,) = log.skipped
+    assert skip["file"].endswith("bomb.tif") and skip["unit"] == "raster"
+    assert "max_pixels=1,000,000,000" in skip["reason"]
+    assert len(list(ad.read(ref))) == 4
+    # The limit is a param: raised, the header passes (the chips are then listed).
+    monkeypatch.setattr(adapter_module, "chip_windows", lambda *a: [])
+    refs = MultispectralAdapter(tmp_path, {"max_pixels": 5e10, "empty_chip_rate": 0.0}).discover()
+    assert refs == []  # no chip kept (patched), but the bomb was not refused
+
+
+def test_sentinel2_tile_passes_the_default_size_limit(tmp_path):
+    # A Sentinel-2 10 m tile: 10980 x 10980 = 1.2e8 px; the header is all discover reads.
+    write_sparse_raster(tmp_path / "T33TWM.tif", 10980, 10980)
+    params = {"require_labels": False, "class_names": ["ship"], "empty_chip_rate": 0.01}
+    assert MultispectralParams.parse(params).max_pixels >= 10980 * 10980
+    (ref,) = MultispectralAdapter(tmp_path, params).discover()
+    assert ref.meta["chips"] and ref.meta["chips"][-1]["window"][:2] != [0, 0]
+    with pytest.raises(DataError, match=r"T33TWM\.tif: declares 10980 x 10980 px"):
+        MultispectralAdapter(tmp_path, {**params, "max_pixels": 1e8}).discover()
+
+
+def _corrupt_block(path: Path, x: int, y: int) -> None:
+    """Overwrite the compressed bytes of internal block (x, y) with garbage, found through
+    GDAL's TIFF metadata (BLOCK_OFFSET_x_y / BLOCK_SIZE_x_y)."""
+    with rasterio.open(path) as ds:
+        offset = int(ds.get_tag_item(f"BLOCK_OFFSET_{x}_{y}", "TIFF", bidx=1))
+        size = int(ds.get_tag_item(f"BLOCK_SIZE_{x}_{y}", "TIFF", bidx=1))
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        f.write(b"\xff" * size)
+
+
+def test_corrupt_tile_where_no_chip_reads_refuses_the_raster_whole(tmp_path, monkeypatch):
+    rng = np.random.default_rng(17)
+    bad = write_raster(tmp_path / "bad.tif", random_raster(rng, bands=3, h=128, w=128), block=32)
+    good = write_raster(tmp_path / "good.tif", random_raster(rng, bands=3, h=128, w=128))
+    for p in (bad, good):
+        write_labels(p.with_suffix(".geojson"), [("x", lonlat_ring([3, 3, 20, 20]))])
+    _corrupt_block(bad, 2, 1)  # the tile at px x 64..96, y 32..64: no kept chip covers it
+    params = {"chip_size": 32, "overlap": 0, "empty_chip_rate": 0.0}
+    ad = MultispectralAdapter(tmp_path, params)
+    refs = {r.ref_id: r for r in ad.discover()}
+    assert [c["window"] for c in refs["bad"].meta["chips"]] == [[0, 0, 32, 32]]
+    with rasterio.open(bad) as ds:  # the one chip alone still decodes
+        ds.read(window=Window(0, 0, 32, 32))
+    with pytest.raises(
+        DataError,
+        match=r"bad\.tif: corrupt or truncated tile in window col=0 row=0 128x128: "
+        r"the raster cannot be read whole.*IReadBlock failed at X offset 2, Y offset 1",
+    ):
+        list(ad.read(refs["bad"]))
+    # Larger rasters are checked by runs of block rows (or of blocks), memory bounded: the
+    # message then narrows the window down.
+    for budget, window in ((128 * 32 * 3 * 2, "col=0 row=32 128x32"), (1, "col=64 row=32 32x32")):
+        monkeypatch.setattr(geotiff, "_VERIFY_BYTES", budget)
+        with pytest.raises(DataError, match=rf"bad\.tif: corrupt .* window {window}: "):
+            next(iter(ad.read(refs["bad"])))
+    # What the prepare stage does in skip mode: the bad raster adds nothing, the good one all.
+    stored, skipped = [], []
+    for ref in refs.values():
+        try:
+            samples = list(ad.read(ref))
+        except DataError as exc:
+            skipped.append((ref.ref_id, exc.path))
+            continue
+        stored += samples
+    assert skipped == [("bad", str(bad))]
+    assert [s.sample_id for s in stored] == ["good_c0_r0"]
+
+
+def test_bad_label_file_or_header_among_many_is_one_refused_raster(tmp_path):
+    rng = np.random.default_rng(18)
+    for name in ("a", "b", "c", "d"):
+        write_raster(tmp_path / f"{name}.tif", random_raster(rng, bands=2, h=64, w=64))
+        write_labels(tmp_path / f"{name}.geojson", [("x", lonlat_ring([5, 5, 20, 20]))])
+    (tmp_path / "b.geojson").write_text('{"type": "FeatureCollection", "features": [')
+    (tmp_path / "c.tif").write_bytes((tmp_path / "c.tif").read_bytes()[:100])
+    params = {"chip_size": 64}
+    with pytest.raises(DataError, match=r"b\.geojson: cannot read GeoJSON labels"):
+        MultispectralAdapter(tmp_path, params).discover()
+    log = PrepareLog(on_error="skip")
+    ad = MultispectralAdapter(tmp_path, params, log=log)
+    assert [r.ref_id for r in ad.discover()] == ["a", "d"]
+    assert [(Path(s["file"]).name, s["unit"], s["stage"]) for s in log.skipped] == [
+        ("b.geojson", "raster", "discover"),
+        ("c.tif", "raster", "discover"),
+    ]
+    assert "cannot read GeoJSON labels" in log.skipped[0]["reason"]
+    assert "cannot open GeoTIFF" in log.skipped[1]["reason"]
+    # A raster whose bands differ from the first raster's is one refused unit as well.
+    (tmp_path / "c.tif").unlink()
+    write_raster(tmp_path / "c.tif", random_raster(rng, bands=3, h=64, w=64))
+    log = PrepareLog(on_error="skip")
+    assert [r.ref_id for r in MultispectralAdapter(tmp_path, params, log=log).discover()] == [
+        "a",
+        "d",
+    ]
+    assert "band layout" in log.skipped[1]["reason"] and log.skipped[1]["file"].endswith("c.tif")
+
+
+def test_every_raster_refused_is_an_error_with_the_first_reason(tmp_path):
+    rng = np.random.default_rng(19)
+    write_raster(tmp_path / "only.tif", random_raster(rng), names=NAMES4)
+    write_labels(tmp_path / "only.geojson", [("x", lonlat_ring([5, 5, 20, 20]))])
+    log = PrepareLog(on_error="skip")
+    with pytest.raises(
+        DataError, match=r"only\.tif: every raster .* was refused \(1\).*band 5 requested.*only 4"
+    ):
+        MultispectralAdapter(tmp_path, {"bands": [1, 5]}, log=log).discover()
+    assert len(log.skipped) == 1
+
+
+def test_params_dataclass_documents_every_param():
+    rows = MultispectralParams.describe()
+    assert {r["name"] for r in rows} >= {"class_names", "unknown_class", "seed", "max_pixels"}
+    assert all(r["doc"] for r in rows)
+    defaults = MultispectralParams()
+    assert defaults.roles["nir"] == "nir" and defaults.clip_percentiles == [1.0, 99.0]
+    p = MultispectralParams.parse({"band_roles": {"nir": "B8"}, "max_pixels": "2e9"})
+    assert p.roles["nir"] == "B8" and p.roles["red"] == "red" and p.max_pixels == 2_000_000_000
+    with pytest.raises(ConfigError, match=r"'overlap'.*chip_size=32"):
+        MultispectralParams.parse({"chip_size": 32, "overlap": 32})
+
+
+def test_prediction_geojson_refuses_nan(tmp_path):
+    feature = {
+        "type": "Feature",
+        "geometry": {"type": "Polygon", "coordinates": [[[0, 0], [1, 0], [1, 1], [0, 0]]]},
+        "properties": {"score": float("nan")},
+    }
+    with pytest.raises(ValueError):
+        geojson.write_feature_collection(tmp_path / "p.geojson", [feature], geojson.WGS84, "p")
+    assert list(tmp_path.iterdir()) == []  # nothing written, no temporary left
 
 
 # --- demo, ablation, render ----------------------------------------------------------------

@@ -118,6 +118,86 @@ def test_library_change_marks_dependent_stages(repo):
     assert "up to date" in _run(["dvc", "status"], repo).stdout
 
 
+def test_stage_script_change_marks_evaluate_stages(repo):
+    repo, _ = repo
+    prepare = repo / "pipelines/prepare.py"
+    original = prepare.read_text()
+    try:
+        prepare.write_text(original + "\n# a change\n")
+        status = _run(["dvc", "status"], repo).stdout
+        for stage in ("evaluate@medical_demo-scratch:", "evaluate_baseline:", "prepare@rgb_demo:"):
+            assert stage in status, status
+        assert "pretrain:" not in status  # training does not run prepare.py
+    finally:
+        prepare.write_text(original)
+    assert "up to date" in _run(["dvc", "status"], repo).stdout
+
+
+_CLOSURE = """
+import importlib, json, sys
+importlib.import_module(sys.argv[1])
+for name in sys.argv[2:]:
+    from modalities import get_adapter
+    get_adapter(name)
+print(json.dumps([getattr(m, "__file__", None) for m in list(sys.modules.values())]))
+"""
+
+
+def test_every_stage_depends_on_the_code_it_imports(repo):
+    """The deps in dvc.yaml cover every project file a stage's script imports, plus, for the
+    per-dataset stages, the adapter package of the dataset (a matrix evaluate stage reaches it
+    through the prepare report, which it depends on)."""
+    repo, _ = repo
+    from dvc.repo import Repo
+
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    with Repo(str(repo)) as dvc_repo:
+        stages = {s.addressing: [str(d.def_path) for d in s.deps] for s in dvc_repo.index.stages}
+    assert stages
+    for name, deps in stages.items():
+        kind, _, item = name.partition("@")
+        module = {"evaluate_baseline": "evaluate", "pretrain": "train"}.get(kind, kind)
+        adapters = []
+        if kind == "prepare":
+            adapters = [params["datasets"][item]["modality"]]
+        elif kind == "demo":
+            adapters = [item]
+        out = _run([sys.executable, "-c", _CLOSURE, f"pipelines.{module}", *adapters], repo)
+        files = {Path(f).resolve() for f in json.loads(out.stdout) if f}
+        ours = sorted(f for f in files if repo.resolve() in f.parents)
+        assert ours, name
+        covered = [(repo / d).resolve() for d in deps]
+        for f in ours:
+            assert any(f == c or c in f.parents for c in covered), (name, str(f), deps)
+        if kind in ("evaluate", "evaluate_baseline"):
+            dataset = item.rsplit("-", 1)[0] if item else params["pretrain"]["dataset"]
+            assert f"data/prepared/{dataset}.report.json" in deps, (name, deps)
+
+
+def test_typo_in_params_stops_before_any_output_is_removed(repo):
+    repo, _ = repo
+    original = (repo / "params.yaml").read_text()
+    model = repo / "models/medical_demo-scratch/model.pt"
+    before = model.read_bytes()
+    try:
+        for key, value, needle in (
+            ("model", {"variant": "dsod_tinyy", "input_size": 48, "overrides": {}}, "dsod_tiny"),
+            ("targets", ["medical_demo", "nope"], "'nope' is not in datasets"),
+        ):
+            params = yaml.safe_load(original)
+            params[key] = value
+            (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+            proc = _run(["dvc", "repro"], repo, check=False)
+            assert proc.returncode != 0
+            text = proc.stdout + proc.stderr
+            assert "params.yaml" in text and needle in text, text[-2000:]
+            assert model.read_bytes() == before  # the trained model is untouched
+    finally:
+        (repo / "params.yaml").write_text(original)
+    _run(["dvc", "checkout"], repo, check=False)
+    assert model.read_bytes() == before
+
+
 def test_metrics_visible_to_dvc(repo):
     repo, _ = repo
     shown = json.loads(_run(["dvc", "metrics", "show", "--json"], repo).stdout)

@@ -11,15 +11,18 @@ from PIL import Image
 
 from dsod_core.errors import ConfigError, DataError
 from modalities import get_adapter
+from modalities.base import PrepareLog
 from modalities.rgb import (
-    _DEMO_COLOURS,
-    _DEMO_PALETTES,
     BOX_TOLERANCE_PX,
     VOC_CLASSES,
     RGBAdapter,
+    RGBParams,
     from_coco_results,
+    parse_voc_xml,
     to_coco_results,
+    voc_xml,
 )
+from modalities.rgb.demo import DEMO_COLOURS, DEMO_PALETTES
 
 # --- writers of the native formats (independent of the adapter) -----------------------------
 
@@ -203,15 +206,29 @@ def test_voc_drop_difficult_and_unknown_classes(voc_tree, tmp_path):
 
     # A class subset: unknown names error by default (naming the XML), or are skipped.
     sub = ["person", "dog"]
-    with pytest.raises(DataError, match=r"Annotations/0000\d\d\.xml: unknown class"):
-        RGBAdapter(root, {**params, "classes": sub}).discover()
-    samples = _read_all(RGBAdapter(root, {**params, "classes": sub, "unknown_classes": "skip"}))
+    with pytest.raises(
+        DataError, match=r"Annotations/0000\d\d\.xml: sample VOC2007/0000\d\d: unknown class"
+    ):
+        RGBAdapter(root, {**params, "class_names": sub}).discover()
+    log = PrepareLog()
+    a = RGBAdapter(root, {**params, "class_names": sub, "unknown_class": "skip"}, log=log)
+    samples = _read_all(a)
     for key, (objs, _) in truth.items():
         kept = [o for o in objs if o[0] in sub]
         boxes, labels, diff = _expected(kept, classes=sub)
         np.testing.assert_array_equal(samples[key].boxes, boxes)
         np.testing.assert_array_equal(samples[key].labels, labels)
         assert samples[key].meta["skipped_unknown"] == len(objs) - len(kept)
+    # each image with skipped objects is noted once (file, sample, reason), nothing skipped
+    noted = {w["sample"]: w for w in log.warnings}
+    assert a.warnings is log.warnings and not log.skipped
+    for key, (objs, _) in truth.items():
+        n = sum(o[0] not in sub for o in objs)
+        if n:
+            assert noted[key]["file"].endswith(f"Annotations/{key.split('/')[1]}.xml")
+            assert noted[key]["reason"].startswith(f"{n} object(s) of unknown class")
+        else:
+            assert key not in noted
 
 
 def test_voc_set_syntax(voc_tree):
@@ -339,7 +356,7 @@ VOC_REASONS = {
     "inverted": "inverted box",
     "escape": "escapes the dataset root",
     "truncated": "cannot decode image",
-    "bomb": "more than max_pixels",
+    "bomb": "over the limit max_pixels=100",
     "not_a_number": "not a number",
     "no_bndbox": "no <bndbox>",
 }
@@ -378,10 +395,17 @@ def test_bad_params_are_config_errors(tmp_path):
         RGBAdapter(tmp_path, {"test_sets": ["VOC2099/test"]})
     with pytest.raises(ConfigError, match="max_pixels"):
         RGBAdapter(tmp_path, {"max_pixels": -1})
-    with pytest.raises(ConfigError, match="unknown_classes"):
-        RGBAdapter(tmp_path, {"unknown_classes": "ignore"})
-    with pytest.raises(ConfigError, match="classes"):
-        RGBAdapter(tmp_path, {"classes": ["a", "a"]})
+    with pytest.raises(ConfigError, match="unknown_class"):
+        RGBAdapter(tmp_path, {"unknown_class": "ignore"})
+    with pytest.raises(ConfigError, match="class_names"):
+        RGBAdapter(tmp_path, {"class_names": ["a", "a"]})
+    # the old names are refused, pointing at the new ones
+    with pytest.raises(ConfigError, match="'classes'; did you mean 'class_names'"):
+        RGBAdapter(tmp_path, {"classes": ["a"]})
+    with pytest.raises(ConfigError, match="'unknown_classes'; did you mean 'unknown_class'"):
+        RGBAdapter(tmp_path, {"unknown_classes": "skip"})
+    with pytest.raises(ConfigError, match="image_dirs"):
+        RGBAdapter(tmp_path, {"format": "coco", "image_dirs": {"train": "x", "tset": "y"}})
     with pytest.raises(ConfigError, match="image_dirs"):
         RGBAdapter(tmp_path, {"format": "coco", "image_dirs": {"train": "x"}})
 
@@ -657,8 +681,8 @@ COCO_REASONS = {
 def test_coco_classes_param_is_checked(coco_tree):
     root, params, *_ = coco_tree
     with pytest.raises(ConfigError, match="person"):
-        RGBAdapter(root, {**params, "classes": ["train", "person", "toothbrush"]}).discover()
-    a = RGBAdapter(root, {**params, "classes": ["person", "train", "toothbrush"]})
+        RGBAdapter(root, {**params, "class_names": ["train", "person", "toothbrush"]}).discover()
+    a = RGBAdapter(root, {**params, "class_names": ["person", "train", "toothbrush"]})
     a.discover()
     assert a.class_names == ["person", "train", "toothbrush"]
 
@@ -679,8 +703,8 @@ def test_demo_reads_back_and_is_consistent(tmp_path):
     assert splits.count("test") == 6 and splits.count("val") == 6 and splits.count("train") == 28
     counts = np.zeros(4, int)
     colour_ok, colour_checked = 0, 0
-    names = list(_DEMO_COLOURS)
-    palette = np.array([_DEMO_COLOURS[n] for n in names], float)
+    names = list(DEMO_COLOURS)
+    palette = np.array([DEMO_COLOURS[n] for n in names], float)
     for s in samples.values():
         assert s.image.shape == (3, 64, 64)
         assert 1 <= len(s.boxes) <= 3
@@ -697,7 +721,7 @@ def test_demo_reads_back_and_is_consistent(tmp_path):
             rgb = s.image[:, cy - 1 : cy + 2, cx - 1 : cx + 2].reshape(3, -1).mean(1) * 255
             nearest = names[int(np.argmin(((palette - rgb) ** 2).sum(1)))]
             colour_checked += 1
-            colour_ok += nearest in _DEMO_PALETTES[a.class_names[label - 1]]
+            colour_ok += nearest in DEMO_PALETTES[a.class_names[label - 1]]
     assert (counts[1:] > 0).all()
     assert colour_checked > 20 and colour_ok >= 0.9 * colour_checked
     # a fresh write with the same seed is identical; another seed differs
@@ -717,7 +741,7 @@ def test_demo_has_difficult_objects_and_default_size(tmp_path):
     n_obj = sum(len(s.boxes) for s in samples.values())
     assert 0 < n_diff < 0.15 * n_obj
     # difficult objects are the faint ones: their centre is far from every palette colour
-    palette = np.array(list(_DEMO_COLOURS.values()), float)
+    palette = np.array(list(DEMO_COLOURS.values()), float)
     dist = {True: [], False: []}
     for s in samples.values():
         for box, diff in zip(s.boxes, s.difficult):
@@ -744,8 +768,214 @@ def test_val_fraction_moves_train_images_only(tmp_path):
             assert moved[key] == ("val" if u < 0.5 else "train")
     n_moved = sum(plain[k] == "train" and v == "val" for k, v in moved.items())
     assert 0.3 * 42 < n_moved < 0.7 * 42  # 42 demo train images, half expected to move
+    # the seed param is the hash's seed
+    reseeded = {
+        r.ref_id: r.split
+        for r in RGBAdapter(tmp_path, {**params, "val_fraction": 0.5, "seed": 7}).discover()
+    }
+    for key, split in plain.items():
+        if split == "train":
+            u = int.from_bytes(hashlib.sha256(f"7:{key}".encode()).digest()[:8], "big") / 2**64
+            assert reseeded[key] == ("val" if u < 0.5 else "train")
+    assert reseeded != moved
     # max_pixels given as YAML reads 50e6: a string, accepted as a number
     a = RGBAdapter(tmp_path, {**params, "max_pixels": "50e6"})
-    assert a.params["max_pixels"] == 50e6
+    assert a.params.max_pixels == 50e6
     with pytest.raises(ConfigError, match="val_fraction"):
         RGBAdapter(tmp_path, {**params, "val_fraction": 1.0})
+
+
+# --- the format modules on their own --------------------------------------------------------
+
+
+def test_parse_voc_xml_plain_data_and_writer_round_trip(tmp_path):
+    objects = [
+        {"name": "cat", "box": [1.2, 0.0, 7.5, 9.0], "difficult": True, "truncated": True},
+        {"name": "a<b&c", "box": [0.0, 3.0, 10.0, 8.0], "occluded": True},
+    ]
+    path = tmp_path / "x.xml"
+    path.write_text(voc_xml("x&y.jpg", 10, 9, objects))
+    ann = parse_voc_xml(path)
+    assert ann["filename"] == "x&y.jpg" and ann["size"] == [10, 9]
+    # written as the covering 1-based inclusive range, read back as continuous edges
+    assert [o["box"] for o in ann["objects"]] == [[1.0, 0.0, 8.0, 9.0], [0.0, 3.0, 10.0, 8.0]]
+    assert [o["name"] for o in ann["objects"]] == ["cat", "a<b&c"]
+    assert [o["difficult"] for o in ann["objects"]] == [True, False]
+    assert [o["truncated"] for o in ann["objects"]] == [True, False]
+    assert [o["occluded"] for o in ann["objects"]] == [False, True]
+    # size 0 ("unknown") and absent <filename>; messages name the shown path
+    path.write_text("<annotation><size><width>0</width><height>0</height></size></annotation>")
+    assert parse_voc_xml(path) == {"filename": None, "size": None, "objects": []}
+    path.write_text("<annotation><object><name>cat</name></object></annotation>")
+    with pytest.raises(DataError, match=r"^shown/x\.xml: object 'cat' has no <bndbox>$"):
+        parse_voc_xml(path, shown="shown/x.xml")
+    path.write_text("<notvoc/>")
+    with pytest.raises(DataError, match="expected <annotation>"):
+        parse_voc_xml(path)
+
+
+def test_voc_entity_expansion_refused(tmp_path):
+    """A billion-laughs style DTD is refused by defusedxml, as a DataError naming the XML."""
+    params = {"years": ["."], "train_sets": ["train"], "test_sets": []}
+    _voc_image(tmp_path, ".", "a", [("cat", False, (2, 2, 9, 9))])
+    _voc_list(tmp_path, ".", "train", ["a"])
+    (tmp_path / "Annotations" / "a.xml").write_text(
+        '<?xml version="1.0"?><!DOCTYPE a [<!ENTITY x "xxxxxxxxxx">'
+        '<!ENTITY y "&x;&x;&x;&x;&x;&x;&x;&x;">]><annotation><filename>&y;</filename>'
+        "</annotation>"
+    )
+    with pytest.raises(DataError, match=r"Annotations/a\.xml: sample a: malformed VOC XML"):
+        RGBAdapter(tmp_path, params).discover()
+
+
+def test_params_dataclass_describes_every_param():
+    rows = {r["name"]: r for r in RGBParams.describe()}
+    assert {"class_names", "unknown_class", "max_pixels", "val_fraction", "seed"} <= set(rows)
+    assert all(r["doc"] for r in rows.values())
+    p = RGBParams.parse({"max_pixels": "1e3", "class_names": ["a"]}, owner="rgb")
+    assert p.max_pixels == 1000.0 and p.class_names == ["a"] and p.seed == 0
+    assert RGBAdapter("/nonexistent", p).params is p
+
+
+# --- the error policy: per image through the log, per file raised ---------------------------
+
+
+def _voc_many(root: Path, n: int = 4) -> dict:
+    for i in range(n):
+        _voc_image(root, ".", f"im{i}", [("cat", False, (2, 2, 9, 9))], seed=i)
+    _voc_list(root, ".", "train", [f"im{i}" for i in range(n)])
+    return {"years": ["."], "train_sets": ["train"], "test_sets": []}
+
+
+def test_one_malformed_xml_among_many_goes_through_the_log(tmp_path):
+    params = _voc_many(tmp_path)
+    (tmp_path / "Annotations" / "im2.xml").write_text("<annotation><object>")
+    (tmp_path / "Annotations" / "im3.xml").write_text(
+        (tmp_path / "Annotations" / "im3.xml").read_text().replace("<xmin>2<", "<xmin>9<")
+        .replace("<xmax>9<", "<xmax>2<")
+    )  # fmt: skip
+    # error mode: the first bad image stops discovery, naming its file
+    with pytest.raises(DataError, match=r"Annotations/im2\.xml: sample im2: malformed VOC XML"):
+        RGBAdapter(tmp_path, params).discover()
+    # skip mode: the bad images are recorded (file, unit, sample, reason), the rest listed
+    log = PrepareLog(on_error="skip")
+    refs = RGBAdapter(tmp_path, params, log=log).discover()
+    assert [r.ref_id for r in refs] == ["im0", "im1"]
+    assert [(s["file"], s["unit"], s["sample"], s["stage"]) for s in log.skipped] == [
+        (str(tmp_path / "Annotations" / "im2.xml"), "image", "im2", "discover"),
+        (str(tmp_path / "Annotations" / "im3.xml"), "image", "im3", "discover"),
+    ]
+    assert log.skipped[0]["reason"].startswith("malformed VOC XML")
+    assert log.skipped[1]["reason"].startswith("inverted box of 'cat'")
+
+
+@pytest.mark.parametrize("case", ["unknown_class", "escape", "missing_image"])
+def test_per_image_xml_problems_are_skippable(tmp_path, case):
+    params = _voc_many(tmp_path, 3)
+    xml = tmp_path / "Annotations" / "im1.xml"
+    if case == "unknown_class":
+        _voc_xml(xml, "im1.png", (20, 16), [("dragon", False, (2, 2, 9, 9))])
+    elif case == "escape":
+        _voc_xml(xml, "../../secret.png", (20, 16), [])
+    else:
+        (tmp_path / "JPEGImages" / "im1.png").unlink()
+    log = PrepareLog(on_error="skip")
+    refs = RGBAdapter(tmp_path, params, log=log).discover()
+    assert [r.ref_id for r in refs] == ["im0", "im2"]
+    (rec,) = log.skipped
+    assert rec["file"] == str(xml) and rec["sample"] == "im1"
+    assert {"unknown_class": "unknown class 'dragon'", "escape": "escapes the dataset root",
+            "missing_image": "im1.png not found"}[case] in rec["reason"]  # fmt: skip
+
+
+def test_file_level_problems_raise_even_in_skip_mode(tmp_path, coco_tree):
+    params = _voc_many(tmp_path / "voc")
+    with pytest.raises(DataError, match=r"ImageSets/Main/val\.txt: image list not found"):
+        RGBAdapter(
+            tmp_path / "voc", {**params, "val_sets": ["val"]}, log=PrepareLog(on_error="skip")
+        ).discover()
+    root, coco_params, train, _, _ = coco_tree
+    (root / "annotations" / "train.json").write_bytes(b"\x00\xff not json")
+    with pytest.raises(DataError, match=r"annotations/train\.json: malformed COCO JSON"):
+        RGBAdapter(root, coco_params, log=PrepareLog(on_error="skip")).discover()
+    # two entries with one id, an annotation of no listed image: the file's fault
+    train["images"].append(dict(train["images"][0]))
+    (root / "annotations" / "train.json").write_text(json.dumps(train))
+    with pytest.raises(DataError, match="duplicate image id 5"):
+        RGBAdapter(root, coco_params, log=PrepareLog(on_error="skip")).discover()
+    train["images"].pop()
+    train["annotations"][0]["image_id"] = 777
+    (root / "annotations" / "train.json").write_text(json.dumps(train))
+    with pytest.raises(DataError, match="unknown image id 777"):
+        RGBAdapter(root, coco_params, log=PrepareLog(on_error="skip")).discover()
+
+
+@pytest.mark.parametrize("case", ["bad_entry", "missing_image", "bad_annotation", "unknown_cat"])
+def test_one_bad_coco_image_goes_through_the_log(coco_tree, case):
+    root, params, train, _, _ = coco_tree
+    path = root / "annotations" / "train.json"
+    if case == "bad_entry":
+        train["images"][1]["file_name"] = ""  # image 9
+    elif case == "missing_image":
+        (root / "train2017" / "000000000009.png").unlink()
+    elif case == "bad_annotation":
+        next(a for a in train["annotations"] if a["image_id"] == 9)["bbox"] = [1, 2, "w", 4]
+    else:
+        next(a for a in train["annotations"] if a["image_id"] == 9)["category_id"] = 2
+    path.write_text(json.dumps(train))
+    with pytest.raises(DataError, match=r"annotations/train\.json: sample coco/9: "):
+        RGBAdapter(root, params).discover()
+    log = PrepareLog(on_error="skip")
+    a = RGBAdapter(root, params, log=log)
+    samples = _read_all(a)
+    assert set(samples) == {"coco/5", "coco/12", "coco/3"}  # image 9 alone is left out
+    (rec,) = log.skipped
+    assert rec["file"].endswith("annotations/train.json") and rec["sample"] == "coco/9"
+    assert {"bad_entry": "'file_name' must be a non-empty string",
+            "missing_image": "000000000009.png not found",
+            "bad_annotation": "bbox must be [x, y, w, h]",
+            "unknown_cat": "unknown category id 2"}[case] in rec["reason"]  # fmt: skip
+    # the other images keep all their annotations
+    n5 = sum(x["image_id"] == 5 for x in train["annotations"])
+    assert len(samples["coco/5"].boxes) == n5
+
+
+# --- read(): the whole image decodes or the image is refused --------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_truncated_image_raises_naming_the_file(tmp_path, fmt):
+    """A file Pillow wrote, then cut: Pillow opens it lazily (the header is intact), so only
+    decoding every pixel inside read() shows the damage."""
+    params = {"years": ["."], "train_sets": ["train"], "test_sets": []}
+    ext = {"JPEG": "jpg", "PNG": "png"}[fmt]
+    img = tmp_path / "JPEGImages" / f"a.{ext}"
+    img.parent.mkdir(parents=True)
+    arr = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    Image.fromarray(arr).save(img, format=fmt)
+    img.write_bytes(img.read_bytes()[: img.stat().st_size * 2 // 3])
+    with Image.open(img) as im:  # the cut file still opens: the header alone looks fine
+        assert im.size == (128, 96)
+    _voc_xml(tmp_path / "Annotations" / "a.xml", f"a.{ext}", (128, 96), [])
+    _voc_list(tmp_path, ".", "train", ["a"])
+    a = RGBAdapter(tmp_path, params)
+    (ref,) = a.discover()  # listing reads no pixels
+    with pytest.raises(DataError) as info:
+        list(a.read(ref))
+    msg = str(info.value)
+    assert msg.startswith(f"{img}: sample a: cannot decode image: "), msg
+    assert "truncated" in msg, msg
+
+
+def test_max_pixels_message_names_the_param(tmp_path):
+    params = {**_voc_many(tmp_path, 1), "max_pixels": 300}
+    a = RGBAdapter(tmp_path, params)
+    (ref,) = a.discover()
+    with pytest.raises(DataError) as info:
+        list(a.read(ref))
+    assert str(info.value) == (
+        f"{tmp_path / 'JPEGImages' / 'im0.png'}: sample im0: declares 20 x 16 px = 320, over "
+        "the limit max_pixels=300 (raise the adapter param 'max_pixels' to read it)"
+    )
+    (s,) = RGBAdapter(tmp_path, {**params, "max_pixels": 320}).read(ref)
+    assert s.image.shape == (3, 16, 20)

@@ -2,7 +2,7 @@
 
 Two layouts:
 
-- ``dsod300``: the authors' exact configuration (DSOD_SPEC.md section 3): absolute pixel min/max
+- ``dsod300``: the authors' exact configuration (docs/dsod.md section 3): absolute pixel min/max
   sizes for a 300x300 input, steps 8, 16, 32, 64, 100, 300, centre offset 0.5, no clipping. The
   step 300 on the 2x2 sixth map puts three of its four centres outside the image (centres at
   150 px and 450 px); this quirk is reproduced on purpose.
@@ -27,7 +27,7 @@ from dsod_core.errors import ConfigError
 
 LAYOUTS = ("dsod300", "generic")
 
-# Pixel sizes at a 300x300 input (DSOD_SPEC.md section 3, the authors' generator scripts).
+# Pixel sizes at a 300x300 input (docs/dsod.md section 3, the authors' generator scripts).
 _MIN_SIZES_300 = {
     "voc": (30.0, 60.0, 111.0, 162.0, 213.0, 264.0),
     "coco": (21.0, 45.0, 99.0, 153.0, 207.0, 261.0),

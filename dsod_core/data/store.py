@@ -163,6 +163,9 @@ class StoreWriter:
             self._ids.discard(str(g.attrs["sample_id"]))
             del self._samples[f"{idx:07d}"]
             removed += 1
+        stray = f"{self._n:07d}"  # a group that an add() failing half-way left behind
+        if stray in self._samples:
+            del self._samples[stray]
         for k, size in split_sizes.items():
             del self._splits[k][size:]
         self._stats = stats

@@ -80,39 +80,10 @@ def gather_predictions(local: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def score_predictions(
     reader: StoreReader, predictions: list[dict[str, Any]], with_coco: bool = True
 ) -> dict[str, Any]:
-    """VOC07 11-point / VOC area mAP at IoU 0.5 and COCO metrics against the store's truth."""
-    from dsod_core.metrics import evaluate_coco, evaluate_voc
+    """:func:`dsod_core.metrics.score_detections` against the store's truth (read once per
+    image); the full VOC07 result is under ``"_voc07"``."""
+    from dsod_core.metrics.scoring import score_detections
 
-    gts = []
-    for p in predictions:
-        t = reader.read_targets(p["index"])
-        gts.append({"boxes": t["boxes"], "labels": t["labels"], "difficult": t["difficult"]})
-    k = reader.num_classes
-    voc07 = evaluate_voc(gts, predictions, k, 0.5, use_07_metric=True)
-    area = evaluate_voc(gts, predictions, k, 0.5, use_07_metric=False)
-    out: dict[str, Any] = {
-        "map50": _num(voc07["map"]),
-        "map50_area": _num(area["map"]),
-        "per_class_ap50": {n: _num(a) for n, a in zip(reader.class_names, voc07["ap"])},
-        "num_images": len(predictions),
-    }
-    if with_coco:
-        coco = evaluate_coco(gts, predictions, class_names=reader.class_names)
-        out.update(
-            {
-                "coco_ap": _num(coco["ap"]),
-                "coco_ap50": _num(coco["ap50"]),
-                "coco_ap75": _num(coco["ap75"]),
-                "coco_ar100": _num(coco["ar100"]),
-                "per_class_coco_ap": {
-                    n: _num(a) for n, a in zip(reader.class_names, coco["per_class_ap"])
-                },
-            }
-        )
-    out["_voc07"] = voc07
-    return out
-
-
-def _num(x: Any) -> float | None:
-    x = float(x)
-    return None if np.isnan(x) else x
+    targets = [reader.read_targets(p["index"]) for p in predictions]
+    summary, voc07 = score_detections(targets, predictions, reader.class_names, with_coco)
+    return {**summary, "_voc07": voc07}

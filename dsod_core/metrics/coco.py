@@ -156,10 +156,19 @@ def build_coco_ground_truth(
     return {"images": images, "annotations": annotations, "categories": categories}
 
 
-def build_coco_results(detections: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """COCO results list (``image_id`` = index + 1, xywh ``bbox``, ``score``, ``category_id``)."""
+def build_coco_results(
+    detections: Sequence[Mapping[str, Any]], indices: Sequence[int] | None = None
+) -> list[dict[str, Any]]:
+    """COCO results list (xywh ``bbox``, ``score``, ``category_id`` = label).
+
+    The project's one ``image_id`` convention: ``image_id = index + 1`` (COCO ids start at 1),
+    where ``index`` is the image's store index when ``indices`` gives them (the evaluate
+    stage's ``predictions_coco.json``) and its position in ``detections`` otherwise — the ids
+    :func:`build_coco_ground_truth` gives the same list.
+    """
     results = []
-    for index, det in enumerate(detections):
+    for position, det in enumerate(detections):
+        index = int(indices[position]) if indices is not None else position
         sample = f"image {index}"
         boxes = _xyxy(det, sample)
         labels = _int_labels(det, len(boxes), sample)

@@ -1,17 +1,19 @@
-"""Precision/recall curve figures (matplotlib Agg, no pyplot global state)."""
+"""Pictures: precision/recall curve figures (matplotlib Agg, no pyplot global state) and
+detections drawn on a modality rendering."""
 
 from __future__ import annotations
 
 import math
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-__all__ = ["plot_pr_curves"]
+from dsod_core.io import write_with
+
+__all__ = ["draw_detections", "plot_pr_curves", "save_picture"]
 
 
 def plot_pr_curves(
@@ -54,15 +56,46 @@ def plot_pr_curves(
         ax.legend(loc="lower left", fontsize="small", ncol=2 if len(aps) > 10 else 1)
     fig.tight_layout()
 
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            fig.savefig(handle, format="png")
-        os.replace(tmp, target)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return target
+    return write_with(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+PICTURE_SCALE = 4
+
+
+def draw_detections(
+    rgb: np.ndarray,
+    pred: Mapping[str, np.ndarray],
+    truth: Mapping[str, Any],
+    class_names: Sequence[str],
+    min_score: float = 0.3,
+    max_boxes: int = 10,
+    scale: int = PICTURE_SCALE,
+):
+    """A PIL picture of ``rgb`` (uint8 ``[H, W, 3]``) enlarged ``scale`` times, with the true
+    boxes (``truth["boxes"]`` ``[N, 4]`` px, ``labels``) in green and the best ``max_boxes``
+    predictions scoring at least ``min_score`` in red."""
+    from PIL import Image, ImageDraw
+
+    h, w = rgb.shape[:2]
+    img = Image.fromarray(rgb).resize((w * scale, h * scale), Image.NEAREST)
+    draw = ImageDraw.Draw(img)
+    for box, lab in zip(truth["boxes"], truth["labels"]):
+        draw.rectangle([float(v) * scale for v in box], outline=(0, 255, 0), width=2)
+        draw.text((box[0] * scale + 2, box[3] * scale - 12), class_names[lab - 1], fill=(0, 255, 0))
+    order = np.argsort(-np.asarray(pred["scores"]), kind="stable")[:max_boxes]
+    for i in order:
+        box, score, lab = pred["boxes"][i], pred["scores"][i], pred["labels"][i]
+        if score < min_score:
+            continue
+        draw.rectangle([float(v) * scale for v in box], outline=(255, 0, 0), width=2)
+        draw.text(
+            (box[0] * scale + 2, box[1] * scale + 2),
+            f"{class_names[lab - 1]} {score:.2f}",
+            fill=(255, 0, 0),
+        )
+    return img
+
+
+def save_picture(img, path: str | os.PathLike) -> Path:
+    """Save a PIL image as PNG atomically."""
+    return write_with(path, lambda tmp: img.save(tmp, format="PNG"))

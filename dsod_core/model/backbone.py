@@ -1,4 +1,4 @@
-"""DSOD backbone: stem, dense blocks and transitions (DSOD_SPEC.md §1).
+"""DSOD backbone: stem, dense blocks and transitions (docs/dsod.md §1).
 
 The stem is post-activation (conv-BN-ReLU); everything after it is pre-activation
 (BN-ReLU-conv). No conv has a bias. Every max pool rounds up (ceil mode), which is what turns
@@ -220,7 +220,7 @@ def _transition_wo_pool(channels: int, theta: float, enabled: bool) -> tuple[nn.
 
 
 class DSODBackbone(nn.Module):
-    """Stem, four dense blocks and the transitions between them (DSOD_SPEC.md §1).
+    """Stem, four dense blocks and the transitions between them (docs/dsod.md §1).
 
     ``forward(images [B, C_in, H, W]) -> (source1 [B, C1, H1, W1], top [B, C2, H2, W2])``;
     for DS/64-192-48-1 at 300 px: 800×38×38 and 256×19×19.

@@ -1,6 +1,6 @@
 """The DSOD configuration: every architectural knob of DS/A-B-k-θ in one dataclass.
 
-Defaults are DSOD300, DS/64-192-48-1 with the dense prediction structure (DSOD_SPEC.md §1-2).
+Defaults are DSOD300, DS/64-192-48-1 with the dense prediction structure (docs/dsod.md §1-2).
 ``in_channels`` and ``num_classes`` have no defaults: nothing here assumes RGB or VOC.
 """
 

@@ -1,4 +1,4 @@
-"""Detection head (DSOD_SPEC.md §2): per source, L2 norm with a learnable per-channel scale,
+"""Detection head (docs/dsod.md §2): per source, L2 norm with a learnable per-channel scale,
 then 3×3 localisation and classification convs, each followed by BN and no ReLU."""
 
 from __future__ import annotations

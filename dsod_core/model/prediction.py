@@ -1,4 +1,4 @@
-"""Prediction structures: from the backbone's two maps to the six source maps (DSOD_SPEC.md §2).
+"""Prediction structures: from the backbone's two maps to the six source maps (docs/dsod.md §2).
 
 Dense (DSOD): every later scale concatenates a *learned* half (bottleneck + 3×3/2 conv of the
 previous scale) with a *pooled* half (2×2/2 max pool of the previous scale + 1×1 conv), so each

@@ -1,7 +1,7 @@
 """Named DSOD variants: small data entries that all go through one builder.
 
 A variant is a set of ``DSODConfig`` field values plus the paper's parameter figure (learnable
-weights for 21 classes at 300 px, DSOD_SPEC.md §8), so the summary tool can put our count
+weights for 21 classes at 300 px, docs/dsod.md §8), so the summary tool can put our count
 beside it. ``in_channels`` and ``num_classes`` are never part of a variant: the caller says
 them.
 
@@ -125,7 +125,7 @@ def build_model(
     return DSOD(config)
 
 
-# --- the paper's models (DSOD_SPEC.md §8); DSODConfig defaults are DSOD300 DS/64-192-48-1 ---
+# --- the paper's models (docs/dsod.md §8); DSODConfig defaults are DSOD300 DS/64-192-48-1 ---
 register_variant(
     "dsod300", paper_params=14.8e6, description="DSOD300 DS/64-192-48-1, dense prediction"
 )

@@ -2,11 +2,13 @@
 
 Layouts under ``root`` (param ``layout``; ``auto`` picks the first that exists):
 
-* ``nyu``: the NYU Depth v2 labelled file ``<nyu_file>`` (HDF5); boxes are the tight boxes of
-  the instance masks, class names come from the file, restricted to ``classes``.
-* ``voc``: ``<annotation_dir>/<id>.xml`` VOC boxes, each paired by name with
-  ``<depth_dir>/<id>.{png,npy,tif,tiff}`` (the stem of the XML's ``<filename>``, else of the XML);
-  optional ``<rgb_dir>/<id>.{png,jpg}``, ``<intrinsics_dir>/<id>.{json,txt}`` and split lists
+* ``nyu``: the NYU Depth v2 labelled file ``<nyu_file>`` (HDF5, :mod:`.nyu`); boxes are the
+  tight boxes of the instance masks, class names come from the file, restricted to
+  ``class_names``.
+* ``voc``: ``<annotation_dir>/<id>.xml`` VOC boxes (:mod:`.annotations`), each paired by name
+  with ``<depth_dir>/<id>.{png,npy,tif,tiff}`` (:mod:`.png`, :mod:`.npy`; the stem of the
+  XML's ``<filename>``, else of the XML); optional ``<rgb_dir>/<id>.{png,jpg}``,
+  ``<intrinsics_dir>/<id>.{json,txt}`` (:mod:`.intrinsics`) and split lists
   ``<split_dir>/{train,val,test}.txt``.
 * ``coco``: ``<coco_file>`` COCO JSON; each image's ``file_name`` stem names the depth file.
 
@@ -17,12 +19,17 @@ filled with the nearest valid depth, left out of the store's statistics (``Sampl
 with ``validity_channel: true``, flagged in an extra 0/1 channel. There is no world frame beyond
 the image, so ``Sample.affine`` is the identity (world = pixels of the depth map); the camera
 frame lives in :meth:`DepthAdapter.export_predictions`.
+
+Errors: ``discover()`` reads every frame's annotation and image headers under
+``self.log.guard`` (one bad frame is refused or skipped whole, as ``prepare.on_error`` says) and
+checks ``max_pixels`` there; objects of classes outside ``class_names`` are left out with one
+warning per frame; ``read()`` raises on any unreadable byte.
 """
 
 from __future__ import annotations
 
-import json
 import os
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -31,8 +38,9 @@ import numpy as np
 
 from dsod_core.data.sample import SPLITS, Sample
 from dsod_core.errors import ConfigError, DataError
-from modalities.base import ModalityAdapter, SampleRef, assign_split
-from modalities.depth import formats
+from dsod_core.io import write_json
+from modalities.base import ModalityAdapter, PrepareLog, SampleRef, assign_split
+from modalities.depth import annotations, intrinsics, npy, nyu, png
 from modalities.depth.encodings import (
     ENCODING_CHANNELS,
     NEEDS_INTRINSICS,
@@ -41,18 +49,12 @@ from modalities.depth.encodings import (
     encode,
     fill_missing,
 )
+from modalities.depth.params import DepthParams
 
-# The 19 furniture classes of Gupta et al. (ECCV 2014) NYUD2 detection, as spelled in the
-# labelled file's ``names``.
-NYU_DEFAULT_CLASSES = [
-    "bathtub", "bed", "bookshelf", "box", "chair", "counter", "desk", "door", "dresser",
-    "garbage bin", "lamp", "monitor", "night stand", "pillow", "sink", "sofa", "table",
-    "television", "toilet",
-]  # fmt: skip
-# Colour camera intrinsics of the NYU Depth v2 toolbox (camera_params.m); the labelled depth
-# maps are registered to the colour camera.
-NYU_INTRINSICS = Intrinsics(518.8579, 519.4696, 325.5824, 253.7362)
-_LAYOUTS = ("auto", "voc", "coco", "nyu")
+# Depth readers by file extension, in the order a stem's files are looked for; each module has
+# ``declared_size(path, max_pixels)`` (header only) and ``read_depth(path, max_pixels)``.
+DEPTH_READERS = {".png": png, ".npy": npy, ".tif": png, ".tiff": png}
+DEPTH_EXTENSIONS = tuple(DEPTH_READERS)
 _UNITS = {"mm": 0.001, "m": 1.0}
 
 
@@ -60,144 +62,57 @@ class DepthAdapter(ModalityAdapter):
     """Depth maps -> canonical samples in one of the encodings of :data:`ENCODING_CHANNELS`."""
 
     name = "depth"
+    Params = DepthParams
     world_units = "pixel"
-    param_defaults = {
-        "layout": "auto",
-        "encoding": "depth",
-        "validity_channel": False,
-        "depth_unit": "auto",
-        "depth_scale": 1.0,
-        "min_depth_m": 0.1,
-        "max_depth_m": 10.0,
-        "fx": None,
-        "fy": None,
-        "cx": None,
-        "cy": None,
-        "classes": None,
-        "depth_dir": "depth",
-        "annotation_dir": "Annotations",
-        "rgb_dir": "rgb",
-        "intrinsics_dir": "intrinsics",
-        "split_dir": "ImageSets/Main",
-        "coco_file": "annotations.json",
-        "nyu_file": "nyu_depth_v2_labeled.mat",
-        "nyu_depth_key": "depths",
-        "normal_smoothing_px": 1.0,
-        "val_fraction": 0.15,
-        "test_fraction": 0.15,
-        "split_seed": 0,
-        "max_pixels": 50_000_000,  # decompression-bomb guard on declared image sizes
-    }
+    params: DepthParams
 
-    def __init__(self, root: str | Path, params: Mapping[str, Any] | None = None):
-        super().__init__(root, params)
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        params: Mapping[str, Any] | DepthParams | None = None,
+        *,
+        log: PrepareLog | None = None,
+    ):
+        super().__init__(root, params, log=log)
         self._class_names: list[str] | None = None
         self._layout: str | None = None
-
-    # --- params -----------------------------------------------------------------------------
-    def _check_params(self) -> None:
-        p = self.params
-
-        def bad(key: str, why: str) -> ConfigError:
-            return ConfigError(f"depth adapter param {key}={p[key]!r}: {why}")
-
-        try:
-            if float(p["max_pixels"]) <= 0:
-                raise ValueError
-        except (TypeError, ValueError):
-            raise bad("max_pixels", "must be a positive number") from None
-
-        if p["layout"] not in _LAYOUTS:
-            raise bad("layout", f"must be one of {list(_LAYOUTS)}")
-        if p["encoding"] not in ENCODING_CHANNELS:
-            raise bad("encoding", f"must be one of {sorted(ENCODING_CHANNELS)}")
-        if not isinstance(p["validity_channel"], bool):
-            raise bad("validity_channel", "must be true or false")
-        if p["depth_unit"] not in ("auto", "mm", "m"):
-            raise bad("depth_unit", "must be 'auto', 'mm' or 'm'")
-        for key in ("depth_scale", "min_depth_m", "max_depth_m", "normal_smoothing_px"):
-            if isinstance(p[key], bool) or not isinstance(p[key], int | float):
-                raise bad(key, "must be a number")
-        if not p["depth_scale"] > 0:
-            raise bad("depth_scale", "must be > 0")
-        if not 0 < p["min_depth_m"] < p["max_depth_m"]:
-            raise bad("min_depth_m", f"need 0 < min_depth_m < max_depth_m={p['max_depth_m']}")
-        if p["normal_smoothing_px"] < 0:
-            raise bad("normal_smoothing_px", "must be >= 0")
-        given = [k for k in ("fx", "fy", "cx", "cy") if p[k] is not None]
-        if given and len(given) != 4:
-            raise bad(given[0], "give all of fx, fy, cx, cy or none")
-        for key in given:
-            if isinstance(p[key], bool) or not isinstance(p[key], int | float):
-                raise bad(key, "must be a number")
-        if given and (p["fx"] <= 0 or p["fy"] <= 0):
-            raise bad("fx", "fx and fy must be > 0")
-        if p["classes"] is not None and (
-            not isinstance(p["classes"], list | tuple)
-            or not p["classes"]
-            or not all(isinstance(c, str) and c for c in p["classes"])
-            or len(set(p["classes"])) != len(p["classes"])
-        ):
-            raise bad("classes", "must be a non-empty list of distinct names, or null")
-        for key in ("val_fraction", "test_fraction"):
-            if (
-                isinstance(p[key], bool)
-                or not isinstance(p[key], int | float)
-                or not 0 <= p[key] < 1
-            ):
-                raise bad(key, "must be a number in [0, 1)")
-        if p["val_fraction"] + p["test_fraction"] >= 1:
-            raise bad("val_fraction", "val_fraction + test_fraction must be < 1")
-        for key in (
-            "depth_dir",
-            "annotation_dir",
-            "rgb_dir",
-            "intrinsics_dir",
-            "split_dir",
-            "coco_file",
-            "nyu_file",
-            "nyu_depth_key",
-        ):
-            if not isinstance(p[key], str) or not p[key]:
-                raise bad(key, "must be a non-empty string")
-        if not isinstance(p["split_seed"], int) or isinstance(p["split_seed"], bool):
-            raise bad("split_seed", "must be an integer")
 
     # --- what the data looks like -----------------------------------------------------------
     @property
     def channel_names(self) -> list[str]:
-        names = list(ENCODING_CHANNELS[self.params["encoding"]])
-        if self.params["validity_channel"]:
+        names = list(ENCODING_CHANNELS[self.params.encoding])
+        if self.params.validity_channel:
             names.append(VALIDITY_CHANNEL)
         return names
 
     @property
     def class_names(self) -> list[str]:
         if self._class_names is None:
-            if self.params["classes"] is not None:
-                return list(self.params["classes"])
+            if self.params.class_names is not None:
+                return list(self.params.class_names)
             raise ConfigError("depth adapter: class names are known after discover()")
         return list(self._class_names)
 
     # --- discovery --------------------------------------------------------------------------
     def _resolve_layout(self) -> str:
-        layout = self.params["layout"]
-        if layout != "auto":
-            return layout
-        if (self.root / self.params["nyu_file"]).is_file():
+        p = self.params
+        if p.layout != "auto":
+            return p.layout
+        if (self.root / p.nyu_file).is_file():
             return "nyu"
-        if (self.root / self.params["annotation_dir"]).is_dir():
+        if (self.root / p.annotation_dir).is_dir():
             return "voc"
-        if (self.root / self.params["coco_file"]).is_file():
+        if (self.root / p.coco_file).is_file():
             return "coco"
         raise DataError(
-            f"no depth dataset found: expected {self.params['nyu_file']} (NYU), "
-            f"{self.params['annotation_dir']}/ (VOC XML) or {self.params['coco_file']} (COCO)",
+            f"no depth dataset found: expected {p.nyu_file} (NYU), "
+            f"{p.annotation_dir}/ (VOC XML) or {p.coco_file} (COCO)",
             path=self.root,
         )
 
     def discover(self) -> list[SampleRef]:
-        """List samples with their split. Checks that every annotation's depth file exists."""
+        """List frames with their split. Per frame (under ``self.log.guard``): its annotation
+        parses, its depth file exists and its header declares at most ``max_pixels``."""
         self._layout = self._resolve_layout()
         if self._layout == "nyu":
             return self._discover_nyu()
@@ -205,16 +120,17 @@ class DepthAdapter(ModalityAdapter):
             return self._discover_voc()
         return self._discover_coco()
 
-    def _find_depth(self, stem: str, referenced_from: Path) -> Path:
-        depth_dir = self.resolve_inside_root(self.params["depth_dir"], referenced_from)
-        for ext in formats.DEPTH_EXTENSIONS:
+    def _find_depth(self, stem: str, referenced_from: Path, sample: str) -> Path:
+        depth_dir = self.resolve_inside_root(self.params.depth_dir, referenced_from)
+        for ext in DEPTH_EXTENSIONS:
             cand = self.resolve_inside_root(depth_dir / f"{stem}{ext}", referenced_from)
             if cand.is_file():
                 return cand
         raise DataError(
             f"names depth map {stem!r} but no {depth_dir / stem}"
-            f"{{{','.join(formats.DEPTH_EXTENSIONS)}}} exists",
+            f"{{{','.join(DEPTH_EXTENSIONS)}}} exists",
             path=referenced_from,
+            sample=sample,
         )
 
     def _optional(
@@ -227,20 +143,39 @@ class DepthAdapter(ModalityAdapter):
                 return self.resolve_inside_root(cand, ref_from)
         return None
 
-    def _paths_for(self, stem: str, ref_from: Path) -> dict[str, Path]:
-        paths = {"depth": self._find_depth(stem, ref_from), "annotation": ref_from}
-        rgb = self._optional(self.params["rgb_dir"], stem, formats.RGB_EXTENSIONS, ref_from)
+    def _check_header(self, path: Path, reader=png) -> None:
+        """Refuse an image whose header declares more than ``max_pixels`` (no pixel read)."""
+        limit = self.params.max_pixels
+        w, h = reader.declared_size(path, limit)
+        self.check_declared_size(path, w * h, limit, f"{w} x {h} px", "max_pixels")
+
+    def _ref(
+        self, ref_id: str, split: str, stem: str, ref_from: Path, objects: list[dict[str, Any]]
+    ) -> SampleRef:
+        """A frame's ref: its files found (depth required, colour and intrinsics optional) and
+        the headers of the images it will read checked against ``max_pixels``."""
+        p = self.params
+        depth = self._find_depth(stem, ref_from, ref_id)
+        paths = {"depth": depth, "annotation": ref_from}
+        self._check_header(depth, DEPTH_READERS[depth.suffix.lower()])
+        rgb = self._optional(p.rgb_dir, stem, png.RGB_EXTENSIONS, ref_from)
         if rgb is not None:
             paths["rgb"] = rgb
-        intr = self._optional(self.params["intrinsics_dir"], stem, (".json", ".txt"), ref_from)
+            if p.encoding == "rgbd":
+                self._check_header(rgb)
+        intr = self._optional(p.intrinsics_dir, stem, intrinsics.EXTENSIONS, ref_from)
         if intr is None:
-            intr = self._optional(".", "intrinsics", (".json", ".txt"), ref_from)
+            intr = self._optional(".", "intrinsics", intrinsics.EXTENSIONS, ref_from)
         if intr is not None:
             paths["intrinsics"] = intr
-        return paths
+        return SampleRef(ref_id, split, paths, {"objects": objects})
+
+    def _note_left_out(self, counts: Counter, path: Path, sample: str) -> None:
+        if counts:
+            self.log.warn(annotations.left_out_note(counts), path, sample)
 
     def _split_lists(self) -> dict[str, str]:
-        split_dir = self.root / self.params["split_dir"]
+        split_dir = self.root / self.params.split_dir
         out: dict[str, str] = {}
         for split in SPLITS:
             f = split_dir / f"{split}.txt"
@@ -249,72 +184,73 @@ class DepthAdapter(ModalityAdapter):
                     out[line.strip()] = split
         return out
 
-    def _split(self, key: str, lists: dict[str, str]) -> str:
-        if lists:
-            return lists.get(key, "__skip__")  # an id in no list is not part of the dataset
+    def _hash_split(self, key: str) -> str:
         p = self.params
-        return assign_split(key, p["val_fraction"], p["test_fraction"], p["split_seed"])
-
-    def _set_classes(self, found: list[str]) -> None:
-        self._class_names = list(self.params["classes"]) if self.params["classes"] else found
+        return assign_split(key, p.val_fraction, p.test_fraction, p.seed)
 
     def _discover_voc(self) -> list[SampleRef]:
-        ann_dir = self.root / self.params["annotation_dir"]
+        ann_dir = self.root / self.params.annotation_dir
         xmls = sorted(ann_dir.glob("*.xml"))
         if not xmls:
             raise DataError("no VOC XML annotations (*.xml) found", path=ann_dir)
         lists = self._split_lists()
         refs, names = [], set()
         for xml in xmls:
-            ann = formats.parse_voc(xml)
-            stem = Path(ann["filename"]).stem if ann["filename"] else xml.stem
-            split = self._split(xml.stem, lists)
-            if split == "__skip__":
+            # With split lists, an id in no list is not part of the dataset.
+            split = lists.get(xml.stem) if lists else self._hash_split(xml.stem)
+            if split is None:
                 continue
-            names.update(o["name"] for o in ann["objects"])
-            refs.append(
-                SampleRef(xml.stem, split, self._paths_for(stem, xml), {"objects": ann["objects"]})
-            )
-        self._set_classes(sorted(names))
+            with self.log.guard(xml, unit="image"):
+                ann = annotations.parse_voc(xml)
+                stem = Path(ann["filename"]).stem if ann["filename"] else xml.stem
+                objects, left_out = annotations.keep_known(ann["objects"], self.params.class_names)
+                refs.append(self._ref(xml.stem, split, stem, xml, objects))
+                names.update(o["name"] for o in objects)
+                self._note_left_out(left_out, xml, xml.stem)
+        self._class_names = list(self.params.class_names or sorted(names))
         return refs
 
     def _discover_coco(self) -> list[SampleRef]:
-        path = self.root / self.params["coco_file"]
-        coco = formats.parse_coco(path)
+        path = self.root / self.params.coco_file
+        coco = annotations.parse_coco(path)
         cat_name = dict(coco["categories"])
         refs = []
         for im in sorted(coco["images"], key=lambda im: im["id"]):
             stem = Path(im["file_name"]).stem
-            objects = []
-            for o in im["objects"]:
-                if o["category_id"] not in cat_name:
-                    raise DataError(
-                        f"image {im['file_name']!r}: unknown category_id {o['category_id']}",
-                        path=path,
-                    )
-                objects.append({**o, "name": cat_name[o["category_id"]]})
-            p = self.params
-            split = assign_split(stem, p["val_fraction"], p["test_fraction"], p["split_seed"])
-            refs.append(SampleRef(stem, split, self._paths_for(stem, path), {"objects": objects}))
-        self._set_classes([name for _, name in coco["categories"]])
+            with self.log.guard(path, unit="image"):
+                objects = []
+                for o in im["objects"]:
+                    if o["category_id"] not in cat_name:
+                        raise DataError(
+                            f"image {im['file_name']!r}: unknown category_id {o['category_id']}",
+                            path=path,
+                            sample=stem,
+                        )
+                    objects.append({**o, "name": cat_name[o["category_id"]]})
+                objects, left_out = annotations.keep_known(objects, self.params.class_names)
+                refs.append(self._ref(stem, self._hash_split(stem), stem, path, objects))
+                self._note_left_out(left_out, path, stem)
+        self._class_names = list(self.params.class_names or [n for _, n in coco["categories"]])
         return refs
 
-    def _discover_nyu(self) -> list[SampleRef]:
-        path = self.resolve_inside_root(self.params["nyu_file"], self.root)
-        need = (*formats.NYU_REQUIRED, self.params["nyu_depth_key"])
-        if self.params["encoding"] == "rgbd":
+    def _nyu_need(self) -> tuple[str, ...]:
+        need = (*nyu.REQUIRED, self.params.nyu_depth_key)
+        if self.params.encoding == "rgbd":
             need = (*need, "images")
-        with formats.nyu_open(path, tuple(dict.fromkeys(need))) as f:
-            file_names = formats.nyu_class_names(f, path)
-            n = int(f[self.params["nyu_depth_key"]].shape[0])
-        self._class_names = list(self.params["classes"] or NYU_DEFAULT_CLASSES)
+        return tuple(dict.fromkeys(need))
+
+    def _discover_nyu(self) -> list[SampleRef]:
         p = self.params
+        path = self.resolve_inside_root(p.nyu_file, self.root)
+        with nyu.open_labelled(path, self._nyu_need()) as f:
+            file_names = nyu.class_names(f, path)
+            n, w, h = nyu.frame_count_and_size(f, p.nyu_depth_key, path)
+        self.check_declared_size(path, w * h, p.max_pixels, f"{w} x {h} px frames", "max_pixels")
+        self._class_names = list(p.class_names or nyu.DEFAULT_CLASSES)
         return [
             SampleRef(
                 f"nyu_{i:04d}",
-                assign_split(
-                    f"nyu_{i:04d}", p["val_fraction"], p["test_fraction"], p["split_seed"]
-                ),
+                self._hash_split(f"nyu_{i:04d}"),
                 {"nyu": path},
                 {"index": i, "file_names": file_names},
             )
@@ -324,102 +260,110 @@ class DepthAdapter(ModalityAdapter):
     # --- reading ----------------------------------------------------------------------------
     def _intrinsics(self, ref: SampleRef) -> Intrinsics | None:
         p = self.params
-        if p["fx"] is not None:
-            return Intrinsics(float(p["fx"]), float(p["fy"]), float(p["cx"]), float(p["cy"]))
+        if p.fx is not None:
+            return Intrinsics(float(p.fx), float(p.fy), float(p.cx), float(p.cy))
         if "intrinsics" in ref.paths:
-            return formats.read_intrinsics(ref.paths["intrinsics"])
+            return intrinsics.read_intrinsics(ref.paths["intrinsics"])
         if "nyu" in ref.paths:
-            return NYU_INTRINSICS
+            return nyu.INTRINSICS
         return None
 
     def _to_metres(self, raw: np.ndarray, natural_unit: str) -> tuple[np.ndarray, np.ndarray]:
         """Raw values -> (depth metres ``[H, W]`` float64 with 0 where invalid, valid mask)."""
         p = self.params
-        unit = natural_unit if p["depth_unit"] == "auto" else p["depth_unit"]
+        unit = natural_unit if p.depth_unit == "auto" else p.depth_unit
         with np.errstate(invalid="ignore", over="ignore"):
-            metres = raw * (_UNITS[unit] * float(p["depth_scale"]))
-            valid = (
-                np.isfinite(metres) & (metres >= p["min_depth_m"]) & (metres <= p["max_depth_m"])
-            )
+            metres = raw * (_UNITS[unit] * float(p.depth_scale))
+            valid = np.isfinite(metres) & (metres >= p.min_depth_m) & (metres <= p.max_depth_m)
         return np.where(valid, metres, 0.0), valid
 
     def load_depth(self, ref: SampleRef) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         """Depth of one ref in metres: ``(depth [H, W] float64, 0 where invalid; valid [H, W]
         bool; extras)``; extras hold NYU labels/instances/rgb when the ref is an NYU frame."""
+        p = self.params
         if "nyu" in ref.paths:
             path = ref.paths["nyu"]
-            need = (*formats.NYU_REQUIRED, self.params["nyu_depth_key"])
-            with formats.nyu_open(path, tuple(dict.fromkeys(need))) as f:
+            need = tuple(dict.fromkeys((*nyu.REQUIRED, p.nyu_depth_key)))
+            with nyu.open_labelled(path, need) as f:
                 try:
-                    frame = formats.nyu_read_image(
-                        f,
-                        ref.meta["index"],
-                        self.params["nyu_depth_key"],
-                        with_rgb=self.params["encoding"] == "rgbd",
+                    frame = nyu.read_frame(
+                        f, ref.meta["index"], p.nyu_depth_key, with_rgb=p.encoding == "rgbd"
                     )
                 except (KeyError, IndexError, ValueError, OSError) as exc:
-                    raise DataError(f"frame {ref.meta['index']}: {exc}", path=path) from exc
+                    raise DataError(
+                        f"frame {ref.meta['index']}: {exc}", path=path, sample=ref.ref_id
+                    ) from exc
             depth, valid = self._to_metres(frame.pop("depth"), "m")
             return depth, valid, frame
-        raw, unit = formats.read_depth_raw(ref.paths["depth"], float(self.params["max_pixels"]))
+        path = ref.paths["depth"]
+        reader = DEPTH_READERS.get(path.suffix.lower())
+        if reader is None:
+            raise DataError(f"unsupported depth file type {path.suffix.lower()!r}", path=path)
+        raw, unit = reader.read_depth(path, float(p.max_pixels))
         depth, valid = self._to_metres(raw, unit)
         return depth, valid, {}
 
+    def _rgb(self, ref: SampleRef, extras: dict[str, Any], h: int, w: int, source) -> np.ndarray:
+        if "rgb" in extras:
+            if extras["rgb"].shape[:2] != (h, w):
+                raise DataError(
+                    "NYU colour image and depth differ in size", path=source, sample=ref.ref_id
+                )
+            return extras["rgb"]
+        if "rgb" in ref.paths:
+            return png.read_rgb(ref.paths["rgb"], (h, w), float(self.params.max_pixels))
+        raise DataError(
+            f"encoding 'rgbd' needs an aligned colour image "
+            f"{self.params.rgb_dir}/{ref.ref_id}.{{png,jpg}}",
+            path=source,
+            sample=ref.ref_id,
+        )
+
     def read(self, ref: SampleRef) -> Iterator[Sample]:
         """One depth map -> one :class:`Sample` ``[C, H, W]`` in the configured encoding."""
-        if self._class_names is None and self.params["classes"] is None:
+        p = self.params
+        if self._class_names is None and p.class_names is None:
             raise ConfigError("depth adapter: call discover() before read()")
         source = ref.paths.get("depth", ref.paths.get("nyu"))
         depth, valid, extras = self.load_depth(ref)
         if not valid.any():
             raise DataError(
-                f"no valid depth reading in [{self.params['min_depth_m']}, "
-                f"{self.params['max_depth_m']}] m (check depth_unit / depth_scale)",
+                f"no valid depth reading in [{p.min_depth_m}, {p.max_depth_m}] m "
+                "(check depth_unit / depth_scale)",
                 path=source,
                 sample=ref.ref_id,
             )
         h, w = depth.shape
         filled = fill_missing(depth, valid)
         k = self._intrinsics(ref)
-        encoding = self.params["encoding"]
-        if encoding in NEEDS_INTRINSICS and k is None:
+        if p.encoding in NEEDS_INTRINSICS and k is None:
             raise DataError(
-                f"encoding {encoding!r} needs camera intrinsics: set fx, fy, cx, cy or write "
-                f"{self.params['intrinsics_dir']}/{ref.ref_id}.json or intrinsics.json in root",
+                f"encoding {p.encoding!r} needs camera intrinsics: set fx, fy, cx, cy or write "
+                f"{p.intrinsics_dir}/{ref.ref_id}.json or intrinsics.json in root",
                 path=source,
                 sample=ref.ref_id,
             )
-        rgb = None
-        if encoding == "rgbd":
-            if "rgb" in extras:
-                rgb = extras["rgb"]
-                if rgb.shape[:2] != (h, w):
-                    raise DataError("NYU colour image and depth differ in size", path=source)
-            elif "rgb" in ref.paths:
-                rgb = formats.read_rgb(ref.paths["rgb"], (h, w))
-            else:
-                raise DataError(
-                    f"encoding 'rgbd' needs an aligned colour image "
-                    f"{self.params['rgb_dir']}/{ref.ref_id}.{{png,jpg}}",
-                    path=source,
-                    sample=ref.ref_id,
-                )
+        rgb = self._rgb(ref, extras, h, w, source) if p.encoding == "rgbd" else None
         image, enc_meta = encode(
-            encoding,
+            p.encoding,
             filled,
             valid,
             k,
             rgb,
-            validity_channel=self.params["validity_channel"],
-            smoothing_px=float(self.params["normal_smoothing_px"]),
+            validity_channel=p.validity_channel,
+            smoothing_px=float(p.normal_smoothing_px),
         )
         if "nyu" in ref.paths:
-            boxes, labels, difficult = self._nyu_targets(ref, extras)
+            boxes, labels, left_out = nyu.targets(extras, ref.meta["file_names"], self.class_names)
+            difficult = None
+            self._note_left_out(left_out, source, ref.ref_id)
         else:
-            boxes, labels, difficult = self._annotated_targets(ref, w, h)
+            boxes, labels, difficult = annotations.targets(
+                ref.meta["objects"], self.class_names, w, h, ref.paths["annotation"], ref.ref_id
+            )
         meta = {
             "depth_units": "m",
-            "encoding": encoding,
+            "encoding": p.encoding,
             "valid_fraction": float(valid.mean()),
             "intrinsics": k.as_dict() if k else None,
             "ref": {
@@ -443,37 +387,6 @@ class DepthAdapter(ModalityAdapter):
         )
         sample.validate(num_channels=len(self.channel_names), num_classes=len(self.class_names))
         yield sample
-
-    def _annotated_targets(self, ref: SampleRef, w: int, h: int):
-        index = {c: i + 1 for i, c in enumerate(self.class_names)}
-        ann = ref.paths["annotation"]
-        boxes, labels, difficult = [], [], []
-        for o in ref.meta["objects"]:
-            if o["name"] not in index:
-                continue  # restricted by ``classes``
-            x1, y1, x2, y2 = o["box"]
-            x1, y1, x2, y2 = max(x1, 0.0), max(y1, 0.0), min(x2, float(w)), min(y2, float(h))
-            if x2 <= x1 or y2 <= y1:
-                raise DataError(
-                    f"object {o['name']!r} box {o['box']} is empty inside the {w}x{h} depth map",
-                    path=ann,
-                    sample=ref.ref_id,
-                )
-            boxes.append([x1, y1, x2, y2])
-            labels.append(index[o["name"]])
-            difficult.append(bool(o["difficult"]))
-        return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64), difficult
-
-    def _nyu_targets(self, ref: SampleRef, frame: dict[str, np.ndarray]):
-        index = {c: i + 1 for i, c in enumerate(self.class_names)}
-        names = ref.meta["file_names"]
-        boxes, labels = [], []
-        for label, box in formats.boxes_from_instances(frame["labels"], frame["instances"]):
-            name = names[label - 1] if 0 < label <= len(names) else None
-            if name in index:  # unknown / unlisted classes are skipped
-                boxes.append(box)
-                labels.append(index[name])
-        return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64), None
 
     # --- back to the world ------------------------------------------------------------------
     def export_predictions(self, items: list[dict[str, Any]], out_dir: Path) -> list[Path]:
@@ -531,9 +444,7 @@ class DepthAdapter(ModalityAdapter):
                 }
             )
         path = out_dir / "predictions_depth.json"
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(rows, indent=1))
-        os.replace(tmp, path)
+        write_json(path, rows, indent=1)
         return [path]
 
     def render(self, image: np.ndarray) -> np.ndarray:

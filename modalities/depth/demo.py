@@ -20,14 +20,15 @@ visible.
 
 from __future__ import annotations
 
-import json
-import os
+import io
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from PIL import Image
 from scipy import ndimage
+
+from dsod_core.io import write_atomic, write_json
 
 CLASSES = ("box", "cylinder", "sphere")
 _MAX_DEPTH_MM = 10_000
@@ -219,15 +220,6 @@ def _voc_xml(stem: str, size: int, boxes: list[tuple[str, list[int]]]) -> str:
     )
 
 
-def _write_atomic(path: Path, data: bytes | str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    if isinstance(data, str):
-        tmp.write_text(data)
-    else:
-        tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def write_demo(
     out_dir: str | Path, *, num_images: int = 240, image_size: int = 96, seed: int = 0
 ) -> dict[str, Any]:
@@ -235,8 +227,6 @@ def write_demo(
     16-bit mm, ``Annotations/*.xml``, ``intrinsics.json``, ``ImageSets/Main/{train,val,test}.txt``
     split 70/15/15) and return the adapter params that read them: the ``hha`` encoding plus a
     validity channel (shape shows best in surface orientation and height above the floor)."""
-    import io
-
     out = Path(out_dir)
     for sub in ("depth", "Annotations", "ImageSets/Main"):
         (out / sub).mkdir(parents=True, exist_ok=True)
@@ -251,10 +241,10 @@ def write_demo(
         stem = f"scene_{i:05d}"
         buf = io.BytesIO()
         Image.fromarray(sensor_model(rng, depth)).save(buf, format="PNG")
-        _write_atomic(out / "depth" / f"{stem}.png", buf.getvalue())
-        _write_atomic(out / "Annotations" / f"{stem}.xml", _voc_xml(stem, image_size, boxes))
+        write_atomic(out / "depth" / f"{stem}.png", buf.getvalue())
+        write_atomic(out / "Annotations" / f"{stem}.xml", _voc_xml(stem, image_size, boxes))
         stems.append(stem)
-    _write_atomic(out / "intrinsics.json", json.dumps(k, indent=1))
+    write_json(out / "intrinsics.json", k, indent=1)
     order = rng.permutation(len(stems))
     n_test = max(1, round(0.15 * len(stems))) if len(stems) >= 3 else 0
     n_val = max(1, round(0.15 * len(stems))) if len(stems) >= 3 else 0
@@ -264,7 +254,7 @@ def write_demo(
         split_of[stems[idx]] = split
     for split in ("train", "val", "test"):
         names = [s for s in stems if split_of[s] == split]
-        _write_atomic(out / "ImageSets/Main" / f"{split}.txt", "".join(f"{s}\n" for s in names))
+        write_atomic(out / "ImageSets/Main" / f"{split}.txt", "".join(f"{s}\n" for s in names))
     return {
         "layout": "voc",
         "encoding": "hha",
@@ -272,5 +262,5 @@ def write_demo(
         "depth_unit": "mm",
         "min_depth_m": 0.1,
         "max_depth_m": 10.0,
-        "classes": list(CLASSES),
+        "class_names": list(CLASSES),
     }

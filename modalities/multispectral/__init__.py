@@ -1,12 +1,25 @@
 """Multispectral GeoTIFF modality: band selection, tiling into chips, GeoJSON labels and
-predictions in map coordinates (see ``docs/modalities/multispectral.md``)."""
+predictions in map coordinates (see ``docs/modalities/multispectral.md``).
 
-from modalities.multispectral.adapter import DERIVED, MultispectralAdapter, class_wise_nms
-from modalities.multispectral.tiling import boxes_in_chip, chip_starts, chip_windows
+Modules: ``adapter`` (the adapter), ``params`` (its params), ``geotiff`` (rasters in),
+``geojson`` (labels in, predictions out), ``tiling`` (chips and merging their predictions),
+``demo`` (the synthetic dataset).
+"""
+
+from modalities.multispectral.adapter import MultispectralAdapter
+from modalities.multispectral.params import DEFAULT_ROLES, DERIVED, MultispectralParams
+from modalities.multispectral.tiling import (
+    boxes_in_chip,
+    chip_starts,
+    chip_windows,
+    class_wise_nms,
+)
 
 __all__ = [
+    "DEFAULT_ROLES",
     "DERIVED",
     "MultispectralAdapter",
+    "MultispectralParams",
     "boxes_in_chip",
     "chip_starts",
     "chip_windows",

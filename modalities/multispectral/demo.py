@@ -10,9 +10,7 @@ no-data, and a no-data triangle cuts each raster's north-west corner (a swath ed
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +19,8 @@ import rasterio
 from rasterio.transform import from_origin
 from rasterio.warp import transform_geom
 from scipy.ndimage import zoom
+
+from dsod_core.io import atomic_path, write_json
 
 BANDS = ["coastal", "blue", "green", "red", "red_edge", "nir", "swir1", "swir2"]
 CLASSES = ["green_roof", "painted_roof", "bare_roof"]
@@ -125,30 +125,31 @@ def write_demo(
         # Scenes spread over the zone so their label coordinates differ.
         transform = from_origin(420000.0 + 7000.0 * r, 5040000.0 - 3000.0 * r, PIXEL_M, PIXEL_M)
         path = out / f"scene_{r:02d}.tif"
-        tmp = path.with_name(path.name + ".tmp")
-        with rasterio.open(
-            tmp,
-            "w",
-            driver="GTiff",
-            width=size,
-            height=size,
-            count=8,
-            dtype="uint16",
-            crs=f"EPSG:{EPSG}",
-            transform=transform,
-            nodata=0,
-            tiled=True,
-            blockxsize=block,
-            blockysize=block,
-            compress="deflate",
-            predictor=2,
-            zlevel=1,
-        ) as dst:
+        with (
+            atomic_path(path, suffix=".tif") as tmp,
+            rasterio.open(
+                tmp,
+                "w",
+                driver="GTiff",
+                width=size,
+                height=size,
+                count=8,
+                dtype="uint16",
+                crs=f"EPSG:{EPSG}",
+                transform=transform,
+                nodata=0,
+                tiled=True,
+                blockxsize=block,
+                blockysize=block,
+                compress="deflate",
+                predictor=2,
+                zlevel=1,
+            ) as dst,
+        ):
             dst.write(dn)
             dst.descriptions = tuple(BANDS)
             dst.scales = (1e-4,) * 8
             dst.offsets = (0.0,) * 8
-        os.replace(tmp, path)
         features = []
         polys = [
             {
@@ -165,13 +166,15 @@ def write_demo(
         wgs = transform_geom(f"EPSG:{EPSG}", "EPSG:4326", polys) if polys else []
         for (cls, _), geom in zip(roofs, wgs):
             features.append({"type": "Feature", "properties": {"class": cls}, "geometry": geom})
-        lpath = out / f"scene_{r:02d}.geojson"
-        tmp = lpath.with_name(lpath.name + ".tmp")
-        tmp.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
-        os.replace(tmp, lpath)
+        write_json(
+            out / f"scene_{r:02d}.geojson",
+            {"type": "FeatureCollection", "features": features},
+            indent=None,
+            allow_nan=False,
+        )
     return {
         "bands": None,
-        "classes": list(CLASSES),
+        "class_names": list(CLASSES),
         "chip_size": chip,
         "overlap": 0,
         "split_by": "chip",

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from rasterio.transform import Affine
 from rasterio.warp import transform_geom
 
 from dsod_core.errors import DataError
+from dsod_core.io import write_json
 
 WGS84 = CRS.from_epsg(4326)
 _AREAL = ("Polygon", "MultiPolygon")
@@ -183,12 +183,8 @@ def write_feature_collection(
     if member is not None:
         doc["crs"] = member
     doc["features"] = features
-    path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
     # allow_nan=False: NaN is not valid JSON and GIS tools reject it.
-    tmp.write_text(json.dumps(doc, allow_nan=False))
-    os.replace(tmp, path)
-    return path
+    return write_json(path, doc, indent=None, allow_nan=False)
 
 
 def to_wgs84(features: list[dict[str, Any]], crs: CRS) -> list[dict[str, Any]]:

@@ -19,15 +19,14 @@ labels (the MONAI LUNA16 convention).
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
 
-from modalities.medical_link import apply_affine, lps_ras_flip
+from dsod_core.io import atomic_path, write_json
+from modalities.medical.linking import apply_affine, lps_ras_flip
 
 DEMO_CLASSES = ["solid_nodule", "ground_glass"]
 _DEPTH = 16
@@ -119,7 +118,6 @@ def write_medical_demo(
     num_images: int,
     image_size: int,
     seed: int,
-    params_defaults: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write volumes until they give about ``num_images`` stored slices; return the params."""
     if image_size < 16:
@@ -145,10 +143,8 @@ def write_medical_demo(
         img.header.set_xyzt_units("mm")
         img.set_qform(affine, code=1)
         img.set_sform(affine, code=1)
-        final = out / rel
-        tmp = final.with_name(f".tmp_{final.name}")
-        nib.save(img, str(tmp))
-        os.replace(tmp, final)
+        with atomic_path(out / rel, suffix=".nii.gz") as tmp:
+            nib.save(img, str(tmp))
         boxes, labels = [], []
         positive: set[int] = set()
         for les in lesions:
@@ -166,10 +162,7 @@ def write_medical_demo(
         else:
             expected += len(positive) + _NEGATIVE_RATE * (_DEPTH - len(positive))
         n += 1
-    path = out / "datalist.json"
-    tmp = path.with_name(".datalist.json.tmp")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, path)
+    write_json(out / "datalist.json", doc, indent=1)
     params = {
         "datalist": "datalist.json",
         "world_frame": "LPS",

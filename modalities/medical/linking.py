@@ -1,4 +1,4 @@
-"""3D geometry of the medical adapter: world boxes <-> per-slice pixel boxes (pure numpy).
+"""3D geometry of the ``medical`` adapter: world boxes -> per-slice boxes, detections -> lesions.
 
 Coordinates used here
 ---------------------
@@ -24,6 +24,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from dsod_core.boxes import box_iou
 
 # --- affines ---------------------------------------------------------------------------------
 
@@ -140,29 +142,6 @@ def ellipsoid_slice_cuts(
 # --- per-slice detections -> 3D lesions ------------------------------------------------------
 
 
-def box_iou(box: np.ndarray, boxes: np.ndarray, mode: str = "iou") -> np.ndarray:
-    """Overlap of one xyxy box ``[4]`` with ``boxes`` ``[M, 4]``; returns ``[M]``.
-
-    ``mode="iou"``: intersection over union; ``"iomin"``: intersection over the smaller
-    area (1 for nested boxes — the sections of one lesion near its poles shrink fast on thick
-    slices, so their IoU with the neighbour can be small though they are nested)."""
-    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
-    ix1 = np.maximum(box[0], boxes[:, 0])
-    iy1 = np.maximum(box[1], boxes[:, 1])
-    ix2 = np.minimum(box[2], boxes[:, 2])
-    iy2 = np.minimum(box[3], boxes[:, 3])
-    inter = np.clip(ix2 - ix1, 0, None) * np.clip(iy2 - iy1, 0, None)
-    area = (box[2] - box[0]) * (box[3] - box[1])
-    areas = (boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])
-    if mode == "iomin":
-        denom = np.minimum(area, areas)
-    elif mode == "iou":
-        denom = area + areas - inter
-    else:
-        raise ValueError(f"overlap mode must be 'iou' or 'iomin', got {mode!r}")
-    return np.where(denom > 0, inter / np.maximum(denom, 1e-12), 0.0)
-
-
 @dataclass
 class Track:
     """A chain of per-slice detections of one class (one 3D lesion candidate)."""
@@ -186,7 +165,10 @@ def link_detections(
             for the slices of ONE volume (all slices share the in-plane pixel grid).
         iou_threshold: minimum overlap between a detection and the last box of a track.
         max_gap: slices a track may skip (1: a detection missed on one slice is bridged).
-        overlap: ``"iou"`` or ``"iomin"`` (see :func:`box_iou`).
+        overlap: ``"iou"`` or ``"iomin"`` (intersection over the smaller area: 1 for nested
+            boxes; the sections of one lesion near its poles shrink fast on thick slices, so
+            their IoU with the neighbour can be small though they are nested); computed by
+            :func:`dsod_core.boxes.box_iou`.
 
     Slices are visited in increasing order and their detections by decreasing score; each
     detection joins the open track of the same label with the highest IoU (ties: the more
@@ -205,12 +187,17 @@ def link_detections(
             (still_open if k - t.slices[-1] <= max_gap + 1 else finished).append(t)
         open_tracks = still_open
         taken: set[int] = set()
+        # overlaps with the tracks open before this slice (those opened here are not joinable)
+        n_prev = len(open_tracks)
+        last = np.array([t.boxes[-1] for t in open_tracks], dtype=np.float64).reshape(-1, 4)
+        overlaps = box_iou(boxes, last, mode=overlap)
         for i in np.argsort(-scores, kind="stable"):
             candidates = []
-            for ti, t in enumerate(open_tracks):
+            for ti in range(n_prev):
+                t = open_tracks[ti]
                 if ti in taken or t.label != labels[i] or t.slices[-1] >= k:
                     continue
-                iou = float(box_iou(t.boxes[-1], boxes[i][None], overlap)[0])
+                iou = float(overlaps[i, ti])
                 if iou >= iou_threshold:
                     candidates.append((iou, t.slices[-1], ti))
             best = max(candidates)[2] if candidates else None

@@ -1,0 +1,138 @@
+"""The NYU Depth v2 labelled file ``nyu_depth_v2_labeled.mat`` (MATLAB v7.3, i.e. HDF5, read
+with h5py): depth, colour, class labels and instance masks of 1449 frames.
+
+MATLAB writes arrays column-major, so h5py sees every array with its axes reversed::
+
+    depths, rawDepths: [N, W, H] float32 metres      (MATLAB: H x W x N)
+    images:            [N, 3, W, H] uint8             (MATLAB: H x W x 3 x N)
+    labels:            [N, W, H] uint16, 0 = unlabelled, else 1-based index into names
+    instances:         [N, W, H] uint8, instance number within its label, 0 = none
+    names:             [1, C] object references; each to a uint16 [len, 1] char array
+
+This reader transposes one frame at a time back to ``[H, W]`` / ``[H, W, 3]``. Boxes are the
+tight boxes of the (label, instance) masks.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from dsod_core.errors import DataError
+from modalities.depth.encodings import Intrinsics
+
+# The datasets this adapter reads (``images`` only for the rgbd encoding).
+REQUIRED = ("depths", "instances", "labels", "names")
+# The 19 furniture classes of Gupta et al. (ECCV 2014) NYUD2 detection, as spelled in the
+# labelled file's ``names``.
+DEFAULT_CLASSES = [
+    "bathtub", "bed", "bookshelf", "box", "chair", "counter", "desk", "door", "dresser",
+    "garbage bin", "lamp", "monitor", "night stand", "pillow", "sink", "sofa", "table",
+    "television", "toilet",
+]  # fmt: skip
+# Colour camera intrinsics of the NYU Depth v2 toolbox (camera_params.m); the labelled depth
+# maps are registered to the colour camera.
+INTRINSICS = Intrinsics(518.8579, 519.4696, 325.5824, 253.7362)
+
+
+def open_labelled(path: Path, need: tuple[str, ...]):
+    """Open the ``.mat`` with h5py and check it holds the datasets ``need``; return the open
+    file (the caller closes it, e.g. ``with open_labelled(...) as f``)."""
+    import h5py
+
+    try:
+        f = h5py.File(path, "r")
+    except OSError as exc:
+        raise DataError(
+            f"cannot open as MATLAB v7.3/HDF5 (NYU Depth v2 labelled .mat): {exc}", path=path
+        ) from exc
+    missing = [k for k in need if k not in f]
+    if missing:
+        found = sorted(f.keys())
+        f.close()
+        raise DataError(
+            f"not an NYU Depth v2 labelled file: missing dataset(s) {missing} (found {found})",
+            path=path,
+        )
+    return f
+
+
+def class_names(f, path: Path) -> list[str]:
+    """The file's class names (``names``), 1-based label ``l`` -> ``names[l - 1]``."""
+    try:
+        refs = f["names"][()].reshape(-1)
+        return ["".join(chr(c) for c in f[r][()].reshape(-1)) for r in refs]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"cannot decode the 'names' cell array: {exc}", path=path) from exc
+
+
+def frame_count_and_size(f, depth_key: str, path: Path) -> tuple[int, int, int]:
+    """``(N, width, height)`` of the depth dataset, from its header (no pixel read)."""
+    shape = f[depth_key].shape
+    if len(shape) != 3:
+        raise DataError(
+            f"dataset {depth_key!r} has shape {shape}; expected [N, W, H] (MATLAB H x W x N)",
+            path=path,
+        )
+    n, w, h = (int(s) for s in shape)
+    return n, w, h
+
+
+def read_frame(f, index: int, depth_key: str, with_rgb: bool) -> dict[str, np.ndarray]:
+    """One labelled frame, transposed to image order: depth ``[H, W]`` (m), labels and
+    instances ``[H, W]``, rgb ``[H, W, 3]`` uint8 when asked."""
+    out = {
+        "depth": np.asarray(f[depth_key][index], dtype=np.float64).T,
+        "labels": np.asarray(f["labels"][index]).T.astype(np.int64),
+        "instances": np.asarray(f["instances"][index]).T.astype(np.int64),
+    }
+    if with_rgb:
+        out["rgb"] = np.ascontiguousarray(np.asarray(f["images"][index]).transpose(2, 1, 0))
+    return out
+
+
+def boxes_from_instances(labels: np.ndarray, instances: np.ndarray) -> list[tuple[int, np.ndarray]]:
+    """Tight boxes of every (label, instance) mask with label > 0 and instance > 0.
+
+    Returns ``[(label, box)]`` sorted by (label, instance); box = float ``[x1, y1, x2, y2]``
+    with ``x1 = min col``, ``x2 = max col + 1`` (continuous pixel coordinates).
+    """
+    sel = (labels > 0) & (instances > 0)
+    if not sel.any():
+        return []
+    rows, cols = np.nonzero(sel)
+    keys = labels[rows, cols] * 65536 + instances[rows, cols]
+    uniq, inv = np.unique(keys, return_inverse=True)
+    n = len(uniq)
+    x1 = np.full(n, np.iinfo(np.int64).max)
+    y1 = np.full(n, np.iinfo(np.int64).max)
+    x2 = np.full(n, -1)
+    y2 = np.full(n, -1)
+    np.minimum.at(x1, inv, cols)
+    np.minimum.at(y1, inv, rows)
+    np.maximum.at(x2, inv, cols)
+    np.maximum.at(y2, inv, rows)
+    return [
+        (int(uniq[i] // 65536), np.array([x1[i], y1[i], x2[i] + 1, y2[i] + 1], dtype=np.float64))
+        for i in range(n)
+    ]
+
+
+def targets(
+    frame: dict[str, np.ndarray], file_names: list[str], class_names: list[str]
+) -> tuple[np.ndarray, np.ndarray, Counter]:
+    """Boxes ``[N, 4]`` float32 and labels 1..K of the instances whose class (``file_names``
+    of the file) is in ``class_names``, and a count of the objects left out, by class name
+    (``label <l>`` for a label beyond the file's ``names``)."""
+    index = {c: i + 1 for i, c in enumerate(class_names)}
+    boxes, labels, left_out = [], [], Counter()
+    for label, box in boxes_from_instances(frame["labels"], frame["instances"]):
+        name = file_names[label - 1] if 0 < label <= len(file_names) else f"label {label}"
+        if name in index:
+            boxes.append(box)
+            labels.append(index[name])
+        else:
+            left_out[name] += 1
+    return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64), left_out

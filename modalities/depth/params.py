@@ -1,0 +1,113 @@
+"""The depth adapter's params: one frozen dataclass, validated by :meth:`AdapterParams.parse`.
+
+Types, choices and ranges are declared on the fields; rules that span fields (the valid depth
+range, intrinsics given all together, the split fractions) are in :meth:`DepthParams.check`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from modalities.base import AdapterParams, param
+
+# The folder and file-name params: each must be a non-empty string.
+_NAMES = (
+    "depth_dir",
+    "annotation_dir",
+    "rgb_dir",
+    "intrinsics_dir",
+    "split_dir",
+    "coco_file",
+    "nyu_file",
+    "nyu_depth_key",
+)
+
+
+@dataclass(frozen=True)
+class DepthParams(AdapterParams):
+    """Params of :class:`modalities.depth.DepthAdapter` (``adapter:`` in ``params.yaml``)."""
+
+    layout: Literal["auto", "voc", "coco", "nyu"] = param(
+        "auto", "dataset layout; auto: NYU `.mat`, else VOC `Annotations/`, else COCO JSON"
+    )
+    encoding: Literal["depth", "disparity", "normals", "hha", "rgbd"] = param(
+        "depth", "channels the detector sees (normals and hha need intrinsics, rgbd colour)"
+    )
+    validity_channel: bool = param(False, "append a 0/1 channel `depth_valid` (1 = measured)")
+    depth_unit: Literal["auto", "mm", "m"] = param(
+        "auto", "unit of the raw values; auto: mm for integer images, m for float data"
+    )
+    depth_scale: float = param(
+        1.0,
+        "extra factor on raw values (0.125 for depth stored as mm << 3)",
+        min=0.0,
+        min_exclusive=True,
+    )
+    min_depth_m: float = param(
+        0.1,
+        "nearest valid depth (m); nearer readings count as missing",
+        min=0.0,
+        min_exclusive=True,
+    )
+    max_depth_m: float = param(
+        10.0,
+        "farthest valid depth (m); farther readings count as missing",
+        min=0.0,
+        min_exclusive=True,
+    )
+    fx: float | None = param(
+        None,
+        "focal length x (px); with fy, cx, cy overrides intrinsics files",
+        min=0.0,
+        min_exclusive=True,
+    )
+    fy: float | None = param(None, "focal length y (px)", min=0.0, min_exclusive=True)
+    cx: float | None = param(None, "principal point x (px, OpenCV pixel-centre convention)")
+    cy: float | None = param(None, "principal point y (px, OpenCV pixel-centre convention)")
+    class_names: list[str] | None = param(
+        None, "names of labels 1..K; null: VOC sorted names found, COCO categories, NYU 19"
+    )
+    depth_dir: str = param("depth", "folder of depth maps `<id>.{png,npy,tif,tiff}`")
+    annotation_dir: str = param("Annotations", "folder of VOC XML annotations (voc layout)")
+    rgb_dir: str = param("rgb", "folder of aligned colour images `<id>.{png,jpg,jpeg}`")
+    intrinsics_dir: str = param("intrinsics", "folder of per-image intrinsics `<id>.{json,txt}`")
+    split_dir: str = param("ImageSets/Main", "folder of split lists `{train,val,test}.txt`")
+    coco_file: str = param("annotations.json", "COCO JSON of the coco layout")
+    nyu_file: str = param("nyu_depth_v2_labeled.mat", "NYU Depth v2 labelled file (nyu layout)")
+    nyu_depth_key: str = param(
+        "depths", "NYU dataset holding the depth (`rawDepths`: raw, with holes)"
+    )
+    normal_smoothing_px: float = param(
+        1.0, "Gaussian sigma (px) on depth before normals; 0 = none", min=0.0
+    )
+    val_fraction: float = param(0.15, "hash-split share of val (when no split lists)", min=0, max=1)
+    test_fraction: float = param(0.15, "hash-split share of test", min=0, max=1)
+    seed: int = param(0, "seed of the hash split")
+    max_pixels: float = param(
+        50e6,
+        "refuse a depth or colour image whose header declares more pixels",
+        min=0.0,
+        min_exclusive=True,
+    )
+
+    def check(self) -> None:
+        if not self.min_depth_m < self.max_depth_m:
+            self.fail(
+                "min_depth_m",
+                f"need min_depth_m < max_depth_m, got {self.min_depth_m} >= {self.max_depth_m}",
+            )
+        given = [k for k in ("fx", "fy", "cx", "cy") if getattr(self, k) is not None]
+        if given and len(given) != 4:
+            missing = [k for k in ("fx", "fy", "cx", "cy") if k not in given]
+            self.fail(given[0], f"give all of fx, fy, cx, cy or none (missing {missing})")
+        names = self.class_names
+        if names is not None and (not names or not all(names) or len(set(names)) != len(names)):
+            self.fail(
+                "class_names", f"must be a non-empty list of distinct names or null, got {names!r}"
+            )
+        if self.val_fraction + self.test_fraction >= 1:
+            self.fail("val_fraction", "val_fraction + test_fraction must be < 1")
+        for key in _NAMES:
+            if not getattr(self, key):
+                self.fail(key, "must be a non-empty string")

@@ -1,0 +1,507 @@
+"""The ``medical`` adapter: NIfTI CT/MRI volumes -> axial 2.5D slices; 3D lesions in world mm.
+
+Conventions (``docs/modalities/medical.md`` has the long form):
+
+* Volumes are reoriented to RAS (:mod:`modalities.medical.nifti`). The 2D samples are the axial
+  slices: canonical voxel axis ``k`` (towards Superior). A stored slice image is ``[C, H, W]``
+  with ``H`` along canonical voxel axis ``j`` (towards Anterior) and ``W`` along ``i`` (towards
+  Right): pixel ``(x, y)`` (continuous, pixel centre at +0.5) is voxel ``(i, j) = (x - 0.5,
+  y - 0.5)``.
+* ``Sample.affine`` = ``A_ras @ S @ T``: ``A_ras`` the canonical voxel->RAS mm affine, ``S``
+  the in-plane resampling scale (identity without resampling), ``T`` the shift
+  ``(-0.5, -0.5, k)``; its third column is the slice step, so it is invertible.
+* ``discover`` reads the annotations and each volume's header only (declared size checked
+  against ``max_voxels``); ``read`` first checks the whole file (:meth:`SliceReader.verify`),
+  then streams slices holding only the ``2k+1`` of the 2.5D context.
+* Annotations are world boxes ``cccwhd`` (centre, size; mm) in ``world_frame`` (LPS by default,
+  the LUNA16/ITK convention of MONAI's detection datalists) from a MONAI datalist JSON, or
+  LUNA16-style CSV rows (:mod:`modalities.medical.datalist`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import ndimage
+
+from dsod_core.data.sample import Sample
+from dsod_core.errors import ConfigError, DataError
+from dsod_core.io import write_json
+from modalities.base import AdapterParams, ModalityAdapter, PrepareLog, SampleRef, assign_split
+from modalities.medical import datalist as dl
+from modalities.medical.linking import (
+    apply_affine,
+    ellipsoid_slice_cuts,
+    link_volume,
+    lps_ras_flip,
+    slice_to_volume_affine,
+)
+from modalities.medical.nifti import SliceReader, check_header, declared_shape, load_header
+from modalities.medical.params import MedicalParams, parse_windows
+
+# Percentiles of an MRI volume are computed on at most this many voxels (a regular in-plane
+# stride over every slice), so the statistics never need the whole volume in memory.
+_MRI_STAT_VOXELS = 2_000_000
+
+
+def _unit_hash(key: str) -> float:
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+
+
+@contextmanager
+def _naming(sample: str | None) -> Iterator[None]:
+    """Name the volume (``sample``) in a :class:`DataError` that does not name one yet."""
+    try:
+        yield
+    except DataError as exc:
+        if exc.sample is None and sample:
+            raise DataError(exc.reason, path=exc.path, sample=sample) from exc
+        raise
+
+
+def _translate_z(k: int) -> np.ndarray:
+    t = np.eye(4)
+    t[2, 3] = float(k)
+    return t
+
+
+class MedicalAdapter(ModalityAdapter):
+    """NIfTI CT/MRI volumes with world-mm lesion boxes -> axial 2.5D slice samples.
+
+    Params: :class:`modalities.medical.params.MedicalParams` (``datalist`` or
+    ``annotations_csv`` + ``series_map``; ``world_frame``; CT ``windows`` or MRI percentiles;
+    ``slice_context``; ``target_spacing``; ``min_cross_section`` / ``small_section``;
+    ``negative_slice_rate``; splits; ``max_voxels``; ``link_*`` for the 3D linking of
+    predictions, :func:`modalities.medical.linking.link_volume`).
+    """
+
+    name = "medical"
+    Params = MedicalParams
+    world_units = "mm"
+    params: MedicalParams
+
+    def __init__(
+        self,
+        root: str | Path,
+        params: Mapping[str, Any] | AdapterParams | None = None,
+        *,
+        log: PrepareLog | None = None,
+    ):
+        super().__init__(root, params, log=log)
+        p = self.params
+        self._windows = parse_windows(p.windows) if p.intensity == "ct" else []
+        self._class_names: list[str] | None = None
+
+    # --- what the data looks like -----------------------------------------------------------
+    @property
+    def _offsets(self) -> list[int]:
+        k = self.params.slice_context
+        return list(range(-k, k + 1))
+
+    @property
+    def channel_names(self) -> list[str]:
+        """``<window>@<offset>``, window-major: ``lung@-1, lung@0, lung@+1, mediastinum@-1..``
+        (``mri@..`` in MRI mode)."""
+        groups = [w[0] for w in self._windows] if self._windows else ["mri"]
+        return [f"{g}@{o:+d}" if o else f"{g}@0" for g in groups for o in self._offsets]
+
+    @property
+    def class_names(self) -> list[str]:
+        if self.params.class_names is not None:
+            return list(self.params.class_names)
+        if self._class_names is None:
+            raise ConfigError("medical adapter: class_names are known after discover()")
+        return list(self._class_names)
+
+    # --- discovery --------------------------------------------------------------------------
+    def discover(self) -> list[SampleRef]:
+        """Parse the annotations (datalist or CSV), read each volume's header (declared size,
+        dimensions, affine) and assign splits; no voxels are read. A bad entry or volume goes
+        through ``self.log.guard`` (the prepare stage's ``on_error`` decides)."""
+        if self.params.datalist is not None:
+            refs = self._discover_datalist()
+        else:
+            refs = self._discover_csv()
+        if self.params.class_names is None:
+            if self.params.datalist is None:
+                self._class_names = [self.params.csv_class]
+            else:
+                top = max((max(r.meta["labels"], default=-1) for r in refs), default=-1)
+                self._class_names = [f"lesion_{i}" for i in range(max(top + 1, 1))]
+        return refs
+
+    def _check_volume_header(self, image: Path) -> None:
+        """Header-only checks of one volume, before any voxel work."""
+        img = load_header(image)
+        shape = declared_shape(img, image)
+        self.check_declared_size(
+            image,
+            math.prod(shape),
+            self.params.max_voxels,
+            " x ".join(str(s) for s in shape) + " voxels",
+            "max_voxels",
+        )
+        check_header(img, image)
+
+    def _check_labels(self, labels: list[int], where: str, path: Path) -> None:
+        names = self.params.class_names
+        if names is not None and any(lab >= len(names) for lab in labels):
+            raise DataError(
+                f"{where}: label {max(labels)} exceeds the {len(names)} class_names "
+                f"(labels are 0-based)",
+                path=path,
+            )
+
+    def _discover_datalist(self) -> list[SampleRef]:
+        assert self.params.datalist is not None
+        path = self.resolve_inside_root(self.params.datalist, self.root)
+        raw_entries, has_splits = dl.read_datalist(path)
+        refs: list[SampleRef] = []
+        seen: set[str] = set()
+        for where, split, raw in raw_entries:
+            name = raw.get("image") if isinstance(raw, dict) else None
+            known = isinstance(name, str)
+            with (
+                self.log.guard(self.root / name if known else path, unit="volume"),
+                _naming(dl.volume_id(name) if known else None),
+            ):
+                entry = dl.parse_entry(raw, where, path)
+                self._check_labels(entry.labels, where, path)
+                image = self.resolve_inside_root(entry.image, path)
+                vid = dl.volume_id(entry.image)
+                if vid in seen:
+                    raise DataError(f"{where}: image {entry.image!r} listed twice", path=path)
+                seen.add(vid)
+                if not image.is_file():
+                    raise DataError(f"{where}: image file {entry.image!r} not found", path=path)
+                self._check_volume_header(image)
+                sp = split if has_splits else self._split(vid)
+                refs.append(
+                    SampleRef(
+                        vid,
+                        sp,
+                        {"image": image, "annotation": path},
+                        {"image": entry.image, "boxes": entry.boxes, "labels": entry.labels},
+                    )
+                )
+        return refs
+
+    def _split(self, key: str) -> str:
+        p = self.params
+        return assign_split(key, p.val_fraction, p.test_fraction, p.seed)
+
+    def _discover_csv(self) -> list[SampleRef]:
+        assert self.params.annotations_csv is not None
+        path = self.resolve_inside_root(self.params.annotations_csv, self.root)
+        rows, bad = dl.read_lesion_csv(path)
+        refs = []
+        for uid, rel in dl.iter_series(rows, self.params.series_map):
+            with (
+                self.log.guard(self.root / rel if rel else path, unit="volume"),
+                _naming(dl.volume_id(rel) if rel else uid),
+            ):
+                if uid in bad:
+                    raise DataError(f"series {uid!r}: {bad[uid]}", path=path)
+                if rel is None:
+                    raise DataError(f"series {uid!r} has no entry in series_map", path=path)
+                image = self.resolve_inside_root(rel, path)
+                if not image.is_file():
+                    raise DataError(f"image file {rel!r} of series {uid!r} not found", path=path)
+                self._check_volume_header(image)
+                boxes = rows.get(uid, [])
+                refs.append(
+                    SampleRef(
+                        dl.volume_id(rel),
+                        self._split(uid),
+                        {"image": image, "annotation": path},
+                        {
+                            "image": rel,
+                            "boxes": boxes,
+                            "labels": [0] * len(boxes),
+                            "seriesuid": uid,
+                        },
+                    )
+                )
+        return refs
+
+    # --- reading ----------------------------------------------------------------------------
+    def read(self, ref: SampleRef) -> Iterator[Sample]:
+        """Yield the kept axial slices of one volume as samples (see module docstring).
+
+        The whole file is checked first (:meth:`SliceReader.verify`: gzip stream, data length,
+        finite voxels), so a volume damaged anywhere raises :class:`DataError` naming the file
+        before any of its samples is yielded."""
+        with _naming(ref.ref_id):
+            reader = SliceReader(ref.paths["image"])
+            try:
+                reader.verify()
+                yield from self._read_slices(ref, reader)
+            finally:
+                reader.close()
+
+    def _lesion_cuts(
+        self, ref: SampleRef, reader: SliceReader, volume_affine: np.ndarray, scale: np.ndarray
+    ):
+        """Per slice: list of (box xyxy px in the stored image, label 1..K, fraction)."""
+        boxes = np.asarray(ref.meta["boxes"], dtype=np.float64).reshape(-1, 6)
+        frame = self.params.world_frame
+        if frame == "LPS":
+            boxes = lps_ras_flip(boxes)
+        n_i, n_j, n_k = reader.shape
+        inv = np.linalg.inv(volume_affine)
+        per_slice: dict[int, list[tuple[np.ndarray, int, float]]] = {}
+        for box, lab in zip(boxes, ref.meta["labels"]):
+            c = apply_affine(inv, box[:3][None])[0]  # (x, y, z) volume pixels
+            limits = np.array([n_i, n_j]) / scale  # stored image size (W, H)
+            if not (
+                0 <= c[0] <= limits[0] and 0 <= c[1] <= limits[1] and -0.5 <= c[2] <= n_k - 0.5
+            ):
+                as_given = box[:3] if frame == "RAS" else lps_ras_flip(box[:3])
+                raise DataError(
+                    f"box centred at {as_given.round(2).tolist()} mm ({frame}) lies outside "
+                    f"the volume {ref.meta['image']!r}",
+                    path=ref.paths["annotation"],
+                )
+            for cut in ellipsoid_slice_cuts(volume_affine, box, n_k):
+                per_slice.setdefault(cut.slice_index, []).append(
+                    (cut.box, int(lab) + 1, cut.fraction)
+                )
+        return per_slice
+
+    def _read_slices(self, ref: SampleRef, reader: SliceReader) -> Iterator[Sample]:
+        p = self.params
+        n_i, n_j, n_k = reader.shape
+        # In-plane resampling: output pixel edges aligned with input voxel edges, so stored
+        # pixel x covers input voxels [x*s, (x+1)*s).
+        if p.target_spacing is not None:
+            out_ij = np.maximum(
+                1, np.round(np.array([n_i, n_j]) * reader.spacing[:2] / p.target_spacing)
+            ).astype(int)
+        else:
+            out_ij = np.array([n_i, n_j])
+        scale = np.array([n_i, n_j]) / out_ij  # input voxels per stored pixel
+        pix = np.eye(4)
+        pix[0, 0], pix[1, 1] = scale
+        pix[:2, 3] = -0.5
+        volume_affine = reader.affine @ pix  # (x, y, z=k) -> RAS mm
+        cuts = self._lesion_cuts(ref, reader, volume_affine, scale)
+        # Slices whose every lesion section is dropped as too small are ambiguous (lesion
+        # tissue without a box): kept neither as positives nor as negatives.
+        small_dropped = p.small_section == "drop"
+        positive = {
+            k
+            for k, c in cuts.items()
+            if not small_dropped or any(f >= p.min_cross_section for _, _, f in c)
+        }
+        keep = self._slices_to_keep(ref, n_k, positive, set(cuts))
+        if not keep:
+            return
+        mri_range = self._mri_range(reader) if p.intensity == "mri_percentile" else None
+        ctx = p.slice_context
+        cache: dict[int, np.ndarray] = {}
+        order = reader.order()
+        step = 1 if order[0] == 0 else -1
+        w_out, h_out = int(out_ij[0]), int(out_ij[1])
+        for k in order:
+            if k not in keep:
+                continue
+            # Drop slices behind the context window (file order only moves forward).
+            for old in [j for j in cache if (j - k) * step < -ctx]:
+                del cache[old]
+            needed = [min(max(k + o, 0), n_k - 1) for o in self._offsets]
+            for j in sorted(set(needed), key=lambda j: j * step):
+                if j not in cache:
+                    cache[j] = self._prepare_slice(reader.slice(j), out_ij)
+            channels = []
+            for lo, hi in [(w[1], w[2]) for w in self._windows] or [mri_range]:
+                for j in needed:
+                    channels.append(np.clip((cache[j] - lo) / (hi - lo), 0.0, 1.0))
+            image = np.stack(channels).astype(np.float32)
+            boxes, labels, difficult = [], [], []
+            for box, lab, frac in cuts.get(k, []):
+                # cuts are already in stored pixels (volume_affine includes the resampling)
+                b = np.clip(box, 0, [w_out, h_out, w_out, h_out])
+                if b[2] - b[0] < 0.5 or b[3] - b[1] < 0.5:
+                    continue  # a sliver left after clipping at the image border
+                small = frac < p.min_cross_section
+                if small and small_dropped:
+                    continue
+                boxes.append(b)
+                labels.append(lab)
+                difficult.append(small)
+            meta = {
+                "units": "mm",
+                "world_frame": "RAS",
+                "annotation_world_frame": p.world_frame,
+                "volume_id": ref.ref_id,
+                "image": ref.meta["image"],
+                "slice_index": int(k),
+                "num_slices": int(n_k),
+                "volume_shape": [int(n_i), int(n_j), int(n_k)],
+                "spacing_mm": [float(s) for s in reader.spacing],
+                "pixel_spacing_mm": [
+                    float(reader.spacing[0] * scale[0]),
+                    float(reader.spacing[1] * scale[1]),
+                ],
+                "intensity": p.intensity,
+                "split": ref.split,
+                "datalist_key": dl.SPLIT_KEYS[ref.split],
+            }
+            if mri_range is not None:
+                meta["mri_range"] = [float(mri_range[0]), float(mri_range[1])]
+            yield Sample(
+                image=image,
+                boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
+                labels=np.asarray(labels, dtype=np.int64),
+                difficult=np.asarray(difficult, dtype=bool),
+                sample_id=f"{ref.ref_id}_k{k:04d}",
+                source=str(ref.paths["image"]),
+                split=ref.split,
+                affine=volume_affine @ _translate_z(k),
+                meta=meta,
+            )
+
+    @staticmethod
+    def _prepare_slice(canonical: np.ndarray, out_ij: np.ndarray) -> np.ndarray:
+        """Canonical ``[n_i, n_j]`` -> stored ``[H=n_j', W=n_i']``, resampled if asked."""
+        img = canonical.T
+        if (img.shape[1], img.shape[0]) != (int(out_ij[0]), int(out_ij[1])):
+            zoom = (out_ij[1] / img.shape[0], out_ij[0] / img.shape[1])
+            # grid_mode: pixel edges (not centres) align, matching the continuous pixel
+            # coordinates of the boxes and the affine.
+            img = ndimage.zoom(img, zoom, order=1, grid_mode=True, mode="nearest")
+        return img
+
+    def _mri_range(self, reader: SliceReader) -> tuple[float, float]:
+        n_i, n_j, n_k = reader.shape
+        stride = max(1, int(math.ceil(math.sqrt(n_i * n_j * n_k / _MRI_STAT_VOXELS))))
+        values = np.concatenate(
+            [reader.slice(k)[::stride, ::stride].ravel() for k in reader.order()]
+        )
+        lo, hi = np.percentile(values, self.params.mri_percentiles)
+        if not hi > lo:
+            hi = lo + 1.0  # a constant volume: keep the map finite
+        return float(lo), float(hi)
+
+    def _slices_to_keep(
+        self, ref: SampleRef, n_k: int, positive: set[int], crossing: set[int]
+    ) -> set[int]:
+        p = self.params
+        if ref.split == "test" and p.test_all_slices:
+            return set(range(n_k))
+        keep = set(positive)
+        for k in range(n_k):
+            if k not in crossing and _unit_hash(f"{p.seed}:{ref.ref_id}:{k}") < (
+                p.negative_slice_rate
+            ):
+                keep.add(k)
+        return keep
+
+    # --- back to the world ------------------------------------------------------------------
+    def export_predictions(self, items: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+        """Link per-slice detections of each volume into 3D lesions and write
+        ``predictions_3d.json`` in the datalist convention (``{key: [{"image", "box" cccwhd
+        mm in world_frame, "label" 0-based, "score"}]}``), plus the per-slice world boxes of
+        the base class (``predictions_world.json``)."""
+        out_dir = Path(out_dir)
+        paths = super().export_predictions(items, out_dir)
+        p = self.params
+        volumes: dict[str, dict[str, Any]] = {}
+        for item in items:
+            meta = item["meta"]
+            k = int(meta["slice_index"])
+            vol = volumes.setdefault(
+                meta["volume_id"],
+                {
+                    "image": meta["image"],
+                    "key": meta.get("datalist_key", "test"),
+                    "affine": slice_to_volume_affine(np.asarray(item["affine"]), k),
+                    "dets": {},
+                },
+            )
+            det = item["detections"]
+            vol["dets"][k] = {key: np.asarray(det[key]) for key in ("boxes", "scores", "labels")}
+        doc: dict[str, list[dict[str, Any]]] = {}
+        for vid in sorted(volumes):
+            vol = volumes[vid]
+            lesions = link_volume(
+                vol["dets"],
+                vol["affine"],
+                p.link_iou,
+                p.link_gap,
+                p.link_score,
+                p.link_extent,
+                p.link_min_slices,
+                p.link_overlap,
+            )
+            boxes = np.array([les.box for les in lesions]).reshape(-1, 6)
+            if p.world_frame == "LPS":
+                boxes = lps_ras_flip(boxes)
+            doc.setdefault(vol["key"], []).append(
+                {
+                    "image": vol["image"],
+                    "box": boxes.round(4).tolist(),
+                    "label": [les.label - 1 for les in lesions],
+                    "score": [round(les.score, 6) for les in lesions],
+                }
+            )
+        path = out_dir / "predictions_3d.json"
+        write_json(path, doc, indent=1)
+        return [*paths, path]
+
+    def extra_metrics(self, exported: list[Path], split: str) -> dict[str, Any]:
+        """FROC of the linked 3D lesions (LUNA16 rules; ``dsod_core.metrics.froc``)."""
+        from dsod_core.metrics.froc import froc_from_datalists
+
+        path = next((p for p in exported if Path(p).name == "predictions_3d.json"), None)
+        if path is None:
+            return {}
+        preds = json.loads(Path(path).read_text())
+        result = froc_from_datalists(
+            preds, self.reference_datalist(split), key=dl.SPLIT_KEYS[split]
+        )
+        return {
+            "froc_cpm": float(result["cpm"]),
+            "froc_sensitivities": {
+                str(k): float(v) for k, v in zip(result["fp_rates"], result["sensitivities"])
+            },
+        }
+
+    def reference_datalist(self, split: str = "test") -> dict[str, list[dict[str, Any]]]:
+        """The annotations of one split in the datalist convention of
+        :meth:`export_predictions` (key, ``image``, cccwhd ``box`` in ``world_frame``, 0-based
+        ``label``), for :func:`dsod_core.metrics.froc.froc_from_datalists`. Runs
+        :meth:`discover` (cheap)."""
+        if split not in dl.SPLIT_KEYS:
+            raise ConfigError(f"split must be one of {sorted(dl.SPLIT_KEYS)}, got {split!r}")
+        entries = [
+            {"image": r.meta["image"], "box": r.meta["boxes"], "label": r.meta["labels"]}
+            for r in self.discover()
+            if r.split == split
+        ]
+        return {dl.SPLIT_KEYS[split]: entries}
+
+    def render(self, image: np.ndarray) -> np.ndarray:
+        """Grey uint8 ``[H, W, 3]`` of the first window's centre slice (values in [0, 1])."""
+        ch = np.asarray(image[self.params.slice_context], dtype=np.float64)
+        g = np.clip(ch, 0.0, 1.0)
+        return np.repeat((g * 255).round().astype(np.uint8)[..., None], 3, axis=2)
+
+    # --- demo -------------------------------------------------------------------------------
+    @classmethod
+    def write_demo(
+        cls, out_dir: str | Path, *, num_images: int = 240, image_size: int = 96, seed: int = 0
+    ) -> dict[str, Any]:
+        """Synthetic chest-CT-like volumes (HU, int16 ``.nii.gz``, 0.8 x 0.8 x 2.5 mm, LPS-like
+        affine with flipped x/y) with solid nodules and ground-glass opacities, plus
+        ``datalist.json`` (cccwhd, LPS world mm). See :mod:`modalities.medical.demo`."""
+        from modalities.medical.demo import write_medical_demo
+
+        return write_medical_demo(out_dir, num_images=num_images, image_size=image_size, seed=seed)

@@ -1,0 +1,134 @@
+"""Lesion annotations of the ``medical`` adapter: MONAI detection datalists and LUNA16 CSVs.
+
+Both give world boxes ``cccwhd`` (centre, size; mm). A datalist JSON holds ``training`` /
+``validation`` / ``test`` lists of ``{"image", "box", "label"}`` entries (0-based labels); a
+LUNA16-style CSV holds one sphere per row (``seriesuid, coordX, coordY, coordZ,
+diameter_mm``). Parsing is pure: whole-file problems raise :class:`DataError`, per-entry
+problems are raised by :func:`parse_entry` or returned per series by :func:`read_lesion_csv`,
+so that the adapter can route them through its prepare log one volume at a time.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dsod_core.errors import DataError
+
+#: Datalist keys <-> splits (MONAI / LUNA16 tutorial naming).
+DATALIST_KEYS = {"training": "train", "validation": "val", "test": "test"}
+SPLIT_KEYS = {v: k for k, v in DATALIST_KEYS.items()}
+
+CSV_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
+
+
+def volume_id(rel: str) -> str:
+    """A stable id of a volume from its path as written in the annotations."""
+    name = rel.replace("\\", "/")
+    for suffix in (".nii.gz", ".nii"):
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    return name.replace("/", "__")
+
+
+@dataclass
+class Entry:
+    """One volume's annotations: image path as written, boxes cccwhd mm, 0-based labels."""
+
+    where: str
+    image: str
+    boxes: list[list[float]] = field(default_factory=list)
+    labels: list[int] = field(default_factory=list)
+
+
+def read_datalist(path: Path) -> tuple[list[tuple[str, str, Any]], bool]:
+    """The raw entries ``[(where, split, entry)]`` of a datalist and whether it names splits
+    (``validation`` or ``test`` present). Raises :class:`DataError` for an unusable file."""
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"cannot read datalist JSON: {exc}", path=path) from exc
+    if not isinstance(doc, dict) or not any(k in doc for k in DATALIST_KEYS):
+        raise DataError(f"datalist needs one of the keys {sorted(DATALIST_KEYS)}", path=path)
+    out = []
+    for key, split in DATALIST_KEYS.items():
+        entries = doc.get(key, [])
+        if not isinstance(entries, list):
+            raise DataError(f"datalist key {key!r} must hold a list", path=path)
+        out.extend((f"{key}[{n}]", split, entry) for n, entry in enumerate(entries))
+    return out, "validation" in doc or "test" in doc
+
+
+def parse_entry(entry: Any, where: str, path: Path) -> Entry:
+    """Check one datalist entry; raises :class:`DataError` naming the datalist and entry."""
+    if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
+        raise DataError(f"{where} needs an 'image' path", path=path)
+    try:
+        boxes = np.asarray(entry.get("box", []), dtype=np.float64).reshape(-1, 6)
+        labels = np.asarray(entry.get("label", [0] * len(boxes)), dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise DataError(
+            f"{where}: 'box' must be [[cx, cy, cz, w, h, d], ...] and 'label' a list of ints "
+            f"({exc})",
+            path=path,
+        ) from exc
+    labels = labels.reshape(-1)
+    if len(labels) != len(boxes):
+        raise DataError(f"{where}: {len(boxes)} boxes but {len(labels)} labels", path=path)
+    if not np.isfinite(boxes).all() or (boxes[:, 3:] <= 0).any():
+        raise DataError(f"{where}: boxes need finite values and positive sizes", path=path)
+    if not np.isfinite(labels).all() or (labels < 0).any() or (labels != np.round(labels)).any():
+        raise DataError(f"{where}: labels must be ints >= 0", path=path)
+    return Entry(where, entry["image"], boxes.tolist(), labels.astype(int).tolist())
+
+
+def read_lesion_csv(path: Path) -> tuple[dict[str, list[list[float]]], dict[str, str]]:
+    """LUNA16-style rows -> ``({uid: [cccwhd boxes]}, {uid: reason})``: a row that cannot be
+    used marks its whole series bad (a volume missing one of its lesions would teach the
+    detector that the lesion is background). Raises :class:`DataError` for an unusable file
+    (unreadable, columns missing, a row without a series uid)."""
+    rows: dict[str, list[list[float]]] = {}
+    bad: dict[str, str] = {}
+    try:
+        with path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            missing = set(CSV_COLUMNS) - set(reader.fieldnames or [])
+            if missing:
+                raise DataError(f"CSV lacks columns {sorted(missing)}", path=path)
+            for line, row in enumerate(reader, start=2):
+                uid = row.get("seriesuid")
+                if not uid:
+                    raise DataError(f"line {line}: empty seriesuid", path=path)
+                rows.setdefault(uid, [])
+                try:
+                    x, y, z, d = (float(row[c]) for c in CSV_COLUMNS[1:])  # type: ignore[arg-type]
+                except (TypeError, ValueError) as exc:
+                    bad.setdefault(uid, f"line {line}: bad number ({exc})")
+                    continue
+                if not all(map(math.isfinite, (x, y, z, d))) or d <= 0:
+                    bad.setdefault(uid, f"line {line}: need finite coords and diameter > 0")
+                    continue
+                rows[uid].append([x, y, z, d, d, d])
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"cannot read CSV: {exc}", path=path) from exc
+    return rows, bad
+
+
+def iter_series(
+    rows: dict[str, list[list[float]]], series_map: str | dict[str, str]
+) -> Iterator[tuple[str, str | None]]:
+    """``(uid, image path as written or None when series_map has no entry)`` of every series:
+    those with rows, plus (for a mapping) every mapped series, lesion-free ones included."""
+    uids = sorted(set(rows) | (set(series_map) if isinstance(series_map, dict) else set()))
+    for uid in uids:
+        if isinstance(series_map, dict):
+            yield uid, (str(series_map[uid]) if uid in series_map else None)
+        else:
+            yield uid, series_map.format(seriesuid=uid)

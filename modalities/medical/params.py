@@ -1,0 +1,153 @@
+"""The params of the ``medical`` adapter (a frozen dataclass) and the CT window presets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from dsod_core.errors import ConfigError
+from modalities.base import AdapterParams, param
+
+#: Named CT windows, ``(lo, hi)`` in HU (lung: WL -600/WW 1500; mediastinum: 40/400; bone:
+#: 300/1500).
+CT_WINDOWS: dict[str, tuple[float, float]] = {
+    "lung": (-1350.0, 150.0),
+    "mediastinum": (-160.0, 240.0),
+    "bone": (-450.0, 1050.0),
+}
+
+#: Default ``max_voxels``: a 512 x 512 x 1000 volume (a thin-slice whole-body CT).
+DEFAULT_MAX_VOXELS = 512 * 512 * 1000
+
+
+def parse_windows(spec: list[Any]) -> list[tuple[str, float, float]]:
+    """``windows`` -> ``[(name, lo, hi)]``; raises :class:`ConfigError` on a bad entry."""
+
+    def bad(why: str) -> ConfigError:
+        return ConfigError(f"medical adapter param 'windows': {why}")
+
+    out: list[tuple[str, float, float]] = []
+    for w in spec:
+        if isinstance(w, str):
+            if w not in CT_WINDOWS:
+                raise bad(
+                    f"unknown CT window {w!r}; named windows: {sorted(CT_WINDOWS)} "
+                    "(or give [lo, hi])"
+                )
+            out.append((w, *CT_WINDOWS[w]))
+        elif isinstance(w, list | tuple) and len(w) == 2:
+            lo, hi = float(w[0]), float(w[1])
+            out.append((f"w{lo:g}_{hi:g}", lo, hi))
+        elif isinstance(w, dict) and set(w) == {"name", "lo", "hi"}:
+            try:
+                out.append((str(w["name"]), float(w["lo"]), float(w["hi"])))
+            except (TypeError, ValueError):
+                raise bad(f"window {w!r} needs numbers lo and hi") from None
+        else:
+            raise bad(f"bad window {w!r}; use a name, [lo, hi] or {{name, lo, hi}}")
+        if not out[-1][1] < out[-1][2]:
+            raise bad(f"window {w!r} needs lo < hi")
+    if len({name for name, _, _ in out}) != len(out):
+        raise bad("window names must be distinct")
+    return out
+
+
+@dataclass(frozen=True)
+class MedicalParams(AdapterParams):
+    """Params of :class:`modalities.medical.MedicalAdapter` (``docs/modalities/medical.md``)."""
+
+    datalist: str | None = param(
+        None, "MONAI detection datalist JSON, relative to root (or set annotations_csv)"
+    )
+    annotations_csv: str | None = param(
+        None, "LUNA16-style CSV (seriesuid, coordX, coordY, coordZ, diameter_mm), relative to root"
+    )
+    series_map: str | dict[str, str] = param(
+        "{seriesuid}.nii.gz", "CSV series uid -> volume path: a template or a {uid: path} mapping"
+    )
+    csv_class: str = param("nodule", "name of the one class of CSV annotations")
+    world_frame: Literal["LPS", "RAS"] = param(
+        "LPS", "frame of annotation boxes and written 3D predictions (ITK/LUNA16: LPS)"
+    )
+    class_names: list[str] | None = param(
+        None, "names of datalist labels 0..K-1 (stored as 1..K); null = lesion_<l> from the data"
+    )
+    intensity: Literal["ct", "mri_percentile"] = param(
+        "ct", "intensity mapping: CT windows in HU, or per-volume MRI percentiles"
+    )
+    windows: list[str | list[float] | dict[str, Any]] = param(
+        default_factory=lambda: ["lung", "mediastinum"],
+        doc="CT windows: names (lung, mediastinum, bone), [lo, hi] or {name, lo, hi}",
+    )
+    mri_percentiles: list[float] = param(
+        default_factory=lambda: [1.0, 99.0],
+        doc="[lo, hi] per-volume percentiles mapped to [0, 1] (mri_percentile)",
+        min=0.0,
+        max=100.0,
+    )
+    slice_context: int = param(1, "neighbouring slices each side stacked as channels", min=0)
+    target_spacing: float | None = param(
+        None,
+        "in-plane spacing (mm) to resample slices to; null keeps the voxel grid",
+        min=0.0,
+        min_exclusive=True,
+    )
+    min_cross_section: float = param(
+        0.2,
+        "lesion sections under this fraction of the largest are small_section",
+        min=0.0,
+        max=1.0,
+    )
+    small_section: Literal["difficult", "drop"] = param(
+        "difficult", "what small lesion sections become: difficult boxes, or dropped"
+    )
+    negative_slice_rate: float = param(
+        0.1, "fraction of lesion-free slices kept (stable per slice)", min=0.0, max=1.0
+    )
+    test_all_slices: bool = param(True, "keep every slice of test volumes (full-scan FROC)")
+    val_fraction: float = param(
+        0.15, "validation share when the annotations give no splits", min=0.0, max=1.0
+    )
+    test_fraction: float = param(
+        0.15, "test share when the annotations give no splits", min=0.0, max=1.0
+    )
+    seed: int = param(0, "seed of the split hash and of the negative-slice choice", min=0)
+    max_voxels: int = param(
+        DEFAULT_MAX_VOXELS, "largest voxel count a volume header may declare", min=1
+    )
+    link_iou: float = param(
+        0.3, "3D linking: least overlap of a detection with a track's last box", min=0.0, max=1.0
+    )
+    link_overlap: Literal["iou", "iomin"] = param(
+        "iou", "3D linking overlap: IoU, or intersection over the smaller box"
+    )
+    link_gap: int = param(1, "3D linking: slices a track may skip", min=0)
+    link_score: Literal["max", "mean"] = param("max", "3D lesion score from its slice scores")
+    link_extent: Literal["ellipsoid", "slab"] = param(
+        "ellipsoid", "3D lesion extent: ellipsoid fit of the slice boxes, or their slab union"
+    )
+    link_min_slices: int = param(1, "3D linking: shortest track kept", min=0)
+
+    def check(self) -> None:
+        if (self.datalist is None) == (self.annotations_csv is None):
+            self.fail("datalist", "set exactly one of 'datalist' or 'annotations_csv'")
+        if self.intensity == "ct":
+            if not self.windows:
+                self.fail("windows", "list at least one CT window")
+            parse_windows(self.windows)
+        mp = self.mri_percentiles
+        if len(mp) != 2 or not mp[0] < mp[1]:
+            self.fail("mri_percentiles", f"must be [lo, hi] with 0 <= lo < hi <= 100, got {mp!r}")
+        if self.val_fraction + self.test_fraction >= 1:
+            self.fail("val_fraction", "val_fraction + test_fraction must be < 1")
+        if isinstance(self.series_map, str):
+            try:
+                self.series_map.format(seriesuid="x")
+            except (KeyError, IndexError, ValueError):
+                self.fail(
+                    "series_map",
+                    f"a template may only use {{seriesuid}}, got {self.series_map!r}",
+                )
+        cn = self.class_names
+        if cn is not None and (not cn or not all(cn) or len(set(cn)) != len(cn)):
+            self.fail("class_names", f"must be a list of distinct non-empty names, got {cn!r}")

@@ -1,0 +1,247 @@
+"""GeoTIFF in: opening rasters, resolving bands, no-data masks, windowed reads, statistics.
+
+Everything here goes through rasterio (GDAL). Header facts are gathered once per raster into a
+:class:`RasterInfo`; pixels are only ever read by window (a chip, a block row of the integrity
+pass) or decimated (``out_shape``, for the statistics), so memory stays bounded whatever the
+raster's size. Every GDAL failure becomes a :class:`DataError` naming the raster and carrying
+GDAL's own message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+from rasterio.crs import CRS
+from rasterio.enums import MaskFlags, Resampling
+from rasterio.errors import RasterioError
+from rasterio.transform import Affine
+from rasterio.windows import Window
+
+from dsod_core.errors import DataError
+from modalities.multispectral.params import DERIVED
+
+_EPS = 1e-6
+# Bytes one read of the integrity pass may hold (all bands of a few block rows).
+_VERIFY_BYTES = 64 << 20
+
+
+def gdal_reason(exc: BaseException) -> str:
+    """One line from a rasterio error: GDAL's own message (chained as the cause) when there
+    is one, since rasterio's is often just "Read failed. See previous exception"."""
+    cause = exc.__cause__ or exc.__context__
+    return " ".join(str(cause if cause is not None else exc).split())
+
+
+@dataclass
+class RasterInfo:
+    """What discovery learnt about one raster (header only, no pixels)."""
+
+    path: Path
+    rel: str  # path relative to the dataset root (posix)
+    width: int
+    height: int
+    crs: CRS
+    transform: Affine
+    read_indexes: list[int]  # 1-based bands to read (selected + roles of derived)
+    selected: list[int]  # positions in read_indexes of the selected bands
+    role_pos: dict[str, int]  # role -> position in read_indexes
+    scales: np.ndarray
+    offsets: np.ndarray
+    channel_names: list[str]  # selected band names, then the derived indices
+
+
+@contextmanager
+def open_raster(path: Path) -> Iterator[rasterio.DatasetReader]:
+    """``rasterio.open(path)`` (reads the header only); a file GDAL cannot open raises
+    :class:`DataError` ("cannot open GeoTIFF") with GDAL's reason."""
+    try:
+        ds = rasterio.open(path)
+    except RasterioError as exc:
+        raise DataError(f"cannot open GeoTIFF ({gdal_reason(exc)})", path=path) from exc
+    try:
+        yield ds
+    finally:
+        ds.close()
+
+
+def resolve_band(ds: rasterio.DatasetReader, band: int | str, path: Path) -> int:
+    """1-based index of ``band`` (an index, or a band description) in ``ds``."""
+    if isinstance(band, int):
+        if band > ds.count:
+            raise DataError(
+                f"band {band} requested but the raster has only {ds.count} band(s)", path=path
+            )
+        return band
+    names = list(ds.descriptions)
+    if band not in names:
+        raise DataError(
+            f"no band described {band!r}; the raster's band descriptions are {names}", path=path
+        )
+    return names.index(band) + 1
+
+
+def raster_info(
+    ds: rasterio.DatasetReader,
+    path: Path,
+    rel: str,
+    bands: Sequence[int | str] | None,
+    roles: Mapping[str, int | str],
+    derived: Sequence[str],
+) -> RasterInfo:
+    """The :class:`RasterInfo` of an open raster: georeferencing checked, bands resolved."""
+    if ds.crs is None:
+        raise DataError("raster has no CRS; cannot place map labels on it", path=path)
+    if ds.transform.is_identity:
+        raise DataError("raster has no geotransform", path=path)
+    selected_idx = [resolve_band(ds, b, path) for b in (bands or range(1, ds.count + 1))]
+    read_indexes = list(dict.fromkeys(selected_idx))
+    role_pos: dict[str, int] = {}
+    for d in derived:
+        for role in DERIVED[d]:
+            idx = resolve_band(ds, roles[role], path)
+            if idx not in read_indexes:
+                read_indexes.append(idx)
+            role_pos[role] = read_indexes.index(idx)
+    names = [ds.descriptions[i - 1] or f"band_{i}" for i in selected_idx]
+    return RasterInfo(
+        path=path,
+        rel=rel,
+        width=ds.width,
+        height=ds.height,
+        crs=ds.crs,
+        transform=ds.transform,
+        read_indexes=read_indexes,
+        selected=[read_indexes.index(i) for i in selected_idx],
+        role_pos=role_pos,
+        scales=np.array([ds.scales[i - 1] for i in read_indexes], dtype=np.float64),
+        offsets=np.array([ds.offsets[i - 1] for i in read_indexes], dtype=np.float64),
+        channel_names=names + list(derived),
+    )
+
+
+# --- reading -----------------------------------------------------------------------------------
+def _has_mask_band(ds: rasterio.DatasetReader, indexes: Sequence[int]) -> bool:
+    """Whether some band's mask is stored (an internal or ``.msk`` mask band, not derived
+    from the nodata value or an alpha band already read)."""
+    return any(MaskFlags.per_dataset in ds.mask_flag_enums[i - 1] for i in indexes)
+
+
+def verify_readable(ds: rasterio.DatasetReader, info: RasterInfo) -> None:
+    """Decode every internal block of every band read (and of a stored mask): a corrupt or
+    missing tile anywhere raises :class:`DataError` naming the raster, the window and GDAL's
+    reason, before any chip is produced.
+
+    Reads go by runs of whole block rows (split into block-aligned column runs when one block
+    row of all bands exceeds ~64 MiB), so memory stays bounded and small tiles do not cost a
+    Python call each.
+    """
+    bh, bw = ds.block_shapes[info.read_indexes[0] - 1]
+    bh, bw = max(1, min(bh, info.height)), max(1, min(bw, info.width))
+    per_px = len(info.read_indexes) * max(
+        np.dtype(ds.dtypes[i - 1]).itemsize for i in info.read_indexes
+    )
+    budget_px = max(1, _VERIFY_BYTES // per_px)
+    rows = bh * max(1, budget_px // (bh * info.width))
+    cols = info.width if bh * info.width <= budget_px else bw * max(1, budget_px // (bh * bw))
+    with_mask = _has_mask_band(ds, info.read_indexes)
+    for row in range(0, info.height, rows):
+        for col in range(0, info.width, cols):
+            win = Window(col, row, min(cols, info.width - col), min(rows, info.height - row))
+            try:
+                ds.read(info.read_indexes, window=win)
+                if with_mask:
+                    ds.read_masks(info.read_indexes, window=win)
+            except RasterioError as exc:
+                raise DataError(
+                    f"corrupt or truncated tile in window col={col} row={row} "
+                    f"{int(win.width)}x{int(win.height)}: the raster cannot be read whole "
+                    f"({gdal_reason(exc)})",
+                    path=info.path,
+                ) from exc
+
+
+def read_window(
+    ds: rasterio.DatasetReader, info: RasterInfo, window: Window
+) -> tuple[np.ndarray, np.ndarray]:
+    """Raw values and GDAL masks (``[B, h, w]`` each) of the bands read, in ``window``."""
+    try:
+        return (
+            ds.read(info.read_indexes, window=window),
+            ds.read_masks(info.read_indexes, window=window),
+        )
+    except RasterioError as exc:
+        raise DataError(
+            f"cannot read window col={int(window.col_off)} row={int(window.row_off)} "
+            f"{int(window.width)}x{int(window.height)}, corrupt or truncated tile? "
+            f"({gdal_reason(exc)})",
+            path=info.path,
+        ) from exc
+
+
+def to_physical(
+    info: RasterInfo, raw: np.ndarray, masks: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Raw band values ``[B, h, w]`` -> (``raw * scale + offset`` float64, valid ``[h, w]``).
+
+    A pixel is valid when GDAL's mask of every band read is set (nodata value, mask band or
+    alpha) and every value is finite."""
+    data = raw.astype(np.float64) * info.scales[:, None, None] + info.offsets[:, None, None]
+    valid = (masks > 0).all(axis=0) & np.isfinite(data).all(axis=0)
+    return data, valid
+
+
+def channels(info: RasterInfo, data: np.ndarray, derived: Sequence[str]) -> np.ndarray:
+    """Selected bands then derived indices (clipped to [-1, 1]), ``[C, h, w]`` float64."""
+    out = [data[i] for i in info.selected]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for d in derived:
+            a = data[info.role_pos[DERIVED[d][0]]]
+            b = data[info.role_pos[DERIVED[d][1]]]
+            out.append(np.clip((a - b) / (a + b + _EPS), -1.0, 1.0))
+    return np.stack(out)
+
+
+# --- statistics ----------------------------------------------------------------------------------
+def raster_stats(
+    ds: rasterio.DatasetReader,
+    info: RasterInfo,
+    derived: Sequence[str],
+    stats_size: int,
+    clip_percentiles: Sequence[float] | None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-channel ``(low, high, fill)`` of a raster, over valid pixels of a decimated read
+    (``out_shape``, at most ``stats_size`` px a side, nearest neighbour; GDAL uses internal
+    overviews when present). ``low``/``high`` are the ``clip_percentiles`` (min/max when
+    null), fixed to [-1, 1] for derived indices; ``fill`` (for no-data) the clipped median."""
+    scale = min(1.0, stats_size / max(info.width, info.height))
+    shape = (
+        len(info.read_indexes),
+        max(1, round(info.height * scale)),
+        max(1, round(info.width * scale)),
+    )
+    try:
+        raw = ds.read(info.read_indexes, out_shape=shape, resampling=Resampling.nearest)
+        masks = ds.read_masks(info.read_indexes, out_shape=shape, resampling=Resampling.nearest)
+    except RasterioError as exc:
+        raise DataError(
+            f"cannot read the raster for its statistics, corrupt or truncated file? "
+            f"({gdal_reason(exc)})",
+            path=info.path,
+        ) from exc
+    data, valid = to_physical(info, raw, masks)
+    if not valid.any():
+        raise DataError("raster has no valid (non-nodata) pixels", path=info.path)
+    chans = channels(info, data, derived)[:, valid]
+    if clip_percentiles is None:
+        lo, hi = chans.min(axis=1), chans.max(axis=1)
+    else:
+        lo, hi = np.percentile(chans, [float(clip_percentiles[0]), float(clip_percentiles[1])], 1)
+    nb = len(info.selected)
+    lo[nb:], hi[nb:] = -1.0, 1.0  # derived indices are bounded already; never clipped
+    fill = np.clip(np.median(chans, axis=1), lo, hi)
+    return lo, hi, fill

@@ -1,0 +1,116 @@
+"""The multispectral adapter's params: one frozen dataclass, each field typed, documented and
+bounded; :meth:`MultispectralParams.check` holds the rules that span fields.
+
+Also the fixed tables the params name: the spectral roles (``band_roles`` keys) and the
+normalised-difference indices (``derived`` values).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from modalities.base import AdapterParams, param
+
+# Spectral roles -> default band description (the role's own name).
+DEFAULT_ROLES: dict[str, str] = {
+    role: role for role in ("coastal", "blue", "green", "red", "red_edge", "nir", "swir1", "swir2")
+}
+# Normalised differences: name -> (a, b) giving (a - b) / (a + b + eps), roles of band_roles.
+DERIVED: dict[str, tuple[str, str]] = {
+    "ndvi": ("nir", "red"),  # vegetation (Rouse et al. 1974)
+    "ndwi": ("green", "nir"),  # open water (McFeeters 1996)
+    "ndbi": ("swir1", "nir"),  # built-up (Zha et al. 2003)
+}
+DerivedName = Literal["ndvi", "ndwi", "ndbi"]
+
+#: Default per-raster size limit (width x height from the header). A Sentinel-2 10 m tile
+#: (10980 x 10980 = 1.2e8 px) passes eight times over; at the default chip size it still keeps
+#: discovery's per-chip bookkeeping to ~150,000 windows (seconds), while a header declaring
+#: 200,000 x 200,000 px (4e10, 6.25 million chips) is refused before any window is built.
+MAX_PIXELS = 1_000_000_000
+
+
+@dataclass(frozen=True)
+class MultispectralParams(AdapterParams):
+    """Params of ``modality: multispectral`` (``docs/modalities/multispectral.md``)."""
+
+    raster_glob: str = param("**/*.tif", "rasters under root (a pathlib glob)")
+    label_pattern: str = param(
+        "{stem}.geojson", "GeoJSON label file next to each raster; must contain '{stem}'"
+    )
+    require_labels: bool = param(True, "a raster without its label file is an error")
+    bands: list[int | str] | None = param(
+        None, "selected bands, 1-based indexes or band descriptions, in order; null = all", min=1
+    )
+    band_roles: dict[str, int | str] = param(
+        default_factory=dict,
+        doc="role -> band (description or 1-based index) for derived channels and render; "
+        "unset roles default to their own name",
+        min=1,
+    )
+    derived: list[DerivedName] = param(
+        default_factory=list, doc="normalised-difference channels appended after the bands"
+    )
+    clip_percentiles: list[float] | None = param(
+        default_factory=lambda: [1.0, 99.0],
+        doc="per-raster, per-band [low, high] percentile clip; null = min/max",
+        min=0,
+        max=100,
+    )
+    rescale: bool = param(True, "map the clipped range of each band to [0, 1]")
+    stats_size: int = param(512, "longest side of the decimated read for the statistics", min=8)
+    chip_size: int = param(96, "chip side in pixels", min=8)
+    overlap: int = param(16, "overlap of neighbouring chips in pixels (< chip_size)", min=0)
+    empty_chip_rate: float = param(0.1, "fraction of chips without boxes kept", min=0, max=1)
+    min_visible: float = param(
+        0.5,
+        "fraction of a box's area that must lie in a chip for the chip to keep it",
+        min=0,
+        max=1,
+    )
+    class_names: list[str] | None = param(
+        None, "class names for labels 1..K; null = the sorted names found in the labels"
+    )
+    class_property: str = param("class", "feature property holding the class name")
+    unknown_class: Literal["error", "skip"] = param(
+        "error", "a feature whose class is not in class_names: error, or skip it with a warning"
+    )
+    labels_outside: Literal["error", "warn"] = param(
+        "error", "a label file none of whose features overlaps its raster: error or warning"
+    )
+    split_by: Literal["raster", "chip"] = param(
+        "raster", "split unit: whole rasters (no leakage between overlapping chips) or chips"
+    )
+    val_fraction: float = param(0.15, "share of the validation split", min=0, max=1)
+    test_fraction: float = param(0.15, "share of the test split", min=0, max=1)
+    seed: int = param(0, "seed of the split hash and of the empty-chip selection")
+    merge_iou: float = param(
+        0.5, "IoU above which chip predictions of one class are merged by NMS", min=0, max=1
+    )
+    export_wgs84: bool = param(True, "also write the predictions as RFC 7946 WGS84 GeoJSON")
+    max_pixels: int = param(MAX_PIXELS, "largest width x height a raster header may declare", min=1)
+
+    def check(self) -> None:
+        if self.bands is not None and not self.bands:
+            self.fail("bands", "must be null (all bands) or a non-empty list")
+        unknown = sorted(set(self.band_roles) - set(DEFAULT_ROLES))
+        if unknown:
+            self.fail("band_roles", f"unknown role {unknown[0]!r} (roles: {list(DEFAULT_ROLES)})")
+        cp = self.clip_percentiles
+        if cp is not None and (len(cp) != 2 or not cp[0] < cp[1]):
+            self.fail("clip_percentiles", f"must be null or [low, high] with low < high, got {cp}")
+        if self.overlap >= self.chip_size:
+            self.fail("overlap", f"must be below chip_size={self.chip_size}, got {self.overlap}")
+        names = self.class_names
+        if names is not None and (not names or len(set(names)) != len(names)):
+            self.fail("class_names", f"must be null or a non-empty list of distinct names: {names}")
+        if self.val_fraction + self.test_fraction >= 1:
+            self.fail("val_fraction", "val_fraction + test_fraction must be below 1")
+        if "{stem}" not in self.label_pattern:
+            self.fail("label_pattern", f"must contain '{{stem}}', got {self.label_pattern!r}")
+
+    @property
+    def roles(self) -> dict[str, int | str]:
+        """Every spectral role -> its band (``band_roles`` over the defaults)."""
+        return {**DEFAULT_ROLES, **self.band_roles}

@@ -1,0 +1,116 @@
+"""The params of the ``rgb`` adapter (VOC and COCO layouts), validated by
+:meth:`modalities.base.AdapterParams.parse`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from modalities.base import AdapterParams, param
+
+SPLIT_PARAM = {"train": "train_sets", "val": "val_sets", "test": "test_sets"}
+"""Split -> the VOC param listing its ``ImageSets/Main`` lists."""
+
+COCO_JSON_PARAM = {"train": "train_json", "val": "val_json", "test": "test_json"}
+"""Split -> the COCO param naming its instances JSON."""
+
+
+@dataclass(frozen=True)
+class RGBParams(AdapterParams):
+    """Params of :class:`modalities.rgb.adapter.RGBAdapter`; ``root`` is a VOCdevkit folder
+    (``format: voc``) or a COCO folder (``format: coco``)."""
+
+    format: Literal["voc", "coco"] = param("voc", "annotation format of the dataset")
+    class_names: list[str] | None = param(
+        None,
+        "names of labels 1..K; null = the 20 VOC classes (voc) or the JSON's categories "
+        "sorted by id (coco, where a list given must equal those)",
+    )
+    keep_difficult: bool = param(
+        True, "keep VOC difficult objects / COCO crowd regions, flagged difficult"
+    )
+    max_pixels: float = param(
+        50e6,
+        "refuse an image whose header declares more pixels, checked before decoding",
+        min=0,
+        min_exclusive=True,
+    )
+    val_fraction: float = param(
+        0.0,
+        "move this fraction (in [0, 1)) of the train images to val by a stable hash of the "
+        "sample id; 0 keeps the dataset's own splits",
+        min=0,
+    )
+    seed: int = param(0, "seed of the val_fraction split hash")
+    # VOC
+    years: list[str] = param(
+        default_factory=lambda: ["VOC2007", "VOC2012"],
+        doc="voc: folders under root to combine; ['.'] when root is the VOC folder",
+    )
+    train_sets: list[str] = param(
+        default_factory=lambda: ["trainval"],
+        doc="voc: ImageSets/Main lists of the train split ('<name>' or '<year>/<name>')",
+    )
+    val_sets: list[str] = param(default_factory=list, doc="voc: lists of the val split")
+    test_sets: list[str] = param(
+        default_factory=lambda: ["VOC2007/test"], doc="voc: lists of the test split"
+    )
+    unknown_class: Literal["error", "skip"] = param(
+        "error", "voc: an object whose name is not in class_names is an error, or skipped"
+    )
+    # COCO
+    train_json: str | None = param(
+        "annotations/instances_train2017.json",
+        "coco: train instances JSON relative to root (null: no train split)",
+    )
+    val_json: str | None = param(None, "coco: val instances JSON relative to root")
+    test_json: str | None = param(
+        "annotations/instances_val2017.json", "coco: test instances JSON relative to root"
+    )
+    image_dirs: dict[str, str] = param(
+        default_factory=lambda: {"train": "train2017", "val": "val2017", "test": "val2017"},
+        doc="coco: split -> image folder relative to root that file_name is relative to",
+    )
+
+    def check(self) -> None:
+        if self.class_names is not None:
+            if not self.class_names or not all(self.class_names):
+                self.fail("class_names", "must be null or a non-empty list of non-empty names")
+            if len(set(self.class_names)) != len(self.class_names):
+                self.fail("class_names", f"names must be unique, got {self.class_names}")
+        if self.val_fraction >= 1:
+            self.fail(
+                "val_fraction", f"must be < 1 (some images must train), got {self.val_fraction}"
+            )
+        if self.format == "voc":
+            self._check_voc()
+        else:
+            self._check_coco()
+
+    def _check_voc(self) -> None:
+        if not self.years or not all(self.years):
+            self.fail("years", "must be a non-empty list of VOC folders relative to root")
+        if len(set(self.years)) != len(self.years):
+            self.fail("years", f"folders must be unique, got {self.years}")
+        for key in SPLIT_PARAM.values():
+            for entry in getattr(self, key):
+                year, _, name = entry.rpartition("/")
+                if year and year not in self.years:
+                    self.fail(key, f"{entry!r} names year {year!r}, not one of years {self.years}")
+                if not name or name in (".", ".."):
+                    self.fail(key, f"{entry!r} has no list name")
+        if not any(getattr(self, key) for key in SPLIT_PARAM.values()):
+            self.fail("train_sets", "no image lists given for any split")
+
+    def _check_coco(self) -> None:
+        for key in COCO_JSON_PARAM.values():
+            if getattr(self, key) == "":
+                self.fail(key, "must be null or a path relative to root")
+        if not any(getattr(self, key) for key in COCO_JSON_PARAM.values()):
+            self.fail("train_json", "no annotation JSON given for any split")
+        extra = sorted(set(self.image_dirs) - set(COCO_JSON_PARAM))
+        if extra:
+            self.fail("image_dirs", f"keys must be train, val or test, got {extra}")
+        for split, key in COCO_JSON_PARAM.items():
+            if getattr(self, key) and split not in self.image_dirs:
+                self.fail("image_dirs", f"no image folder for split {split!r}")
