@@ -333,7 +333,7 @@ class PrepareLog:
                 "unit": unit,
                 "sample": exc.sample,
                 "stage": stage,
-                "reason": exc.reason,
+                "reason": " ".join(str(exc).split()),  # the message error mode would print
             }
         )
 

@@ -206,7 +206,7 @@ def validate_params(
     checked by their adapter (None: all). A stage passes only the datasets it reads, so that
     it imports only the adapter code it depends on; the ``check`` stage passes None.
     """
-    from dsod_core.model import variant_config
+    from dsod_core.model.registry import variant_config
 
     _unknown(set(params), TOP_KEYS, "", source)
     _need(_is_int(params.get("seed", 0), 0), "seed must be a non-negative integer", source)

@@ -38,13 +38,8 @@ from PIL import Image
 from rasterio.transform import from_origin
 
 from dsod_core.data.store import StoreReader
-from dsod_core.engine.checkpoint import (
-    latest_checkpoint,
-    load_checkpoint,
-    save_atomic,
-    save_training_checkpoint,
-)
-from dsod_core.engine.trainer import WEIGHTS_FORMAT, load_trained_model
+from dsod_core.engine.checkpoint import latest_checkpoint, load_checkpoint, save_atomic
+from dsod_core.engine.weights import WEIGHTS_FORMAT, load_trained_model
 from dsod_core.errors import CheckpointError, ConfigError
 from dsod_core.model import build_model
 from modalities.registry import available, get_adapter
@@ -108,16 +103,34 @@ def tree_digest(*paths: Path) -> dict[str, str]:
     return out
 
 
+def full_params(
+    entry: dict[str, Any] | None = None, on_error: str = "error", compression: str | None = None
+) -> dict[str, Any]:
+    """The project's params.yaml with one dataset ``DATASET`` (every stage validates the whole
+    file first)."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    entry = dict(entry or {"modality": "rgb", "root": "data", "adapter": {}})
+    modality = entry.get("modality")
+    if isinstance(modality, str) and (ROOT / "modalities" / modality).is_dir():
+        entry.setdefault("code", str(ROOT / "modalities" / modality))
+    params["datasets"] = {DATASET: entry}
+    params["pretrain"]["dataset"] = DATASET
+    params["targets"] = [DATASET]
+    params["prepare"] = {"on_error": on_error, "compression": compression}
+    return params
+
+
 def write_params(
     cwd: Path, entry: dict[str, Any], on_error: str = "error", name: str = "params.yaml"
 ) -> Path:
-    params = {
-        "datasets": {DATASET: entry},
-        "prepare": {"on_error": on_error, "compression": None},
-    }
     path = cwd / name
-    path.write_text(yaml.safe_dump(params))
+    path.write_text(yaml.safe_dump(full_params(entry, on_error)))
     return path
+
+
+def prep_args(out: str | Path) -> list[str]:
+    """The prepare stage's path arguments, as dvc.yaml passes them."""
+    return ["--out", f"{out}/{DATASET}.h5", "--report", f"{out}/{DATASET}.report.json"]
 
 
 # --- native trees -------------------------------------------------------------------------------
@@ -158,7 +171,7 @@ def rgb_tree(root: Path, n: int = 4, size=(32, 24), seed: int = 0) -> dict[str, 
             "train_sets": ["train"],
             "val_sets": [],
             "test_sets": [],
-            "classes": list(RGB_CLASSES),
+            "class_names": list(RGB_CLASSES),
         },
     }
 
@@ -192,7 +205,12 @@ def depth_tree(root: Path, n: int = 4, size=(32, 24), seed: int = 0) -> dict[str
     return {
         "modality": "depth",
         "root": root.name,
-        "adapter": {"layout": "voc", "classes": ["box"], "val_fraction": 0.0, "test_fraction": 0.0},
+        "adapter": {
+            "layout": "voc",
+            "class_names": ["box"],
+            "val_fraction": 0.0,
+            "test_fraction": 0.0,
+        },
     }
 
 
@@ -275,6 +293,7 @@ class Case:
     needles: tuple[str, ...]
     bad_ref: str | None
     units: tuple[str, ...] = ()  # every unit of the dataset (skip mode stores all but bad_ref)
+    kept: tuple[str, ...] | None = None  # what skip mode stores, when not units - {bad_ref}
 
 
 def _truncated_rgb(root: Path) -> dict:
@@ -331,6 +350,61 @@ def _medical_truncated(root: Path) -> dict:
     entry = medical_tree(root)
     f = root / "vol2.nii.gz"
     f.write_bytes(f.read_bytes()[:200])
+    return entry
+
+
+def _medical_cut_late(root: Path) -> dict:
+    """A volume whose gzip stream ends after its first slices: the slices the adapter keeps
+    (around the lesion, early in the file) decode, the rest of the volume does not."""
+    entry = medical_tree(root)
+    vol = np.random.default_rng(1).normal(-700, 50, (16, 16, 64)).astype(np.int16)
+    write_nifti(root / "vol1.nii.gz", vol)
+    doc = json.loads((root / "datalist.json").read_text())
+    doc["training"][1]["box"] = [[8.0, 8.0, 3.0, 6.0, 6.0, 3.0]]
+    (root / "datalist.json").write_text(json.dumps(doc))
+    f = root / "vol1.nii.gz"
+    f.write_bytes(f.read_bytes()[: int(f.stat().st_size * 0.7)])
+    return entry
+
+
+def _two_rasters(root: Path) -> dict:
+    entry = multispectral_tree(root)
+    for suffix in ("tif", "geojson"):
+        (root / f"b.{suffix}").write_bytes((root / f"a.{suffix}").read_bytes())
+    return entry
+
+
+def _multispectral_huge_header(root: Path) -> dict:
+    """A sparse tiled GeoTIFF declaring 200,000 x 200,000 px (a few MB on disk)."""
+    entry = _two_rasters(root)
+    profile = dict(
+        driver="GTiff", width=200_000, height=200_000, count=4, dtype="uint16",
+        crs="EPSG:32633", transform=from_origin(500000.0, 5000000.0, 10.0, 10.0),
+        tiled=True, blockxsize=512, blockysize=512, compress="deflate", sparse_ok=True,
+        BIGTIFF="YES",
+    )  # fmt: skip
+    with rasterio.open(root / "b.tif", "w", **profile) as dst:
+        dst.write(np.ones((4, 16, 16), np.uint16), window=rasterio.windows.Window(0, 0, 16, 16))
+    return entry
+
+
+def _multispectral_corrupt_tile(root: Path) -> dict:
+    """A tiled raster one of whose middle tiles holds garbage instead of deflate data."""
+    entry = _two_rasters(root)
+    data = np.random.default_rng(2).integers(100, 5000, (4, 64, 64)).astype(np.uint16)
+    profile = dict(
+        driver="GTiff", width=64, height=64, count=4, dtype="uint16", crs="EPSG:32633",
+        transform=from_origin(500000.0, 5000000.0, 10.0, 10.0), tiled=True, blockxsize=16,
+        blockysize=16, compress="deflate", interleave="band",
+    )  # fmt: skip
+    with rasterio.open(root / "b.tif", "w", **profile) as dst:
+        dst.write(data)
+    with rasterio.open(root / "b.tif") as src:
+        offset = int(src.get_tag_item("BLOCK_OFFSET_2_1", "TIFF", bidx=2))
+        size = int(src.get_tag_item("BLOCK_SIZE_2_1", "TIFF", bidx=2))
+    blob = bytearray((root / "b.tif").read_bytes())
+    blob[offset : offset + size] = b"\xff" * size
+    (root / "b.tif").write_bytes(bytes(blob))
     return entry
 
 
@@ -433,6 +507,7 @@ def _rgb_configured_limit(root: Path) -> dict:
 
 
 RGB4 = ("im0", "im1", "im2", "im3")
+RASTERS2 = ("a", "b")
 DEPTH4 = ("d0", "d1", "d2", "d3")
 MED3 = ("vol0", "vol1", "vol2")
 
@@ -461,10 +536,13 @@ CASES: dict[str, Case] = {
     "E07-medical-nan-inf-voxels": Case(
         _medical_nan, ("vol1.nii.gz", "NaN or infinite values"), "vol1", MED3
     ),
-    "E08-medical-truncated-volume": Case(
-        _medical_truncated, ("vol2.nii.gz", "cannot read"), "vol2", MED3
+    "E08-medical-truncated-volume": Case(_medical_truncated, ("vol2.nii.gz",), "vol2", MED3),
+    "E08-medical-volume-cut-after-kept-slices": Case(
+        _medical_cut_late, ("vol1.nii.gz", "truncated or corrupt gzip stream"), "vol1", MED3
     ),
-    "E09-rgb-inverted-box": Case(_rgb_inverted_box, ("Annotations/im1.xml", "inverted box"), None),
+    "E09-rgb-inverted-box": Case(
+        _rgb_inverted_box, ("Annotations/im1.xml", "inverted box"), "im1", RGB4
+    ),
     "E10-depth-empty-box": Case(
         _depth_empty_box, ("Annotations/d2.xml", "is empty inside"), "d2", DEPTH4
     ),
@@ -475,30 +553,48 @@ CASES: dict[str, Case] = {
         RGB4,
     ),
     "E12-rgb-unknown-class": Case(
-        _rgb_unknown_class, ("Annotations/im2.xml", "unknown class 'dragon'"), None
+        _rgb_unknown_class, ("Annotations/im2.xml", "unknown class 'dragon'"), "im2", RGB4
     ),
     "E13-rgb-coco-duplicate-image-id": Case(
         _coco_duplicate_ids, ("train.json", "duplicate image id 7"), None
     ),
+    # The second image naming depth map x is left out; the first keeps the id.
     "E13-depth-duplicate-sample-id": Case(
-        _depth_duplicate_sample_ids, ("depth/x.png", "duplicate sample id 'x'"), None
+        _depth_duplicate_sample_ids,
+        ("depth/x.png", "duplicate sample id 'x'"),
+        "x",
+        ("x", "y"),
+        kept=("x", "y"),
     ),
     "E14-annotation-path-escapes-root": Case(
-        _rgb_path_escape, ("Annotations/im0.xml", "escapes the dataset root"), None
+        _rgb_path_escape, ("Annotations/im0.xml", "escapes the dataset root"), "im0", RGB4
     ),
     "E15-rgb-decompression-bomb-header": Case(
         _rgb_bomb_header,
-        ("JPEGImages/im1.png", "9000x9000", "more than max_pixels=5e+07"),
+        ("JPEGImages/im1.png", "9000 x 9000 px", "max_pixels=50,000,000"),
         "im1",
         RGB4,
     ),
+    "E29-multispectral-declared-size-over-limit": Case(
+        _multispectral_huge_header,
+        ("b.tif", "200000 x 200000", "max_pixels"),
+        "b",
+        RASTERS2,
+    ),
+    "E30-multispectral-corrupt-tile": Case(_multispectral_corrupt_tile, ("b.tif",), "b", RASTERS2),
     "E16-rgb-configured-pixel-limit": Case(
         _rgb_configured_limit,
-        ("JPEGImages/im2.png", "40x40 = 1600", "max_pixels=1000"),
+        ("JPEGImages/im2.png", "40 x 40 px = 1,600", "max_pixels=1,000"),
         "im2",
         RGB4[:3],
     ),
 }
+
+
+def _skip_names(record: dict[str, Any]) -> set[str]:
+    """What a skip record names: its unit, its sample and its file's stem."""
+    names = {record.get("unit"), record.get("sample"), Path(record["file"]).name.split(".")[0]}
+    return {n for n in names if n}
 
 
 def _store_ids(path: Path) -> set[str]:
@@ -518,9 +614,9 @@ def test_bad_input_catalogue(case_id: str, tmp_path: Path) -> None:
     before = tree_digest(tmp_path / "data", tmp_path / "params.yaml", tmp_path / "skip.yaml")
 
     # Both modes at once: two processes on a shared machine still finish sooner than in a row.
-    err_proc = start_stage("pipelines.prepare", DATASET, "--out-dir", "out_error", cwd=tmp_path)
+    err_proc = start_stage("pipelines.prepare", DATASET, *prep_args("out_error"), cwd=tmp_path)
     skip_proc = start_stage(
-        "pipelines.prepare", DATASET, "--params", "skip.yaml", "--out-dir", "out_skip", cwd=tmp_path
+        "pipelines.prepare", DATASET, "--params", "skip.yaml", *prep_args("out_skip"), cwd=tmp_path
     )
     err, skip = finish(err_proc), finish(skip_proc)
 
@@ -536,16 +632,19 @@ def test_bad_input_catalogue(case_id: str, tmp_path: Path) -> None:
         assert skip.returncode == 0, skip.stderr
         assert skip.stderr == "", skip.stderr
         report = json.loads((tmp_path / "out_skip" / f"{DATASET}.report.json").read_text())
-        assert [s["ref"] for s in report["skipped"]] == [case.bad_ref], report["skipped"]
+        assert len(report["skipped"]) == 1, report["skipped"]
+        assert case.bad_ref in _skip_names(report["skipped"][0]), report["skipped"]
         reason = report["skipped"][0]["reason"]
         for needle in case.needles:
             assert needle in reason, (needle, reason)
         assert reason in line  # the same message as the error mode's line
         store = tmp_path / "out_skip" / f"{DATASET}.h5"
         ids = _store_ids(store)
-        # Medical samples are slices ``<volume>_k<index>``; the others are one per unit.
-        units = {re.sub(r"_k\d{4}$", "", i) for i in ids}
-        assert units == set(case.units) - {case.bad_ref}, (units, case.units)
+        # Medical samples are slices ``<volume>_k<index>``, multispectral ones chips
+        # ``<raster>_c<col>_r<row>``; the others are one per unit.
+        units = {re.sub(r"(_k\d{4}|_c\d+_r\d+)$", "", i) for i in ids}
+        expected = set(case.kept) if case.kept is not None else set(case.units) - {case.bad_ref}
+        assert units == expected, (units, case.units)
         assert sum(report["samples"].values()) == len(ids)
         assert not list((tmp_path / "out_skip").glob("*.partial"))
 
@@ -560,7 +659,7 @@ def test_depth_decompression_bomb_is_a_one_line_error(tmp_path: Path) -> None:
     (tmp_path / "data/depth/d1.png").write_bytes(png_header_only(20000, 20000, 16, 0))
     write_params(tmp_path, entry)
     before = tree_digest(tmp_path / "data")
-    proc = run_stage("pipelines.prepare", DATASET, "--out-dir", "out", cwd=tmp_path)
+    proc = run_stage("pipelines.prepare", DATASET, *prep_args("out"), cwd=tmp_path)
     assert tree_digest(tmp_path / "data") == before
     assert_one_line_error(proc, "depth/d1.png", "pixels")
 
@@ -570,12 +669,28 @@ PARAM_CASES = {
     # E18: unknown key in a section
     "E18-unknown-key": (
         {"prepare": {"on_eror": "skip"}},
-        ("params.yaml", "unknown key(s) ['on_eror'] in 'prepare'", "accepted"),
+        ("params.yaml", "unknown key prepare.'on_eror'", "did you mean 'on_error'?"),
+    ),
+    "E18-unknown-adapter-param": (
+        {"datasets": {DATASET: {"modality": "rgb", "root": "data", "adapter": {"classes": []}}}},
+        ("params.yaml", f"datasets.{DATASET}.adapter", "'classes'", "did you mean 'class_names'?"),
+    ),
+    "E18-unknown-variant": (
+        {"model": {"variant": "dsod_tinyy", "input_size": 48, "overrides": {}}},
+        ("params.yaml", "model.variant 'dsod_tinyy'", "did you mean 'dsod_tiny'?"),
+    ),
+    "E18-target-not-a-dataset": (
+        {"targets": [DATASET, "nope"]},
+        ("params.yaml", "targets: 'nope' is not in datasets"),
+    ),
+    "E18-wrong-adapter-code": (
+        {"datasets": {DATASET: {"modality": "rgb", "root": "data", "code": "modalities/depth"}}},
+        ("params.yaml", f"datasets.{DATASET}.code", "'rgb' adapter's code is"),
     ),
     # E19: wrong types
     "E19-wrong-type-root": (
         {"datasets": {DATASET: {"modality": "rgb", "root": 5}}},
-        ("params.yaml", f"datasets.{DATASET}.root must be a string"),
+        ("params.yaml", f"datasets.{DATASET}.root must be a non-empty string"),
     ),
     "E19-wrong-value-on-error": (
         {"prepare": {"on_error": "ignore"}},
@@ -588,11 +703,11 @@ PARAM_CASES = {
     ),
     # E21: an adapter name that is not in the registry
     "E21-modality-os": (
-        {"datasets": {DATASET: {"modality": "os", "root": "data"}}},
+        {"datasets": {DATASET: {"modality": "os", "root": "data", "code": "x"}}},
         ("unknown modality 'os'", "known modalities: depth, medical, multispectral, rgb"),
     ),
     "E21-modality-subprocess-popen": (
-        {"datasets": {DATASET: {"modality": "subprocess:Popen", "root": "data"}}},
+        {"datasets": {DATASET: {"modality": "subprocess:Popen", "root": "data", "code": "x"}}},
         ("unknown modality 'subprocess:Popen'", "known modalities: depth, medical, "),
     ),
 }
@@ -602,16 +717,22 @@ PARAM_CASES = {
 def test_bad_params_file(case_id: str, tmp_path: Path) -> None:
     patch, needles = PARAM_CASES[case_id]
     entry = rgb_tree(tmp_path / "data", n=2)
-    params = {"datasets": {DATASET: entry}, "prepare": {"on_error": "error"}}
+    params = full_params(entry)
     if isinstance(patch, str):
         text = patch + "\n"
     else:
         for key, value in patch.items():
             params[key] = value
+        for e in (params.get("datasets") or {}).values():
+            if (
+                isinstance(e.get("modality"), str)
+                and (ROOT / "modalities" / e["modality"]).is_dir()
+            ):
+                e.setdefault("code", str(ROOT / "modalities" / e["modality"]))
         text = yaml.safe_dump(params)
     (tmp_path / "params.yaml").write_text(text)
     before = tree_digest(tmp_path / "data", tmp_path / "params.yaml")
-    proc = run_stage("pipelines.prepare", DATASET, cwd=tmp_path)
+    proc = run_stage("pipelines.prepare", DATASET, *prep_args("data/prepared"), cwd=tmp_path)
     assert_one_line_error(proc, *needles)
     assert not (tmp_path / "MARKER").exists()
     assert not (tmp_path / "data/prepared").exists()
@@ -626,7 +747,7 @@ def test_registry_resolves_only_registered_names() -> None:
             get_adapter(name)
         assert f"unknown modality {name!r}" in str(info.value)
         assert ", ".join(sorted(known)) in str(info.value)
-    assert get_adapter("rgb").__module__ == "modalities.rgb"
+    assert get_adapter("rgb").__module__ == "modalities.rgb.adapter"
 
 
 def test_engine_config_python_tag_refused_in_one_line(tmp_path: Path, capsys) -> None:
@@ -733,9 +854,13 @@ def eval_store(tmp_path_factory) -> Path:
 def _eval_dir(base: Path, model_pt: bytes, store: Path) -> Path:
     cwd = base / "stage"
     cwd.mkdir()
-    (cwd / "params.yaml").write_text(yaml.safe_dump({"evaluate": {"split": "test"}}))
+    (cwd / "params.yaml").write_text(yaml.safe_dump(full_params()))
     _eval_run(cwd, "r", model_pt, store)
     return cwd
+
+
+def eval_args(store: Path) -> list[str]:
+    return ["--run-dir", "models/r", "--store", str(store), "--out", "reports/runs/r"]
 
 
 def test_checkpoint_channels_do_not_fit_the_data(eval_store: Path, tmp_path: Path) -> None:
@@ -743,7 +868,7 @@ def test_checkpoint_channels_do_not_fit_the_data(eval_store: Path, tmp_path: Pat
     good = _saved_bytes(_weights(3, ["square", "disc"]), tmp_path / "w3.pt")
     cwd = _eval_dir(tmp_path, good, eval_store)
     before = tree_digest(cwd, eval_store)
-    proc = run_stage("pipelines.evaluate", "r", cwd=cwd)
+    proc = run_stage("pipelines.evaluate", *eval_args(eval_store), cwd=cwd)
     assert_one_line_error(proc, "models/r/model.pt", "model expects 3 channels", "has 2")
     assert tree_digest(cwd, eval_store) == before
     assert not (cwd / "reports").exists()
@@ -766,7 +891,7 @@ def test_bad_checkpoint_refused_by_evaluate(
         blob = _saved_bytes({"state_dict": {"w": torch.zeros(2)}}, tmp_path / "f.pt")
     cwd = _eval_dir(tmp_path, blob, eval_store)
     before = tree_digest(cwd, eval_store)
-    proc = run_stage_in_process(main, ["r"], cwd, monkeypatch, capsys)
+    proc = run_stage_in_process(main, eval_args(eval_store), cwd, monkeypatch, capsys)
     assert_one_line_error(proc, "models/r/model.pt", needle)
     assert tree_digest(cwd, eval_store) == before
     assert not (cwd / "reports").exists()
@@ -788,10 +913,12 @@ def test_train_stage_bad_params(
 
     (tmp_path / "data/prepared").mkdir(parents=True)
     (tmp_path / f"data/prepared/{DATASET}.h5").write_bytes(eval_store.read_bytes())
-    params = {"seed": 0, "model": {"variant": "dsod_tiny", "input_size": 48}, "train": train}
+    params = full_params()
+    params["train"].update(train)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     before = tree_digest(tmp_path)
-    proc = run_stage_in_process(main, [DATASET], tmp_path, monkeypatch, capsys)
+    args = [DATASET, "--store", f"data/prepared/{DATASET}.h5", "--out-dir", "models/r"]
+    proc = run_stage_in_process(main, args, tmp_path, monkeypatch, capsys)
     assert_one_line_error(proc, "params.yaml", needle)
     assert tree_digest(tmp_path) == before
     assert not (tmp_path / "models").exists()
@@ -801,10 +928,10 @@ def test_evaluate_untrained_run_is_a_one_line_error(tmp_path: Path, monkeypatch,
     from pipelines.evaluate import main
 
     (tmp_path / "models/r").mkdir(parents=True)
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump({"evaluate": {"split": "test"}}))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(full_params()))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as info:
-        main(["r"])
+        main(["--run-dir", "models/r", "--store", "x.h5", "--out", "reports/runs/r"])
     assert info.value.code == 1
     assert "models/r" in capsys.readouterr().err
 
@@ -876,9 +1003,9 @@ def test_weights_that_do_not_fit_give_one_line(tmp_path: Path) -> None:
 
 def test_latest_checkpoint_falls_back_when_newest_is_corrupt(tmp_path: Path) -> None:
     ckpt = tmp_path / "checkpoints"
-    for epoch in (1, 2, 3):
-        save_training_checkpoint(ckpt, epoch, {"epoch": epoch, "w": torch.full((2,), epoch)})
-    assert [p.name for p in sorted(ckpt.iterdir())] == ["ckpt_epoch0002.pt", "ckpt_epoch0003.pt"]
+    for epoch in (2, 3):
+        state = {"epoch": epoch, "w": torch.full((2,), epoch)}
+        save_atomic(state, ckpt / f"ckpt_epoch{epoch:04d}.pt")
     newest = ckpt / "ckpt_epoch0003.pt"
     newest.write_bytes(newest.read_bytes()[:100])  # as a crash mid-copy would leave it
     state = latest_checkpoint(ckpt)
@@ -905,7 +1032,7 @@ def _slow_rgb_tree(root: Path, n: int = 160, side: int = 192) -> dict[str, Any]:
 
 
 def _kill_mid_write(cwd: Path, out: Path) -> None:
-    proc = start_stage("pipelines.prepare", DATASET, "--out-dir", str(out), cwd=cwd)
+    proc = start_stage("pipelines.prepare", DATASET, *prep_args(out), cwd=cwd)
     partial = out / f"{DATASET}.h5.partial"
     deadline = time.monotonic() + 120
     try:
@@ -926,7 +1053,7 @@ def _kill_mid_write(cwd: Path, out: Path) -> None:
 def slow_dataset(tmp_path_factory) -> Path:
     cwd = tmp_path_factory.mktemp("kill")
     entry = _slow_rgb_tree(cwd / "data")
-    params = {"datasets": {DATASET: entry}, "prepare": {"on_error": "error", "compression": "gzip"}}
+    params = full_params(entry, "error", "gzip")
     (cwd / "params.yaml").write_text(yaml.safe_dump(params))
     return cwd
 
@@ -948,7 +1075,7 @@ def test_killed_prepare_leaves_no_store(slow_dataset: Path) -> None:
 
 def test_killed_prepare_keeps_previous_store_byte_identical(slow_dataset: Path) -> None:
     out = slow_dataset / "prepared"
-    done = run_stage("pipelines.prepare", DATASET, "--out-dir", str(out), cwd=slow_dataset)
+    done = run_stage("pipelines.prepare", DATASET, *prep_args(out), cwd=slow_dataset)
     assert done.returncode == 0, done.stderr
     previous = tree_digest(out / f"{DATASET}.h5", out / f"{DATASET}.report.json")
     _kill_mid_write(slow_dataset, out)
