@@ -55,6 +55,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from dsod_core.io import write_atomic
+
 ROOT = Path(__file__).resolve().parents[1]
 MIB = 2**20
 
@@ -253,15 +255,11 @@ def _synthetic_targets(
 
 
 def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=float))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=1, default=float))
 
 
 def _write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    write_atomic(path, text)
 
 
 # ---------------------------------------------------------------------------------------------

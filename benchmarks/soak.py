@@ -19,7 +19,6 @@ shows there even when the run is too short for the growth to cross the threshold
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import resource
@@ -37,6 +36,7 @@ from dsod_core.data.store import StoreReader
 from dsod_core.engine.checkpoint import checkpointer
 from dsod_core.engine.config import TrainConfig
 from dsod_core.engine.trainer import lr_factor, setup_data, setup_model, setup_trainer, unwrap
+from dsod_core.io import write_json
 from dsod_core.loss import MultiBoxLoss
 
 MIB = 2**20
@@ -224,9 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"verdict: {'PASS' if result['pass'] else 'FAIL'} ({result['threshold']})")
     if args.json:
-        tmp_json = args.json.with_name(args.json.name + ".tmp")
-        tmp_json.write_text(json.dumps({"samples": samples, "verdict": result}, indent=1))
-        os.replace(tmp_json, args.json)
+        write_json(args.json, {"samples": samples, "verdict": result}, indent=1)
     return 0 if result["pass"] else 1
 
 

@@ -39,6 +39,7 @@ from torch import nn
 
 from dsod_core.data.store import StoreReader
 from dsod_core.errors import ConfigError, DataError, ProjectError
+from dsod_core.io import atomic_path, write_with
 
 
 class ExportError(ProjectError):
@@ -70,14 +71,12 @@ def export_onnx(
     example = torch.zeros(2, in_channels, input_size, input_size, dtype=param.dtype)
     was_training = model.training
     model.eval()
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
     try:
-        with torch.no_grad():
+        with atomic_path(path, suffix=".onnx") as tmp, torch.no_grad():
             torch.onnx.export(
                 model,
                 (example.to(param.device),),
-                tmp,
+                str(tmp),
                 input_names=["images"],
                 output_names=["loc", "conf"],
                 dynamic_axes={"images": {0: "batch"}, "loc": {0: "batch"}, "conf": {0: "batch"}},
@@ -85,12 +84,8 @@ def export_onnx(
                 do_constant_folding=True,
                 dynamo=False,
             )
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; an exported model is meant to be shared
-        os.replace(tmp, path)
     finally:
         model.train(was_training)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
@@ -261,8 +256,7 @@ def quantize_onnx(
             # without merging them when that limit is reached ("No data is collected").
             extra_options={"CalibStridedMinMax": 1},
         )
-        os.chmod(quantized, 0o644)
-        os.replace(quantized, out_path)
+        write_with(out_path, lambda dst: Path(quantized).replace(dst), suffix=".onnx")
     return out_path
 
 

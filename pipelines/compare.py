@@ -7,12 +7,12 @@ and ``reports/compare.png`` (final mAP@0.5 / COCO AP bars and validation mAP-vs-
 from __future__ import annotations
 
 import argparse
-import io
 import json
 from pathlib import Path
 from typing import Any
 
 from dsod_core.errors import DataError
+from dsod_core.metrics.plots import plot_comparison
 from pipelines._common import load_params, stage_main, write_atomic, write_json
 from pipelines.params import validate_params
 
@@ -89,36 +89,6 @@ def markdown(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> None:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(12, 4.5), dpi=100)
-    FigureCanvasAgg(fig)
-    ax_bar, ax_curve = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
-    labels = [f"{r['dataset']}\n{r['init']}" for r in rows]
-    xs = range(len(rows))
-    ax_bar.bar([x - 0.2 for x in xs], [r["map50"] or 0 for r in rows], 0.4, label="mAP@0.5")
-    ax_bar.bar([x + 0.2 for x in xs], [r["coco_ap"] or 0 for r in rows], 0.4, label="COCO AP")
-    ax_bar.set_xticks(list(xs), labels, fontsize=7, rotation=30)
-    ax_bar.set_ylim(0, 1)
-    ax_bar.set_title("test split")
-    ax_bar.legend()
-    for r in rows:
-        pts = [(e, m) for e, m in r["curve"] if m is not None]
-        if pts:
-            style = "-" if r["init"] == "scratch" else "--"
-            ax_curve.plot(*zip(*pts), style, label=f"{r['dataset']} {r['init']}")
-    ax_curve.set_xlabel("epoch")
-    ax_curve.set_ylabel("val mAP@0.5")
-    ax_curve.set_ylim(0, 1)
-    ax_curve.legend(fontsize=7)
-    fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
-    write_atomic(path, buf.getvalue())
-
-
 @stage_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -133,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = collect(runs, Path(args.runs_dir))
     write_json(f"{args.out}.json", rows)
     write_atomic(f"{args.out}.md", markdown(rows))
-    plot(rows, Path(f"{args.out}.png"))
+    plot_comparison(rows, Path(f"{args.out}.png"))
     print(markdown(rows).split("\n## ")[0])
     return 0
 

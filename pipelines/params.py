@@ -11,6 +11,7 @@ not the code of its adapter. Every message names the params file and the key.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 from pathlib import Path
 from typing import Any
@@ -161,8 +162,17 @@ def check_dataset(name: str, entry: dict[str, Any], source: str = "params.yaml")
         cls = get_adapter(entry["modality"])
     except ConfigError as exc:
         raise ConfigError(f"datasets.{name}.modality: {exc.reason}", path=source) from None
+    root = Path(entry["root"])
+    values = dict(entry.get("adapter") or {})
+    demo_params = root / "demo_params.json"
+    if demo_params.is_file():  # a demo root: its params complete the entry's
+        try:
+            values = {**json.loads(demo_params.read_text()), **values}
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            pass  # prepare reports the broken file with its name
     try:
-        cls.Params.parse(entry.get("adapter") or {}, owner=cls.name)
+        # Before the demo stage has written a demo root, only keys and types can be checked.
+        cls.Params.parse(values, owner=cls.name, cross_check=root.exists())
     except ConfigError as exc:
         raise ConfigError(f"datasets.{name}.adapter: {exc.reason}", path=source) from None
     expected = adapter_code(entry["modality"])

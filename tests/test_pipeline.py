@@ -152,17 +152,21 @@ def test_every_stage_depends_on_the_code_it_imports(repo):
 
     params = yaml.safe_load((repo / "params.yaml").read_text())
     with Repo(str(repo)) as dvc_repo:
-        stages = {s.addressing: [str(d.def_path) for d in s.deps] for s in dvc_repo.index.stages}
-    assert stages
-    for name, deps in stages.items():
+        stages = {
+            s.name: (s.cmd.split()[2], [str(d.def_path) for d in s.deps])
+            for s in dvc_repo.index.stages
+            if getattr(s, "cmd", None)
+        }
+    assert len(stages) >= 8, stages
+    for name, (module, deps) in stages.items():
         kind, _, item = name.partition("@")
-        module = {"evaluate_baseline": "evaluate", "pretrain": "train"}.get(kind, kind)
+        assert module.startswith("pipelines."), (name, module)
         adapters = []
         if kind == "prepare":
             adapters = [params["datasets"][item]["modality"]]
         elif kind == "demo":
             adapters = [item]
-        out = _run([sys.executable, "-c", _CLOSURE, f"pipelines.{module}", *adapters], repo)
+        out = _run([sys.executable, "-c", _CLOSURE, module, *adapters], repo)
         files = {Path(f).resolve() for f in json.loads(out.stdout) if f}
         ours = sorted(f for f in files if repo.resolve() in f.parents)
         assert ours, name

@@ -962,6 +962,19 @@ def test_code_running_pickle_refused_without_running(tmp_path: Path) -> None:
     assert tree_digest(evil) == before
 
 
+def test_refused_pickle_is_exactly_one_line_saying_why(eval_store: Path, tmp_path: Path) -> None:
+    """E25 through a real ``python -m pipelines.evaluate``: no torch warning lines before the
+    project's one line, and the line keeps the reason (the global that was refused)."""
+    marker = tmp_path / "MARKER"
+    evil = tmp_path / "evil.pt"
+    torch.save({"format": WEIGHTS_FORMAT, "model": {"w": _Payload(marker)}}, evil)
+    cwd = _eval_dir(tmp_path, evil.read_bytes(), eval_store)
+    proc = run_stage("pipelines.evaluate", *eval_args(eval_store), cwd=cwd)
+    line = assert_one_line_error(proc, "models/r/model.pt", "refused", "could run code")
+    assert "Unsupported global: GLOBAL io.open" in line, line
+    assert not marker.exists()
+
+
 def test_foreign_and_truncated_checkpoints_refused(tmp_path: Path) -> None:
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {"w": torch.ones(3)}}, foreign)

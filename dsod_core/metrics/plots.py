@@ -13,7 +13,7 @@ import numpy as np
 
 from dsod_core.io import write_with
 
-__all__ = ["draw_detections", "plot_pr_curves", "save_picture"]
+__all__ = ["draw_detections", "plot_comparison", "plot_pr_curves", "save_picture"]
 
 
 def plot_pr_curves(
@@ -99,3 +99,33 @@ def draw_detections(
 def save_picture(img, path: str | os.PathLike) -> Path:
     """Save a PIL image as PNG atomically."""
     return write_with(path, lambda tmp: img.save(tmp, format="PNG"))
+
+
+def plot_comparison(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) -> Path:
+    """Bars of test mAP@0.5 / COCO AP per run and validation mAP-vs-epoch curves (``rows`` as
+    the compare stage builds them: ``dataset``, ``init``, ``map50``, ``coco_ap``, ``curve``)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(12, 4.5), dpi=100)
+    FigureCanvasAgg(fig)
+    ax_bar, ax_curve = fig.add_subplot(1, 2, 1), fig.add_subplot(1, 2, 2)
+    labels = [f"{r['dataset']}\n{r['init']}" for r in rows]
+    xs = range(len(rows))
+    ax_bar.bar([x - 0.2 for x in xs], [r["map50"] or 0 for r in rows], 0.4, label="mAP@0.5")
+    ax_bar.bar([x + 0.2 for x in xs], [r["coco_ap"] or 0 for r in rows], 0.4, label="COCO AP")
+    ax_bar.set_xticks(list(xs), labels, fontsize=7, rotation=30)
+    ax_bar.set_ylim(0, 1)
+    ax_bar.set_title("test split")
+    ax_bar.legend()
+    for r in rows:
+        pts = [(e, m) for e, m in r["curve"] if m is not None]
+        if pts:
+            style = "-" if r["init"] == "scratch" else "--"
+            ax_curve.plot(*zip(*pts), style, label=f"{r['dataset']} {r['init']}")
+    ax_curve.set_xlabel("epoch")
+    ax_curve.set_ylabel("val mAP@0.5")
+    ax_curve.set_ylim(0, 1)
+    ax_curve.legend(fontsize=7)
+    fig.tight_layout()
+    return write_with(path, lambda tmp: fig.savefig(tmp, format="png"))
