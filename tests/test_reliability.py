@@ -653,6 +653,24 @@ def test_bad_input_catalogue(case_id: str, tmp_path: Path) -> None:
     )
 
 
+def test_skip_mode_with_nothing_left_names_the_cause(tmp_path: Path) -> None:
+    """The only raster has a corrupt tile: skip mode still fails (nothing to train on), but the
+    line names the raster and why, and the skips are written beside the (absent) store."""
+    entry = _multispectral_corrupt_tile(tmp_path / "data")
+    for suffix in ("tif", "geojson"):
+        (tmp_path / f"data/a.{suffix}").unlink()
+    write_params(tmp_path, entry, "skip")
+    before = tree_digest(tmp_path / "data")
+    proc = run_stage("pipelines.prepare", DATASET, *prep_args("out"), cwd=tmp_path)
+    line = assert_one_line_error(proc, "no training samples were written", "b.tif", "1 unit(s)")
+    assert "GDAL" in line or "IReadBlock" in line or "decode" in line, line
+    failed = json.loads((tmp_path / f"out/{DATASET}.failed.json").read_text())
+    assert failed["status"] == "failed" and failed["skipped"][0]["file"].endswith("b.tif")
+    assert not (tmp_path / f"out/{DATASET}.h5").exists()
+    assert not (tmp_path / f"out/{DATASET}.report.json").exists()
+    assert tree_digest(tmp_path / "data") == before
+
+
 def test_depth_decompression_bomb_is_a_one_line_error(tmp_path: Path) -> None:
     entry = depth_tree(tmp_path / "data")
     # 20000 x 20000 16-bit grey: above Pillow's hard limit (2 x MAX_IMAGE_PIXELS).
