@@ -26,7 +26,7 @@ def epochs_to_fraction(history: list[dict[str, Any]], fraction: float = 0.9) -> 
     return next(e for e, m in curve if m >= fraction * final)
 
 
-def collect(runs: list[str], runs_dir: Path = Path("reports/runs")) -> list[dict[str, Any]]:
+def collect(runs: list[str], runs_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for run in runs:
         path = runs_dir / run / "metrics.json"

@@ -262,7 +262,8 @@ def validate_params(
     )
     for init in ("pretrain", *inits):
         dataset = pre["dataset"] if init == "pretrain" else targets[0]
-        build_config(params, dataset, init, Path("models") / "check", source=source)
+        # Paths come from dvc.yaml at run time; only the params are checked here.
+        build_config(params, dataset, init, Path("<out-dir>"), "<store>", source=source)
     evaluate_section(params, source)
 
 
@@ -274,7 +275,7 @@ def build_config(
     dataset: str,
     init: str,
     out_dir: Path,
-    store: str | Path | None = None,
+    store: str | Path,
     init_weights: str | Path | None = None,
     source: str = "params.yaml",
 ) -> TrainConfig:
@@ -294,7 +295,7 @@ def build_config(
     return TrainConfig.from_dict(
         {
             **train_params,
-            "store": str(store or f"data/prepared/{dataset}.h5"),
+            "store": str(store),
             "out_dir": str(out_dir),
             "variant": model.get("variant", "dsod_tiny"),
             "input_size": int(model.get("input_size", 64)),

@@ -865,8 +865,8 @@ def test_one_malformed_xml_among_many_goes_through_the_log(tmp_path):
         (str(tmp_path / "Annotations" / "im2.xml"), "image", "im2", "discover"),
         (str(tmp_path / "Annotations" / "im3.xml"), "image", "im3", "discover"),
     ]
-    assert log.skipped[0]["reason"].startswith("malformed VOC XML")
-    assert log.skipped[1]["reason"].startswith("inverted box of 'cat'")
+    assert "malformed VOC XML" in log.skipped[0]["reason"]
+    assert "inverted box of 'cat'" in log.skipped[1]["reason"]
 
 
 @pytest.mark.parametrize("case", ["unknown_class", "escape", "missing_image"])
