@@ -64,9 +64,13 @@ def code_fingerprint(modality: str) -> dict[str, Any]:
     for f in files:
         digest.update(f.relative_to(path.parent).as_posix().encode())
         digest.update(f.read_bytes())
+    try:  # relative inside the project, so the report is the same in every clone
+        shown = path.relative_to(Path.cwd().resolve()).as_posix()
+    except ValueError:
+        shown = str(path)
     return {
         "name": modality,
-        "code": str(path),
+        "code": shown,
         "code_sha256": digest.hexdigest(),
         "version": adapter_version(modality),
     }
