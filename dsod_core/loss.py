@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dsod_core.boxes.ops import encode, match_batch
+from dsod_core.boxes.ops import box_iou, cxcywh_to_xyxy, encode, match_batch
+from dsod_core.data.sample import CROWD_LABEL
 from dsod_core.errors import DataError
 
 
@@ -24,6 +25,21 @@ class MultiBoxLoss(nn.Module):
     all-empty batch gives a zero loss and teaches nothing (common with medical slices). Here
     every image mines at least ``min_negatives_per_image`` hard negatives (default 3, the count
     one positive would give); set it to 0 to reproduce Caffe exactly. The loss stays finite.
+
+    Crowd regions (COCO ``iscrowd``; a target label of ``-1``,
+    :data:`dsod_core.data.sample.CROWD_LABEL`) are neither positives nor negatives:
+
+    * a label -1 box is never a ground truth for matching (not in the bipartite step, not in
+      the per-prediction step), so it makes no positive and takes no default box from a real
+      object;
+    * a default box that is not a positive and whose IoU with some crowd box of its image is
+      ``>= iou_threshold`` is *ignored*: it gets no classification loss and is not a candidate
+      for hard negative mining (nor counted in the ``num_neg <= P - num_pos`` cap);
+    * a positive stays a positive, however much it overlaps a crowd region.
+
+    An image holding only crowd boxes therefore has no positives; its
+    ``min_negatives_per_image`` negatives are mined among the priors the crowd boxes do not
+    cover. ``num_ignored`` in the output counts the ignored priors of the batch.
 
     Args:
         default_boxes: ``Tensor[P, 4]`` (cx, cy, w, h) normalised by the input size.
@@ -57,7 +73,8 @@ class MultiBoxLoss(nn.Module):
     def _targets(
         self, targets: list[dict[str, Tensor]], image_size: tuple[int, int], num_classes: int
     ) -> tuple[Tensor, Tensor, Tensor]:
-        """Pad the targets to ``[B, N, 4]`` normalised xyxy, labels ``[B, N]``, valid ``[B, N]``."""
+        """Pad the targets to ``[B, N, 4]`` normalised xyxy, labels ``[B, N]``, valid ``[B, N]``
+        (crowd boxes, label -1, are included and valid; padding is not)."""
         dev = self.default_boxes.device
         h, w = image_size
         n = max((int(t["boxes"].shape[0]) for t in targets), default=0)
@@ -78,9 +95,12 @@ class MultiBoxLoss(nn.Module):
             labels[i, :k] = lab.to(device=dev, dtype=torch.long)
             valid[i, :k] = True
         if n > 0:
-            bad = valid & ((labels < 1) | (labels > num_classes))
+            bad = valid & (labels != CROWD_LABEL) & ((labels < 1) | (labels > num_classes))
             if bool(bad.any()):
-                raise DataError(f"labels must lie in 1..{num_classes}, got {labels[bad].tolist()}")
+                raise DataError(
+                    f"labels must lie in 1..{num_classes} (or be {CROWD_LABEL} for a crowd "
+                    f"region), got {labels[bad].tolist()}"
+                )
         return boxes, labels, valid
 
     def forward(
@@ -96,14 +116,16 @@ class MultiBoxLoss(nn.Module):
             loc: ``Tensor[B, P, 4]`` predicted offsets.
             conf: ``Tensor[B, P, K+1]`` class logits, index 0 = background.
             targets: B dicts with ``boxes`` float ``[N, 4]`` xyxy in pixels of the model input
-                and ``labels`` int64 ``[N]`` in 1..K (N may be 0; other keys are ignored, so
-                VOC "difficult" boxes are positives as in the paper).
+                and ``labels`` int64 ``[N]`` in 1..K, or -1 for a crowd region (see the class
+                docstring). N may be 0; other keys are ignored, so VOC "difficult" boxes are
+                positives as in the paper.
             image_size: ``(H, W)`` of the model input in pixels.
 
         Returns:
             dict with scalar tensors ``loss = conf_loss + loc_weight * loc_loss``, ``loc_loss``,
-            ``conf_loss`` (each already divided by the positives) and ``num_pos`` (int64, the
-            number of positives in the batch, before clamping).
+            ``conf_loss`` (each already divided by the positives), ``num_pos`` (int64, the
+            number of positives in the batch, before clamping) and ``num_ignored`` (int64, the
+            priors ignored for covering a crowd region).
         """
         bsz, p, _ = loc.shape
         if conf.shape[:2] != (bsz, p) or p != self.default_boxes.shape[0] or len(targets) != bsz:
@@ -113,12 +135,20 @@ class MultiBoxLoss(nn.Module):
             )
         num_classes = conf.shape[2] - 1
         gt_boxes, gt_labels, gt_valid = self._targets(targets, image_size, num_classes)
+        crowd = gt_valid & (gt_labels == CROWD_LABEL)  # [B, N]
         with torch.no_grad():
             matched, labels, _ = match_batch(
-                gt_boxes, gt_labels, gt_valid, self.default_boxes, self.iou_threshold
+                gt_boxes, gt_labels, gt_valid & ~crowd, self.default_boxes, self.iou_threshold
             )
             loc_t = encode(matched, self.default_boxes, self.variances)  # [B, P, 4]
         pos = labels > 0  # [B, P]
+        if bool(crowd.any()):
+            with torch.no_grad():
+                priors_xyxy = cxcywh_to_xyxy(self.default_boxes)
+                crowd_iou = box_iou(priors_xyxy, gt_boxes).masked_fill(~crowd[:, None, :], -1.0)
+                ignored = ~pos & (crowd_iou.max(dim=2).values >= self.iou_threshold)  # [B, P]
+        else:
+            ignored = torch.zeros_like(pos)
         num_pos_img = pos.sum(dim=1)  # [B]
         num_pos = num_pos_img.sum()
         denom = num_pos.clamp(min=1).to(loc.dtype)
@@ -131,11 +161,12 @@ class MultiBoxLoss(nn.Module):
             # Rank non-positives by their (background) cross-entropy; a double argsort gives
             # each prior's rank without a loop. Stable sort: ties go to the lower prior index
             # (the summed loss does not depend on how ties are broken).
-            mining = ce.detach().masked_fill(pos, -float("inf"))
+            # Positives and crowd-ignored priors rank last and are never within num_neg.
+            mining = ce.detach().masked_fill(pos | ignored, -float("inf"))
             order = torch.sort(mining, dim=1, descending=True, stable=True).indices
             rank = torch.argsort(order, dim=1)
             num_neg = (self.neg_pos_ratio * num_pos_img).clamp(min=self.min_negatives_per_image)
-            num_neg = torch.minimum(num_neg, p - num_pos_img)
+            num_neg = torch.minimum(num_neg, p - num_pos_img - ignored.sum(dim=1))
             neg = rank < num_neg[:, None]
         conf_loss = ce[pos | neg].sum()
 
@@ -146,4 +177,5 @@ class MultiBoxLoss(nn.Module):
             "loc_loss": loc_loss,
             "conf_loss": conf_loss,
             "num_pos": num_pos.detach(),
+            "num_ignored": ignored.sum().detach(),
         }

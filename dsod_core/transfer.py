@@ -4,9 +4,12 @@ Rule for the first convolution (the only layer whose shape depends on the input 
 the source filters ``[O, C_src, k, k]`` are averaged over their input channels, tiled to the
 target's ``C`` channels and scaled by ``C_src / C``, so a constant input produces the same
 pre-activation as in the source model (timm's ``adapt_input_conv`` uses the same idea).
-Every other tensor is copied when its name and shape match; tensors whose shape depends on
-the class count (the classification head and its BatchNorm) keep their fresh initialisation
-when the class sets differ.
+Every other tensor is copied when its name and shape match, except the classification head
+(``head.conf.*``: the class convolutions and their BatchNorm): it is copied only when the source
+was trained on the same class names in the same order. Otherwise it keeps its fresh
+initialisation even when the shapes happen to match (an RGB circle/square/triangle classifier
+says nothing about a depth box/cylinder/sphere one). The returned report names which tensors
+were copied, adapted and re-initialised; the trainer saves it in ``model.pt``.
 """
 
 from __future__ import annotations
@@ -28,12 +31,21 @@ def adapt_input_conv(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     return mean.repeat(1, in_channels, 1, 1) * (c_src / in_channels)
 
 
+CLASS_HEAD_PREFIX = "head.conf."
+
+
 def load_transferred(
-    model: nn.Module, source_state: dict[str, torch.Tensor], source: str = "source weights"
+    model: nn.Module,
+    source_state: dict[str, torch.Tensor],
+    source: str = "source weights",
+    same_classes: bool = False,
 ) -> dict[str, list[str]]:
     """Load ``source_state`` into ``model`` following the module's rule.
 
-    Returns ``{"copied": [...], "adapted": [...], "reinitialised": [...]}`` parameter names.
+    ``same_classes``: the source's class names equal the target's (same order); only then is
+    the classification head copied.
+
+    Returns ``{"copied": [...], "adapted": [...], "reinitialised": [...]}`` tensor names.
     """
     target = model.state_dict()
     first_conv = next((n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
@@ -42,7 +54,7 @@ def load_transferred(
     new_state = {}
     for name, tensor in target.items():
         src = source_state.get(name)
-        if src is None:
+        if src is None or (name.startswith(CLASS_HEAD_PREFIX) and not same_classes):
             report["reinitialised"].append(name)
             new_state[name] = tensor
         elif name == first_key and src.shape[1] != tensor.shape[1]:

@@ -57,7 +57,7 @@ def test_dsod300_matches_caffe_prior_box(dataset, mins, maxs):
 
 
 def test_dsod300_hand_checked_values_and_quirk():
-    b = default_boxes(DSOD300_MAPS, 300) * 300  # pixels
+    b = default_boxes(DSOD300_MAPS, 300, "dsod300") * 300  # pixels
     s2 = math.sqrt(2.0)
     expected_first = [
         [4, 4, 30, 30],
@@ -133,6 +133,102 @@ def test_generic_sizes_follow_spec_fractions():
         i0 += f * f * a
 
 
+def _network_maps(size: int) -> list[int]:
+    """Source-map sides of the DSOD network at ``size`` px, from the spec's layer arithmetic
+    (3×3/2 pad 1 conv, then ceil-mode 2×2/2 pools: stem, transition 1, and five halvings)."""
+    s = math.ceil(((size - 1) // 2 + 1) / 2)  # stem
+    maps = [math.ceil(s / 2)]  # transition 1: source 1
+    for _ in range(5):
+        maps.append(math.ceil(maps[-1] / 2))
+    return maps
+
+
+@pytest.mark.parametrize("dataset", ["voc", "coco"])
+def test_auto_layout_is_dsod300_bit_for_bit_at_300(dataset):
+    auto = default_boxes(DSOD300_MAPS, 300, "auto", dataset)
+    assert auto.shape == (8744, 4)
+    assert torch.equal(auto, default_boxes(DSOD300_MAPS, 300, "dsod300", dataset))
+    assert torch.equal(default_boxes(DSOD300_MAPS, 300, dataset=dataset), auto)  # the default
+    assert boxes_per_location("auto") == boxes_per_location("dsod300") == [4, 6, 6, 6, 4, 4]
+    # Elsewhere it is the generic layout (the same sizes as fractions, steps image / map).
+    maps = _network_maps(128)
+    torch.testing.assert_close(
+        default_boxes(maps, 128, "auto", dataset),
+        default_boxes(maps, 128, "generic", dataset),
+        rtol=0,
+        atol=0,
+    )
+
+
+# The largest box of every layout with the spec's six maps: the aspect-2 box of the last map,
+# side 264·√2 px at 300, and the sqrt(264·315) square, area 264·315 px² at 300.
+LARGEST_SIDE = 264 * math.sqrt(2.0) / 300  # 1.2445
+LARGEST_SQUARE = math.sqrt(264 * 315) / 300  # 0.9613
+LARGEST_AREA = 264 * 315 / 300**2  # 0.924
+
+
+@pytest.mark.parametrize("size", [64, 96, 128, 300, 512])
+def test_auto_layout_fits_the_image_at_any_size(size):
+    maps = _network_maps(size)
+    if size == 300:
+        assert maps == DSOD300_MAPS
+    b = default_boxes(maps, size)  # the default layout, "auto"
+    per_loc = boxes_per_location("auto", 6)
+    assert per_loc == [4, 6, 6, 6, 4, 4]
+    assert b.shape[0] == sum(f * f * a for f, a in zip(maps, per_loc))
+    # Box sizes are the same fractions of the image at every input size; no box exceeds the
+    # image area; the squares of sqrt(min·max) stay within the spec's max size, 315/300 = 1.05.
+    np.testing.assert_allclose(b[:, 2:].max().item(), LARGEST_SIDE, rtol=1e-6)
+    np.testing.assert_allclose((b[:, 2] * b[:, 3]).max().item(), LARGEST_AREA, rtol=1e-6)
+    squares = b[:, 2] == b[:, 3]
+    np.testing.assert_allclose(b[squares, 2].max().item(), LARGEST_SQUARE, rtol=1e-6)
+    assert b[squares, 2].max() <= 1.05
+    np.testing.assert_allclose(b[squares, 2].min().item(), 30 / 300, rtol=1e-6)
+    centres = b[:, :2]
+    assert (centres > 0).all()
+    if size != 300:
+        assert (centres < 1).all()
+        return
+    # At 300 "auto" is dsod300, whose steps do not tile 300 px: centres of the 38x38 map's last
+    # row/column lie on the border (37.5 * 8 = 300 px), the 10x10 map's at 9.5 * 32 = 304 px,
+    # and three of the 2x2 map's four centres outside (step 300, the documented quirk).
+    counts = [f * f * a for f, a in zip(maps, per_loc)]
+    starts = np.cumsum([0] + counts)
+    on_border = (centres == 1.0).any(dim=1)
+    outside = (centres > 1.0).any(dim=1)
+    expected_border = torch.zeros(len(b), dtype=torch.bool)
+    expected_border[starts[0] : starts[1]] = (b[: counts[0], :2] * 300).round().eq(300).any(dim=1)
+    assert int(expected_border.sum()) == (2 * 38 - 1) * 4
+    assert torch.equal(on_border, expected_border)
+    third = b[starts[2] : starts[3]].reshape(10, 10, 6, 4)
+    np.testing.assert_allclose(third[9, 9, 0, :2].numpy(), [304 / 300, 304 / 300], rtol=1e-6)
+    sixth = b[starts[5] :].reshape(2, 2, 4, 4)
+    np.testing.assert_allclose(
+        sixth[:, :, 0, :2].reshape(4, 2).numpy() * 300,
+        [[150, 150], [450, 150], [150, 450], [450, 450]],
+        rtol=1e-6,
+    )
+    expected_outside = torch.zeros(len(b), dtype=torch.bool)
+    expected_outside[starts[2] : starts[3]] = (third[..., :2] > 1).any(-1).reshape(-1)
+    expected_outside[starts[5] :] = (sixth[..., :2] > 1).any(-1).reshape(-1)
+    assert int(expected_outside[starts[2] : starts[3]].sum()) == (2 * 10 - 1) * 6
+    assert int(expected_outside[starts[5] :].sum()) == 3 * 4
+    assert torch.equal(outside, expected_outside)
+
+
+def test_dsod300_layout_refuses_other_input_sizes():
+    # Its absolute 300-px sizes would give a smallest box of 30/96 of the image at 96 px and
+    # a largest of 3.9 times it; "auto" is the layout for those sizes.
+    for size in (64, 96, 128, 512):
+        with pytest.raises(ConfigError, match=r"prior_layout 'dsod300'.*input_size.*'auto'"):
+            default_boxes(_network_maps(size), size, "dsod300")
+    # The generic layout stays available at every size, 300 included.
+    generic = default_boxes(DSOD300_MAPS, 300, "generic")
+    assert generic.shape == (8744, 4)
+    assert not torch.equal(generic, default_boxes(DSOD300_MAPS, 300, "dsod300"))
+    assert (generic[:, :2] < 1).all()
+
+
 def test_prior_config_errors():
     with pytest.raises(ConfigError):
         boxes_per_location("ssd512")
@@ -140,6 +236,13 @@ def test_prior_config_errors():
         boxes_per_location("dsod300", 5)
     with pytest.raises(ConfigError):
         default_boxes([38, 19, 10, 5, 3], 300, "dsod300")
+    # "auto" with other maps than DSOD300's is the generic layout, even at 300 px.
+    torch.testing.assert_close(
+        default_boxes([38, 19, 10, 5, 3], 300, "auto"),
+        default_boxes([38, 19, 10, 5, 3], 300, "generic"),
+        rtol=0,
+        atol=0,
+    )
     with pytest.raises(ConfigError):
         default_boxes(DSOD300_MAPS, 300, "dsod300", "kitti")
     with pytest.raises(ConfigError):

@@ -156,6 +156,14 @@ def test_voc_boxes_and_coco_pairing(tmp_path):
     assert a.class_names == ["sofa", "table"]  # category id order
     np.testing.assert_array_equal(s.boxes, [[2.5, 3, 9.5, 11.5]])
     np.testing.assert_array_equal(s.labels, [2])
+    # a COCO crowd region is flagged crowd (ignored in training and eval), not difficult
+    coco["annotations"].append(
+        {"id": 2, "image_id": 3, "category_id": 2, "bbox": [10, 10, 8, 8], "iscrowd": 1}
+    )
+    (tmp_path / "c.json").write_text(json.dumps(coco))
+    a = DepthAdapter(tmp_path, {"layout": "coco", "coco_file": "c.json"})
+    (s,) = a.read(a.discover()[0])
+    assert s.crowd.tolist() == [False, True] and s.difficult.tolist() == [False, False]
 
 
 # --- NYU Depth v2 -----------------------------------------------------------------------------

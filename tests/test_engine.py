@@ -183,3 +183,16 @@ def test_training_learns(tmp_path):
     assert losses[-1] < 0.6 * losses[0]
     assert hist["history"][-1]["val_map50"] > 0.5, hist["history"][-1]
     assert (tmp_path / "learn/dvclive/metrics.json").exists()
+
+
+def test_iterations_stop_exactly(store, tmp_path):
+    """``iterations`` optimiser steps, not the epoch count rounded up: 7 steps of batch 8 with
+    accumulate 2 on a store whose epoch holds fewer, ending inside an epoch."""
+    config = _cfg(store, tmp_path / "it", iterations=7, accumulate=2, batch_size=4)
+    result = train(config)
+    assert result["steps"] == 7
+    state = load_checkpoint(checkpoint_files(tmp_path / "it/checkpoints")[-1])
+    assert state["trainer"]["iteration"] == 7 * 2  # engine iterations = micro-batches
+    assert state["scheduler"]["last_epoch"] == 7  # optimiser steps taken
+    history = result["history"]
+    assert history and "val_map50" in history[-1]  # the partial last epoch was closed

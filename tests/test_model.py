@@ -84,17 +84,20 @@ def reference_param_count(cfg: DSODConfig) -> tuple[int, list[int]]:
     c = int(c * theta)
     p, c = block(c, cfg.block_layers[1])
     n += p
-    if cfg.transition_wo_pool:
+    # Three blocks: the 1×1 before the pool to block 3 is an ordinary transition and stays.
+    three_blocks = len(cfg.block_layers) == 3
+    if cfg.transition_wo_pool or three_blocks:
         n += preact(c, int(c * theta))
         c = int(c * theta)
     source1 = c
     p, c = block(c, cfg.block_layers[2])
     n += p
-    if cfg.transition_wo_pool:
-        n += preact(c, int(c * theta))
-        c = int(c * theta)
-    p, c = block(c, cfg.block_layers[3])
-    n += p
+    if not three_blocks:
+        if cfg.transition_wo_pool:
+            n += preact(c, int(c * theta))
+            c = int(c * theta)
+        p, c = block(c, cfg.block_layers[3])
+        n += p
     if cfg.prediction == "dense":
         half = cfg.learned_half_channels
         n += preact(c, half) + preact(source1, half)
@@ -133,11 +136,15 @@ def meta_model(name: str, **kwargs) -> DSOD:
         {"growth_rate": 2.5},
         {"compression": 0.0},
         {"compression": 1.5},
-        {"block_layers": (6, 8, 8)},
+        {"block_layers": (6, 8, 8)},  # three blocks have no transition without pooling
+        {"block_layers": (6, 8)},
+        {"block_layers": (6, 8, 8, 8, 8)},
+        {"block_layers": (6, 8, 8, 8), "transition_wo_pool": "no"},
         {"extra_channels": (256, 128, 0, 128)},
         {"stem": "resnet"},
         {"prediction": "fpn"},
         {"prior_layout": "ssd512"},
+        {"prior_layout": "dsod300", "input_size": 128},
         {"prior_dataset": "imagenet"},
         {"memory_efficient": "yes"},
         {"input_size": 16},
@@ -147,6 +154,18 @@ def test_config_rejects_bad_values(bad: dict) -> None:
     values = {"in_channels": 3, "num_classes": 20, **bad}
     with pytest.raises(ConfigError):
         DSODConfig(**values)
+
+
+def test_default_prior_layout_is_auto_and_dsod300_needs_300_px() -> None:
+    cfg = DSODConfig(in_channels=3, num_classes=20)
+    assert cfg.prior_layout == "auto"
+    for name in list_variants():
+        assert variant_config(name, in_channels=1, num_classes=2).prior_layout == "auto", name
+    assert DSODConfig(in_channels=3, num_classes=20, prior_layout="dsod300").input_size == 300
+    assert DSODConfig(in_channels=3, num_classes=20, prior_layout="generic", input_size=96)
+    with pytest.raises(ConfigError, match=r"prior_layout 'dsod300'.*input_size 96.*'auto'"):
+        variant_config("dsod300", in_channels=3, num_classes=20, input_size=96,
+                       prior_layout="dsod300")  # fmt: skip
 
 
 def test_config_round_trips_through_dict() -> None:
@@ -199,6 +218,28 @@ def test_param_counts_match_the_paper() -> None:
     assert abs(counts["dsod300"] - 14.72e6) <= 0.01 * 14.72e6
     # DS/64-64-16-1 dense, the paper's smallest DSOD300 (5.9M).
     assert abs(counts["dsod300_small"] - 5.87e6) <= 0.01 * 5.87e6
+
+
+def test_table3_transition_wo_pooling_rows() -> None:
+    # "DS/32-12-16-0.5 plain without transition w/o pooling: 4.1M", "only 3 dense blocks":
+    # blocks (6, 8, 8), transitions 1 and 2 kept, block 3 feeds the last (θ) transition.
+    nowop = meta_model("ds_32_12_16_05_plain_nowop_nostem")
+    assert nowop.config.block_layers == (6, 8, 8)
+    assert nowop.backbone.block4 is None and nowop.backbone.transition3 is None
+    assert nowop.backbone.transition2.out_channels == 104  # θ·208 after block 2
+    assert nowop.backbone.block3.out_channels == 104 + 8 * 16
+    assert nowop.source_sizes == (38, 19, 10, 5, 3, 2)
+    assert nowop.source_channels == (104, 116, 512, 256, 256, 256)
+    params = count_learnable(nowop)
+    assert params == 4_132_024
+    assert abs(params - 4.1e6) <= 0.03 * 4.1e6
+    # "with transition w/o pooling": four blocks (6, 8, 8, 8), 4.2M.
+    with_wop = meta_model("ds_32_12_16_05_plain_nostem")
+    assert with_wop.config.block_layers == (6, 8, 8, 8) and with_wop.config.transition_wo_pool
+    assert count_learnable(with_wop) == 4_205_214
+    assert abs(count_learnable(with_wop) - 4.2e6) <= 0.03 * 4.2e6
+    # The row order of the paper holds: the transitions without pooling add parameters.
+    assert count_learnable(with_wop) > params
 
 
 def test_plain_param_count_closest_faithful_reading() -> None:
@@ -260,6 +301,9 @@ def test_dsod300_sources_and_outputs(dsod300_run) -> None:
     assert model.source_sizes == (38, 19, 10, 5, 3, 2)
     assert loc.shape == (1, 8744, 4) and conf.shape == (1, 8744, 21)
     assert model.num_priors == 8744
+    # The default "auto" layout at 300 px is the authors' dsod300 layout, bit for bit.
+    assert model.config.prior_layout == "auto"
+    assert torch.equal(model.default_boxes, default_boxes(list(model.source_sizes), 300, "dsod300"))
     assert torch.isfinite(loc).all() and torch.isfinite(conf).all()
 
 
@@ -278,8 +322,11 @@ def test_dsod300_backbone_channels() -> None:
 
 def test_default_boxes_buffer_follows_the_source_sizes() -> None:
     model = build_model("dsod_tiny", in_channels=1, num_classes=2, input_size=80)
+    assert model.config.prior_layout == "auto"
+    # Away from 300 px "auto" is the generic layout of the model's own source maps.
     expected = default_boxes(list(model.source_sizes), 80, layout="generic", dataset="voc")
     torch.testing.assert_close(model.default_boxes, expected, rtol=0, atol=0)
+    assert (model.default_boxes[:, :2] > 0).all() and (model.default_boxes[:, :2] < 1).all()
     # Derived from the config, so checkpoints carry weights only.
     assert "default_boxes" not in model.state_dict()
     loc, conf = model.eval()(torch.randn(1, 1, 80, 80))

@@ -183,6 +183,7 @@ def test_voc_07_12_boxes_labels_difficult_splits(voc_tree):
         np.testing.assert_array_equal(s.boxes, boxes)
         np.testing.assert_array_equal(s.labels, labels)
         np.testing.assert_array_equal(s.difficult, diff)
+        assert s.crowd.shape == (len(labels),) and not s.crowd.any()  # VOC has no crowd
         # 8-bit RGB / 255, channel-first, no other scaling
         np.testing.assert_array_equal(s.image, pixels.transpose(2, 0, 1).astype(np.float32) / 255)
         np.testing.assert_array_equal(RGBAdapter(root, params).render(s.image), pixels)
@@ -503,17 +504,46 @@ def test_coco_read(coco_tree):
             )
             np.testing.assert_allclose(s.boxes, exp.reshape(-1, 4), rtol=0, atol=1e-5)
             np.testing.assert_array_equal(s.labels, [label_of[x["category_id"]] for x in mine])
-            np.testing.assert_array_equal(s.difficult, [bool(x["iscrowd"]) for x in mine])
+            # iscrowd marks the box crowd, never difficult
+            np.testing.assert_array_equal(s.crowd, [bool(x["iscrowd"]) for x in mine])
+            assert not s.difficult.any()
             np.testing.assert_array_equal(
                 s.image, pixels[img["id"]].transpose(2, 0, 1) / np.float32(255)
             )
             assert s.meta["image_id"] == img["id"]
     assert len(samples["coco/12"].boxes) == 0  # kept although unannotated
-    assert samples["coco/5"].difficult.sum() >= 1  # the crowd region is there, flagged
+    assert samples["coco/5"].crowd.sum() >= 1  # the crowd region is there, flagged
+    crowd_box = np.array([1.0, 1.0, 6.0, 5.0], np.float32)  # annotation 99, iscrowd: 1
+    five = samples["coco/5"]
+    at = np.flatnonzero((five.boxes == crowd_box).all(axis=1))
+    assert len(at) == 1 and five.crowd[at[0]] and not five.difficult[at[0]]
+    assert five.labels[at[0]] == 2  # keeps its class ("train", category 7)
 
     dropped = _read_all(RGBAdapter(root, {**params, "keep_difficult": False}))
     for sid, s in samples.items():
-        np.testing.assert_array_equal(dropped[sid].boxes, s.boxes[~s.difficult])
+        np.testing.assert_array_equal(dropped[sid].boxes, s.boxes[~s.crowd])
+        np.testing.assert_array_equal(dropped[sid].labels, s.labels[~s.crowd])
+        assert not dropped[sid].crowd.any() and not dropped[sid].difficult.any()
+
+
+def test_coco_crowd_flags_survive_the_store(coco_tree, tmp_path):
+    from dsod_core.data.store import StoreReader, StoreWriter
+
+    root, params, *_ = coco_tree
+    a = RGBAdapter(root, params)
+    samples = _read_all(a)
+    path = tmp_path / "coco.h5"
+    with StoreWriter(
+        path, modality="rgb", class_names=a.class_names, channel_names=a.channel_names
+    ) as w:
+        for s in samples.values():
+            w.add(s)
+    r = StoreReader(path)
+    got = {r.get(i).sample_id: r.get(i) for i in range(len(r))}
+    assert sum(int(s.crowd.sum()) for s in got.values()) >= 1
+    for sid, s in samples.items():
+        np.testing.assert_array_equal(got[sid].crowd, s.crowd)
+        np.testing.assert_array_equal(got[sid].difficult, s.difficult)
 
 
 def test_coco_results_round_trip_and_pycocotools(coco_tree, tmp_path):

@@ -13,8 +13,16 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from dsod_core.boxes import default_boxes
+from dsod_core.data.collate import detection_collate
+from dsod_core.data.dataset import DetectionDataset
+from dsod_core.data.sample import CROWD_LABEL
 from dsod_core.data.store import FORMAT_VERSION, StoreReader, StoreWriter
+from dsod_core.data.transforms import Compose, HorizontalFlip, Resize, build_train_transform
+from dsod_core.engine.evaluator import eval_loader, score_predictions
 from dsod_core.errors import DataError
+from dsod_core.loss import MultiBoxLoss
+from dsod_core.metrics.scoring import score_detections
 from tests.conftest import make_sample
 
 CLASSES = ["a", "b", "c"]
@@ -213,3 +221,125 @@ def test_read_with_plain_h5py_from_the_doc(tmp_path):
             ]
             assert g.attrs["split"] == "test" and json.loads(g.attrs["meta"]) == s.meta
             np.testing.assert_array_equal(g.attrs["affine"], s.affine)
+
+
+# --- crowd regions ----------------------------------------------------------------------------
+
+
+def _with_crowd(samples):
+    """Mark the last box of every sample that has two or more boxes crowd."""
+    for s in samples:
+        s.crowd = np.zeros(len(s.labels), bool)
+        if len(s.labels) >= 2:
+            s.crowd[-1] = True
+    return samples
+
+
+def test_crowd_flags_round_trip(tmp_path):
+    samples = _with_crowd([make_sample(i, 2, n_boxes=[3, 2, 0, 1][i]) for i in range(4)])
+    r = StoreReader(_write(tmp_path / "s.h5", samples, 2))
+    for i, s in enumerate(samples):
+        got, t = r.get(i), r.read_targets(i)
+        np.testing.assert_array_equal(got.crowd, s.crowd)
+        np.testing.assert_array_equal(t["crowd"], s.crowd)
+        assert t["crowd"].dtype == bool and t["crowd"].shape == (len(s.labels),)
+        np.testing.assert_array_equal(got.labels, s.labels)  # real labels kept in the store
+        np.testing.assert_array_equal(got.difficult, s.difficult)
+    assert r.get(0).crowd.tolist() == [False, False, True]
+    with h5py.File(r.path, "r") as f:  # the layout docs/store.md describes
+        assert f["samples/0000000/crowd"].dtype == bool
+        assert f["samples/0000000/crowd"][()].tolist() == [False, False, True]
+
+
+def test_store_without_crowd_dataset_reads_all_false(tmp_path):
+    """A store written before the crowd dataset existed (same format version) still reads."""
+    samples = _with_crowd([make_sample(i, 1, n_boxes=[3, 0][i]) for i in range(2)])
+    path = _write(tmp_path / "s.h5", samples, 1)
+    with h5py.File(path, "a") as f:
+        for i in range(2):
+            del f[f"samples/{i:07d}/crowd"]
+        assert f.attrs["format_version"] == FORMAT_VERSION == 1
+    r = StoreReader(path)
+    for i, s in enumerate(samples):
+        t = r.read_targets(i)
+        assert t["crowd"].dtype == bool and t["crowd"].shape == (len(s.labels),)
+        assert not t["crowd"].any() and not r.get(i).crowd.any()
+        np.testing.assert_array_equal(t["labels"], s.labels)
+    r.get(0).validate(num_channels=1, num_classes=3)
+    item = DetectionDataset(r, "train")[0]
+    np.testing.assert_array_equal(item["labels"], samples[0].labels)  # no -1 without flags
+
+
+def test_crowd_flag_length_is_validated(tmp_path):
+    s = make_sample(0, 1, n_boxes=2)
+    s.crowd = np.array([True])
+    with pytest.raises(DataError, match="2 boxes.*1 crowd"):
+        s.validate()
+
+
+def test_dataset_relabels_crowd_boxes_through_transforms_collate_and_loss(tmp_path):
+    rng = np.random.default_rng(5)
+    s = make_sample(0, 3, n_boxes=3, size=(40, 48), rng=rng)
+    s.crowd = np.array([False, True, False])
+    r = StoreReader(_write(tmp_path / "s.h5", [s], 3))
+    flip = Compose([HorizontalFlip(p=1.0), Resize(32)])
+    ds = DetectionDataset(r, "train", flip)
+    item = ds[0]
+    np.testing.assert_array_equal(item["labels"], [s.labels[0], CROWD_LABEL, s.labels[2]])
+    expect = s.boxes.copy()
+    expect[:, [0, 2]] = 48 - s.boxes[:, [2, 0]]  # the crowd box moved like the others
+    np.testing.assert_allclose(item["boxes"], expect * [32 / 48, 32 / 40, 32 / 48, 32 / 40], 1e-5)
+    plain = DetectionDataset(r, "train", flip, crowd_label=None)[0]
+    np.testing.assert_array_equal(plain["labels"], s.labels)
+    # the eval loader keeps the real labels: eval never sees -1
+    eval_batch = next(iter(eval_loader(r, "train", 32, 1)))
+    np.testing.assert_array_equal(eval_batch["targets"][0]["labels"].numpy(), s.labels)
+
+    batch = detection_collate([item, item])
+    assert batch["targets"][0]["labels"].tolist() == item["labels"].tolist()
+    priors = default_boxes([4, 2, 1], 32, "generic")
+    loc = torch.zeros(2, len(priors), 4)
+    conf = torch.zeros(2, len(priors), 4)
+    out = MultiBoxLoss(priors)(loc, conf, batch["targets"], (32, 32))
+    assert torch.isfinite(out["loss"])
+
+    # the full training pipeline keeps label -1 with its (moved, cropped) box
+    train = DetectionDataset(r, "train", build_train_transform(32))
+    seen = []
+    for epoch in range(30):
+        train.set_epoch(epoch)
+        labels = train[0]["labels"]
+        assert set(labels.tolist()) <= {CROWD_LABEL, 1, 2, 3}
+        seen.extend(labels.tolist())
+    assert CROWD_LABEL in seen and (np.array(seen) > 0).any()
+
+
+def test_scoring_ignores_detections_on_crowd_regions(tmp_path):
+    """VOC and COCO: a detection on a crowd region is neither TP nor FP; the crowd box is not
+    a ground truth to find."""
+    s = make_sample(0, 1, n_boxes=2, size=(40, 60))
+    s.boxes = np.array([[2, 2, 20, 20], [32, 10, 56, 36]], np.float32)  # disjoint
+    s.labels = np.array([1, 1])
+    s.difficult = np.zeros(2, bool)
+    s.crowd = np.array([False, True])
+    r = StoreReader(_write(tmp_path / "s.h5", [s], 1))
+    pred = {
+        "index": 0,
+        "boxes": np.array([[32, 10, 56, 36], [2, 2, 20, 20]], np.float32),  # crowd first
+        "scores": np.array([0.95, 0.9], np.float32),
+        "labels": np.array([1, 1]),
+    }
+    scores = score_predictions(r, [pred])
+    assert scores["_voc07"]["num_gt"][0] == 1  # the crowd box is not counted
+    assert scores["map50"] == pytest.approx(1.0) and scores["map50_area"] == pytest.approx(1.0)
+    assert scores["coco_ap"] == pytest.approx(1.0) and scores["coco_ap50"] == pytest.approx(1.0)
+    # contrast: as a false positive (no crowd box at all) the top-scored detection costs AP
+    t = r.read_targets(0)
+    dropped = {k: t[k][:1] for k in ("boxes", "labels", "difficult", "crowd")}
+    worse, _ = score_detections([dropped], [pred], CLASSES)
+    assert worse["map50"] < 0.9 and worse["coco_ap50"] < 0.9
+    # and a crowd box without a detection costs no recall either
+    only_real = {**pred, "boxes": pred["boxes"][1:], "scores": pred["scores"][1:]}
+    only_real["labels"] = pred["labels"][1:]
+    same, _ = score_detections([t], [only_real], CLASSES)
+    assert same["map50"] == pytest.approx(1.0) and same["coco_ap"] == pytest.approx(1.0)

@@ -1,14 +1,27 @@
 """Default (prior) boxes of DSOD, in the order the Caffe ``PriorBox`` layer emits them.
 
-Two layouts:
+Three layouts:
 
-- ``dsod300``: the authors' exact configuration (docs/dsod.md section 3): absolute pixel min/max
-  sizes for a 300x300 input, steps 8, 16, 32, 64, 100, 300, centre offset 0.5, no clipping. The
-  step 300 on the 2x2 sixth map puts three of its four centres outside the image (centres at
-  150 px and 450 px); this quirk is reproduced on purpose.
-- ``generic``: any input size and any number of maps. Steps are ``image_size / map_size`` so every
-  centre lies inside the image, and min/max sizes are the spec's fractions of 300 (VOC:
-  0.1 .. 1.05), linearly interpolated when the number of maps is not 6.
+- ``dsod300``: the authors' exact configuration (docs/dsod.md section 3), valid only for a
+  300x300 input (``ConfigError`` at any other size): absolute pixel min/max sizes, steps 8, 16,
+  32, 64, 100, 300, centre offset 0.5, no clipping. The steps do not tile 300 px evenly, so not
+  every centre lies inside the image: the last row and column of the 38x38 map sit on the border
+  (300 px), those of the 10x10 map at 304 px, and the step 300 on the 2x2 sixth map puts three
+  of its four centres outside (at 150 and 450 px). These quirks are reproduced on purpose.
+- ``generic``: any input size and any number of maps. Steps are ``image_size / map_size`` (map
+  k's centres at ``(i + 0.5) / f_k`` of the image, all inside it), and min/max sizes are the
+  spec's fractions of 300 (VOC: 30/300 .. 315/300), linearly interpolated when the number of
+  maps is not 6. Six maps get the dsod300 aspect ratios; other counts use [2] on the first and
+  the last two maps and [2, 3] on the others.
+- ``auto`` (the default): ``dsod300`` when ``image_size == 300`` and the maps are DSOD300's
+  ``[38, 19, 10, 5, 3, 2]`` (which is what the network produces at 300 px, so the boxes are
+  bit for bit the authors'), ``generic`` otherwise. For the six maps of the network at any
+  other size this means: the same aspect ratios, per-location order and box counts as at 300;
+  min and max sizes the same fractions of the image side as at 300 (VOC min 0.1, 0.2, 0.37,
+  0.54, 0.71, 0.88 and max 0.2 .. 1.05); steps ``image_size / map_size``, so every centre lies
+  inside the image; the sixth-map quirk exists only at 300. The largest box side is therefore
+  ``264 * sqrt(2) / 300 = 1.2445`` of the image (the aspect-2 box of the last map) and the
+  largest box area ``264 * 315 / 300**2 = 0.924`` of the image's, at every input size.
 
 Boxes are ``(cx, cy, w, h)`` normalised by the image size. Order: maps in the order given, then
 rows (y), then columns (x), then the boxes of one location: square of min size, square of
@@ -25,7 +38,11 @@ from torch import Tensor
 
 from dsod_core.errors import ConfigError
 
-LAYOUTS = ("dsod300", "generic")
+LAYOUTS = ("auto", "dsod300", "generic")
+
+# The only input size the dsod300 layout is defined for, and the source maps it has there.
+DSOD300_SIZE = 300
+DSOD300_MAPS = (38, 19, 10, 5, 3, 2)
 
 # Pixel sizes at a 300x300 input (docs/dsod.md section 3, the authors' generator scripts).
 _MIN_SIZES_300 = {
@@ -57,21 +74,48 @@ def _check_layout(layout: str, num_maps: int) -> None:
         raise ConfigError(f"prior layout 'dsod300' has exactly 6 feature maps, got {num_maps}")
 
 
+def check_dsod300_input_size(layout: str, input_size: int) -> None:
+    """``ConfigError`` when ``layout`` is ``"dsod300"`` and ``input_size`` is not 300.
+
+    The dsod300 layout's sizes and steps are absolute pixels of a 300 px input: at 96 px its
+    smallest box would be 31% of the image and its centres would fall far outside.
+    """
+    if layout == "dsod300" and input_size != DSOD300_SIZE:
+        raise ConfigError(
+            f"prior_layout 'dsod300' is defined for input_size {DSOD300_SIZE} only, got "
+            f"input_size {input_size}; use prior_layout 'auto' (the dsod300 boxes at 300 px, "
+            "the same layout scaled to the input size elsewhere) or 'generic'"
+        )
+
+
+def resolve_layout(layout: str, feature_map_sizes: list[int], image_size: int) -> str:
+    """The concrete layout (``"dsod300"`` or ``"generic"``) that ``layout`` means for these maps
+    and this input size: ``"auto"`` is ``"dsod300"`` at 300 px with DSOD300's maps, else
+    ``"generic"``; the other layouts are themselves."""
+    _check_layout(layout, len(feature_map_sizes))
+    if layout != "auto":
+        return layout
+    maps = tuple(int(f) for f in feature_map_sizes)
+    return "dsod300" if image_size == DSOD300_SIZE and maps == DSOD300_MAPS else "generic"
+
+
 def _aspect_ratios(layout: str, num_maps: int) -> list[tuple[float, ...]]:
     """Aspect ratios (without 1 and without flips) of each map."""
     _check_layout(layout, num_maps)
     if layout == "dsod300":
         return list(_ASPECT_RATIOS_300)
     # Same pattern as the spec for any count: first map and last two maps use [2], the middle
-    # ones [2, 3]. For 6 maps this is exactly the dsod300 pattern.
+    # ones [2, 3]. For 6 maps this is exactly the dsod300 pattern, so "auto" (which is one of
+    # the two) has the same counts whatever it resolves to.
     return [(2.0,) if (k == 0 or k >= num_maps - 2) else (2.0, 3.0) for k in range(num_maps)]
 
 
-def boxes_per_location(layout: str = "dsod300", num_maps: int = 6) -> list[int]:
+def boxes_per_location(layout: str = "auto", num_maps: int = 6) -> list[int]:
     """Number of default boxes at each location of each feature map.
 
-    Two squares plus two boxes per aspect ratio (r and 1/r): ``[4, 6, 6, 6, 4, 4]`` for
-    ``dsod300``. Raises ``ConfigError`` on an unknown layout or a map count that does not fit it.
+    Two squares plus two boxes per aspect ratio (r and 1/r): ``[4, 6, 6, 6, 4, 4]`` for six
+    maps in every layout. Raises ``ConfigError`` on an unknown layout or a map count that does
+    not fit it.
     """
     return [2 + 2 * len(r) for r in _aspect_ratios(layout, num_maps)]
 
@@ -100,7 +144,7 @@ def _sizes_fraction(dataset: str, num_maps: int) -> tuple[list[float], list[floa
 def default_boxes(
     feature_map_sizes: list[int],
     image_size: int,
-    layout: str = "dsod300",
+    layout: str = "auto",
     dataset: str = "voc",
 ) -> Tensor:
     """Default boxes for square feature maps of a square input.
@@ -108,16 +152,18 @@ def default_boxes(
     Args:
         feature_map_sizes: side of each (square) source map, e.g. ``[38, 19, 10, 5, 3, 2]``.
         image_size: side of the (square) network input in pixels.
-        layout: ``"dsod300"`` (the authors' exact boxes, absolute pixel sizes and steps of a 300
-            input, normalised by ``image_size``) or ``"generic"`` (steps ``image_size / map``,
-            sizes as fractions of the image).
+        layout: ``"auto"`` (``"dsod300"`` at 300 px with DSOD300's maps, ``"generic"``
+            otherwise), ``"dsod300"`` (the authors' exact boxes for a 300 px input; any other
+            ``image_size`` raises ``ConfigError``) or ``"generic"`` (steps
+            ``image_size / map``, sizes as fractions of the image). See the module docstring.
         dataset: ``"voc"`` or ``"coco"`` min/max sizes.
 
     Returns:
         ``Tensor[P, 4]`` float32 ``(cx, cy, w, h)`` normalised by ``image_size``; not clipped.
-        ``P = 8744`` for ``dsod300`` at 300 with maps ``[38, 19, 10, 5, 3, 2]``.
+        ``P = 8744`` for six maps ``[38, 19, 10, 5, 3, 2]`` (``dsod300`` and ``auto`` at 300).
     """
     num_maps = len(feature_map_sizes)
+    layout = resolve_layout(layout, list(feature_map_sizes), image_size)
     ratios = _aspect_ratios(layout, num_maps)
     if image_size <= 0 or any(int(f) <= 0 for f in feature_map_sizes):
         raise ConfigError(
@@ -128,6 +174,7 @@ def default_boxes(
         raise ConfigError(
             f"unknown prior dataset {dataset!r}; expected one of {sorted(_MIN_SIZES_300)}"
         )
+    check_dsod300_input_size(layout, image_size)
     if layout == "dsod300":
         mins = [s / image_size for s in _MIN_SIZES_300[dataset]]
         maxs = [s / image_size for s in _MAX_SIZES_300[dataset]]

@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
+from dsod_core.data.sample import CROWD_LABEL
 from dsod_core.data.store import StoreReader
 
 Transform = Callable[[dict[str, Any], np.random.Generator], dict[str, Any]]
@@ -26,6 +27,14 @@ class DetectionDataset(Dataset):
     ``boxes`` float32 ``[N, 4]`` xyxy pixels of the transformed image, ``labels`` int64
     ``[N]``, ``difficult`` bool ``[N]``, ``index`` (the store index) and ``orig_size``
     ``(H, W)`` of the stored image (to map predictions back).
+
+    Crowd regions (the store's ``crowd`` flag) keep their box but get the label
+    :data:`~dsod_core.data.sample.CROWD_LABEL` (-1) *before* the transforms run, so the
+    transforms move, crop and drop them with the other boxes and the flag cannot drift out of
+    step; :class:`~dsod_core.loss.MultiBoxLoss` never matches a label -1 box and ignores the
+    default boxes covering it. ``crowd_label=None`` keeps the stored labels instead. Metrics
+    never read these items: evaluation scores against ``StoreReader.read_targets``, which
+    returns the real labels and the ``crowd`` flag.
     """
 
     def __init__(
@@ -34,12 +43,14 @@ class DetectionDataset(Dataset):
         split: str,
         transform: Transform | None = None,
         seed: int = 0,
+        crowd_label: int | None = CROWD_LABEL,
     ):
         self.reader = store if isinstance(store, StoreReader) else StoreReader(store)
         self.split = split
         self.indices = self.reader.split_indices(split)
         self.transform = transform
         self.seed = int(seed)
+        self.crowd_label = None if crowd_label is None else int(crowd_label)
         self.epoch = 0
         self._mean = self.reader.mean[:, None, None]
         self._std = self.reader.std[:, None, None]
@@ -54,10 +65,13 @@ class DetectionDataset(Dataset):
         index = int(self.indices[i])
         image = self.reader.read_image(index)
         t = self.reader.read_targets(index)
+        labels = t["labels"].astype(np.int64)
+        if self.crowd_label is not None and t["crowd"].any():
+            labels = np.where(t["crowd"], self.crowd_label, labels)
         item = {
             "image": ((image - self._mean) / self._std).astype(np.float32),
             "boxes": t["boxes"].astype(np.float32),
-            "labels": t["labels"].astype(np.int64),
+            "labels": labels,
             "difficult": t["difficult"],
         }
         if self.transform is not None:

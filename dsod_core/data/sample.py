@@ -25,6 +25,10 @@ from dsod_core.errors import DataError
 
 SPLITS = ("train", "val", "test")
 
+CROWD_LABEL = -1
+"""Training label of a crowd region (see :class:`dsod_core.data.dataset.DetectionDataset`):
+never a ground truth for matching; default boxes covering it are ignored by the loss."""
+
 
 @dataclass
 class Sample:
@@ -42,6 +46,9 @@ class Sample:
         affine: float64 ``[4, 4]`` pixel -> world (see module docstring).
         valid: optional bool ``[H, W]``; False marks no-data pixels, kept out of statistics.
         meta: JSON-serialisable modality metadata (units, CRS, slice index, chip window, ...).
+        crowd: bool ``[N]`` (COCO ``iscrowd``: a region of many objects), all False when
+            unknown. Crowd boxes are neither positives nor negatives in training (the loss
+            ignores the default boxes covering them) and ignored ground truth in evaluation.
     """
 
     image: np.ndarray
@@ -54,6 +61,7 @@ class Sample:
     affine: np.ndarray = field(default_factory=lambda: np.eye(4))
     valid: np.ndarray | None = None
     meta: dict[str, Any] = field(default_factory=dict)
+    crowd: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.image = np.asarray(self.image, dtype=np.float32)
@@ -62,6 +70,9 @@ class Sample:
         if self.difficult is None:
             self.difficult = np.zeros(len(self.labels), dtype=bool)
         self.difficult = np.asarray(self.difficult, dtype=bool).reshape(-1)
+        if self.crowd is None:
+            self.crowd = np.zeros(len(self.labels), dtype=bool)
+        self.crowd = np.asarray(self.crowd, dtype=bool).reshape(-1)
         self.affine = np.asarray(self.affine, dtype=np.float64)
         if self.valid is not None:
             self.valid = np.asarray(self.valid, dtype=bool)
@@ -84,8 +95,11 @@ class Sample:
             fail("image holds NaN or infinite values")
         _, h, w = self.image.shape
         n = len(self.boxes)
-        if len(self.labels) != n or len(self.difficult) != n:
-            fail(f"{n} boxes but {len(self.labels)} labels / {len(self.difficult)} flags")
+        if len(self.labels) != n or len(self.difficult) != n or len(self.crowd) != n:
+            fail(
+                f"{n} boxes but {len(self.labels)} labels / {len(self.difficult)} difficult / "
+                f"{len(self.crowd)} crowd flags"
+            )
         if n:
             b = self.boxes
             if not np.isfinite(b).all():

@@ -128,6 +128,7 @@ class StoreWriter:
         g.create_dataset("boxes", data=sample.boxes.astype(np.float32).reshape(-1, 4))
         g.create_dataset("labels", data=sample.labels.astype(np.int64))
         g.create_dataset("difficult", data=sample.difficult.astype(bool))
+        g.create_dataset("crowd", data=sample.crowd.astype(bool))
         if sample.valid is not None:
             g.create_dataset(
                 "valid", data=sample.valid.astype(np.uint8), compression=self.compression
@@ -278,12 +279,16 @@ class StoreReader:
         return state
 
     def read_targets(self, index: int) -> dict[str, Any]:
-        """Boxes, labels, difficult and attributes of sample ``index`` without its pixels."""
+        """Boxes, labels, difficult and crowd flags and attributes of sample ``index`` without
+        its pixels. ``crowd`` is all False for a store written before that dataset existed."""
         g = self._handle()[f"samples/{index:07d}"]
+        labels = g["labels"][()]
+        crowd = g["crowd"][()].astype(bool) if "crowd" in g else np.zeros(len(labels), bool)
         return {
             "boxes": g["boxes"][()].reshape(-1, 4),
-            "labels": g["labels"][()],
+            "labels": labels,
             "difficult": g["difficult"][()].astype(bool),
+            "crowd": crowd,
             "shape": tuple(g["image"].shape),
             "sample_id": str(g.attrs["sample_id"]),
             "source": str(g.attrs["source"]),
@@ -308,6 +313,7 @@ class StoreReader:
             boxes=t["boxes"],
             labels=t["labels"],
             difficult=t["difficult"],
+            crowd=t["crowd"],
             sample_id=t["sample_id"],
             source=t["source"],
             split=t["split"],

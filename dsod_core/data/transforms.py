@@ -199,22 +199,24 @@ class ZoomOut(Transform):
 
 
 class MinIoURandomCrop(Transform):
-    """SSD's batch-sampler crop (the DSOD/SSD Caffe recipe).
+    """SSD's batch-sampler crop, as the authors' Caffe data layer runs it.
 
-    One sampler is drawn uniformly from ``min_ious``:
+    **Every** sampler in ``min_ious`` is run, and one crop is picked uniformly among the
+    samplers that produced one (Caffe's ``GenerateBatchSamples`` then a uniform choice):
 
-    * ``None``: keep the whole image;
-    * a float ``t``: up to ``max_trials`` random crops; the first whose IoU with **any** ground
-      truth is ``>= t`` (and that keeps at least one box) is taken;
-    * ``"any"``: the first random crop that keeps at least one box (any crop when N = 0).
+    * ``None``: the whole image (always produces one);
+    * a float ``t``: up to ``max_trials`` random crops; the first whose IoU with **any**
+      ground truth is ``>= t`` is the sampler's crop (an image without boxes never meets it);
+    * ``"any"``: SSD's unconstrained sampler (``max_jaccard_overlap: 1``): the first random crop,
+      whenever the image holds at least one box.
 
-    A random crop has ``scale ~ U[scale]`` and ``aspect ~ U[aspect]`` (clamped to
-    ``[scale^2, 1/scale^2]`` as Caffe's ``SampleBBox`` does) relative to the image, i.e.
-    ``w = scale*sqrt(aspect)*W``, ``h = scale/sqrt(aspect)*H``, at a uniform position, then
-    snapped to whole pixels so the image crop is an exact slice. Boxes whose centre
-    lies strictly inside the crop are kept and clipped to it; ones that become degenerate are
-    dropped. When no trial succeeds, or a float sampler meets an image without boxes (Caffe's
-    constraint cannot be satisfied then), the image is returned unchanged.
+    When no sampler produced a crop the image is returned unchanged. A random crop has
+    ``scale ~ U[scale]`` and ``aspect ~ U[aspect]`` (clamped to ``[scale^2, 1/scale^2]`` as
+    Caffe's ``SampleBBox`` does) relative to the image, i.e. ``w = scale*sqrt(aspect)*W``,
+    ``h = scale/sqrt(aspect)*H``, at a uniform position, snapped to whole pixels so the image
+    crop is an exact slice. Boxes whose centre lies strictly inside the crop are kept and
+    clipped to it (Caffe's ``emit_type: CENTER``); ones that become degenerate are dropped. A
+    crop may keep no box: the image then trains as a negative-only image, as in Caffe.
     """
 
     def __init__(
@@ -263,34 +265,39 @@ class MinIoURandomCrop(Transform):
         y2 = np.maximum(y1 + 1, np.minimum(h, np.floor((y + ch) * h)))
         return np.stack([x1, y1, x2, y2], axis=1).astype(np.float32)
 
+    def _sampler_crop(
+        self, sampler: float | str, boxes: np.ndarray, rng: np.random.Generator, h: int, w: int
+    ) -> np.ndarray | None:
+        """The crop ``[4]`` one random sampler produces, or None when none of its trials meets
+        its constraint. ``boxes`` are the objects the constraint looks at (crowd regions,
+        label < 1, are not objects)."""
+        if len(boxes) == 0:
+            return None  # both constraints need an object (Caffe's SatisfySampleConstraint)
+        crops = self._random_crops(rng, h, w)
+        if sampler == "any":
+            return crops[0]
+        ok = (np.asarray(box_iou(boxes, crops)) >= sampler).any(axis=0)  # ANY ground truth
+        return crops[int(np.argmax(ok))] if ok.any() else None
+
     def __call__(self, item: Item, rng: np.random.Generator) -> Item:
         image, boxes, labels, difficult = _unpack(item)
         _, h, w = image.shape
-        n = len(boxes)
-        sampler = self.min_ious[int(rng.integers(len(self.min_ious)))]
-        if sampler is None or (sampler != "any" and n == 0):
+        whole = np.array([0, 0, w, h], dtype=np.float32)
+        candidates = []
+        for sampler in self.min_ious:
+            objects = boxes[labels > 0]
+            crop = whole if sampler is None else self._sampler_crop(sampler, objects, rng, h, w)
+            if crop is not None:
+                candidates.append(crop)
+        if not candidates:
             return _pack(item, image, boxes, labels, difficult)
-        crops = self._random_crops(rng, h, w)
-        if n == 0:
-            crop, keep = crops[0], np.zeros(0, dtype=bool)
-        else:
-            t = len(crops)
-            centres = (boxes[:, :2] + boxes[:, 2:]) / 2.0
-            # [N, T]: centre of gt i strictly inside crop j (eps=0), so a kept box keeps a
-            # positive area after clipping.
-            inside = np.asarray(
-                centers_in_boxes(np.repeat(centres, t, axis=0), np.tile(crops, (n, 1)), eps=0.0),
-                dtype=bool,
-            ).reshape(n, t)
-            ok = inside.any(axis=0)
-            if sampler != "any":
-                iou = np.asarray(box_iou(boxes, crops))  # [N, T]
-                ok &= (iou >= sampler).any(axis=0)  # ANY ground truth, as in the paper
-            if not ok.any():
-                return _pack(item, image, boxes, labels, difficult)
-            first = int(np.argmax(ok))
-            crop, keep = crops[first], inside[:, first]
+        crop = candidates[int(rng.integers(len(candidates)))]
+        if np.array_equal(crop, whole):
+            return _pack(item, image, boxes, labels, difficult)
         x1, y1, x2, y2 = (int(v) for v in crop)
+        centres = (boxes[:, :2] + boxes[:, 2:]) / 2.0
+        keep = np.asarray(centers_in_boxes(centres, np.tile(crop, (len(boxes), 1)), eps=0.0))
+        keep = keep.astype(bool).reshape(-1)
         cropped = np.ascontiguousarray(image[:, y1:y2, x1:x2])
         # remove_empty=False: MONAI's emptiness test drops boxes under one pixel, which are
         # real objects in continuous coordinates; degenerate ones are dropped just below.

@@ -20,8 +20,11 @@ from dsod_core.data.transforms import build_eval_transform
 def eval_loader(
     reader: StoreReader, split: str, input_size: int, batch_size: int, num_workers: int = 0
 ) -> DataLoader:
-    """A loader over ``split`` (resize only), sharded across processes by sample position."""
-    ds = DetectionDataset(reader, split, build_eval_transform(input_size))
+    """A loader over ``split`` (resize only), sharded across processes by sample position.
+
+    Its batch targets keep the stored labels (crowd boxes are not relabelled -1): scoring reads
+    the truth from the store instead (:func:`score_predictions`)."""
+    ds = DetectionDataset(reader, split, build_eval_transform(input_size), crowd_label=None)
     indices = list(range(len(ds)))[idist.get_rank() :: idist.get_world_size()]
     subset = torch.utils.data.Subset(ds, indices)
     return DataLoader(
@@ -81,7 +84,8 @@ def score_predictions(
     reader: StoreReader, predictions: list[dict[str, Any]], with_coco: bool = True
 ) -> dict[str, Any]:
     """:func:`dsod_core.metrics.score_detections` against the store's truth (read once per
-    image); the full VOC07 result is under ``"_voc07"``."""
+    image: real labels 1..K with the ``difficult`` and ``crowd`` flags, both ignored ground
+    truth); the full VOC07 result is under ``"_voc07"``."""
     from dsod_core.metrics.scoring import score_detections
 
     targets = [reader.read_targets(p["index"]) for p in predictions]

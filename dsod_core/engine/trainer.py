@@ -110,7 +110,10 @@ def setup_model(
     transfer: dict[str, list[str]] = {}
     if config.init_weights:
         source = load_weights(config.init_weights)
-        transfer = load_transferred(model, source["model"], source=config.init_weights)
+        same = list(source.get("class_names") or []) == list(reader.class_names)
+        transfer = load_transferred(
+            model, source["model"], source=config.init_weights, same_classes=same
+        )
     model = model.to(device)
     if device.type == "cuda" and config.channels_last:
         model = model.to(memory_format=torch.channels_last)
@@ -236,6 +239,14 @@ def run(local_rank: int, config: TrainConfig) -> dict[str, Any]:
     else:
         epochs = config.epochs
     total_steps = config.iterations or epochs * steps_per_epoch
+    # One optimiser step takes `accumulate` engine iterations (micro-batches).
+    total_micro = config.iterations * config.accumulate if config.iterations else None
+
+    def _is_last(engine: Engine) -> bool:
+        if total_micro:
+            return engine.state.iteration >= total_micro
+        return engine.state.epoch == epochs
+
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, total_steps, config)
     )
@@ -290,7 +301,7 @@ def run(local_rank: int, config: TrainConfig) -> dict[str, Any]:
             "lr": float(optimizer.param_groups[0]["lr"]),
         }
         due = config.eval_every and epoch % config.eval_every == 0
-        if due or epoch == engine.state.max_epochs:
+        if due or _is_last(engine):
             scores = _evaluate(config, model, reader, device, config.val_split)
             if scores is not None:
                 row.update({"val_map50": scores["map50"], "val_coco_ap": scores["coco_ap"]})
@@ -307,7 +318,16 @@ def run(local_rank: int, config: TrainConfig) -> dict[str, Any]:
     if config.progress and rank == 0:
         ProgressBar(desc="train", persist=True).attach(trainer, metric_names=["loss"])
 
-    trainer.run(loader, max_epochs=epochs, epoch_length=len(loader))
+    @trainer.on(Events.COMPLETED)
+    def _partial_last_epoch(engine: Engine) -> None:
+        # max_iters stops inside an epoch without EPOCH_COMPLETED: close that epoch here.
+        if total_micro and engine.state.iteration == total_micro and total_micro % len(loader):
+            _end_epoch(engine)
+
+    if total_micro:  # stop at exactly `iterations` optimiser steps
+        trainer.run(loader, max_iters=total_micro, epoch_length=len(loader))
+    else:
+        trainer.run(loader, max_epochs=epochs, epoch_length=len(loader))
     if trainer.state.output is not None and not math.isfinite(trainer.state.output["loss"]):
         raise ProjectError(
             f"training diverged: the loss became {trainer.state.output['loss']} "

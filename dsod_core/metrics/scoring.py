@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from dsod_core.errors import DataError
 from dsod_core.metrics.coco import evaluate_coco
 from dsod_core.metrics.voc import evaluate_voc
 
@@ -14,6 +15,16 @@ from dsod_core.metrics.voc import evaluate_voc
 def _num(x: Any) -> float | None:
     x = float(x)
     return None if np.isnan(x) else x
+
+
+def _flags(value: Any, n: int, key: str, image: int) -> np.ndarray:
+    """A per-box bool flag ``[n]``, all False when missing."""
+    if value is None:
+        return np.zeros(n, dtype=bool)
+    flags = np.asarray(value, dtype=bool).reshape(-1)
+    if len(flags) != n:
+        raise DataError(f"'{key}' has {len(flags)} entries for {n} boxes", sample=f"image {image}")
+    return flags
 
 
 def score_detections(
@@ -26,7 +37,10 @@ def score_detections(
 
     Args:
         targets: per image ``boxes`` ``[N, 4]`` xyxy px, ``labels`` ``[N]`` in 1..K,
-            ``difficult`` ``[N]`` bool (ignored by both metrics).
+            ``difficult`` ``[N]`` bool and optional ``crowd`` ``[N]`` bool (COCO ``iscrowd``;
+            all False when missing). Both flags mark ignored ground truth: VOC treats a crowd
+            box as difficult (a detection matched to it is neither TP nor FP, it is not in
+            ``npos``); COCO gets difficult boxes and crowd boxes as ``iscrowd=1``.
         predictions: per image ``boxes`` ``[D, 4]``, ``scores`` ``[D]``, ``labels`` ``[D]``.
         class_names: the K class names.
 
@@ -36,12 +50,18 @@ def score_detections(
         ``num_images``; a metric without ground truth is ``None``) and the full VOC07 result
         (precision/recall curves per class, for the PR plot).
     """
-    gts = [
-        {"boxes": t["boxes"], "labels": t["labels"], "difficult": t["difficult"]} for t in targets
-    ]
+    gts, voc_gts = [], []
+    for i, t in enumerate(targets):
+        n = len(t["labels"])
+        difficult = _flags(t.get("difficult"), n, "difficult", i)
+        crowd = _flags(t.get("crowd"), n, "crowd", i)
+        gts.append(
+            {"boxes": t["boxes"], "labels": t["labels"], "difficult": difficult, "iscrowd": crowd}
+        )
+        voc_gts.append({"boxes": t["boxes"], "labels": t["labels"], "difficult": difficult | crowd})
     k = len(class_names)
-    voc07 = evaluate_voc(gts, predictions, k, 0.5, use_07_metric=True)
-    area = evaluate_voc(gts, predictions, k, 0.5, use_07_metric=False)
+    voc07 = evaluate_voc(voc_gts, predictions, k, 0.5, use_07_metric=True)
+    area = evaluate_voc(voc_gts, predictions, k, 0.5, use_07_metric=False)
     out: dict[str, Any] = {
         "map50": _num(voc07["map"]),
         "map50_area": _num(area["map"]),

@@ -4,11 +4,14 @@ The stem is post-activation (conv-BN-ReLU); everything after it is pre-activatio
 (BN-ReLU-conv). No conv has a bias. Every max pool rounds up (ceil mode), which is what turns
 75 into 38 and keeps the source maps at 38/19/10/5/3/2 for a 300 px input.
 
-The backbone returns two maps: source 1 (after dense block 2 and its transition without
-pooling) and the top map (after dense block 4 and the last transition, the "learned half" of
-source 2 in the dense structure). It publishes their channels as ``out_channels`` and their
-sizes for any input through ``output_sizes`` so that the prediction layers and the head derive
-them instead of hard-coding the 300 px numbers.
+The backbone returns two maps: source 1 (after dense block 2 and its 1×1 transition, before
+the pool that leads to block 3) and the top map (after the last dense block and the last
+transition, the "learned half" of source 2 in the dense structure). The last block is block 4,
+or block 3 when ``block_layers`` has three entries: the paper's "without transition w/o
+pooling" ablation, "only 3 dense blocks" (stem, block 1, transition 1 with pool, block 2,
+its 1×1 transition = source 1, pool, block 3, last transition = the top map). It publishes
+their channels as ``out_channels`` and their sizes for any input through ``output_sizes`` so
+that the prediction layers and the head derive them instead of hard-coding the 300 px numbers.
 """
 
 from __future__ import annotations
@@ -220,7 +223,7 @@ def _transition_wo_pool(channels: int, theta: float, enabled: bool) -> tuple[nn.
 
 
 class DSODBackbone(nn.Module):
-    """Stem, four dense blocks and the transitions between them (docs/dsod.md §1).
+    """Stem, four (or three) dense blocks and the transitions between them (docs/dsod.md §1).
 
     ``forward(images [B, C_in, H, W]) -> (source1 [B, C1, H1, W1], top [B, C2, H2, W2])``;
     for DS/64-192-48-1 at 300 px: 800×38×38 and 256×19×19.
@@ -248,19 +251,28 @@ class DSODBackbone(nn.Module):
             PreActConv(self.block1.out_channels, trans1), ceil_max_pool()
         )
         self.block2 = block(1, trans1)
+        # With three blocks the 1×1 after block 2 is an ordinary transition (its pool is
+        # pool3): it stays, and only the transitions without pooling go.
+        three_blocks = len(c.block_layers) == 3
         self.transition2, source1_channels = _transition_wo_pool(
-            self.block2.out_channels, c.compression, c.transition_wo_pool
+            self.block2.out_channels, c.compression, c.transition_wo_pool or three_blocks
         )
         self.pool3 = ceil_max_pool()
         self.block3 = block(2, source1_channels)
-        self.transition3, block4_in = _transition_wo_pool(
-            self.block3.out_channels, c.compression, c.transition_wo_pool
-        )
-        self.block4 = block(3, block4_in)
+        last: DenseBlock = self.block3
+        # Three blocks (the paper's "only 3 dense blocks" ablation): no transition 3, no block 4.
+        self.transition3: nn.Module | None = None
+        self.block4: DenseBlock | None = None
+        if len(c.block_layers) == 4:
+            self.transition3, block4_in = _transition_wo_pool(
+                self.block3.out_channels, c.compression, c.transition_wo_pool
+            )
+            self.block4 = last = block(3, block4_in)
         # The last transition without pooling: the "learned half" (256) in the dense structure.
+        # Named after block 4 in both depths, so four-block checkpoints keep their keys.
         if top_channels is None:
-            top_channels = compressed(self.block4.out_channels, c.compression)
-        self.transition4 = PreActConv(self.block4.out_channels, top_channels)
+            top_channels = compressed(last.out_channels, c.compression)
+        self.transition4 = PreActConv(last.out_channels, top_channels)
         self._out_channels = (source1_channels, top_channels)
         self._stem_output_size = stem_cls.output_size
 
@@ -278,5 +290,7 @@ class DSODBackbone(nn.Module):
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
         x = self.transition1(self.block1(self.stem(images)))
         source1 = self.transition2(self.block2(x))
-        x = self.transition3(self.block3(self.pool3(source1)))
-        return source1, self.transition4(self.block4(x))
+        x = self.block3(self.pool3(source1))
+        if self.block4 is not None and self.transition3 is not None:
+            x = self.block4(self.transition3(x))
+        return source1, self.transition4(x)

@@ -6,8 +6,11 @@ beside it. ``in_channels`` and ``num_classes`` are never part of a variant: the 
 them.
 
 Names of the Table 3 ablation rows read ``ds_<A>_<B>_<k>_<θ>_<prediction>``, with θ = 0.5
-written ``05``; ``nostem`` is the DenseNet stem, ``nowop`` drops the transitions without
-pooling.
+written ``05``; ``nostem`` is the DenseNet stem, ``nowop`` is the paper's "without transition
+w/o pooling" row: only three dense blocks (6, 8, 8), so no transition without pooling.
+
+Every variant uses the ``auto`` default-box layout (the paper's boxes at 300 px, the same
+layout scaled to the input size at any other size).
 """
 
 from __future__ import annotations
@@ -148,9 +151,9 @@ register_variant(
 # stem ("nostem"); DS/64-12-16-1 and DS/64-36-48-1 are listed with the stem.
 _TABLE3 = (
     ("ds_32_12_16_05_plain_nowop_nostem", 4.1e6,
-     "DS/32-12-16-0.5 plain, no transition w/o pooling, DenseNet stem",
+     "DS/32-12-16-0.5 plain, 3 dense blocks (no transition w/o pooling), DenseNet stem",
      dict(stem="densenet", stem_channels=32, bottleneck_width=12, growth_rate=16,
-          compression=0.5, transition_wo_pool=False)),
+          compression=0.5, block_layers=(6, 8, 8), transition_wo_pool=False)),
     ("ds_32_12_16_05_plain_nostem", 4.2e6, "DS/32-12-16-0.5 plain, DenseNet stem",
      dict(stem="densenet", stem_channels=32, bottleneck_width=12, growth_rate=16,
           compression=0.5)),
@@ -184,5 +187,4 @@ register_variant(
     block_layers=(2, 2, 2, 2),
     learned_half_channels=64,
     extra_channels=(64, 32, 32, 32),
-    prior_layout="generic",
 )

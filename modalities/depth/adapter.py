@@ -355,10 +355,10 @@ class DepthAdapter(ModalityAdapter):
         )
         if "nyu" in ref.paths:
             boxes, labels, left_out = nyu.targets(extras, ref.meta["file_names"], self.class_names)
-            difficult = None
+            difficult = crowd = None
             self._note_left_out(left_out, source, ref.ref_id)
         else:
-            boxes, labels, difficult = annotations.targets(
+            boxes, labels, difficult, crowd = annotations.targets(
                 ref.meta["objects"], self.class_names, w, h, ref.paths["annotation"], ref.ref_id
             )
         meta = {
@@ -378,6 +378,7 @@ class DepthAdapter(ModalityAdapter):
             boxes=boxes,
             labels=labels,
             difficult=difficult,
+            crowd=crowd,
             sample_id=ref.ref_id,
             source=str(source),
             split=ref.split,

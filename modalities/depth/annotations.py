@@ -65,7 +65,8 @@ def parse_coco(path: Path) -> dict[str, Any]:
                 {
                     "category_id": int(ann["category_id"]),
                     "box": [x, y, x + w, y + h],
-                    "difficult": bool(ann.get("iscrowd", 0)),
+                    "difficult": False,
+                    "crowd": bool(ann.get("iscrowd", 0)),  # ignored in training and eval
                 }
             )
     except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -98,11 +99,12 @@ def targets(
     h: int,
     path: Path,
     sample: str,
-) -> tuple[np.ndarray, np.ndarray, list[bool]]:
-    """Boxes ``[N, 4]`` float32 clipped to the ``w`` x ``h`` frame, labels 1..K and difficult
-    flags; an object whose box is empty inside the frame raises naming ``path``."""
+) -> tuple[np.ndarray, np.ndarray, list[bool], list[bool]]:
+    """Boxes ``[N, 4]`` float32 clipped to the ``w`` x ``h`` frame, labels 1..K, difficult and
+    crowd flags (COCO ``iscrowd``); an object whose box is empty inside the frame raises naming
+    ``path``."""
     index = {c: i + 1 for i, c in enumerate(class_names)}
-    boxes, labels, difficult = [], [], []
+    boxes, labels, difficult, crowd = [], [], [], []
     for o in objects:
         x1, y1, x2, y2 = o["box"]
         x1, y1, x2, y2 = max(x1, 0.0), max(y1, 0.0), min(x2, float(w)), min(y2, float(h))
@@ -115,4 +117,6 @@ def targets(
         boxes.append([x1, y1, x2, y2])
         labels.append(index[o["name"]])
         difficult.append(bool(o["difficult"]))
-    return np.asarray(boxes, np.float32).reshape(-1, 4), np.asarray(labels, np.int64), difficult
+        crowd.append(bool(o.get("crowd", False)))
+    boxes_arr = np.asarray(boxes, np.float32).reshape(-1, 4)
+    return boxes_arr, np.asarray(labels, np.int64), difficult, crowd

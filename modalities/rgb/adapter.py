@@ -50,9 +50,10 @@ class RGBAdapter(ModalityAdapter):
     VOC (``root/<year>/{Annotations,JPEGImages,ImageSets/Main}``): the image is
     ``JPEGImages/<filename>`` of the XML (``<id>.jpg`` when that file is absent, as the devkit
     loads). COCO: categories are mapped to contiguous labels 1..K sorted by category id
-    (:attr:`label_to_category_id` maps back); ``iscrowd`` annotations become
-    ``difficult=True`` boxes; images without annotations are kept; zero-width or -height
-    boxes are dropped and counted in ``meta["dropped_degenerate"]``.
+    (:attr:`label_to_category_id` maps back); ``iscrowd`` annotations become ``crowd=True``
+    boxes (not difficult: neither positives nor negatives in training, ignored ground truth in
+    evaluation), dropped with ``keep_difficult: false``; images without annotations are kept;
+    zero-width or -height boxes are dropped and counted in ``meta["dropped_degenerate"]``.
 
     Errors: a problem of one image found while listing (its XML, its COCO entry or
     annotations, its path) goes through ``self.log.guard`` (``unit="image"``); a problem of a
@@ -286,6 +287,7 @@ class RGBAdapter(ModalityAdapter):
                     "boxes": [],
                     "labels": [],
                     "difficult": [],
+                    "crowd": [],
                     "dropped_degenerate": 0,
                 }
 
@@ -320,7 +322,8 @@ class RGBAdapter(ModalityAdapter):
                 elif not parsed["crowd"] or self.params.keep_difficult:
                     entry["boxes"].append(parsed["box"])
                     entry["labels"].append(label)
-                    entry["difficult"].append(parsed["crowd"])
+                    entry["difficult"].append(False)
+                    entry["crowd"].append(parsed["crowd"])
 
         return [
             SampleRef(
@@ -382,6 +385,7 @@ class RGBAdapter(ModalityAdapter):
             boxes=boxes,
             labels=np.asarray(ref.meta["labels"], dtype=np.int64),
             difficult=np.asarray(ref.meta["difficult"], dtype=bool),
+            crowd=ref.meta.get("crowd"),  # COCO only; None (all False) for VOC
             sample_id=ref.ref_id,
             source=str(self._display(image_path)),
             split=ref.split,

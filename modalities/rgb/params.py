@@ -27,7 +27,7 @@ class RGBParams(AdapterParams):
         "sorted by id (coco, where a list given must equal those)",
     )
     keep_difficult: bool = param(
-        True, "keep VOC difficult objects / COCO crowd regions, flagged difficult"
+        True, "keep VOC difficult objects (flagged difficult) and COCO crowd regions (crowd)"
     )
     max_pixels: float = param(
         50e6,
