@@ -38,8 +38,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.data.box_utils import box_iou, centers_in_boxes, spatial_crop_boxes
+from monai.data.box_utils import centers_in_boxes, spatial_crop_boxes
 
+from dsod_core.boxes.ops import box_iou
 from dsod_core.errors import ConfigError, DataError
 
 Item = dict[str, Any]
@@ -245,13 +246,17 @@ class MinIoURandomCrop(Transform):
             raise ConfigError(f"MinIoURandomCrop: max_trials must be >= 1, got {max_trials}")
         self.max_trials = int(max_trials)
 
-    def _random_crops(self, rng: np.random.Generator, h: int, w: int) -> np.ndarray:
-        """``max_trials`` candidate crops ``[T, 4]`` xyxy in whole pixels (Caffe ``SampleBBox``).
+    def _random_crops(
+        self, rng: np.random.Generator, h: int, w: int, samplers: int = 1
+    ) -> np.ndarray:
+        """``samplers x max_trials`` candidate crops ``[S*T, 4]`` xyxy in whole pixels (Caffe
+        ``SampleBBox``).
 
-        All trials are drawn at once and the first acceptable one is taken, which is the same
-        distribution as Caffe's sequential loop, with one vectorised IoU call instead of 50.
+        All trials of all samplers are drawn at once and each sampler takes its first acceptable
+        one, which is the same distribution as Caffe's sequential loops, with one vectorised
+        IoU call instead of one per trial.
         """
-        t = self.max_trials
+        t = self.max_trials * samplers
         s = rng.uniform(*self.scale, size=t)
         a = np.clip(rng.uniform(*self.aspect, size=t), s * s, 1.0 / (s * s))
         cw = np.minimum(s * np.sqrt(a), 1.0)
@@ -265,30 +270,25 @@ class MinIoURandomCrop(Transform):
         y2 = np.maximum(y1 + 1, np.minimum(h, np.floor((y + ch) * h)))
         return np.stack([x1, y1, x2, y2], axis=1).astype(np.float32)
 
-    def _sampler_crop(
-        self, sampler: float | str, boxes: np.ndarray, rng: np.random.Generator, h: int, w: int
-    ) -> np.ndarray | None:
-        """The crop ``[4]`` one random sampler produces, or None when none of its trials meets
-        its constraint. ``boxes`` are the objects the constraint looks at (crowd regions,
-        label < 1, are not objects)."""
-        if len(boxes) == 0:
-            return None  # both constraints need an object (Caffe's SatisfySampleConstraint)
-        crops = self._random_crops(rng, h, w)
-        if sampler == "any":
-            return crops[0]
-        ok = (np.asarray(box_iou(boxes, crops)) >= sampler).any(axis=0)  # ANY ground truth
-        return crops[int(np.argmax(ok))] if ok.any() else None
-
     def __call__(self, item: Item, rng: np.random.Generator) -> Item:
         image, boxes, labels, difficult = _unpack(item)
         _, h, w = image.shape
         whole = np.array([0, 0, w, h], dtype=np.float32)
-        candidates = []
-        for sampler in self.min_ious:
-            objects = boxes[labels > 0]
-            crop = whole if sampler is None else self._sampler_crop(sampler, objects, rng, h, w)
-            if crop is not None:
-                candidates.append(crop)
+        objects = boxes[labels > 0]  # crowd regions (label < 1) are not objects to meet
+        random = [m for m in self.min_ious if m is not None]
+        produced: list[np.ndarray] = []
+        # Both constraints need an object (Caffe's SatisfySampleConstraint): without one only
+        # the whole-image sampler produces a crop.
+        if random and len(objects):
+            t = self.max_trials
+            crops = self._random_crops(rng, h, w, samplers=len(random)).reshape(len(random), t, 4)
+            iou = np.asarray(box_iou(objects, crops.reshape(-1, 4))).max(axis=0)
+            iou = iou.reshape(len(random), t)  # best IoU with ANY ground truth, per trial
+            for k, m in enumerate(random):
+                ok = np.ones(t, dtype=bool) if m == "any" else iou[k] >= m
+                if ok.any():
+                    produced.append(crops[k, int(np.argmax(ok))])
+        candidates = [whole] * sum(m is None for m in self.min_ious) + produced
         if not candidates:
             return _pack(item, image, boxes, labels, difficult)
         crop = candidates[int(rng.integers(len(candidates)))]
