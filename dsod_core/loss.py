@@ -7,8 +7,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dsod_core.boxes.ops import box_iou, cxcywh_to_xyxy, encode, match_batch
-from dsod_core.data.sample import CROWD_LABEL
 from dsod_core.errors import DataError
+
+CROWD_LABEL = -1
+"""Training label of a crowd region (given by :class:`dsod_core.data.dataset.DetectionDataset`):
+never a ground truth for matching; default boxes covering it are ignored by the loss."""
 
 
 class MultiBoxLoss(nn.Module):
@@ -27,7 +30,7 @@ class MultiBoxLoss(nn.Module):
     one positive would give); set it to 0 to reproduce Caffe exactly. The loss stays finite.
 
     Crowd regions (COCO ``iscrowd``; a target label of ``-1``,
-    :data:`dsod_core.data.sample.CROWD_LABEL`) are neither positives nor negatives:
+    :data:`CROWD_LABEL`) are neither positives nor negatives:
 
     * a label -1 box is never a ground truth for matching (not in the bipartite step, not in
       the per-prediction step), so it makes no positive and takes no default box from a real

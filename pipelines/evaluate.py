@@ -22,9 +22,9 @@ from typing import Any
 import torch
 
 from dsod_core.data.store import StoreReader
-from dsod_core.engine.evaluator import create_evaluator, eval_loader
+from dsod_core.engine.evaluator import create_evaluator, eval_loader, select_device
 from dsod_core.engine.weights import load_trained_model
-from dsod_core.errors import CheckpointError, ConfigError, DataError
+from dsod_core.errors import CheckpointError, DataError
 from dsod_core.metrics import (
     build_coco_results,
     draw_detections,
@@ -37,15 +37,6 @@ from pipelines.params import check_dataset, dataset_entry, evaluate_section, val
 from pipelines.prepare import adapter_for
 
 
-def pick_device(name: str) -> torch.device:
-    """``evaluate.device``: ``auto`` takes the GPU when there is one."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("evaluate.device is 'cuda' but no GPU is available")
-    if name in ("cuda", "auto") and torch.cuda.is_available():
-        return torch.device("cuda")
-    return torch.device("cpu")
-
-
 def evaluate_run(
     run_dir: Path, store: Path, out: Path, params: dict[str, Any], source: str = "params.yaml"
 ) -> dict[str, Any]:
@@ -55,7 +46,7 @@ def evaluate_run(
     dataset = config["dataset"]
     sec = evaluate_section(params, source)
     reader = StoreReader(store)
-    device = pick_device(sec.get("device", "auto"))
+    device = select_device(sec.get("device", "auto"), "evaluate.device")
     model, meta = load_trained_model(run_dir / "model.pt", device)
     if meta["in_channels"] != reader.num_channels or meta["class_names"] != reader.class_names:
         raise CheckpointError(

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from dsod_core.engine.config import TrainConfig
-from dsod_core.errors import ConfigError
+from dsod_core.errors import ConfigError, DataError
 
 TOP_KEYS = {
     "seed",
@@ -154,6 +154,20 @@ def dataset_entry(params: dict[str, Any], name: str, source: str = "params.yaml"
     return entry
 
 
+def merged_adapter_params(entry: dict[str, Any]) -> dict[str, Any]:
+    """A dataset's adapter params: ``demo_params.json`` of a demo root (when there is one),
+    overridden by the entry's ``adapter`` mapping."""
+    values: dict[str, Any] = {}
+    demo_params = Path(entry["root"]) / "demo_params.json"
+    if demo_params.is_file():
+        try:
+            values.update(json.loads(demo_params.read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise DataError(f"not valid JSON ({exc})", path=demo_params) from None
+    values.update(entry.get("adapter") or {})
+    return values
+
+
 def check_dataset(name: str, entry: dict[str, Any], source: str = "params.yaml") -> None:
     """The modality resolves, its adapter accepts the params, ``code`` is the adapter's code."""
     from modalities.registry import adapter_code, get_adapter
@@ -162,17 +176,10 @@ def check_dataset(name: str, entry: dict[str, Any], source: str = "params.yaml")
         cls = get_adapter(entry["modality"])
     except ConfigError as exc:
         raise ConfigError(f"datasets.{name}.modality: {exc.reason}", path=source) from None
-    root = Path(entry["root"])
-    values = dict(entry.get("adapter") or {})
-    demo_params = root / "demo_params.json"
-    if demo_params.is_file():  # a demo root: its params complete the entry's
-        try:
-            values = {**json.loads(demo_params.read_text()), **values}
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            pass  # prepare reports the broken file with its name
+    values = merged_adapter_params(entry)
     try:
         # Before the demo stage has written a demo root, only keys and types can be checked.
-        cls.Params.parse(values, owner=cls.name, cross_check=root.exists())
+        cls.Params.parse(values, owner=cls.name, cross_check=Path(entry["root"]).exists())
     except ConfigError as exc:
         raise ConfigError(f"datasets.{name}.adapter: {exc.reason}", path=source) from None
     expected = adapter_code(entry["modality"])

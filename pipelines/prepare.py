@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +27,12 @@ from dsod_core.io import write_json
 from modalities import PrepareLog, SampleRef, get_adapter
 from modalities.registry import adapter_code, adapter_version
 from pipelines._common import load_params, stage_main
-from pipelines.params import dataset_entry, prepare_section, validate_params
+from pipelines.params import (
+    dataset_entry,
+    merged_adapter_params,
+    prepare_section,
+    validate_params,
+)
 
 
 def adapter_for(entry: dict[str, Any], source: str = "params.yaml", log: PrepareLog | None = None):
@@ -38,14 +42,7 @@ def adapter_for(entry: dict[str, Any], source: str = "params.yaml", log: Prepare
     root = Path(entry["root"])
     if not root.exists():
         raise DataError("dataset root does not exist", path=root)
-    adapter_params: dict[str, Any] = {}
-    demo_params = root / "demo_params.json"
-    if demo_params.is_file():
-        try:
-            adapter_params.update(json.loads(demo_params.read_text()))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise DataError(f"not valid JSON ({exc})", path=demo_params) from None
-    adapter_params.update(entry.get("adapter") or {})
+    adapter_params = merged_adapter_params(entry)
     cls = get_adapter(entry["modality"])
     try:
         params = cls.Params.parse(adapter_params, owner=cls.name, source=source)

@@ -16,12 +16,11 @@ from torch.utils.data import DataLoader, Dataset
 from dsod_core.boxes import default_boxes
 from dsod_core.data.collate import detection_collate
 from dsod_core.data.dataset import DetectionDataset
-from dsod_core.data.sample import CROWD_LABEL
 from dsod_core.data.store import FORMAT_VERSION, StoreReader, StoreWriter
 from dsod_core.data.transforms import Compose, HorizontalFlip, Resize, build_train_transform
 from dsod_core.engine.evaluator import eval_loader, score_predictions
 from dsod_core.errors import DataError
-from dsod_core.loss import MultiBoxLoss
+from dsod_core.loss import CROWD_LABEL, MultiBoxLoss
 from dsod_core.metrics.scoring import score_detections
 from tests.conftest import make_sample
 

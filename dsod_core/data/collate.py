@@ -20,7 +20,7 @@ def detection_collate(items: list[dict[str, Any]]) -> dict[str, Any]:
         items: dicts with ``image`` float32 ``[C, H, W]`` (same C, H, W for all, i.e. after
             :class:`~dsod_core.data.transforms.Resize`), ``boxes`` float32 ``[N, 4]`` xyxy pixels,
             ``labels`` int64 ``[N]`` (1..K, or -1 for a crowd region:
-            :data:`~dsod_core.data.sample.CROWD_LABEL`, passed on unchanged for the loss to
+            :data:`~dsod_core.loss.CROWD_LABEL`, passed on unchanged for the loss to
             ignore), optional ``difficult`` bool ``[N]`` (False when missing), and any other
             keys (``index``, ``sample_id``, ...), the same keys in every item.
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from dsod_core.data.sample import CROWD_LABEL
+from dsod_core.loss import CROWD_LABEL
 from dsod_core.data.store import StoreReader
 
 Transform = Callable[[dict[str, Any], np.random.Generator], dict[str, Any]]
@@ -29,7 +29,7 @@ class DetectionDataset(Dataset):
     ``(H, W)`` of the stored image (to map predictions back).
 
     Crowd regions (the store's ``crowd`` flag) keep their box but get the label
-    :data:`~dsod_core.data.sample.CROWD_LABEL` (-1) *before* the transforms run, so the
+    :data:`~dsod_core.loss.CROWD_LABEL` (-1) *before* the transforms run, so the
     transforms move, crop and drop them with the other boxes and the flag cannot drift out of
     step; :class:`~dsod_core.loss.MultiBoxLoss` never matches a label -1 box and ignores the
     default boxes covering it. ``crowd_label=None`` keeps the stored labels instead. Metrics

@@ -25,11 +25,6 @@ from dsod_core.errors import DataError
 
 SPLITS = ("train", "val", "test")
 
-CROWD_LABEL = -1
-"""Training label of a crowd region (see :class:`dsod_core.data.dataset.DetectionDataset`):
-never a ground truth for matching; default boxes covering it are ignored by the loss."""
-
-
 @dataclass
 class Sample:
     """One detection sample in canonical form.

@@ -15,6 +15,17 @@ from dsod_core.data.collate import detection_collate
 from dsod_core.data.dataset import DetectionDataset
 from dsod_core.data.store import StoreReader
 from dsod_core.data.transforms import build_eval_transform
+from dsod_core.errors import ConfigError
+
+
+def select_device(name: str, key: str = "device") -> torch.device:
+    """``auto`` (the GPU when there is one), ``cpu`` or ``cuda``; in a distributed run the
+    process's own GPU. ``key`` names the param in the error (``train.device``, ...)."""
+    if name == "cuda" or (name == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{key} is 'cuda' but no GPU is available")
+        return idist.device() if idist.get_world_size() > 1 else torch.device("cuda")
+    return torch.device("cpu")
 
 
 def eval_loader(

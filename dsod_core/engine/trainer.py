@@ -33,6 +33,7 @@ from dsod_core.engine.evaluator import (
     eval_loader,
     gather_predictions,
     score_predictions,
+    select_device,
 )
 from dsod_core.engine.sampler import StepBatchSampler
 from dsod_core.engine.weights import load_weights, weights_dict
@@ -41,14 +42,6 @@ from dsod_core.io import write_json
 from dsod_core.loss import MultiBoxLoss
 from dsod_core.model import DSOD, build_model
 from dsod_core.transfer import load_transferred
-
-
-def _device(config: TrainConfig) -> torch.device:
-    if config.device == "cuda" or (config.device == "auto" and torch.cuda.is_available()):
-        if not torch.cuda.is_available():
-            raise ConfigError("train.device is 'cuda' but no GPU is available")
-        return idist.device() if idist.get_world_size() > 1 else torch.device("cuda")
-    return torch.device("cpu")
 
 
 def unwrap(model: nn.Module) -> DSOD:
@@ -224,7 +217,7 @@ def run(local_rank: int, config: TrainConfig) -> dict[str, Any]:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // idist.get_nproc_per_node()))
     out_dir = Path(config.out_dir)
     ckpt_dir = out_dir / "checkpoints"
-    device = _device(config)
+    device = select_device(config.device, "train.device")
     reader = StoreReader(config.store)
 
     model, transfer = setup_model(config, reader, device)
