@@ -1,9 +1,12 @@
 """Stage `evaluate_baseline` and `evaluate@<run>`: score a trained run on its dataset's split.
 
 ``python -m pipelines.evaluate --run-dir models/RUN --store data/prepared/DATASET.h5 --out
-reports/runs/RUN`` (paths come from ``dvc.yaml``). Writes into ``--out``: ``metrics.json``
-(VOC07 11-point mAP@0.5, VOC area mAP, COCO AP metrics, per-class AP, parameters, training
-time), ``pr_curves.png``, ``predictions_coco.json`` (COCO results in stored-image pixels;
+reports/runs/RUN --metrics results/runs/RUN.json --pr-curves results/plots/pr_curves/RUN.png``
+(paths come from ``dvc.yaml``). ``--metrics`` is the run's small flat metrics file, kept in git
+(:data:`HEADLINE`: VOC07 11-point mAP@0.5, VOC area mAP, COCO AP/AP50/AP75, training seconds,
+parameters); ``--pr-curves`` its precision-recall image. Writes into ``--out``:
+``detail.json`` (everything: per-class AP, AR, the modality's own metrics, world outputs, ...),
+``predictions_coco.json`` (COCO results in stored-image pixels;
 ``image_id`` = store index + 1, the convention of :mod:`dsod_core.metrics.coco`), the
 modality's world predictions under ``world/`` (GeoJSON in the raster CRS, millimetres for
 NIfTI, ...), ``pictures/`` (predicted boxes red, true boxes green) and ``history.json``.
@@ -36,10 +39,33 @@ from pipelines._common import load_params, stage_main, write_json
 from pipelines.params import check_dataset, dataset_entry, evaluate_section, validate_params
 from pipelines.prepare import adapter_for
 
+# The run's metrics file: few, flat, numeric (what `dvc exp show` and `dvc metrics diff` list).
+HEADLINE = ("map50", "map50_area", "coco_ap", "coco_ap50", "coco_ap75", "train_seconds", "params")
+
+
+def headline(metrics: dict[str, Any]) -> dict[str, float | int | None]:
+    """The :data:`HEADLINE` entries of a run's detail metrics, rounded for tables."""
+    out: dict[str, float | int | None] = {}
+    for key in HEADLINE:
+        v = metrics.get(key)
+        if isinstance(v, float):
+            v = round(v, 1 if key == "train_seconds" else 4)
+        out[key] = v
+    return out
+
 
 def evaluate_run(
-    run_dir: Path, store: Path, out: Path, params: dict[str, Any], source: str = "params.yaml"
+    run_dir: Path,
+    store: Path,
+    out: Path,
+    params: dict[str, Any],
+    source: str = "params.yaml",
+    metrics_path: Path | None = None,
+    pr_curves: Path | None = None,
 ) -> dict[str, Any]:
+    """Score one run; write ``out/`` (detail, predictions, world outputs, pictures, history),
+    the flat metrics file (default ``out/metrics.json``) and the PR image (default
+    ``out/pr_curves.png``)."""
     if not (run_dir / "config.json").is_file() or not (run_dir / "model.pt").is_file():
         raise CheckpointError("run has not been trained (no config.json / model.pt)", path=run_dir)
     config = json.loads((run_dir / "config.json").read_text())
@@ -92,7 +118,9 @@ def evaluate_run(
         "channels": reader.channel_names,
     }
     out.mkdir(parents=True, exist_ok=True)
-    plot_pr_curves(voc07, reader.class_names, out / "pr_curves.png")
+    pr_curves = pr_curves or out / "pr_curves.png"
+    pr_curves.parent.mkdir(parents=True, exist_ok=True)
+    plot_pr_curves(voc07, reader.class_names, pr_curves)
     coco_results = build_coco_results(predictions, indices=[p["index"] for p in predictions])
     write_json(out / "predictions_coco.json", coco_results)
 
@@ -119,7 +147,10 @@ def evaluate_run(
             draw_detections(rgb, p, t, reader.class_names), pic_dir / f"{p['index']:06d}.png"
         )
     write_json(out / "history.json", meta.get("history", []))
-    write_json(out / "metrics.json", metrics)
+    write_json(out / "detail.json", metrics)
+    metrics_path = metrics_path or out / "metrics.json"
+    metrics_path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(metrics_path, headline(metrics))
     return metrics
 
 
@@ -128,12 +159,22 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--run-dir", required=True, help="models/<run> (model.pt, config.json)")
     parser.add_argument("--store", required=True, help="the run's prepared store (.h5)")
-    parser.add_argument("--out", required=True, help="reports/runs/<run>")
+    parser.add_argument("--out", required=True, help="reports/runs/<run> (detail, predictions)")
+    parser.add_argument("--metrics", help="the flat metrics file (results/runs/<run>.json)")
+    parser.add_argument("--pr-curves", help="the PR-curve image (results/plots/pr_curves/...)")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args(argv)
     params = load_params(args.params)
     validate_params(params, args.params, datasets=[])
-    m = evaluate_run(Path(args.run_dir), Path(args.store), Path(args.out), params, args.params)
+    m = evaluate_run(
+        Path(args.run_dir),
+        Path(args.store),
+        Path(args.out),
+        params,
+        args.params,
+        metrics_path=Path(args.metrics) if args.metrics else None,
+        pr_curves=Path(args.pr_curves) if args.pr_curves else None,
+    )
     ap = m["coco_ap"]
     print(
         f"evaluate {Path(args.run_dir).name}: mAP@0.5 {m['map50'] or 0:.3f}  COCO AP {ap or 0:.3f}"

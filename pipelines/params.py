@@ -10,6 +10,7 @@ not the code of its adapter. Every message names the params file and the key.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import os
@@ -33,7 +34,7 @@ TOP_KEYS = {
     "evaluate",
 }
 DEMO_KEYS = {"image_size", "num_images", "num_images_per_modality", "modalities"}
-DATASET_KEYS = {"modality", "root", "code", "adapter", "description"}
+DATASET_KEYS = {"modality", "root", "code", "adapter", "description", "train", "finetune"}
 PREPARE_KEYS = {"on_error", "compression"}
 MODEL_KEYS = {"variant", "input_size", "overrides"}
 PRETRAIN_KEYS = {"dataset", "train"}
@@ -149,8 +150,9 @@ def dataset_entry(params: dict[str, Any], name: str, source: str = "params.yaml"
     for key in ("modality", "root", "code"):
         if not isinstance(entry.get(key), str) or not entry.get(key):
             raise ConfigError(f"datasets.{name}.{key} must be a non-empty string", path=source)
-    if not isinstance(entry.get("adapter", {}) or {}, dict):
-        raise ConfigError(f"datasets.{name}.adapter must be a mapping", path=source)
+    for key in ("adapter", "train", "finetune"):
+        if not isinstance(entry.get(key, {}) or {}, dict):
+            raise ConfigError(f"datasets.{name}.{key} must be a mapping", path=source)
     return entry
 
 
@@ -267,14 +269,76 @@ def validate_params(
         f"inits must be a list of {' / '.join(INITS)}, got {inits!r}",
         source,
     )
-    for init in ("pretrain", *inits):
-        dataset = pre["dataset"] if init == "pretrain" else targets[0]
-        # Paths come from dvc.yaml at run time; only the params are checked here.
-        build_config(params, dataset, init, Path("<out-dir>"), "<store>", source=source)
+    _need(
+        isinstance(pre.get("train"), dict) and pre["train"],
+        "pretrain.train must be a mapping: the source model's own training params (it is not "
+        "merged with `train`)",
+        source,
+    )
+    # Paths come from dvc.yaml at run time; only the params are checked here.
+    build_config(params, pre["dataset"], "pretrain", Path("<out-dir>"), "<store>", source=source)
+    for dataset in targets:
+        for init in inits:
+            build_config(params, dataset, init, Path("<out-dir>"), "<store>", source=source)
     evaluate_section(params, source)
 
 
-PIPELINE_KEYS = {"store", "out_dir", "variant", "input_size", "init_weights", "model_overrides"}
+# Set by the pipeline (paths from dvc.yaml, the `model` section, the top-level `seed`, the
+# --resume flag), never by a training section.
+PIPELINE_KEYS = {
+    "store",
+    "out_dir",
+    "variant",
+    "input_size",
+    "init_weights",
+    "model_overrides",
+    "seed",
+    "resume",
+}
+
+
+def merge_train(base: dict[str, Any], override: dict[str, Any] | None) -> dict[str, Any]:
+    """``base`` with ``override`` on top; a mapping value (``augmentation``, ``postprocess``)
+    merges key by key, so an override can change one augmentation setting alone."""
+    out = dict(base)
+    for key, value in (override or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = {**out[key], **value}
+        else:
+            out[key] = value
+    return out
+
+
+def train_params(params: dict[str, Any], dataset: str, init: str, source: str) -> dict[str, Any]:
+    """The training params of one run, before the pipeline adds paths and the model.
+
+    ``pretrain``: ``pretrain.train`` alone (the source model's own params). ``scratch``:
+    ``train`` < ``datasets.<dataset>.train``. ``finetuned``: ``train`` < ``finetune`` <
+    ``datasets.<dataset>.train`` < ``datasets.<dataset>.finetune``.
+    """
+    if init == "pretrain":
+        layers = [("pretrain.train", (params.get("pretrain") or {}).get("train"))]
+    elif init in INITS:
+        entry = (params.get("datasets") or {}).get(dataset) or {}
+        layers = [("train", params.get("train")), (f"datasets.{dataset}.train", entry.get("train"))]
+        if init == "finetuned":
+            layers.insert(1, ("finetune", params.get("finetune")))
+            layers.append((f"datasets.{dataset}.finetune", entry.get("finetune")))
+    else:
+        raise ConfigError(f"init must be 'scratch' or 'finetuned', got {init!r}", path=source)
+    fields = {f.name for f in dataclasses.fields(TrainConfig)} - PIPELINE_KEYS
+    merged: dict[str, Any] = {}
+    for name, layer in layers:
+        if layer is not None and not isinstance(layer, dict):
+            raise ConfigError(f"{name} must be a mapping", path=source)
+        _unknown(set(layer or {}) - PIPELINE_KEYS, fields, f"{name}.", source)
+        overlap = PIPELINE_KEYS & set(layer or {})
+        if overlap:
+            raise ConfigError(
+                f"{name}: keys {sorted(overlap)} are set by the pipeline", path=source
+            )
+        merged = merge_train(merged, layer)
+    return merged
 
 
 def build_config(
@@ -286,29 +350,24 @@ def build_config(
     init_weights: str | Path | None = None,
     source: str = "params.yaml",
 ) -> TrainConfig:
-    """The ``TrainConfig`` of one run: ``train`` with the ``finetune`` (init = finetuned) or
-    ``pretrain.train`` (init = pretrain) overrides, the model section and the paths."""
+    """The ``TrainConfig`` of one run: :func:`train_params`, the model section and the paths.
+    A message names the sections the run's params came from."""
     model = params.get("model") or {}
-    train_params = dict(params.get("train") or {})
-    if init == "finetuned":
-        train_params.update(params.get("finetune") or {})
-    elif init == "pretrain":
-        train_params.update((params.get("pretrain") or {}).get("train") or {})
-    elif init != "scratch":
-        raise ConfigError(f"init must be 'scratch' or 'finetuned', got {init!r}", path=source)
-    overlap = PIPELINE_KEYS & set(train_params)
-    if overlap:
-        raise ConfigError(f"train keys {sorted(overlap)} are set by the pipeline", path=source)
-    return TrainConfig.from_dict(
-        {
-            **train_params,
-            "store": str(store),
-            "out_dir": str(out_dir),
-            "variant": model.get("variant", "dsod_tiny"),
-            "input_size": int(model.get("input_size", 64)),
-            "model_overrides": dict(model.get("overrides") or {}),
-            "init_weights": str(init_weights) if init == "finetuned" and init_weights else None,
-            "seed": int(params.get("seed", 0)),
-        },
-        source=source,
-    )
+    values = train_params(params, dataset, init, source)
+    where = "pretrain.train" if init == "pretrain" else f"training params of {dataset}-{init}"
+    try:
+        return TrainConfig.from_dict(
+            {
+                **values,
+                "store": str(store),
+                "out_dir": str(out_dir),
+                "variant": model.get("variant", "dsod_tiny"),
+                "input_size": int(model.get("input_size", 64)),
+                "model_overrides": dict(model.get("overrides") or {}),
+                "init_weights": str(init_weights) if init == "finetuned" and init_weights else None,
+                "seed": int(params.get("seed", 0)),
+            },
+            source=source,
+        )
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc.reason}", path=source) from None

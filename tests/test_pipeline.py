@@ -1,7 +1,10 @@
 """`dvc repro` of a tiny configuration in a temporary git repository (CI-sized).
 
 Checks the outputs, that a second `dvc repro` does nothing, that a library change makes
-`dvc status` report the dependent stages, and that `dvc exp show` lists DVCLive metrics.
+`dvc status` report the dependent stages, and the experiment workflow of docs/experiments.md:
+two experiments, `dvc exp show` / `dvc metrics diff` with numbers on every side, `dvc plots
+diff` writing an HTML page that needs no network, `dvc exp apply` and going back restoring
+every stage's results.
 """
 
 from __future__ import annotations
@@ -43,7 +46,9 @@ def tiny_params() -> dict:
         k: v for k, v in params["datasets"].items() if k in ("rgb_demo", "medical_demo")
     }
     params["targets"] = ["medical_demo"]
-    params["train"].update(epochs=2, batch_size=4, eval_every=1, progress=False, warmup_steps=2)
+    tiny = dict(epochs=2, batch_size=4, eval_every=1, progress=False, warmup_steps=2)
+    params["train"].update(tiny)
+    params["pretrain"]["train"].update(tiny)
     params["model"]["input_size"] = 48
     params["evaluate"]["pictures"] = 2
     return params
@@ -70,7 +75,13 @@ def repo(tmp_path_factory):
     return repo, first
 
 
+def _is_number(v) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
 def test_outputs(repo):
+    from pipelines.evaluate import HEADLINE
+
     repo, first = repo
     assert "Running stage 'compare'" in first.stdout
     rows = json.loads((repo / "reports/compare.json").read_text())
@@ -85,13 +96,30 @@ def test_outputs(repo):
         assert 0.0 <= r["map50"] <= 1.0 and r["params"] > 0 and r["train_seconds"] > 0
     md = (repo / "reports/compare.md").read_text()
     assert "medical_demo" in md and "RGB baseline" in md
-    assert (repo / "reports/compare.png").stat().st_size > 1000
+    assert "](../results/plots/compare.png)" in md
+    assert (repo / "results/plots/compare.png").stat().st_size > 1000
     for run in ("pretrain", "medical_demo-scratch", "medical_demo-finetuned"):
         pics = list((repo / "reports/runs" / run / "pictures").glob("*.png"))
         assert pics, run
-        metrics = json.loads((repo / "reports/runs" / run / "metrics.json").read_text())
-        assert {"map50", "coco_ap", "per_class_ap50"} <= set(metrics)
-    medical = json.loads((repo / "reports/runs/medical_demo-scratch/metrics.json").read_text())
+        detail = json.loads((repo / "reports/runs" / run / "detail.json").read_text())
+        assert {"map50", "coco_ap", "per_class_ap50"} <= set(detail)
+        flat = json.loads((repo / "results/runs" / f"{run}.json").read_text())
+        assert list(flat) == list(HEADLINE), flat  # small and flat: no per-class detail
+        assert all(_is_number(v) for v in flat.values()), flat
+        assert flat["map50"] == round(detail["map50"], 4)
+        assert (repo / "results/plots/pr_curves" / f"{run}.png").stat().st_size > 1000
+    summary = json.loads((repo / "results/summary.json").read_text())
+    assert set(summary) == {"rgb_demo", "medical_demo"}
+    assert set(summary["rgb_demo"]) == {"source"}
+    med = summary["medical_demo"]
+    assert set(med) == {"scratch", "finetuned", "finetuned_minus_scratch"}
+    for key in ("map50", "coco_ap"):
+        diff = med["finetuned"][key] - med["scratch"][key]
+        assert abs(med["finetuned_minus_scratch"][key] - diff) < 1e-3
+    for sub in ("val_map50", "train_loss"):
+        charts = sorted(p.name for p in (repo / "results/plots" / sub).glob("*.png"))
+        assert charts == ["medical_demo.png", "rgb_demo.png"], (sub, charts)
+    medical = json.loads((repo / "reports/runs/medical_demo-scratch/detail.json").read_text())
     assert "froc_cpm" in medical
     assert (repo / "reports/runs/medical_demo-scratch/world/predictions_3d.json").exists()
 
@@ -202,15 +230,80 @@ def test_typo_in_params_stops_before_any_output_is_removed(repo):
     assert model.read_bytes() == before
 
 
-def test_metrics_visible_to_dvc(repo):
+def _exp_metrics(shown: list) -> dict[str, dict]:
+    """``dvc exp show --json`` -> {name or rev: summary metrics} for every row it lists."""
+    found: dict[str, dict] = {}
+
+    def walk(node):
+        if isinstance(node, dict):
+            data = node.get("data")
+            if isinstance(data, dict) and "metrics" in data:
+                metrics = (data.get("metrics") or {}).get("results/summary.json", {})
+                found[node.get("name") or node["rev"]] = metrics.get("data")
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(shown)
+    return found
+
+
+def test_experiments_compare_and_restore(repo, tmp_path):
+    """docs/experiments.md, as a new user runs it: commit the baseline with its metrics, run
+    two experiments, compare them, apply one, go back."""
     repo, _ = repo
-    shown = json.loads(_run(["dvc", "metrics", "show", "--json"], repo).stdout)
-    text = json.dumps(shown)
-    assert "val_map50" in text and "coco_ap" in text
     _run(["git", "add", "-A"], repo)
-    _run(["git", "commit", "-qm", "results"], repo)
-    exp = _run(["dvc", "exp", "show", "--no-pager", "--json"], repo).stdout
-    assert "dvclive/metrics.json" in exp and "val_map50" in exp
+    _run(["git", "commit", "-qm", "baseline results"], repo)
+    tracked = set(_run(["git", "ls-files"], repo).stdout.split())
+    assert {"dvc.lock", "results/summary.json", "results/runs/pretrain.json"} <= tracked
+    baseline = json.loads((repo / "results/summary.json").read_text())
+
+    for name, setting in (
+        ("one-epoch", "train.epochs=1"),
+        ("medical-lr", "+datasets.medical_demo.train.lr=0.01"),
+    ):
+        proc = _run(["dvc", "exp", "run", "--temp", "-n", name, "-S", setting], repo)
+        assert "Running stage 'train@medical_demo-scratch'" in proc.stdout, proc.stdout[-2000:]
+        # Cheap experiments stay cheap: nothing the source model depends on changed.
+        assert "Running stage 'pretrain'" not in proc.stdout, proc.stdout[-2000:]
+
+    shown = json.loads(_run(["dvc", "exp", "show", "--no-pager", "--json"], repo).stdout)
+    metrics = _exp_metrics(shown)
+    for row in ("workspace", "one-epoch", "medical-lr"):
+        med = metrics[row]["medical_demo"]
+        assert all(_is_number(med[i]["map50"]) for i in ("scratch", "finetuned")), (row, med)
+        assert _is_number(med["finetuned_minus_scratch"]["map50"]), (row, med)
+    assert metrics["workspace"] == baseline
+    assert metrics["one-epoch"] != baseline  # one epoch instead of two changes the models
+    assert metrics["one-epoch"]["rgb_demo"] == baseline["rgb_demo"]  # source not retrained
+    columns = _run(["dvc", "exp", "show", "--no-pager", "--only-changed", "--csv"], repo)
+    header = columns.stdout.splitlines()[0].split(",")
+    assert len(header) <= 40, header
+
+    # Apply an experiment: its params, lock, metrics and every output come back; nothing stale.
+    _run(["dvc", "exp", "apply", "one-epoch"], repo)
+    assert json.loads((repo / "results/summary.json").read_text()) == metrics["one-epoch"]
+    assert "up to date" in _run(["dvc", "status"], repo).stdout
+    diff = json.loads(_run(["dvc", "metrics", "diff", "--json"], repo).stdout)
+    row = diff["results/summary.json"]["medical_demo.scratch.map50"]
+    assert _is_number(row["old"]) and _is_number(row["new"]), row
+    assert row["old"] == baseline["medical_demo"]["scratch"]["map50"]
+
+    html_dir = tmp_path / "plots"
+    _run(["dvc", "plots", "diff", "HEAD", "-o", str(html_dir)], repo)
+    html = (html_dir / "index.html").read_text()
+    assert "<script" not in html and "http" not in html  # opens with no network
+    images = [i for i in (html_dir / "static").iterdir() if i.suffix == ".png"]
+    for rev in ("HEAD", "workspace"):
+        assert any(i.name.startswith(f"{rev}_results_plots_val_map50") for i in images), images
+
+    # Back to the committed baseline: its results, and no stage stale.
+    _run(["git", "checkout", "HEAD", "--", "params.yaml", "dvc.lock", "results"], repo)
+    _run(["dvc", "checkout"], repo)
+    assert "up to date" in _run(["dvc", "status"], repo).stdout
+    assert json.loads((repo / "results/summary.json").read_text()) == baseline
 
 
 def test_interrupted_repro_then_repro_completes(repo):
@@ -222,7 +315,7 @@ def test_interrupted_repro_then_repro_completes(repo):
 
     repo, _ = repo
     params = yaml.safe_load((repo / "params.yaml").read_text())
-    params["train"]["epochs"] = 3
+    params["pretrain"]["train"]["epochs"] = 3  # retrains the source model
     (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     env = {
         **os.environ,

@@ -918,7 +918,7 @@ def test_bad_checkpoint_refused_by_evaluate(
 @pytest.mark.parametrize(
     "train,needle",
     [
-        ({"batch_sise": 4}, "unknown train key(s) ['batch_sise']"),
+        ({"batch_sise": 4}, "unknown key train.'batch_sise'; did you mean 'batch_size'?"),
         ({"batch_size": "16"}, "train.batch_size must be a positive integer, got '16'"),
         ({"lr_steps": "0.5"}, "train.lr_steps must be a list of fractions"),
     ],

@@ -11,7 +11,13 @@ from dsod_core.metrics.coco import (
     read_coco_files,
 )
 from dsod_core.metrics.froc import LUNA16_FP_RATES, froc, froc_from_datalists
-from dsod_core.metrics.plots import draw_detections, plot_pr_curves, save_picture
+from dsod_core.metrics.plots import (
+    draw_detections,
+    plot_comparison,
+    plot_curves,
+    plot_pr_curves,
+    save_picture,
+)
 from dsod_core.metrics.scoring import score_detections
 from dsod_core.metrics.voc import evaluate_voc, voc_ap
 
@@ -27,6 +33,8 @@ __all__ = [
     "evaluate_coco_dicts",
     "evaluate_coco_files",
     "evaluate_voc",
+    "plot_comparison",
+    "plot_curves",
     "plot_pr_curves",
     "draw_detections",
     "save_picture",

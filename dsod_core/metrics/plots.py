@@ -13,7 +13,7 @@ import numpy as np
 
 from dsod_core.io import write_with
 
-__all__ = ["draw_detections", "plot_comparison", "plot_pr_curves", "save_picture"]
+__all__ = ["draw_detections", "plot_comparison", "plot_curves", "plot_pr_curves", "save_picture"]
 
 
 def plot_pr_curves(
@@ -127,5 +127,44 @@ def plot_comparison(rows: Sequence[Mapping[str, Any]], path: str | os.PathLike) 
     ax_curve.set_ylabel("val mAP@0.5")
     ax_curve.set_ylim(0, 1)
     ax_curve.legend(fontsize=7)
+    fig.tight_layout()
+    return write_with(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def plot_curves(
+    series: Sequence[Mapping[str, Any]],
+    path: str | os.PathLike,
+    *,
+    title: str,
+    ylabel: str,
+    ylim: tuple[float, float] | None = None,
+) -> Path:
+    """Overlaid curves in one chart, written as a PNG atomically.
+
+    ``series``: one mapping per curve with ``label``, ``points`` (``[(x, y), ...]``; points
+    whose ``y`` is None are left out, so a curve only joins measured values) and optionally
+    ``style`` (a matplotlib format string such as ``"--"``).
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4), dpi=90)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for s in series:
+        pts = [(x, y) for x, y in s["points"] if y is not None]
+        if pts:
+            xs, ys = zip(*pts)
+            ax.plot(
+                xs, ys, s.get("style", "-"), marker="." if len(pts) < 30 else None, label=s["label"]
+            )
+    ax.set_title(title)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    if ylim is not None:
+        ax.set_ylim(*ylim)
+    ax.grid(True, alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
     fig.tight_layout()
     return write_with(path, lambda tmp: fig.savefig(tmp, format="png"))
