@@ -150,7 +150,13 @@ def dataset_entry(params: dict[str, Any], name: str, source: str = "params.yaml"
     for key in ("modality", "root", "code"):
         if not isinstance(entry.get(key), str) or not entry.get(key):
             raise ConfigError(f"datasets.{name}.{key} must be a non-empty string", path=source)
-    for key in ("adapter", "train", "finetune"):
+    # `adapter` is required (`{}` for the adapter's defaults): dvc.yaml tracks it as a param.
+    if not isinstance(entry.get("adapter"), dict):
+        raise ConfigError(
+            f"datasets.{name}.adapter must be a mapping ({{}} for the adapter's defaults)",
+            path=source,
+        )
+    for key in ("train", "finetune"):
         if not isinstance(entry.get(key, {}) or {}, dict):
             raise ConfigError(f"datasets.{name}.{key} must be a mapping", path=source)
     return entry

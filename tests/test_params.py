@@ -55,6 +55,7 @@ def test_layers_of_a_target_run() -> None:
         ("datasets", {"seed": 3}, "datasets.depth_demo.train: keys ['seed'] are set by the"),
         ("datasets", [1], "datasets.depth_demo.train must be a mapping"),
         ("pretrain", None, "pretrain.train must be a mapping"),
+        ("adapter", None, "datasets.depth_demo.adapter must be a mapping ({} for the adapter's"),
         ("pretrain", {"lr": -1}, "pretrain.train: train.lr must be a non-negative number"),
     ],
 )
@@ -62,6 +63,8 @@ def test_bad_training_section_named(where: str, value, needle: str) -> None:
     p = params()
     if where == "datasets":
         p["datasets"]["depth_demo"]["train"] = value
+    elif where == "adapter":
+        del p["datasets"]["depth_demo"]["adapter"]
     else:
         p["pretrain"]["train"] = value
     with pytest.raises(ConfigError) as info:

@@ -266,8 +266,10 @@ def test_experiments_compare_and_restore(repo, tmp_path):
     ):
         proc = _run(["dvc", "exp", "run", "--temp", "-n", name, "-S", setting], repo)
         assert "Running stage 'train@medical_demo-scratch'" in proc.stdout, proc.stdout[-2000:]
-        # Cheap experiments stay cheap: nothing the source model depends on changed.
+        # Cheap experiments stay cheap: nothing the source model or the stores depend on
+        # changed (a dataset's training overrides are not params of its prepare stage).
         assert "Running stage 'pretrain'" not in proc.stdout, proc.stdout[-2000:]
+        assert "Running stage 'prepare@" not in proc.stdout, proc.stdout[-2000:]
 
     shown = json.loads(_run(["dvc", "exp", "show", "--no-pager", "--json"], repo).stdout)
     metrics = _exp_metrics(shown)

@@ -702,7 +702,16 @@ PARAM_CASES = {
         ("params.yaml", "targets: 'nope' is not in datasets"),
     ),
     "E18-wrong-adapter-code": (
-        {"datasets": {DATASET: {"modality": "rgb", "root": "data", "code": "modalities/depth"}}},
+        {
+            "datasets": {
+                DATASET: {
+                    "modality": "rgb",
+                    "root": "data",
+                    "code": "modalities/depth",
+                    "adapter": {},
+                }
+            }
+        },
         ("params.yaml", f"datasets.{DATASET}.code", "'rgb' adapter's code is"),
     ),
     # E19: wrong types
@@ -721,11 +730,20 @@ PARAM_CASES = {
     ),
     # E21: an adapter name that is not in the registry
     "E21-modality-os": (
-        {"datasets": {DATASET: {"modality": "os", "root": "data", "code": "x"}}},
+        {"datasets": {DATASET: {"modality": "os", "root": "data", "code": "x", "adapter": {}}}},
         ("unknown modality 'os'", "known modalities: depth, medical, multispectral, rgb"),
     ),
     "E21-modality-subprocess-popen": (
-        {"datasets": {DATASET: {"modality": "subprocess:Popen", "root": "data", "code": "x"}}},
+        {
+            "datasets": {
+                DATASET: {
+                    "modality": "subprocess:Popen",
+                    "root": "data",
+                    "code": "x",
+                    "adapter": {},
+                }
+            }
+        },
         ("unknown modality 'subprocess:Popen'", "known modalities: depth, medical, "),
     ),
 }
