@@ -139,27 +139,20 @@ def _series(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
 def plot_dataset_curves(rows: list[dict[str, Any]], plots: Path) -> list[Path]:
     """One chart per dataset and quantity: validation mAP@0.5 and training loss against epoch,
     its runs overlaid (scratch solid, fine-tuned dashed, the source model dotted)."""
+    charts = (  # (history key, folder, title, y label, y range)
+        ("curve", "val_map50", "validation mAP@0.5", "val mAP@0.5", (0.0, 1.0)),
+        ("loss", "train_loss", "training loss", "multibox loss", None),
+    )
     written = []
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         mine = [r for r in rows if r["dataset"] == dataset]
-
-        written.append(
-            plot_curves(
-                _series(mine, "curve"),
-                plots / "val_map50" / f"{dataset}.png",
-                title=f"{dataset}: validation mAP@0.5",
-                ylabel="val mAP@0.5",
-                ylim=(0.0, 1.0),
+        for key, folder, title, ylabel, ylim in charts:
+            path = plots / folder / f"{dataset}.png"
+            written.append(
+                plot_curves(
+                    _series(mine, key), path, title=f"{dataset}: {title}", ylabel=ylabel, ylim=ylim
+                )
             )
-        )
-        written.append(
-            plot_curves(
-                _series(mine, "loss"),
-                plots / "train_loss" / f"{dataset}.png",
-                title=f"{dataset}: training loss",
-                ylabel="multibox loss",
-            )
-        )
     return written
 
 

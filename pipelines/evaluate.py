@@ -62,14 +62,17 @@ def evaluate_run(
     source: str = "params.yaml",
     metrics_path: Path | None = None,
     pr_curves: Path | None = None,
+    dataset: str | None = None,
 ) -> dict[str, Any]:
     """Score one run; write ``out/`` (detail, predictions, world outputs, pictures, history),
     the flat metrics file (default ``out/metrics.json``) and the PR image (default
-    ``out/pr_curves.png``)."""
+    ``out/pr_curves.png``). ``dataset``: the params dataset the store was prepared from
+    (default: the run's own); another one scores the model on new data, e.g. an
+    evaluation-only (test-split only) store. The model's own normalisation is used."""
     if not (run_dir / "config.json").is_file() or not (run_dir / "model.pt").is_file():
         raise CheckpointError("run has not been trained (no config.json / model.pt)", path=run_dir)
     config = json.loads((run_dir / "config.json").read_text())
-    dataset = config["dataset"]
+    dataset = dataset or config["dataset"]
     sec = evaluate_section(params, source)
     reader = StoreReader(store)
     device = select_device(sec.get("device", "auto"), "evaluate.device")
@@ -97,7 +100,13 @@ def evaluate_run(
     with torch.no_grad():
         evaluator = create_evaluator(model, device, post)
         evaluator.run(
-            eval_loader(reader, split, int(meta["input_size"]), int(sec.get("batch_size", 16)))
+            eval_loader(
+                reader,
+                split,
+                int(meta["input_size"]),
+                int(sec.get("batch_size", 16)),
+                normalisation=(meta["mean"].numpy(), meta["std"].numpy()),
+            )
         )
     predictions = sorted(evaluator.state.predictions, key=lambda p: p["index"])
     targets = [reader.read_targets(p["index"]) for p in predictions]  # once per image
@@ -163,6 +172,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics", help="the flat metrics file (results/runs/<run>.json)")
     parser.add_argument("--pr-curves", help="the PR-curve image (results/plots/pr_curves/...)")
     parser.add_argument("--params", default="params.yaml")
+    parser.add_argument(
+        "--dataset", help="the store's dataset in params (default: the run's own dataset)"
+    )
     args = parser.parse_args(argv)
     params = load_params(args.params)
     validate_params(params, args.params, datasets=[])
@@ -174,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
         args.params,
         metrics_path=Path(args.metrics) if args.metrics else None,
         pr_curves=Path(args.pr_curves) if args.pr_curves else None,
+        dataset=args.dataset,
     )
     ap = m["coco_ap"]
     print(

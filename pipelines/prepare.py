@@ -133,6 +133,7 @@ def prepare(
             channel_names=adapter.channel_names,
             params={"dataset": name, **entry, "adapter": adapter_params},
             compression=compression,
+            allow_no_train=True,  # a test-only dataset scores a trained model on new data
         ) as writer:
             # disable=None: no bar when stderr is not a terminal, so an error stays one line.
             for ref in tqdm(refs, desc=f"prepare {name}", unit="unit", disable=None):
@@ -153,7 +154,7 @@ def prepare(
                     continue
                 for k, v in added.items():
                     counts[k] += v
-            if counts["train"] == 0:
+            if sum(counts.values()) == 0:
                 first = log.skipped[0] if log.skipped else None
                 why = (
                     f"; {len(log.skipped)} unit(s) skipped, first {first['file']}: "
@@ -161,7 +162,14 @@ def prepare(
                     if first
                     else ""
                 )
-                raise DataError(f"no training samples were written{why}", path=out)
+                raise DataError(f"no samples were written{why}", path=out)
+            if counts["train"] == 0:
+                log.warn(
+                    f"no training samples ({counts['val']} val, {counts['test']} test): an "
+                    "evaluation-only store, to score a trained model "
+                    "(`python -m pipelines.evaluate --dataset ...`); it cannot be trained on",
+                    path=entry["root"],
+                )
     except ProjectError as exc:
         if on_error == "skip" or log.skipped or log.warnings:
             write_json(failure_path, finish("failed", error=str(exc)))

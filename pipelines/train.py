@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     config.resume = args.resume
     # Inputs known good before anything in out_dir is touched.
-    StoreReader(config.store)
+    StoreReader(config.store).require_training(config.train_split)
     if config.init_weights:
         load_weights(config.init_weights)
     if not args.resume:

@@ -408,7 +408,7 @@ def test_missing_intrinsics_and_rgb_named(tmp_path):
         {"min_depth_m": 5.0, "max_depth_m": 2.0},
         {"cy": 3.0},
         {"fx": -1.0, "fy": 1.0, "cx": 1.0, "cy": 1.0},
-        {"val_fraction": 0.6, "test_fraction": 0.4},
+        {"val_fraction": 0.7, "test_fraction": 0.4},
         {"max_pixels": 0},
         {"depth_dir": ""},
         {"validity_channel": "yes"},

@@ -165,6 +165,7 @@ def test_lesion_lands_in_expected_slices_and_pixels(tmp_path: Path) -> None:
         tmp_path,
         {
             "datalist": "datalist.json",
+            "world_frame": "LPS",
             "windows": ["lung"],
             "slice_context": 0,
             "min_cross_section": 0.0,
@@ -218,6 +219,7 @@ def test_min_cross_section_marks_difficult_or_drops(tmp_path: Path) -> None:
     )
     base = {
         "datalist": "datalist.json",
+        "world_frame": "LPS",
         "slice_context": 0,
         "negative_slice_rate": 0.0,
         "min_cross_section": 0.5,
@@ -259,7 +261,9 @@ def test_luna16_csv_gives_same_boxes_as_datalist(tmp_path: Path) -> None:
             {"annotations_csv": "annotations.csv", "series_map": {"1.2.3": "ct.nii.gz"}, **common},
         )
     )
-    b = _all_samples(MedicalAdapter(tmp_path, {"datalist": "datalist.json", **common}))
+    b = _all_samples(
+        MedicalAdapter(tmp_path, {"datalist": "datalist.json", "world_frame": "LPS", **common})
+    )
     assert len(a) == len(b) == 5
     for sa, sb in zip(a, b):
         np.testing.assert_allclose(sa.boxes, sb.boxes, atol=1e-5)
@@ -274,6 +278,7 @@ def test_context_channels_intensity_and_render(tmp_path: Path) -> None:
         tmp_path,
         {
             "datalist": "datalist.json",
+            "world_frame": "LPS",
             "windows": ["lung", [-100, 100]],
             "slice_context": 1,
             "negative_slice_rate": 1.0,
@@ -512,7 +517,9 @@ def _one_volume(tmp_path: Path, data: np.ndarray, name: str = "v.nii.gz", box=No
 
 def _read_all(tmp_path: Path, log: PrepareLog | None = None, **extra):
     ad = MedicalAdapter(
-        tmp_path, {"datalist": "datalist.json", "negative_slice_rate": 1.0, **extra}, log=log
+        tmp_path,
+        {"datalist": "datalist.json", "world_frame": "LPS", "negative_slice_rate": 1.0, **extra},
+        log=log,
     )
     return ad, _all_samples(ad)
 
@@ -676,7 +683,7 @@ def test_declared_size_over_max_voxels_is_refused_from_the_header(tmp_path: Path
     _write_header_only(tmp_path / "huge.nii", [30000, 30000, 10])
     _save(tmp_path / "ok.nii.gz", np.zeros((4, 4, 3), np.float32), np.eye(4))
     _datalist(tmp_path, {"training": [{"image": "huge.nii"}, {"image": "ok.nii.gz"}]})
-    params = {"datalist": "datalist.json", "class_names": ["x"]}
+    params = {"datalist": "datalist.json", "world_frame": "LPS", "class_names": ["x"]}
     with pytest.raises(DataError, match=r"huge\.nii") as err:
         MedicalAdapter(tmp_path, params).discover()
     msg = err.value.reason
@@ -688,13 +695,21 @@ def test_declared_size_over_max_voxels_is_refused_from_the_header(tmp_path: Path
     assert log.skipped[0]["unit"] == "volume" and log.skipped[0]["file"].endswith("huge.nii")
     assert log.skipped[0]["stage"] == "discover" and log.skipped[0]["sample"] == "huge"
     # the default limit, documented
-    assert MedicalParams.parse({"datalist": "d.json"}).max_voxels == 512 * 512 * 1000
+    assert (
+        MedicalParams.parse({"datalist": "d.json", "world_frame": "LPS"}).max_voxels
+        == 512 * 512 * 1000
+    )
 
 
 def test_max_voxels_applies_to_each_volume(tmp_path: Path) -> None:
     _save(tmp_path / "ok.nii.gz", np.zeros((4, 4, 3), np.float32), np.eye(4))
     _datalist(tmp_path, {"training": [{"image": "ok.nii.gz"}]})
-    params = {"datalist": "datalist.json", "class_names": ["x"], "max_voxels": 40}
+    params = {
+        "datalist": "datalist.json",
+        "world_frame": "LPS",
+        "class_names": ["x"],
+        "max_voxels": 40,
+    }
     with pytest.raises(DataError, match=r"ok\.nii\.gz.*4 x 4 x 3 voxels = 48.*max_voxels"):
         MedicalAdapter(tmp_path, params).discover()
     assert len(MedicalAdapter(tmp_path, {**params, "max_voxels": 48}).discover()) == 1
@@ -705,7 +720,7 @@ def test_non_positive_dimensions_are_refused(tmp_path: Path, dims: list[int]) ->
     _write_header_only(tmp_path / "bad.nii", dims)
     _datalist(tmp_path, {"training": [{"image": "bad.nii"}]})
     with pytest.raises(DataError, match=r"bad\.nii.*every dimension must be >= 1") as err:
-        MedicalAdapter(tmp_path, {"datalist": "datalist.json"}).discover()
+        MedicalAdapter(tmp_path, {"datalist": "datalist.json", "world_frame": "LPS"}).discover()
     assert str(dims[1]) in err.value.reason
 
 
@@ -742,7 +757,7 @@ def test_bad_entries_go_through_the_prepare_log(tmp_path: Path) -> None:
             ]
         },
     )
-    params = {"datalist": "datalist.json", "class_names": ["x"]}
+    params = {"datalist": "datalist.json", "world_frame": "LPS", "class_names": ["x"]}
     with pytest.raises(DataError, match=r"datalist\.json.*training\[1\].*not found"):
         MedicalAdapter(tmp_path, params).discover()
     log = PrepareLog(on_error="skip")
@@ -774,22 +789,27 @@ def test_bad_params_and_paths(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="exactly one"):
         MedicalAdapter(tmp_path, {})
     with pytest.raises(ConfigError, match="unknown CT window"):
-        MedicalAdapter(tmp_path, {"datalist": "d.json", "windows": ["brain"]})
+        MedicalAdapter(tmp_path, {"datalist": "d.json", "world_frame": "LPS", "windows": ["brain"]})
     with pytest.raises(ConfigError, match="unknown medical"):
-        MedicalAdapter(tmp_path, {"datalist": "d.json", "slices": 3})
+        MedicalAdapter(tmp_path, {"datalist": "d.json", "world_frame": "LPS", "slices": 3})
     # renamed and removed params are refused by name
     with pytest.raises(ConfigError, match="unknown medical adapter param 'split_seed'.*seed"):
-        MedicalAdapter(tmp_path, {"datalist": "d.json", "split_seed": 3})
+        MedicalAdapter(tmp_path, {"datalist": "d.json", "world_frame": "LPS", "split_seed": 3})
     with pytest.raises(ConfigError, match="unknown medical adapter param 'on_error'"):
-        MedicalAdapter(tmp_path, {"datalist": "d.json", "on_error": "skip"})
+        MedicalAdapter(tmp_path, {"datalist": "d.json", "world_frame": "LPS", "on_error": "skip"})
     with pytest.raises(ConfigError, match="max_voxels.*>= 1"):
-        MedicalAdapter(tmp_path, {"datalist": "d.json", "max_voxels": 0})
+        MedicalAdapter(tmp_path, {"datalist": "d.json", "world_frame": "LPS", "max_voxels": 0})
     with pytest.raises(ConfigError, match="series_map.*seriesuid"):
         MedicalAdapter(tmp_path, {"annotations_csv": "a.csv", "series_map": "{uid}.nii.gz"})
-    assert MedicalAdapter(tmp_path, {"datalist": "d.json", "seed": 3}).params.seed == 3
+    assert (
+        MedicalAdapter(
+            tmp_path, {"datalist": "d.json", "world_frame": "LPS", "seed": 3}
+        ).params.seed
+        == 3
+    )
     _datalist(tmp_path, {"training": [{"image": "../outside.nii.gz"}]})
     with pytest.raises(DataError, match="escapes"):
-        MedicalAdapter(tmp_path, {"datalist": "datalist.json"}).discover()
+        MedicalAdapter(tmp_path, {"datalist": "datalist.json", "world_frame": "LPS"}).discover()
 
 
 def test_demo_is_fast_and_valid(tmp_path: Path) -> None:

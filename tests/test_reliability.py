@@ -654,7 +654,7 @@ def test_bad_input_catalogue(case_id: str, tmp_path: Path) -> None:
 
 
 def test_skip_mode_with_nothing_left_names_the_cause(tmp_path: Path) -> None:
-    """The only raster has a corrupt tile: skip mode still fails (nothing to train on), but the
+    """The only raster has a corrupt tile: skip mode still fails (no sample at all), but the
     line names the raster and why, and the skips are written beside the (absent) store."""
     entry = _multispectral_corrupt_tile(tmp_path / "data")
     for suffix in ("tif", "geojson"):
@@ -662,7 +662,7 @@ def test_skip_mode_with_nothing_left_names_the_cause(tmp_path: Path) -> None:
     write_params(tmp_path, entry, "skip")
     before = tree_digest(tmp_path / "data")
     proc = run_stage("pipelines.prepare", DATASET, *prep_args("out"), cwd=tmp_path)
-    line = assert_one_line_error(proc, "no training samples were written", "b.tif", "1 unit(s)")
+    line = assert_one_line_error(proc, "no samples were written", "b.tif", "1 unit(s)")
     assert "GDAL" in line or "IReadBlock" in line or "decode" in line, line
     failed = json.loads((tmp_path / f"out/{DATASET}.failed.json").read_text())
     assert failed["status"] == "failed" and failed["skipped"][0]["file"].endswith("b.tif")

@@ -44,6 +44,7 @@ class DetectionDataset(Dataset):
         transform: Transform | None = None,
         seed: int = 0,
         crowd_label: int | None = CROWD_LABEL,
+        normalisation: tuple[np.ndarray, np.ndarray] | None = None,
     ):
         self.reader = store if isinstance(store, StoreReader) else StoreReader(store)
         self.split = split
@@ -52,8 +53,11 @@ class DetectionDataset(Dataset):
         self.seed = int(seed)
         self.crowd_label = None if crowd_label is None else int(crowd_label)
         self.epoch = 0
-        self._mean = self.reader.mean[:, None, None]
-        self._std = self.reader.std[:, None, None]
+        # A trained model brings the statistics it was trained with (its model.pt): scoring it
+        # on another store, e.g. a test-only one, must normalise as in training.
+        mean, std = normalisation if normalisation is not None else (self.reader.mean, self.reader.std)
+        self._mean = np.asarray(mean, dtype=np.float32)[:, None, None]
+        self._std = np.asarray(std, dtype=np.float32)[:, None, None]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)

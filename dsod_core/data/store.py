@@ -83,12 +83,14 @@ class StoreWriter:
         channel_names: list[str],
         params: Mapping[str, Any] | None = None,
         compression: str | None = "gzip",
+        allow_no_train: bool = False,
     ):
         self.path = Path(path)
         self.partial = self.path.with_name(self.path.name + ".partial")
         self.class_names = list(class_names)
         self.channel_names = list(channel_names)
         self.compression = compression
+        self.allow_no_train = allow_no_train  # an evaluation-only store (see close)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._file = h5py.File(self.partial, "w")
         f = self._file
@@ -174,9 +176,13 @@ class StoreWriter:
         return removed
 
     def close(self) -> Path:
-        """Write splits, train statistics and the ``complete`` flag, then rename into place."""
+        """Write splits, train statistics and the ``complete`` flag, then rename into place.
+
+        With ``allow_no_train``, a store of val/test samples only (to score a trained model on new
+        data) is written too; its statistics are then mean 0, std 1 with ``pixel_count`` 0 —
+        a model is scored with its own statistics, and training on it is refused."""
         f = self._file
-        if not self._splits["train"]:
+        if not self._splits["train"] and not (self.allow_no_train and self._n):
             self.abort()
             raise DataError("no training samples were written", path=self.path)
         splits = f.create_group("splits")
@@ -243,6 +249,9 @@ class StoreReader:
                 self.num_samples = int(attrs["num_samples"])
                 self.mean = f["stats/mean"][()].astype(np.float32)
                 self.std = f["stats/std"][()].astype(np.float32)
+                counts = f["stats/pixel_count"][()] if "pixel_count" in f["stats"] else [1]
+                #: False for a store with no train split (evaluation only)
+                self.has_train_stats = bool(np.sum(counts) > 0)
                 self.splits = {s: f[f"splits/{s}"][()].astype(np.int64) for s in SPLITS}
         except OSError as exc:
             raise DataError(f"cannot read HDF5 store ({exc})", path=self.path) from exc
@@ -259,6 +268,16 @@ class StoreReader:
     @property
     def num_classes(self) -> int:
         return len(self.class_names)
+
+    def require_training(self, split: str = "train") -> StoreReader:
+        """Refuse a store with no samples in ``split`` (a test-only store) for training."""
+        if not len(self.split_indices(split)):
+            raise DataError(
+                f"store has no {split!r} samples (an evaluation-only store): score a trained "
+                "model on it with the evaluate stage; it cannot be trained on",
+                path=self.path,
+            )
+        return self
 
     def split_indices(self, split: str) -> np.ndarray:
         if split not in self.splits:

@@ -29,13 +29,25 @@ def select_device(name: str, key: str = "device") -> torch.device:
 
 
 def eval_loader(
-    reader: StoreReader, split: str, input_size: int, batch_size: int, num_workers: int = 0
+    reader: StoreReader,
+    split: str,
+    input_size: int,
+    batch_size: int,
+    num_workers: int = 0,
+    normalisation: tuple[Any, Any] | None = None,
 ) -> DataLoader:
     """A loader over ``split`` (resize only), sharded across processes by sample position.
+    ``normalisation``: ``(mean, std)`` per channel, the model's own (default: the store's).
 
     Its batch targets keep the stored labels (crowd boxes are not relabelled -1): scoring reads
     the truth from the store instead (:func:`score_predictions`)."""
-    ds = DetectionDataset(reader, split, build_eval_transform(input_size), crowd_label=None)
+    ds = DetectionDataset(
+        reader,
+        split,
+        build_eval_transform(input_size),
+        crowd_label=None,
+        normalisation=normalisation,
+    )
     indices = list(range(len(ds)))[idist.get_rank() :: idist.get_world_size()]
     subset = torch.utils.data.Subset(ds, indices)
     return DataLoader(

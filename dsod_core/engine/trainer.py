@@ -218,7 +218,7 @@ def run(local_rank: int, config: TrainConfig) -> dict[str, Any]:
     out_dir = Path(config.out_dir)
     ckpt_dir = out_dir / "checkpoints"
     device = select_device(config.device, "train.device")
-    reader = StoreReader(config.store)
+    reader = StoreReader(config.store).require_training(config.train_split)
 
     model, transfer = setup_model(config, reader, device)
     optimizer = torch.optim.SGD(

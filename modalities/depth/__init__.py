@@ -3,7 +3,8 @@
 Modules: :mod:`.adapter` (``DepthAdapter``), :mod:`.params` (``DepthParams``), :mod:`.demo`
 (synthetic scenes), :mod:`.encodings` (metres -> channels), and one per file format read:
 :mod:`.png` (16-bit/float depth and colour images via Pillow), :mod:`.npy`, :mod:`.nyu` (NYU
-Depth v2 labelled .mat), :mod:`.annotations` (VOC XML, COCO JSON), :mod:`.intrinsics`.
+Depth v2 labelled .mat), :mod:`.sunrgbd` (SUN RGB-D release tree), :mod:`.annotations` (VOC
+XML, COCO JSON), :mod:`.intrinsics`.
 See ``docs/modalities/depth.md``.
 """
 

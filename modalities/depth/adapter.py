@@ -11,6 +11,10 @@ Layouts under ``root`` (param ``layout``; ``auto`` picks the first that exists):
   ``<intrinsics_dir>/<id>.{json,txt}`` (:mod:`.intrinsics`) and split lists
   ``<split_dir>/{train,val,test}.txt``.
 * ``coco``: ``<coco_file>`` COCO JSON; each image's ``file_name`` stem names the depth file.
+* ``sunrgbd``: the SUN RGB-D release tree (:mod:`.sunrgbd`): every folder under ``root``
+  holding ``depth/``, ``intrinsics.txt`` and ``<sunrgbd_annotation>`` is one frame (its
+  ``depth/*.png`` un-shifted to mm, ``image/*.jpg``, polygons -> enclosing boxes); names are
+  matched to ``class_names`` lower-case (``sunrgbd_name_map`` renames them first).
 
 Depth is converted to metres: ``metres = raw * unit * depth_scale`` with ``unit`` 0.001 for
 ``depth_unit: mm`` and 1 for ``m`` (``auto``: mm for integer images, m for float data). Pixels
@@ -40,7 +44,7 @@ from dsod_core.data.sample import SPLITS, Sample
 from dsod_core.errors import ConfigError, DataError
 from dsod_core.io import write_json
 from modalities.base import ModalityAdapter, PrepareLog, SampleRef, assign_split
-from modalities.depth import annotations, intrinsics, npy, nyu, png
+from modalities.depth import annotations, intrinsics, npy, nyu, png, sunrgbd
 from modalities.depth.encodings import (
     ENCODING_CHANNELS,
     NEEDS_INTRINSICS,
@@ -76,6 +80,7 @@ class DepthAdapter(ModalityAdapter):
         super().__init__(root, params, log=log)
         self._class_names: list[str] | None = None
         self._layout: str | None = None
+        self._scenes: tuple[list[Path], list[Path]] | None = None
 
     # --- what the data looks like -----------------------------------------------------------
     @property
@@ -104,11 +109,19 @@ class DepthAdapter(ModalityAdapter):
             return "voc"
         if (self.root / p.coco_file).is_file():
             return "coco"
+        if self._sunrgbd_scenes()[0]:
+            return "sunrgbd"
         raise DataError(
             f"no depth dataset found: expected {p.nyu_file} (NYU), "
-            f"{p.annotation_dir}/ (VOC XML) or {p.coco_file} (COCO)",
+            f"{p.annotation_dir}/ (VOC XML), {p.coco_file} (COCO) or SUN RGB-D scene folders "
+            f"(depth/, {sunrgbd.INTRINSICS_FILE}, {p.sunrgbd_annotation})",
             path=self.root,
         )
+
+    def _sunrgbd_scenes(self) -> tuple[list[Path], list[Path]]:
+        if self._scenes is None:
+            self._scenes = sunrgbd.find_scenes(self.root, self.params.sunrgbd_annotation)
+        return self._scenes
 
     def discover(self) -> list[SampleRef]:
         """List frames with their split. Per frame (under ``self.log.guard``): its annotation
@@ -118,6 +131,8 @@ class DepthAdapter(ModalityAdapter):
             return self._discover_nyu()
         if self._layout == "voc":
             return self._discover_voc()
+        if self._layout == "sunrgbd":
+            return self._discover_sunrgbd()
         return self._discover_coco()
 
     def _find_depth(self, stem: str, referenced_from: Path, sample: str) -> Path:
@@ -244,7 +259,9 @@ class DepthAdapter(ModalityAdapter):
         path = self.resolve_inside_root(p.nyu_file, self.root)
         with nyu.open_labelled(path, self._nyu_need()) as f:
             file_names = nyu.class_names(f, path)
-            n, w, h = nyu.frame_count_and_size(f, p.nyu_depth_key, path)
+            n, w, h = nyu.frame_count_and_size(
+                f, p.nyu_depth_key, path, with_rgb=p.encoding == "rgbd"
+            )
         self.check_declared_size(path, w * h, p.max_pixels, f"{w} x {h} px frames", "max_pixels")
         self._class_names = list(p.class_names or nyu.DEFAULT_CLASSES)
         return [
@@ -256,6 +273,14 @@ class DepthAdapter(ModalityAdapter):
             )
             for i in range(n)
         ]
+
+    def _discover_sunrgbd(self) -> list[SampleRef]:
+        """One ref per scene folder (:func:`.sunrgbd.discover_scenes`)."""
+        scenes, unannotated = self._sunrgbd_scenes()
+        refs, self._class_names = sunrgbd.discover_scenes(
+            self, scenes, unannotated, self._split_lists, self._hash_split
+        )
+        return refs
 
     # --- reading ----------------------------------------------------------------------------
     def _intrinsics(self, ref: SampleRef) -> Intrinsics | None:
@@ -296,7 +321,8 @@ class DepthAdapter(ModalityAdapter):
             depth, valid = self._to_metres(frame.pop("depth"), "m")
             return depth, valid, frame
         path = ref.paths["depth"]
-        reader = DEPTH_READERS.get(path.suffix.lower())
+        sun = ref.meta.get("depth_codec") == "sunrgbd"  # SUN RGB-D's bit-shifted PNGs
+        reader = sunrgbd if sun else DEPTH_READERS.get(path.suffix.lower())
         if reader is None:
             raise DataError(f"unsupported depth file type {path.suffix.lower()!r}", path=path)
         raw, unit = reader.read_depth(path, float(p.max_pixels))
@@ -370,6 +396,7 @@ class DepthAdapter(ModalityAdapter):
                 "ref_id": ref.ref_id,
                 "paths": {a: str(b) for a, b in ref.paths.items()},
                 "index": ref.meta.get("index"),
+                "depth_codec": ref.meta.get("depth_codec"),
             },
             **enc_meta,
         }
@@ -407,7 +434,7 @@ class DepthAdapter(ModalityAdapter):
                 r["ref_id"],
                 "test",
                 {a: Path(b) for a, b in r["paths"].items()},
-                {"index": r.get("index")},
+                {"index": r.get("index"), "depth_codec": r.get("depth_codec")},
             )
             depth, valid, _ = self.load_depth(ref)
             filled = fill_missing(depth, valid) if valid.any() else depth

@@ -68,8 +68,11 @@ def class_names(f, path: Path) -> list[str]:
         raise DataError(f"cannot decode the 'names' cell array: {exc}", path=path) from exc
 
 
-def frame_count_and_size(f, depth_key: str, path: Path) -> tuple[int, int, int]:
-    """``(N, width, height)`` of the depth dataset, from its header (no pixel read)."""
+def frame_count_and_size(
+    f, depth_key: str, path: Path, with_rgb: bool = False
+) -> tuple[int, int, int]:
+    """``(N, width, height)`` of the depth dataset, from its header (no pixel read); the
+    shapes of ``labels``, ``instances`` (and ``images`` when ``with_rgb``) must agree."""
     shape = f[depth_key].shape
     if len(shape) != 3:
         raise DataError(
@@ -77,6 +80,21 @@ def frame_count_and_size(f, depth_key: str, path: Path) -> tuple[int, int, int]:
             path=path,
         )
     n, w, h = (int(s) for s in shape)
+    # Every per-pixel dataset read with the depth must match it frame by frame; a mismatch
+    # would pair labels with the wrong pixels (or fail half-way through the frames).
+    for key in ("labels", "instances"):
+        if key in f and tuple(f[key].shape) != tuple(shape):
+            raise DataError(
+                f"dataset {key!r} has shape {tuple(f[key].shape)} but {depth_key!r} has "
+                f"{tuple(shape)}; expected the same [N, W, H]",
+                path=path,
+            )
+    if with_rgb and tuple(f["images"].shape) != (n, 3, w, h):
+        raise DataError(
+            f"dataset 'images' has shape {tuple(f['images'].shape)}; expected {(n, 3, w, h)} "
+            "([N, 3, W, H], MATLAB H x W x 3 x N)",
+            path=path,
+        )
     return n, w, h
 
 

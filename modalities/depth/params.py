@@ -21,6 +21,7 @@ _NAMES = (
     "coco_file",
     "nyu_file",
     "nyu_depth_key",
+    "sunrgbd_annotation",
 )
 
 
@@ -28,8 +29,10 @@ _NAMES = (
 class DepthParams(AdapterParams):
     """Params of :class:`modalities.depth.DepthAdapter` (``adapter:`` in ``params.yaml``)."""
 
-    layout: Literal["auto", "voc", "coco", "nyu"] = param(
-        "auto", "dataset layout; auto: NYU `.mat`, else VOC `Annotations/`, else COCO JSON"
+    layout: Literal["auto", "voc", "coco", "nyu", "sunrgbd"] = param(
+        "auto",
+        "dataset layout; auto: NYU `.mat`, else VOC `Annotations/`, else COCO JSON, "
+        "else SUN RGB-D scene folders",
     )
     encoding: Literal["depth", "disparity", "normals", "hha", "rgbd"] = param(
         "depth", "channels the detector sees (normals and hha need intrinsics, rgbd colour)"
@@ -66,7 +69,9 @@ class DepthParams(AdapterParams):
     cx: float | None = param(None, "principal point x (px, OpenCV pixel-centre convention)")
     cy: float | None = param(None, "principal point y (px, OpenCV pixel-centre convention)")
     class_names: list[str] | None = param(
-        None, "names of labels 1..K; null: VOC sorted names found, COCO categories, NYU 19"
+        None,
+        "names of labels 1..K; null: VOC sorted names found, COCO categories, NYU and SUN RGB-D "
+        "the 19 furniture classes",
     )
     depth_dir: str = param("depth", "folder of depth maps `<id>.{png,npy,tif,tiff}`")
     annotation_dir: str = param("Annotations", "folder of VOC XML annotations (voc layout)")
@@ -78,11 +83,25 @@ class DepthParams(AdapterParams):
     nyu_depth_key: str = param(
         "depths", "NYU dataset holding the depth (`rawDepths`: raw, with holes)"
     )
+    sunrgbd_annotation: str = param(
+        "annotation2Dfinal/index.json",
+        "2D polygon annotation JSON inside each SUN RGB-D scene folder (sunrgbd layout)",
+    )
+    sunrgbd_name_map: dict[str, str] = param(
+        default_factory=dict,
+        doc="SUN RGB-D object name -> class name, e.g. {tv: television} (names compared "
+        "lower-case, `_` as space)",
+    )
+    sunrgbd_unshift: bool = param(
+        True, "undo the toolbox's 3-bit circular shift of SUN RGB-D depth PNGs (mm)"
+    )
     normal_smoothing_px: float = param(
         1.0, "Gaussian sigma (px) on depth before normals; 0 = none", min=0.0
     )
     val_fraction: float = param(0.15, "hash-split share of val (when no split lists)", min=0, max=1)
-    test_fraction: float = param(0.15, "hash-split share of test", min=0, max=1)
+    test_fraction: float = param(
+        0.15, "hash-split share of test (1: an evaluation-only dataset)", min=0, max=1
+    )
     seed: int = param(0, "seed of the hash split")
     max_pixels: float = param(
         50e6,
@@ -106,8 +125,16 @@ class DepthParams(AdapterParams):
             self.fail(
                 "class_names", f"must be a non-empty list of distinct names or null, got {names!r}"
             )
-        if self.val_fraction + self.test_fraction >= 1:
-            self.fail("val_fraction", "val_fraction + test_fraction must be < 1")
+        if names is not None and self.sunrgbd_name_map:
+            from modalities.depth.sunrgbd import normalise
+
+            known = {normalise(n) for n in names}
+            bad = sorted(v for v in self.sunrgbd_name_map.values() if normalise(v) not in known)
+            if bad:
+                self.fail("sunrgbd_name_map", f"maps to names not in class_names: {bad}")
+        if self.val_fraction + self.test_fraction > 1:
+            # == 1 is an evaluation-only dataset (no train split; to score a trained model)
+            self.fail("val_fraction", "val_fraction + test_fraction must be <= 1")
         for key in _NAMES:
             if not getattr(self, key):
                 self.fail(key, "must be a non-empty string")

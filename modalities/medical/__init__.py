@@ -1,7 +1,11 @@
-"""Medical modality: NIfTI CT/MRI volumes -> axial 2.5D slices; linked 3D lesions in world mm.
+"""Medical modality: CT/MRI volumes (NIfTI, DICOM series, MetaImage) -> axial 2.5D slices;
+linked 3D lesions in world mm.
 
 Modules: :mod:`~modalities.medical.adapter` (the adapter), :mod:`~modalities.medical.params`
-(its params and the CT window presets), :mod:`~modalities.medical.nifti` (NIfTI reading),
+(its params and the CT window presets), :mod:`~modalities.medical.nifti` (NIfTI reading and
+the RAS reorientation every format shares), :mod:`~modalities.medical.dicom` (DICOM series,
+pydicom), :mod:`~modalities.medical.metaimage` (``.mhd``/``.mha``, SimpleITK),
+:mod:`~modalities.medical.volumes` (which reader opens a volume; slice grids),
 :mod:`~modalities.medical.datalist` (MONAI datalist / LUNA16 CSV annotations),
 :mod:`~modalities.medical.linking` (3D geometry and linking), :mod:`~modalities.medical.demo`
 (synthetic CT). See ``docs/modalities/medical.md``.

@@ -1,21 +1,22 @@
-"""The ``medical`` adapter: NIfTI CT/MRI volumes -> axial 2.5D slices; 3D lesions in world mm.
+"""The ``medical`` adapter: CT/MRI volumes -> axial 2.5D slices; 3D lesions in world mm.
 
 Conventions (``docs/modalities/medical.md`` has the long form):
 
-* Volumes are reoriented to RAS (:mod:`modalities.medical.nifti`). The 2D samples are the axial
-  slices: canonical voxel axis ``k`` (towards Superior). A stored slice image is ``[C, H, W]``
-  with ``H`` along canonical voxel axis ``j`` (towards Anterior) and ``W`` along ``i`` (towards
-  Right): pixel ``(x, y)`` (continuous, pixel centre at +0.5) is voxel ``(i, j) = (x - 0.5,
-  y - 0.5)``.
+* Volumes are NIfTI, MetaImage ``.mhd``/``.mha`` or DICOM series (a folder tree or
+  ``folder#<SeriesInstanceUID>``), opened by :mod:`modalities.medical.volumes`. All are
+  reoriented to RAS the same way. The 2D samples are the axial slices: canonical voxel axis ``k``
+  (towards Superior). A stored slice image is ``[C, H, W]`` with ``H`` along canonical voxel
+  axis ``j`` (towards Anterior) and ``W`` along ``i`` (towards Right): pixel ``(x, y)``
+  (continuous, pixel centre at +0.5) is voxel ``(i, j) = (x - 0.5, y - 0.5)``.
 * ``Sample.affine`` = ``A_ras @ S @ T``: ``A_ras`` the canonical voxel->RAS mm affine, ``S``
   the in-plane resampling scale (identity without resampling), ``T`` the shift
   ``(-0.5, -0.5, k)``; its third column is the slice step, so it is invertible.
 * ``discover`` reads the annotations and each volume's header only (declared size checked
-  against ``max_voxels``); ``read`` first checks the whole file (:meth:`SliceReader.verify`),
-  then streams slices holding only the ``2k+1`` of the 2.5D context.
-* Annotations are world boxes ``cccwhd`` (centre, size; mm) in ``world_frame`` (LPS by default,
-  the LUNA16/ITK convention of MONAI's detection datalists) from a MONAI datalist JSON, or
-  LUNA16-style CSV rows (:mod:`modalities.medical.datalist`).
+  against ``max_voxels``); ``read`` first checks the whole volume (``verify``: for NIfTI the
+  gzip stream, data length and finite voxels, streaming; DICOM and MetaImage are decoded
+  whole), then yields slices.
+* Annotations are world boxes ``cccwhd`` (centre, size; mm) in ``world_frame`` (stated for a
+  MONAI datalist; LPS, fixed, for LUNA16-style CSV rows) (:mod:`modalities.medical.datalist`).
 """
 
 from __future__ import annotations
@@ -29,13 +30,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from dsod_core.data.sample import Sample
 from dsod_core.errors import ConfigError, DataError
 from dsod_core.io import write_json
 from modalities.base import AdapterParams, ModalityAdapter, PrepareLog, SampleRef, assign_split
 from modalities.medical import datalist as dl
+from modalities.medical import dicom, volumes
 from modalities.medical.linking import (
     apply_affine,
     ellipsoid_slice_cuts,
@@ -43,12 +44,8 @@ from modalities.medical.linking import (
     lps_ras_flip,
     slice_to_volume_affine,
 )
-from modalities.medical.nifti import SliceReader, check_header, declared_shape, load_header
+from modalities.medical.nifti import ArrayVolumeReader, SliceReader
 from modalities.medical.params import MedicalParams, parse_windows
-
-# Percentiles of an MRI volume are computed on at most this many voxels (a regular in-plane
-# stride over every slice), so the statistics never need the whole volume in memory.
-_MRI_STAT_VOXELS = 2_000_000
 
 
 def _unit_hash(key: str) -> float:
@@ -73,7 +70,8 @@ def _translate_z(k: int) -> np.ndarray:
 
 
 class MedicalAdapter(ModalityAdapter):
-    """NIfTI CT/MRI volumes with world-mm lesion boxes -> axial 2.5D slice samples.
+    """CT/MRI volumes (NIfTI, MetaImage, DICOM) with world-mm lesion boxes -> axial 2.5D
+    slice samples.
 
     Params: :class:`modalities.medical.params.MedicalParams` (``datalist`` or
     ``annotations_csv`` + ``series_map``; ``world_frame``; CT ``windows`` or MRI percentiles;
@@ -98,6 +96,8 @@ class MedicalAdapter(ModalityAdapter):
         p = self.params
         self._windows = parse_windows(p.windows) if p.intensity == "ct" else []
         self._class_names: list[str] | None = None
+        # DICOM folder -> its series (headers only): a tree is walked once (volumes.py).
+        self._dicom_index: volumes.DicomIndex = {}
 
     # --- what the data looks like -----------------------------------------------------------
     @property
@@ -137,18 +137,28 @@ class MedicalAdapter(ModalityAdapter):
                 self._class_names = [f"lesion_{i}" for i in range(max(top + 1, 1))]
         return refs
 
-    def _check_volume_header(self, image: Path) -> None:
-        """Header-only checks of one volume, before any voxel work."""
-        img = load_header(image)
-        shape = declared_shape(img, image)
+    def _check_size(self, path: Path, shape: tuple[int, ...]) -> None:
         self.check_declared_size(
-            image,
+            path,
             math.prod(shape),
             self.params.max_voxels,
             " x ".join(str(s) for s in shape) + " voxels",
             "max_voxels",
         )
-        check_header(img, image)
+
+    def _locate_volume(
+        self, spec: str, referenced_from: Path, not_found: str
+    ) -> tuple[Path, dict[str, Any]]:
+        """Resolve a volume and check its header (no voxels):
+        :func:`modalities.medical.volumes.locate_volume`."""
+        return volumes.locate_volume(
+            spec,
+            referenced_from,
+            not_found,
+            resolve=self.resolve_inside_root,
+            check_size=self._check_size,
+            index=self._dicom_index,
+        )
 
     def _check_labels(self, labels: list[int], where: str, path: Path) -> None:
         names = self.params.class_names
@@ -174,21 +184,26 @@ class MedicalAdapter(ModalityAdapter):
             ):
                 entry = dl.parse_entry(raw, where, path)
                 self._check_labels(entry.labels, where, path)
-                image = self.resolve_inside_root(entry.image, path)
+                self.resolve_inside_root(dicom.split_spec(entry.image)[0], path)
                 vid = dl.volume_id(entry.image)
                 if vid in seen:
                     raise DataError(f"{where}: image {entry.image!r} listed twice", path=path)
                 seen.add(vid)
-                if not image.is_file():
-                    raise DataError(f"{where}: image file {entry.image!r} not found", path=path)
-                self._check_volume_header(image)
+                image, fmt = self._locate_volume(
+                    entry.image, path, f"{where}: image file {entry.image!r} not found"
+                )
                 sp = split if has_splits else self._split(vid)
                 refs.append(
                     SampleRef(
                         vid,
                         sp,
                         {"image": image, "annotation": path},
-                        {"image": entry.image, "boxes": entry.boxes, "labels": entry.labels},
+                        {
+                            "image": entry.image,
+                            "boxes": entry.boxes,
+                            "labels": entry.labels,
+                            **fmt,
+                        },
                     )
                 )
         return refs
@@ -200,7 +215,7 @@ class MedicalAdapter(ModalityAdapter):
     def _discover_csv(self) -> list[SampleRef]:
         assert self.params.annotations_csv is not None
         path = self.resolve_inside_root(self.params.annotations_csv, self.root)
-        rows, bad = dl.read_lesion_csv(path)
+        rows, bad = dl.read_lesion_csv(path, self.params.candidate_diameter_mm)
         refs = []
         for uid, rel in dl.iter_series(rows, self.params.series_map):
             with (
@@ -211,10 +226,9 @@ class MedicalAdapter(ModalityAdapter):
                     raise DataError(f"series {uid!r}: {bad[uid]}", path=path)
                 if rel is None:
                     raise DataError(f"series {uid!r} has no entry in series_map", path=path)
-                image = self.resolve_inside_root(rel, path)
-                if not image.is_file():
-                    raise DataError(f"image file {rel!r} of series {uid!r} not found", path=path)
-                self._check_volume_header(image)
+                image, fmt = self._locate_volume(
+                    rel, path, f"image file {rel!r} of series {uid!r} not found"
+                )
                 boxes = rows.get(uid, [])
                 refs.append(
                     SampleRef(
@@ -226,6 +240,7 @@ class MedicalAdapter(ModalityAdapter):
                             "boxes": boxes,
                             "labels": [0] * len(boxes),
                             "seriesuid": uid,
+                            **fmt,
                         },
                     )
                 )
@@ -239,19 +254,31 @@ class MedicalAdapter(ModalityAdapter):
         finite voxels), so a volume damaged anywhere raises :class:`DataError` naming the file
         before any of its samples is yielded."""
         with _naming(ref.ref_id):
-            reader = SliceReader(ref.paths["image"])
+            reader = self._open_volume(ref)
             try:
                 reader.verify()
                 yield from self._read_slices(ref, reader)
             finally:
                 reader.close()
 
+    def _open_volume(self, ref: SampleRef) -> SliceReader | ArrayVolumeReader:
+        return volumes.open_volume(
+            Path(ref.paths["image"]),
+            ref.meta,
+            index=self._dicom_index,
+            check_size=self._check_size,
+        )
+
     def _lesion_cuts(
-        self, ref: SampleRef, reader: SliceReader, volume_affine: np.ndarray, scale: np.ndarray
+        self,
+        ref: SampleRef,
+        reader: SliceReader | ArrayVolumeReader,
+        volume_affine: np.ndarray,
+        scale: np.ndarray,
     ):
         """Per slice: list of (box xyxy px in the stored image, label 1..K, fraction)."""
         boxes = np.asarray(ref.meta["boxes"], dtype=np.float64).reshape(-1, 6)
-        frame = self.params.world_frame
+        frame = self.params.frame
         if frame == "LPS":
             boxes = lps_ras_flip(boxes)
         n_i, n_j, n_k = reader.shape
@@ -275,22 +302,12 @@ class MedicalAdapter(ModalityAdapter):
                 )
         return per_slice
 
-    def _read_slices(self, ref: SampleRef, reader: SliceReader) -> Iterator[Sample]:
+    def _read_slices(
+        self, ref: SampleRef, reader: SliceReader | ArrayVolumeReader
+    ) -> Iterator[Sample]:
         p = self.params
         n_i, n_j, n_k = reader.shape
-        # In-plane resampling: output pixel edges aligned with input voxel edges, so stored
-        # pixel x covers input voxels [x*s, (x+1)*s).
-        if p.target_spacing is not None:
-            out_ij = np.maximum(
-                1, np.round(np.array([n_i, n_j]) * reader.spacing[:2] / p.target_spacing)
-            ).astype(int)
-        else:
-            out_ij = np.array([n_i, n_j])
-        scale = np.array([n_i, n_j]) / out_ij  # input voxels per stored pixel
-        pix = np.eye(4)
-        pix[0, 0], pix[1, 1] = scale
-        pix[:2, 3] = -0.5
-        volume_affine = reader.affine @ pix  # (x, y, z=k) -> RAS mm
+        out_ij, scale, volume_affine = volumes.slice_grid(reader, p.target_spacing)
         cuts = self._lesion_cuts(ref, reader, volume_affine, scale)
         # Slices whose every lesion section is dropped as too small are ambiguous (lesion
         # tissue without a box): kept neither as positives nor as negatives.
@@ -303,7 +320,11 @@ class MedicalAdapter(ModalityAdapter):
         keep = self._slices_to_keep(ref, n_k, positive, set(cuts))
         if not keep:
             return
-        mri_range = self._mri_range(reader) if p.intensity == "mri_percentile" else None
+        mri_range = (
+            volumes.mri_range(reader, p.mri_percentiles)
+            if p.intensity == "mri_percentile"
+            else None
+        )
         ctx = p.slice_context
         cache: dict[int, np.ndarray] = {}
         order = reader.order()
@@ -318,7 +339,7 @@ class MedicalAdapter(ModalityAdapter):
             needed = [min(max(k + o, 0), n_k - 1) for o in self._offsets]
             for j in sorted(set(needed), key=lambda j: j * step):
                 if j not in cache:
-                    cache[j] = self._prepare_slice(reader.slice(j), out_ij)
+                    cache[j] = volumes.prepare_slice(reader.slice(j), out_ij)
             channels = []
             for lo, hi in [(w[1], w[2]) for w in self._windows] or [mri_range]:
                 for j in needed:
@@ -339,7 +360,8 @@ class MedicalAdapter(ModalityAdapter):
             meta = {
                 "units": "mm",
                 "world_frame": "RAS",
-                "annotation_world_frame": p.world_frame,
+                "annotation_world_frame": p.frame,
+                "format": ref.meta.get("format", "nifti"),
                 "volume_id": ref.ref_id,
                 "image": ref.meta["image"],
                 "slice_index": int(k),
@@ -354,6 +376,8 @@ class MedicalAdapter(ModalityAdapter):
                 "split": ref.split,
                 "datalist_key": dl.SPLIT_KEYS[ref.split],
             }
+            if "dicom_series" in ref.meta:
+                meta["dicom_series"] = ref.meta["dicom_series"]
             if mri_range is not None:
                 meta["mri_range"] = [float(mri_range[0]), float(mri_range[1])]
             yield Sample(
@@ -367,28 +391,6 @@ class MedicalAdapter(ModalityAdapter):
                 affine=volume_affine @ _translate_z(k),
                 meta=meta,
             )
-
-    @staticmethod
-    def _prepare_slice(canonical: np.ndarray, out_ij: np.ndarray) -> np.ndarray:
-        """Canonical ``[n_i, n_j]`` -> stored ``[H=n_j', W=n_i']``, resampled if asked."""
-        img = canonical.T
-        if (img.shape[1], img.shape[0]) != (int(out_ij[0]), int(out_ij[1])):
-            zoom = (out_ij[1] / img.shape[0], out_ij[0] / img.shape[1])
-            # grid_mode: pixel edges (not centres) align, matching the continuous pixel
-            # coordinates of the boxes and the affine.
-            img = ndimage.zoom(img, zoom, order=1, grid_mode=True, mode="nearest")
-        return img
-
-    def _mri_range(self, reader: SliceReader) -> tuple[float, float]:
-        n_i, n_j, n_k = reader.shape
-        stride = max(1, int(math.ceil(math.sqrt(n_i * n_j * n_k / _MRI_STAT_VOXELS))))
-        values = np.concatenate(
-            [reader.slice(k)[::stride, ::stride].ravel() for k in reader.order()]
-        )
-        lo, hi = np.percentile(values, self.params.mri_percentiles)
-        if not hi > lo:
-            hi = lo + 1.0  # a constant volume: keep the map finite
-        return float(lo), float(hi)
 
     def _slices_to_keep(
         self, ref: SampleRef, n_k: int, positive: set[int], crossing: set[int]
@@ -442,7 +444,7 @@ class MedicalAdapter(ModalityAdapter):
                 p.link_overlap,
             )
             boxes = np.array([les.box for les in lesions]).reshape(-1, 6)
-            if p.world_frame == "LPS":
+            if p.frame == "LPS":
                 boxes = lps_ras_flip(boxes)
             doc.setdefault(vol["key"], []).append(
                 {

@@ -27,15 +27,21 @@ DATALIST_KEYS = {"training": "train", "validation": "val", "test": "test"}
 SPLIT_KEYS = {v: k for k, v in DATALIST_KEYS.items()}
 
 CSV_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
+CANDIDATE_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "class")
+
+#: Suffixes dropped from a volume path to make its id (a DICOM folder has none).
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mhd", ".mha")
 
 
 def volume_id(rel: str) -> str:
     """A stable id of a volume from its path as written in the annotations."""
-    name = rel.replace("\\", "/")
-    for suffix in (".nii.gz", ".nii"):
+    name = rel.replace("\\", "/").rstrip("/")
+    for suffix in VOLUME_SUFFIXES:
         if name.endswith(suffix):
             name = name[: -len(suffix)]
-    return name.replace("/", "__")
+            break
+    # "folder#<SeriesInstanceUID>" (one series of a DICOM folder): "folder__<uid>"
+    return name.replace("#", "__").replace("/", "__")
 
 
 @dataclass
@@ -89,33 +95,63 @@ def parse_entry(entry: Any, where: str, path: Path) -> Entry:
     return Entry(where, entry["image"], boxes.tolist(), labels.astype(int).tolist())
 
 
-def read_lesion_csv(path: Path) -> tuple[dict[str, list[list[float]]], dict[str, str]]:
+def read_lesion_csv(
+    path: Path, candidate_diameter: float | None = None
+) -> tuple[dict[str, list[list[float]]], dict[str, str]]:
     """LUNA16-style rows -> ``({uid: [cccwhd boxes]}, {uid: reason})``: a row that cannot be
     used marks its whole series bad (a volume missing one of its lesions would teach the
     detector that the lesion is background). Raises :class:`DataError` for an unusable file
-    (unreadable, columns missing, a row without a series uid)."""
+    (unreadable, columns missing, a row without a series uid).
+
+    ``annotations.csv`` (``diameter_mm`` column): one sphere per row. ``candidates.csv``
+    (``class`` column, no ``diameter_mm``): class-1 rows are spheres of
+    ``candidate_diameter`` mm, class-0 rows (not nodules) only list their series, which is
+    then read as lesion-free; without ``candidate_diameter`` such a file is refused."""
     rows: dict[str, list[list[float]]] = {}
     bad: dict[str, str] = {}
     try:
         with path.open(newline="") as f:
             reader = csv.DictReader(f)
-            missing = set(CSV_COLUMNS) - set(reader.fieldnames or [])
+            fields = set(reader.fieldnames or [])
+            candidates = "diameter_mm" not in fields and "class" in fields
+            need = set(CANDIDATE_COLUMNS if candidates else CSV_COLUMNS)
+            missing = need - fields
             if missing:
-                raise DataError(f"CSV lacks columns {sorted(missing)}", path=path)
+                raise DataError(
+                    f"CSV lacks columns {sorted(missing)} (annotations.csv needs "
+                    f"{list(CSV_COLUMNS)}, candidates.csv {list(CANDIDATE_COLUMNS)})",
+                    path=path,
+                )
+            if candidates and candidate_diameter is None:
+                raise DataError(
+                    "a candidates CSV (class column, no diameter_mm) gives no lesion size: set "
+                    "the adapter param 'candidate_diameter_mm' to read its class-1 rows as "
+                    "spheres of that diameter, or use annotations.csv",
+                    path=path,
+                )
             for line, row in enumerate(reader, start=2):
                 uid = row.get("seriesuid")
                 if not uid:
                     raise DataError(f"line {line}: empty seriesuid", path=path)
                 rows.setdefault(uid, [])
                 try:
-                    x, y, z, d = (float(row[c]) for c in CSV_COLUMNS[1:])  # type: ignore[arg-type]
+                    x, y, z = (float(row[c]) for c in CSV_COLUMNS[1:4])  # type: ignore[arg-type]
+                    if candidates:
+                        cls = float(row["class"])  # type: ignore[arg-type]
+                        d = float(candidate_diameter)  # type: ignore[arg-type]
+                    else:
+                        cls, d = 1.0, float(row["diameter_mm"])  # type: ignore[arg-type]
                 except (TypeError, ValueError) as exc:
                     bad.setdefault(uid, f"line {line}: bad number ({exc})")
+                    continue
+                if cls not in (0.0, 1.0):
+                    bad.setdefault(uid, f"line {line}: class must be 0 or 1, got {row['class']!r}")
                     continue
                 if not all(map(math.isfinite, (x, y, z, d))) or d <= 0:
                     bad.setdefault(uid, f"line {line}: need finite coords and diameter > 0")
                     continue
-                rows[uid].append([x, y, z, d, d, d])
+                if cls == 1.0:
+                    rows[uid].append([x, y, z, d, d, d])
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"cannot read CSV: {exc}", path=path) from exc
     return rows, bad

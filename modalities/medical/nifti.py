@@ -248,3 +248,62 @@ class SliceReader:
     def close(self) -> None:
         # Drop the proxy so the kept-open file handle is released now, not at GC time.
         self.img = None  # type: ignore[assignment]
+
+
+# --- volumes read whole (DICOM series, MetaImage) ------------------------------------------
+#: LPS <-> RAS: the patient frame of DICOM and ITK (x to the patient's left, y to posterior)
+#: and nibabel's (x to the right, y to anterior) differ by the sign of x and y.
+LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+class ArrayVolumeReader:
+    """The :class:`SliceReader` interface over a volume decoded whole (DICOM, MetaImage).
+
+    ``shape`` is the volume's voxel grid ``(n_i, n_j, n_k)`` in its own index order and
+    ``affine_ras`` its voxel -> RAS mm affine; the volume is reoriented to the closest
+    canonical orientation (RAS) exactly as :class:`SliceReader` does for NIfTI
+    (``io_orientation`` + ``inv_ornt_aff``), so the adapter sees one convention for all
+    formats. Subclasses implement :meth:`_load`, returning the voxels ``[n_i, n_j, n_k]``
+    (float32, HU for CT); :meth:`verify` calls it once and checks every voxel is finite."""
+
+    def __init__(self, path: Path, shape: tuple[int, int, int], affine_ras: np.ndarray):
+        self.path = Path(path)
+        affine_ras = np.asarray(affine_ras, dtype=np.float64)
+        if not np.isfinite(affine_ras).all() or abs(np.linalg.det(affine_ras[:3, :3])) < 1e-9:
+            raise DataError("the voxel -> world affine is singular or not finite", path=path)
+        self.file_shape = tuple(int(s) for s in shape)
+        self.ornt = io_orientation(affine_ras)
+        self.affine = affine_ras @ inv_ornt_aff(self.ornt, self.file_shape)
+        self.shape = tuple(
+            self.file_shape[int(np.nonzero(self.ornt[:, 0] == ax)[0][0])] for ax in range(3)
+        )
+        self.spacing = np.sqrt((self.affine[:3, :3] ** 2).sum(axis=0))
+        self._data: np.ndarray | None = None
+
+    def _load(self) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def verify(self) -> None:
+        """Decode the whole volume (every file of it) and refuse NaN or infinite voxels."""
+        data = np.asarray(self._load(), dtype=np.float32)
+        if data.shape != self.file_shape:
+            raise DataError(
+                f"decoded voxels have shape {list(data.shape)}, the header declares "
+                f"{list(self.file_shape)}",
+                path=self.path,
+            )
+        if not np.isfinite(data).all():
+            raise DataError("the volume holds NaN or infinite values", path=self.path)
+        self._data = apply_orientation(data, self.ornt)
+
+    def order(self) -> list[int]:
+        return list(range(self.shape[2]))
+
+    def slice(self, k: int) -> np.ndarray:
+        if self._data is None:
+            self.verify()
+        assert self._data is not None
+        return np.ascontiguousarray(self._data[:, :, k])
+
+    def close(self) -> None:
+        self._data = None

@@ -52,6 +52,15 @@ def parse_windows(spec: list[Any]) -> list[tuple[str, float, float]]:
     return out
 
 
+#: Why ``world_frame`` must be stated for a datalist (its boxes may be in either frame).
+WORLD_FRAME_HELP = (
+    "a datalist does not fix the frame of its boxes; state world_frame: LPS (ITK, DICOM, "
+    "SimpleITK, LUNA16 and MONAI's LUNA16 datalists: x grows to the patient's left, y to "
+    "posterior) or world_frame: RAS (NIfTI/nibabel, 3D Slicer: x grows to the patient's "
+    "right, y to anterior); z grows to superior in both"
+)
+
+
 @dataclass(frozen=True)
 class MedicalParams(AdapterParams):
     """Params of :class:`modalities.medical.MedicalAdapter` (``docs/modalities/medical.md``)."""
@@ -60,14 +69,27 @@ class MedicalParams(AdapterParams):
         None, "MONAI detection datalist JSON, relative to root (or set annotations_csv)"
     )
     annotations_csv: str | None = param(
-        None, "LUNA16-style CSV (seriesuid, coordX, coordY, coordZ, diameter_mm), relative to root"
+        None,
+        "LUNA16-style CSV, relative to root: annotations.csv (seriesuid, coordX, coordY, "
+        "coordZ, diameter_mm) or candidates.csv (.., class; see candidate_diameter_mm)",
     )
     series_map: str | dict[str, str] = param(
-        "{seriesuid}.nii.gz", "CSV series uid -> volume path: a template or a {uid: path} mapping"
+        "{seriesuid}.nii.gz",
+        "CSV series uid -> volume (.nii/.nii.gz, .mhd/.mha, DICOM folder or folder#uid): "
+        "a template or a {uid: path} mapping",
     )
     csv_class: str = param("nodule", "name of the one class of CSV annotations")
-    world_frame: Literal["LPS", "RAS"] = param(
-        "LPS", "frame of annotation boxes and written 3D predictions (ITK/LUNA16: LPS)"
+    candidate_diameter_mm: float | None = param(
+        None,
+        "diameter (mm) given to the class-1 rows of a candidates.csv (it has no size); "
+        "null refuses a CSV without diameter_mm",
+        min=0.0,
+        min_exclusive=True,
+    )
+    world_frame: Literal["LPS", "RAS"] | None = param(
+        None,
+        "frame of annotation boxes and written 3D predictions: LPS (ITK/DICOM/LUNA16) or RAS "
+        "(NIfTI/nibabel/Slicer); required with a datalist, LPS (fixed) for a LUNA16 CSV",
     )
     class_names: list[str] | None = param(
         None, "names of datalist labels 0..K-1 (stored as 1..K); null = lesion_<l> from the data"
@@ -109,7 +131,10 @@ class MedicalParams(AdapterParams):
         0.15, "validation share when the annotations give no splits", min=0.0, max=1.0
     )
     test_fraction: float = param(
-        0.15, "test share when the annotations give no splits", min=0.0, max=1.0
+        0.15,
+        "test share when the annotations give no splits (1: an evaluation-only dataset)",
+        min=0.0,
+        max=1.0,
     )
     seed: int = param(0, "seed of the split hash and of the negative-slice choice", min=0)
     max_voxels: int = param(
@@ -128,9 +153,23 @@ class MedicalParams(AdapterParams):
     )
     link_min_slices: int = param(1, "3D linking: shortest track kept", min=0)
 
+    @property
+    def frame(self) -> Literal["LPS", "RAS"]:
+        """The frame of the annotation boxes (``world_frame``; LPS for a LUNA16 CSV)."""
+        return self.world_frame or "LPS"
+
     def check(self) -> None:
         if (self.datalist is None) == (self.annotations_csv is None):
             self.fail("datalist", "set exactly one of 'datalist' or 'annotations_csv'")
+        if self.datalist is not None and self.world_frame is None:
+            self.fail("world_frame", WORLD_FRAME_HELP)
+        if self.annotations_csv is not None and self.world_frame == "RAS":
+            self.fail(
+                "world_frame",
+                "a LUNA16-style CSV holds world coordinates in LPS (the ITK/DICOM patient "
+                "frame) by definition; drop world_frame or set it to LPS (convert the CSV to "
+                "a datalist for RAS boxes)",
+            )
         if self.intensity == "ct":
             if not self.windows:
                 self.fail("windows", "list at least one CT window")
@@ -138,8 +177,9 @@ class MedicalParams(AdapterParams):
         mp = self.mri_percentiles
         if len(mp) != 2 or not mp[0] < mp[1]:
             self.fail("mri_percentiles", f"must be [lo, hi] with 0 <= lo < hi <= 100, got {mp!r}")
-        if self.val_fraction + self.test_fraction >= 1:
-            self.fail("val_fraction", "val_fraction + test_fraction must be < 1")
+        if self.val_fraction + self.test_fraction > 1:
+            # == 1 is an evaluation-only dataset (no train split; to score a trained model)
+            self.fail("val_fraction", "val_fraction + test_fraction must be <= 1")
         if isinstance(self.series_map, str):
             try:
                 self.series_map.format(seriesuid="x")

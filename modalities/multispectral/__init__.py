@@ -2,8 +2,9 @@
 predictions in map coordinates (see ``docs/modalities/multispectral.md``).
 
 Modules: ``adapter`` (the adapter), ``params`` (its params), ``geotiff`` (rasters in),
-``geojson`` (labels in, predictions out), ``tiling`` (chips and merging their predictions),
-``demo`` (the synthetic dataset).
+``bandstack`` (one file per band: Sentinel-2, Landsat, a pattern), ``geojson`` (labels in,
+predictions out), ``xview`` and ``dota`` (pixel-box labels in), ``tiling`` (chips and merging
+their predictions), ``demo`` (the synthetic dataset).
 """
 
 from modalities.multispectral.adapter import MultispectralAdapter

@@ -8,8 +8,10 @@ checks that the whole raster decodes, then yields its chips. See
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +23,14 @@ from rasterio.windows import Window
 from dsod_core.data.sample import Sample, pixel_to_world
 from dsod_core.errors import ConfigError, DataError
 from modalities.base import ModalityAdapter, PrepareLog, SampleRef, assign_split
-from modalities.multispectral import geojson, geotiff
+from modalities.multispectral import bandstack, geojson, geotiff
+from modalities.multispectral import labels as label_files
 from modalities.multispectral.geotiff import RasterInfo
-from modalities.multispectral.params import MultispectralParams
+from modalities.multispectral.params import DERIVED, MultispectralParams
 from modalities.multispectral.tiling import boxes_in_chip, chip_windows, class_wise_nms
 
-_Feature = tuple[str, np.ndarray]  # (class name, raster-pixel box xyxy)
+_Feature = tuple[str, np.ndarray, bool]  # (class name, raster-pixel box xyxy, difficult)
+_Entry = label_files.Entry
 
 
 def _unit_hash(key: str, seed: int) -> float:
@@ -64,6 +68,8 @@ class MultispectralAdapter(ModalityAdapter):
             list(self.params.class_names) if self.params.class_names else None
         )
         self._rasters: dict[str, RasterInfo] = {}
+        # Shared label file (no '{stem}'): parsed once, (CRS or None, image id -> entries).
+        self._shared: dict[Path, tuple[CRS | None, dict[str, list[_Entry]]]] = {}
 
     # --- names -------------------------------------------------------------------------
     @property
@@ -79,11 +85,31 @@ class MultispectralAdapter(ModalityAdapter):
         return list(self._class_names)
 
     # --- discovery ---------------------------------------------------------------------
-    def _open_info(self, path: Path) -> RasterInfo:
-        """The raster's header: declared size checked first (``max_pixels``), then CRS,
-        geotransform and bands."""
+    @contextmanager
+    def _open_source(self, path: Path, stack: Mapping[str, Any] | None) -> Iterator[Any]:
+        """A raster file (``geotiff.open_raster``) or, for a band stack's scene, its
+        :class:`bandstack.BandStack` (same reading interface) on the reference grid."""
+        if stack is None:
+            with geotiff.open_raster(path) as ds:
+                yield ds
+            return
         p = self.params
-        with geotiff.open_raster(path) as ds:
+        files = {b: self.resolve_inside_root(f, path) for b, f in stack["files"].items()}
+        scene = bandstack.Scene(p.stack, stack["folder"], stack["scene_id"], dict(stack["files"]))
+        rad = bandstack.radiometry(
+            self.root, scene, list(files), p.boa_add_offset, p.boa_quantification
+        )
+        with bandstack.BandStack(files, p.stack_reference, rad) as ds:
+            yield ds
+
+    def _open_info(
+        self, path: Path, rel: str | None = None, stack: Mapping[str, Any] | None = None
+    ) -> RasterInfo:
+        """The raster's header: declared size checked first (``max_pixels``), then CRS,
+        geotransform and bands. For a band stack, ``path`` is the scene folder and the
+        info's path becomes the reference band's file."""
+        p = self.params
+        with self._open_source(path, stack) as ds:
             self.check_declared_size(
                 path,
                 ds.width * ds.height,
@@ -91,14 +117,41 @@ class MultispectralAdapter(ModalityAdapter):
                 f"{ds.width} x {ds.height} px",
                 "max_pixels",
             )
-            rel = path.relative_to(self.root).as_posix()
-            return geotiff.raster_info(ds, path, rel, p.bands, p.roles, p.derived)
+            rel = rel or path.relative_to(self.root).as_posix()
+            info = geotiff.raster_info(ds, path, rel, p.bands, p.roles, p.derived)
+            if stack is not None:
+                ref_file = ds.paths[ds.names.index(ds.reference)]
+                info = dataclasses.replace(info, path=ref_file, stack=dict(stack))
+            return info
 
-    def _label_path(self, raster: Path) -> Path:
-        rel = raster.parent.relative_to(self.root) / self.params.label_pattern.format(
-            stem=raster.stem
-        )
-        return self.resolve_inside_root(rel, raster)
+    def _stem(self, info: RasterInfo) -> str:
+        return info.stack["scene_id"] if info.stack else Path(info.rel).stem
+
+    def _label_path(self, info: RasterInfo) -> Path:
+        p = self.params
+        rel = label_files.label_rel(info.rel, p.labels_pattern, self._stem(info), p.shared_labels)
+        return self.resolve_inside_root(rel, info.path)
+
+    def _stack_bands(self) -> list[str]:
+        """The band names a stack opens: ``bands``, then the role bands of ``derived``."""
+        p = self.params
+        return bandstack.stack_bands(p.bands, p.derived, p.roles, DERIVED)
+
+    def _units(self) -> list[tuple[Path, str, bandstack.Scene | None]]:
+        """(path, id under root, scene or None) of every raster file or band-stack scene."""
+        p = self.params
+        if p.stack == "none":
+            paths = sorted(q for q in self.root.glob(p.raster_glob) if q.is_file())
+            if not paths:
+                raise DataError(f"no rasters match {p.raster_glob!r}", path=self.root)
+            return [(q, q.relative_to(self.root).as_posix(), None) for q in paths]
+        scenes = bandstack.require_scenes(self.root, p.stack, p.band_files)
+        return [(self.root / sc.folder, sc.rel, sc) for sc in scenes]
+
+    def _unit_info(self, path: Path, rel: str, scene: bandstack.Scene | None) -> RasterInfo:
+        if scene is None:
+            return self._open_info(path, rel)
+        return self._open_info(path, rel, bandstack.scene_stack(scene, self._stack_bands(), path))
 
     def discover(self) -> list[SampleRef]:
         """One :class:`SampleRef` per raster matching ``raster_glob`` (headers and labels only;
@@ -109,14 +162,12 @@ class MultispectralAdapter(ModalityAdapter):
         raster alone, as the prepare stage's ``on_error`` decides.
         """
         p = self.params
-        paths = sorted(q for q in self.root.glob(p.raster_glob) if q.is_file())
-        if not paths:
-            raise DataError(f"no rasters match {p.raster_glob!r}", path=self.root)
+        units = self._units()
         skipped_before = len(self.log.skipped)
         kept: list[tuple[RasterInfo, list[_Feature]]] = []
-        for path in paths:
-            with self.log.guard(path, unit="raster"):
-                info = self._open_info(path)
+        for path, rel, scene in units:
+            with self.log.guard(path, unit="raster" if scene is None else "scene"):
+                info = self._unit_info(path, rel, scene)
                 if self._channel_names is not None and info.channel_names != self._channel_names:
                     raise DataError(
                         f"band layout {info.channel_names} differs from the first raster's "
@@ -129,80 +180,95 @@ class MultispectralAdapter(ModalityAdapter):
                 kept.append((info, feats))
         if not kept:
             first = self.log.skipped[skipped_before]
+            what = f"raster matching {p.raster_glob!r}" if p.stack == "none" else "scene"
             raise DataError(
-                f"every raster matching {p.raster_glob!r} was refused ({len(paths)}); the first: "
-                f"{first['reason']}",
+                f"every {what} was refused ({len(units)}); the first: {first['reason']}",
                 path=first["file"],
             )
         if self._class_names is None:
-            self._class_names = sorted({c for _, feats in kept for c, _ in feats})
+            self._class_names = sorted({c for _, feats in kept for c, _, _ in feats})
             if not self._class_names:
                 raise DataError("no labelled features in any label file", path=self.root)
         refs = [self._raster_ref(info, feats) for info, feats in kept]
         return [r for r in refs if r.meta["chips"]]
 
-    def _read_labels(self, info: RasterInfo) -> list[_Feature]:
-        """(class name, raster-pixel box) of every feature of the raster's label file that
-        touches the raster."""
+    def _parse_labels(self, lpath: Path) -> tuple[CRS | None, list[_Entry]]:
+        """The entries of one label file in ``label_format``; the CRS of map geometries
+        (geojson) or None for pixel boxes (xview, dota)."""
         p = self.params
-        lpath = self._label_path(info.path)
+        return label_files.parse_labels(
+            lpath, p.label_format, p.class_property, p.image_key, p.shared_labels
+        )
+
+    def _label_entries(self, info: RasterInfo) -> tuple[Path, CRS | None, list[_Entry]]:
+        """The label file of a raster and its entries; from a shared label file, the entries
+        whose image property equals the raster's file name, stem or path under root."""
+        p = self.params
+        lpath = self._label_path(info)
         if not lpath.is_file():
             if p.require_labels:
                 raise DataError(f"label file {lpath.name} not found", path=info.path)
-            return []
-        src_crs, feats = geojson.read_label_features(lpath, p.class_property)
+            return lpath, None, []
+        if not p.shared_labels:
+            return (lpath, *self._parse_labels(lpath))
+        if lpath not in self._shared:
+            crs, entries = self._parse_labels(lpath)
+            self._shared[lpath] = (crs, label_files.by_image(entries))
+        crs, by_image = self._shared[lpath]
+        mine = label_files.entries_of_image(by_image, info.rel, self._stem(info))
+        if not mine:
+            self.log.warn(
+                f"no feature has {p.image_key}={Path(info.rel).name!r} (or the raster's stem or "
+                f"path); raster {info.rel} is read unlabelled",
+                lpath,
+            )
+        return lpath, crs, mine
+
+    def _read_labels(self, info: RasterInfo) -> list[_Feature]:
+        """(class name, raster-pixel box, difficult) of every label of the raster that
+        touches it."""
+        p = self.params
+        lpath, src_crs, entries = self._label_entries(info)
         kept = []
-        for i, cls, geom in feats:
+        for where, _, cls, geom, difficult in entries:
             if self._class_names is not None and cls not in self._class_names:
                 if p.unknown_class == "error":
                     raise DataError(
-                        f"feature {i} has class {cls!r}, not in class_names {self._class_names}",
+                        f"{where} has class {cls!r}, not in class_names {self._class_names}",
                         path=lpath,
                     )
-                self.log.warn(f"feature {i} of unknown class {cls!r} skipped", lpath)
+                self.log.warn(f"{where} of unknown class {cls!r} skipped", lpath)
                 continue
-            kept.append((i, cls, geom))
-        boxes = geojson.geometries_to_pixel_boxes(
-            [g for _, _, g in kept], src_crs, info.crs, info.transform, lpath
-        )
-        inside = (
-            (boxes[:, 2] > 0)
-            & (boxes[:, 0] < info.width)
-            & (boxes[:, 3] > 0)
-            & (boxes[:, 1] < info.height)
-            & (boxes[:, 2] > boxes[:, 0])
-            & (boxes[:, 3] > boxes[:, 1])
-        )
-        if len(kept) and not inside.any():
-            msg = (
-                f"none of the {len(kept)} label features overlaps raster {info.rel} "
-                f"({info.width}x{info.height} px in {info.crs.to_string()}); wrong CRS or file?"
-            )
-            if p.labels_outside == "error":
+            if difficult and not p.keep_difficult:
+                continue
+            kept.append((cls, geom, difficult))
+        geoms = [g for _, g, _ in kept]
+        boxes = label_files.pixel_boxes(geoms, src_crs, info.crs, info.transform, lpath)
+        inside = label_files.inside_raster(boxes, info.width, info.height)
+        report = label_files.outside_report(inside, info.rel, info.width, info.height, info.crs)
+        if report is not None:
+            msg, none_inside = report
+            if none_inside and p.labels_outside == "error":
                 raise DataError(msg, path=lpath)
             self.log.warn(msg, lpath)
-        elif (~inside).any():
-            self.log.warn(
-                f"{int((~inside).sum())} of {len(kept)} features lie outside raster "
-                f"{info.rel} (or are degenerate) and are ignored",
-                lpath,
-            )
-        return [(cls, box) for (_, cls, _), box, ok in zip(kept, boxes, inside) if ok]
+        return [(cls, box, diff) for (cls, _, diff), box, ok in zip(kept, boxes, inside) if ok]
 
     def _raster_ref(self, info: RasterInfo, feats: list[_Feature]) -> SampleRef:
         """The raster's ref: its chips (windows with their boxes), empty ones kept at
         ``empty_chip_rate`` by a stable hash, each with its split."""
         p = self.params
-        boxes = np.array([b for _, b in feats], dtype=np.float64).reshape(-1, 4)
-        labels = np.array([self._class_names.index(c) + 1 for c, _ in feats], dtype=np.int64)
+        boxes = np.array([b for _, b, _ in feats], dtype=np.float64).reshape(-1, 4)
+        labels = np.array([self._class_names.index(c) + 1 for c, _, _ in feats], dtype=np.int64)
+        difficult = np.array([d for _, _, d in feats], dtype=bool)
         raster_split = assign_split(info.rel, p.val_fraction, p.test_fraction, p.seed)
-        stem = Path(info.rel).with_suffix("").as_posix()
+        stem = info.rel if info.stack else Path(info.rel).with_suffix("").as_posix()
         chips = []
         for win in chip_windows(info.width, info.height, p.chip_size, p.overlap):
             col, row = int(win.col_off), int(win.row_off)
             key = f"{info.rel}@{col},{row}"
-            chip_boxes, chip_labels = boxes_in_chip(
-                boxes, labels, win, (info.width, info.height), p.min_visible
+            # Indexes ride through as "labels" so each kept box keeps its label and flag.
+            chip_boxes, kept_idx = boxes_in_chip(
+                boxes, np.arange(len(labels)), win, (info.width, info.height), p.min_visible
             )
             # Deterministic keep/drop of empty chips: a stable hash, not a global RNG.
             if not len(chip_boxes) and _unit_hash(f"empty:{key}", p.seed) >= p.empty_chip_rate:
@@ -218,21 +284,24 @@ class MultispectralAdapter(ModalityAdapter):
                     "split": split,
                     "window": [col, row, int(win.width), int(win.height)],
                     "boxes": chip_boxes.tolist(),
-                    "labels": chip_labels.tolist(),
+                    "labels": labels[kept_idx].tolist(),
+                    "difficult": difficult[kept_idx].tolist(),
                 }
             )
         return SampleRef(
             ref_id=stem,
             split=raster_split,
             paths={"image": info.path},
-            meta={"raster": info.rel, "chips": chips},
+            meta={"raster": info.rel, "chips": chips, "stack": info.stack},
         )
 
     # --- reading -----------------------------------------------------------------------
     def _info_for(self, ref: SampleRef) -> RasterInfo:
         rel = ref.meta["raster"]
         if rel not in self._rasters:
-            info = self._open_info(Path(ref.paths["image"]))
+            stack = ref.meta.get("stack")
+            path = self.root / stack["folder"] if stack else Path(ref.paths["image"])
+            info = self._open_info(path, rel, stack)
             if self._channel_names is None:
                 self._channel_names = info.channel_names
             self._rasters[rel] = info
@@ -279,7 +348,7 @@ class MultispectralAdapter(ModalityAdapter):
         """
         info = self._info_for(ref)
         p = self.params
-        with geotiff.open_raster(info.path) as ds:
+        with self._open_source(info.path, info.stack) as ds:
             geotiff.verify_readable(ds, info)
             stats = geotiff.raster_stats(ds, info, p.derived, p.stats_size, p.clip_percentiles)
             units = "reflectance (percentile-clipped" + (
@@ -301,6 +370,9 @@ class MultispectralAdapter(ModalityAdapter):
                     image=image,
                     boxes=np.asarray(chip["boxes"], dtype=np.float32).reshape(-1, 4),
                     labels=np.asarray(chip["labels"], dtype=np.int64),
+                    difficult=np.asarray(
+                        chip.get("difficult", [False] * len(chip["labels"])), dtype=bool
+                    ),
                     sample_id=chip["id"],
                     source=str(info.path),
                     split=chip["split"],

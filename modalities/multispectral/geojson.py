@@ -61,11 +61,13 @@ def _rings(geometry: dict[str, Any]) -> list[np.ndarray]:
 
 
 def read_label_features(
-    path: Path, class_property: str
-) -> tuple[CRS, list[tuple[int, str, dict[str, Any]]]]:
+    path: Path, class_property: str, image_property: str | None = None
+) -> tuple[CRS, list[tuple[int, str, dict[str, Any], str | None]]]:
     """Read a GeoJSON label file.
 
-    Returns its CRS and ``(feature index, class name, geometry)`` per feature. Geometries are
+    Returns its CRS and ``(feature index, class name, geometry, image)`` per feature; ``image``
+    is the value of ``image_property`` (the raster a feature of a shared label file belongs
+    to; a feature without it is an error), None when ``image_property`` is None. Geometries are
     Polygon or MultiPolygon; a feature with a null geometry and a ``bbox`` member
     ``[xmin, ymin, xmax, ymax]`` becomes its box polygon. Raises :class:`DataError` naming the
     file for unreadable JSON, other geometry types, a missing class property, or coordinates
@@ -88,6 +90,8 @@ def read_label_features(
         props = feat.get("properties") or {}
         if class_property not in props:
             raise DataError(f"feature {i} has no {class_property!r} property", path=path)
+        if image_property is not None and image_property not in props:
+            raise DataError(f"feature {i} has no {image_property!r} property", path=path)
         geom = feat.get("geometry")
         if geom is None and isinstance(feat.get("bbox"), list) and len(feat["bbox"]) >= 4:
             b = [float(v) for v in feat["bbox"]]
@@ -114,7 +118,8 @@ def read_label_features(
                 f"of {crs.to_string()}; projected coordinates need a 'crs' member",
                 path=path,
             )
-        out.append((i, str(props[class_property]), geom))
+        image = None if image_property is None else str(props[image_property])
+        out.append((i, str(props[class_property]), geom, image))
     return crs, out
 
 

@@ -53,6 +53,9 @@ class RasterInfo:
     scales: np.ndarray
     offsets: np.ndarray
     channel_names: list[str]  # selected band names, then the derived indices
+    # A band stack's scene ({"folder", "scene_id", "files": band -> file under root}), or
+    # None for a raster file; opened by the adapter as a bandstack.BandStack.
+    stack: dict | None = None
 
 
 @contextmanager

@@ -30,14 +30,64 @@ DerivedName = Literal["ndvi", "ndwi", "ndbi"]
 #: 200,000 x 200,000 px (4e10, 6.25 million chips) is refused before any window is built.
 MAX_PIXELS = 1_000_000_000
 
+_DEFAULT_LABELS = {
+    "geojson": "{stem}.geojson",
+    "xview": "xView_train.geojson",
+    "dota": "{stem}.txt",
+}
+
 
 @dataclass(frozen=True)
 class MultispectralParams(AdapterParams):
     """Params of ``modality: multispectral`` (``docs/modalities/multispectral.md``)."""
 
-    raster_glob: str = param("**/*.tif", "rasters under root (a pathlib glob)")
-    label_pattern: str = param(
-        "{stem}.geojson", "GeoJSON label file next to each raster; must contain '{stem}'"
+    raster_glob: str = param(
+        "**/*.tif", "rasters under root (a pathlib glob); not used with a band stack"
+    )
+    stack: Literal["none", "sentinel2", "landsat", "pattern"] = param(
+        "none",
+        "none: each raster file holds all its bands; sentinel2 / landsat / pattern: one file "
+        "per band, grouped into scenes by the file-name pattern of that product (pattern: "
+        "band_files); bands then lists the band names in order",
+    )
+    band_files: str | None = param(
+        None,
+        "stack: pattern, a band file name with '{scene}' and '{band}', e.g. '{scene}_{band}.tif'",
+    )
+    stack_reference: str | None = param(
+        None,
+        "band stack: the band (of bands) whose grid every band is resampled onto; null = the "
+        "band with the finest pixel",
+    )
+    boa_add_offset: float | None = param(
+        None,
+        "stack: sentinel2 without MTD_MSIL2A.xml: BOA_ADD_OFFSET of every spectral band "
+        "(-1000 since processing baseline 04.00, 0 before); with boa_quantification",
+    )
+    boa_quantification: float | None = param(
+        None,
+        "stack: sentinel2 without MTD_MSIL2A.xml: BOA_QUANTIFICATION_VALUE (10000)",
+        min=0,
+        min_exclusive=True,
+    )
+    label_format: Literal["geojson", "xview", "dota"] = param(
+        "geojson",
+        "geojson: map-coordinate features; xview: xView GeoJSON pixel boxes "
+        "(bounds_imcoords, type_id, image_id); dota: DOTA v1 text, oriented quadrilaterals",
+    )
+    label_pattern: str | None = param(
+        None,
+        "label file: with '{stem}' one per raster, relative to its folder; without, one file "
+        "for all rasters, relative to root; null = {stem}.geojson (geojson), "
+        "xView_train.geojson (xview), {stem}.txt (dota)",
+    )
+    image_property: str | None = param(
+        None,
+        "one label file for all rasters: feature property naming a feature's raster (its file "
+        "name, stem or path under root); null = image_id for xview, required for geojson",
+    )
+    keep_difficult: bool = param(
+        True, "keep objects flagged difficult (DOTA); kept ones are Sample.difficult"
     )
     require_labels: bool = param(True, "a raster without its label file is an error")
     bands: list[int | str] | None = param(
@@ -83,7 +133,9 @@ class MultispectralParams(AdapterParams):
         "raster", "split unit: whole rasters (no leakage between overlapping chips) or chips"
     )
     val_fraction: float = param(0.15, "share of the validation split", min=0, max=1)
-    test_fraction: float = param(0.15, "share of the test split", min=0, max=1)
+    test_fraction: float = param(
+        0.15, "share of the test split (1: an evaluation-only dataset)", min=0, max=1
+    )
     seed: int = param(0, "seed of the split hash and of the empty-chip selection")
     merge_iou: float = param(
         0.5, "IoU above which chip predictions of one class are merged by NMS", min=0, max=1
@@ -105,10 +157,75 @@ class MultispectralParams(AdapterParams):
         names = self.class_names
         if names is not None and (not names or len(set(names)) != len(names)):
             self.fail("class_names", f"must be null or a non-empty list of distinct names: {names}")
-        if self.val_fraction + self.test_fraction >= 1:
-            self.fail("val_fraction", "val_fraction + test_fraction must be below 1")
-        if "{stem}" not in self.label_pattern:
-            self.fail("label_pattern", f"must contain '{{stem}}', got {self.label_pattern!r}")
+        if self.val_fraction + self.test_fraction > 1:
+            # == 1 is an evaluation-only dataset (no train split; to score a trained model)
+            self.fail("val_fraction", "val_fraction + test_fraction must be at most 1")
+        pattern = self.labels_pattern
+        if "{stem}" not in pattern:
+            if self.label_format == "dota":
+                self.fail(
+                    "label_pattern",
+                    f"DOTA labels are one file per image: must contain '{{stem}}', got {pattern!r}",
+                )
+            if self.label_format == "geojson" and not self.image_property:
+                self.fail(
+                    "label_pattern",
+                    f"{pattern!r} has no '{{stem}}', so it names one file for all rasters; set "
+                    "image_property to the feature property naming each feature's raster",
+                )
+        self._check_stack()
+
+    def _check_stack(self) -> None:
+        if self.stack == "none":
+            for name in ("band_files", "stack_reference", "boa_add_offset", "boa_quantification"):
+                if getattr(self, name) is not None:
+                    self.fail(name, "applies to band stacks only (set stack)")
+            return
+        if not self.bands or not all(isinstance(b, str) for b in self.bands):
+            self.fail(
+                "bands",
+                f"stack: {self.stack} needs the band names in order, e.g. "
+                f"['B02', 'B03', 'B04', 'B08'], got {self.bands}",
+            )
+        if len(set(self.bands)) != len(self.bands):
+            self.fail("bands", f"band names must be distinct, got {self.bands}")
+        if self.stack == "pattern":
+            bf = self.band_files or ""
+            if "{scene}" not in bf or "{band}" not in bf or "/" in bf:
+                self.fail(
+                    "band_files",
+                    "stack: pattern needs a file name (no '/') with "
+                    f"'{{scene}}' and '{{band}}', got {self.band_files!r}",
+                )
+        elif self.band_files is not None:
+            self.fail("band_files", "applies to stack: pattern only")
+        if self.stack_reference is not None and self.stack_reference not in self.bands:
+            self.fail("stack_reference", f"must be one of bands {self.bands}")
+        if (self.boa_add_offset is None) != (self.boa_quantification is None):
+            self.fail(
+                "boa_add_offset", "set both boa_add_offset and boa_quantification, or neither"
+            )
+        if self.stack != "sentinel2" and self.boa_quantification is not None:
+            self.fail("boa_quantification", "applies to stack: sentinel2 only")
+
+    @property
+    def labels_pattern(self) -> str:
+        """``label_pattern``, or the label format's default when null."""
+        if self.label_pattern is not None:
+            return self.label_pattern
+        return _DEFAULT_LABELS[self.label_format]
+
+    @property
+    def shared_labels(self) -> bool:
+        """Whether one label file holds the labels of every raster (no '{stem}')."""
+        return "{stem}" not in self.labels_pattern
+
+    @property
+    def image_key(self) -> str | None:
+        """The feature property linking a feature to its raster in a shared label file."""
+        if self.image_property:
+            return self.image_property
+        return "image_id" if self.label_format == "xview" else None
 
     @property
     def roles(self) -> dict[str, int | str]:

@@ -1,0 +1,319 @@
+"""DICOM series reading for the ``medical`` adapter (pydicom): a folder tree -> one CT volume.
+
+* :func:`index_folder` walks a folder tree and groups the DICOM image files by
+  ``SeriesInstanceUID`` (headers only, ``stop_before_pixels``). Files without the ``DICM``
+  prefix of the DICOM file format (pydicom's :class:`~pydicom.errors.InvalidDicomError`) and
+  DICOM files that are not images (no ``Rows``: DICOMDIR, structured reports) are ignored; a
+  file with the ``DICM`` prefix that cannot be parsed is refused (it may be a slice).
+* :func:`series_geometry` orders the slices by ``ImagePositionPatient`` projected on the slice
+  normal (the cross product of the two ``ImageOrientationPatient`` direction cosines), never by
+  file name or ``InstanceNumber``, and refuses what is not one regular grid: slices of
+  different orientations, sizes or pixel spacings, two slices at one position, irregular
+  spacing or missing slices, positions that drift across the normal (gantry tilt). It refuses
+  rather than resamples. Tolerance: ``max(0.01 mm, 1 % of the median slice step)``.
+* The voxel -> patient affine is built from ``ImageOrientationPatient``, ``PixelSpacing`` (its
+  first value is the spacing between rows, i.e. along the column direction) and the ordered
+  positions, in DICOM's LPS patient frame, then turned to RAS (``LPS_TO_RAS``) for
+  :class:`~modalities.medical.nifti.ArrayVolumeReader`, which reorients like the NIfTI path.
+* :class:`DicomSeriesReader` decodes every slice through ``Dataset.pixel_array`` (whatever
+  pixel-data plugins pydicom has installed: uncompressed, RLE, ...; a transfer syntax none of
+  them decodes is refused naming the file and the transfer syntax UID) and applies
+  ``RescaleSlope`` / ``RescaleIntercept`` (Hounsfield units for CT), slice by slice.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pydicom
+from pydicom.errors import InvalidDicomError
+
+from dsod_core.errors import DataError
+from modalities.medical.nifti import LPS_TO_RAS, ArrayVolumeReader
+
+#: Slice-spacing tolerance: a step may differ from the median step by this many mm ...
+SPACING_TOL_MM = 0.01
+#: ... or by this fraction of the median step, whichever is larger (also the tolerance of a
+#: step's component across the slice normal, the gantry-tilt check).
+SPACING_TOL_REL = 0.01
+#: Largest difference of two slices' ImageOrientationPatient direction cosines.
+ORIENTATION_TOL = 1e-4
+
+_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
+
+
+def one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def split_spec(spec: str) -> tuple[str, str | None]:
+    """``"ct/folder#1.2.840.1"`` -> ``("ct/folder", "1.2.840.1")``; without a ``#<uid>`` tail
+    (a UID: digits and dots) the spec is a plain path: ``(spec, None)``."""
+    head, sep, tail = spec.rpartition("#")
+    if sep and head and _UID.fullmatch(tail):
+        return head, tail
+    return spec, None
+
+
+@dataclass(frozen=True)
+class SliceHeader:
+    """What the geometry needs of one DICOM image file (kept small: a tree may hold many)."""
+
+    path: Path
+    rows: int | None
+    columns: int | None
+    orientation: tuple[float, ...] | None
+    position: tuple[float, ...] | None
+    pixel_spacing: tuple[float, ...] | None
+    frames: int
+    samples_per_pixel: int
+
+
+def _floats(ds: pydicom.Dataset, keyword: str) -> tuple[float, ...] | None:
+    value = ds.get(keyword)
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in (value if isinstance(value, list | tuple) else list(value)))
+    except (TypeError, ValueError):
+        return None
+
+
+def read_slice_header(path: Path) -> tuple[str, SliceHeader] | None:
+    """``(SeriesInstanceUID, header)`` of a DICOM image file; ``None`` for a file that is not
+    DICOM (no ``DICM`` prefix) or not an image. A damaged DICOM file raises :class:`DataError`."""
+    try:
+        ds = pydicom.dcmread(path, stop_before_pixels=True)
+    except InvalidDicomError:
+        return None
+    except Exception as exc:  # noqa: BLE001 - pydicom's parser raises many types on bad input
+        raise DataError(f"damaged DICOM file ({one_line(exc)})", path=path) from exc
+    uid = ds.get("SeriesInstanceUID")
+    if not uid or "Rows" not in ds:
+        return None
+    try:
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        rows, cols = int(ds.Rows), int(ds.Columns)
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise DataError(f"bad image size tags ({one_line(exc)})", path=path) from exc
+    return str(uid), SliceHeader(
+        Path(path),
+        rows,
+        cols,
+        _floats(ds, "ImageOrientationPatient"),
+        _floats(ds, "ImagePositionPatient"),
+        _floats(ds, "PixelSpacing"),
+        frames,
+        samples,
+    )
+
+
+def index_folder(folder: Path) -> dict[str, list[SliceHeader]]:
+    """Every DICOM image file under ``folder`` (recursively, in sorted order) by series UID."""
+    series: dict[str, list[SliceHeader]] = {}
+    for dirpath, dirnames, filenames in os.walk(folder):
+        dirnames.sort()
+        for name in sorted(filenames):
+            found = read_slice_header(Path(dirpath) / name)
+            if found is not None:
+                series.setdefault(found[0], []).append(found[1])
+    return series
+
+
+def select_series(
+    folder: Path, uid: str | None, index: dict[str, list[SliceHeader]]
+) -> tuple[str, list[SliceHeader]]:
+    """The series ``uid`` of the folder's index (or its only series when ``uid`` is None)."""
+    if not index:
+        raise DataError(
+            "no DICOM image file in this folder tree (files without the DICM prefix are ignored)",
+            path=folder,
+        )
+    if uid is None:
+        if len(index) > 1:
+            shown = ", ".join(sorted(index)[:3]) + (", ..." if len(index) > 3 else "")
+            raise DataError(
+                f"holds {len(index)} DICOM series ({shown}); select one by writing the image "
+                f"path as '<folder>#<SeriesInstanceUID>'",
+                path=folder,
+            )
+        uid = next(iter(index))
+    if uid not in index:
+        raise DataError(
+            f"no DICOM series {uid} in this folder tree ({len(index)} series found)", path=folder
+        )
+    return uid, index[uid]
+
+
+@dataclass
+class SeriesGeometry:
+    """A checked series: files in slice order, shape ``(columns, rows, slices)`` and the
+    voxel ``(column, row, slice)`` -> LPS mm affine."""
+
+    uid: str
+    files: list[Path]
+    shape: tuple[int, int, int]
+    affine_lps: np.ndarray
+    slice_step_mm: float
+
+
+def series_geometry(folder: Path, uid: str, headers: list[SliceHeader]) -> SeriesGeometry:
+    """Order and check the slices of one series (module docstring); raises :class:`DataError`
+    naming the folder (or the file) and the problem."""
+
+    def fail(why: str, path: Path = folder) -> None:
+        raise DataError(f"DICOM series {uid}: {why}", path=path)
+
+    if len(headers) < 2:
+        fail(
+            f"has {len(headers)} slice; a volume needs at least 2 (the slice step comes from "
+            "the positions)"
+        )
+    first = headers[0]
+    for h in headers:
+        if h.frames != 1:
+            fail(f"multi-frame image ({h.frames} frames) is not supported", h.path)
+        if h.samples_per_pixel != 1:
+            fail(
+                f"{h.samples_per_pixel} samples per pixel; a greyscale CT/MR slice is needed",
+                h.path,
+            )
+        for name, value, n in (
+            ("ImageOrientationPatient", h.orientation, 6),
+            ("ImagePositionPatient", h.position, 3),
+            ("PixelSpacing", h.pixel_spacing, 2),
+        ):
+            if value is None or len(value) != n or not np.isfinite(value).all():
+                fail(f"missing or bad {name} (need {n} numbers)", h.path)
+        if (h.rows, h.columns) != (first.rows, first.columns):
+            fail(
+                f"slice size {h.rows} x {h.columns} differs from {first.rows} x "
+                f"{first.columns} of {first.path.name}",
+                h.path,
+            )
+        if not np.allclose(h.pixel_spacing, first.pixel_spacing, rtol=0, atol=1e-4):
+            fail(
+                f"PixelSpacing {list(h.pixel_spacing)} differs from "
+                f"{list(first.pixel_spacing)} of {first.path.name}",
+                h.path,
+            )
+        diff = np.abs(np.subtract(h.orientation, first.orientation)).max()
+        if diff > ORIENTATION_TOL:
+            fail(
+                f"ImageOrientationPatient differs from that of {first.path.name}; a series "
+                "needs one orientation for all slices",
+                h.path,
+            )
+    rows, cols = int(first.rows), int(first.columns)  # type: ignore[arg-type]
+    if rows < 1 or cols < 1:
+        fail(f"declares {rows} x {cols} pixels", first.path)
+    spacing = np.asarray(first.pixel_spacing, dtype=np.float64)
+    if (spacing <= 0).any():
+        fail(f"PixelSpacing {spacing.tolist()} must be positive", first.path)
+    iop = np.asarray(first.orientation, dtype=np.float64)
+    row_cos, col_cos = iop[:3], iop[3:]
+    if (
+        abs(np.linalg.norm(row_cos) - 1) > 1e-3
+        or abs(np.linalg.norm(col_cos) - 1) > 1e-3
+        or abs(row_cos @ col_cos) > 1e-3
+    ):
+        fail(
+            f"ImageOrientationPatient {iop.tolist()} is not two orthonormal directions", first.path
+        )
+    row_cos = row_cos / np.linalg.norm(row_cos)
+    col_cos = col_cos / np.linalg.norm(col_cos)
+    normal = np.cross(row_cos, col_cos)
+    positions = np.array([h.position for h in headers], dtype=np.float64)
+    along = positions @ normal
+    order = np.argsort(along, kind="stable")
+    along, positions = along[order], positions[order]
+    names = [headers[i].path.name for i in order]
+    steps = np.diff(along)
+    same = np.nonzero(steps <= SPACING_TOL_MM)[0]
+    if same.size:
+        i = int(same[0])
+        fail(
+            f"two slices at one position ({along[i]:.3f} mm along the normal: {names[i]} and "
+            f"{names[i + 1]}); one series must be one acquisition"
+        )
+    step = float(np.median(steps))
+    tol = max(SPACING_TOL_MM, SPACING_TOL_REL * step)
+    bad = np.nonzero(np.abs(steps - step) > tol)[0]
+    if bad.size:
+        i = int(bad[0])
+        gap = float(steps[i])
+        ratio = gap / step
+        if ratio > 1.5 and abs(ratio - round(ratio)) * step <= tol:
+            fail(
+                f"missing slices: a gap of {gap:.3f} mm between {names[i]} and {names[i + 1]} "
+                f"({round(ratio) - 1} slice(s) of {step:.3f} mm missing); refused, not "
+                "resampled"
+            )
+        fail(
+            f"irregular slice spacing: {gap:.3f} mm between {names[i]} and {names[i + 1]}, "
+            f"{step:.3f} mm elsewhere (tolerance {tol:.3f} mm); refused, not resampled"
+        )
+    deltas = np.diff(positions, axis=0)
+    across = np.linalg.norm(deltas - np.outer(deltas @ normal, normal), axis=1)
+    if across.max() > tol:
+        angle = float(np.degrees(np.arctan2(across.max(), step)))
+        fail(
+            f"slice positions move {across.max():.3f} mm across the slice normal per slice "
+            f"(gantry tilt of about {angle:.1f} degrees); refused, not resampled"
+        )
+    affine = np.eye(4)
+    # voxel (column c, row r, slice s): P = IPP_0 + row_cos * c * dc + col_cos * r * dr + s * d
+    # with dr = PixelSpacing[0] (between rows) and dc = PixelSpacing[1] (between columns).
+    affine[:3, 0] = row_cos * spacing[1]
+    affine[:3, 1] = col_cos * spacing[0]
+    affine[:3, 2] = (positions[-1] - positions[0]) / (len(positions) - 1)
+    affine[:3, 3] = positions[0]
+    return SeriesGeometry(
+        uid, [headers[i].path for i in order], (cols, rows, len(headers)), affine, step
+    )
+
+
+class DicomSeriesReader(ArrayVolumeReader):
+    """One checked DICOM series as canonical (RAS) slices (decoded whole by :meth:`verify`)."""
+
+    def __init__(self, folder: Path, geometry: SeriesGeometry):
+        self.geometry = geometry
+        super().__init__(folder, geometry.shape, LPS_TO_RAS @ geometry.affine_lps)
+
+    def _load(self) -> np.ndarray:
+        cols, rows, _ = self.file_shape
+        out = np.empty(self.file_shape, dtype=np.float32)
+        for k, path in enumerate(self.geometry.files):
+            try:
+                ds = pydicom.dcmread(path)
+            except Exception as exc:  # noqa: BLE001 - see read_slice_header
+                raise DataError(f"damaged DICOM file ({one_line(exc)})", path=path) from exc
+            ts = ds.file_meta.get("TransferSyntaxUID", "unknown")
+            try:
+                arr = ds.pixel_array
+            except Exception as exc:  # noqa: BLE001 - decoder plugins raise many types
+                name = getattr(ts, "name", "")
+                raise DataError(
+                    f"cannot decode pixel data of transfer syntax {ts}"
+                    f"{f' ({name})' if name and name != str(ts) else ''}: {one_line(exc)}",
+                    path=path,
+                ) from exc
+            if arr.shape != (rows, cols):
+                raise DataError(
+                    f"pixel data of shape {list(arr.shape)}, the series has {rows} x {cols}",
+                    path=path,
+                )
+            try:
+                slope = float(ds.get("RescaleSlope", 1.0))
+                inter = float(ds.get("RescaleIntercept", 0.0))
+            except (TypeError, ValueError) as exc:
+                raise DataError(f"bad RescaleSlope/RescaleIntercept ({exc})", path=path) from exc
+            if not (np.isfinite(slope) and np.isfinite(inter)):
+                raise DataError("RescaleSlope/RescaleIntercept not finite", path=path)
+            out[:, :, k] = (arr.astype(np.float64) * slope + inter).T
+        return out

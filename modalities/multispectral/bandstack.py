@@ -1,0 +1,398 @@
+"""Band stacks in: one file per band (Sentinel-2 L2A, Landsat Collection 2, a named pattern),
+grouped into scenes and resampled onto one reference grid.
+
+A scene is opened as a :class:`BandStack`, an object with the parts of a rasterio dataset the
+GeoTIFF code uses (``count``, ``width``, ``height``, ``crs``, ``transform``, ``descriptions``,
+``scales``, ``offsets``, ``dtypes``, ``block_shapes``, ``mask_flag_enums``, ``read`` and
+``read_masks`` by window or ``out_shape``), so :mod:`modalities.multispectral.geotiff` (band
+resolution, integrity pass, statistics, windowed chips) and the label/chip code run unchanged.
+
+Resampling (GDAL's warper through :class:`rasterio.vrt.WarpedVRT`, one per band whose grid is
+not the reference's): a band with coarser pixels than the reference (upsampling, 20 m -> 10 m)
+uses ``Resampling.bilinear``; one with finer pixels (downsampling, 10 m -> 20 m) uses
+``Resampling.average`` (the mean of the source pixels under each reference pixel, nodata left
+out). A band on the reference grid itself is read as is.
+
+Sentinel-2 radiometry (processing baseline 04.00 and later): reflectance = (DN +
+BOA_ADD_OFFSET) / BOA_QUANTIFICATION_VALUE, from ``MTD_MSIL2A.xml``
+(``General_Info/Product_Image_Characteristics``: ``QUANTIFICATION_VALUES_LIST/
+BOA_QUANTIFICATION_VALUE`` and ``BOA_ADD_OFFSET_VALUES_LIST/BOA_ADD_OFFSET[@band_id]``, band ids
+numbered by ``Spectral_Information_List/Spectral_Information[@bandId, @physicalBand]``). It is
+applied as the bands' scale (1/Q) and offset (BOA_ADD_OFFSET/Q); DN 0 stays no-data (the
+band files' nodata), masked before any offset matters.
+"""
+
+from __future__ import annotations
+
+import re
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.errors import RasterioError
+from rasterio.vrt import WarpedVRT
+
+from dsod_core.errors import DataError
+from modalities.multispectral.geotiff import gdal_reason
+
+# Band ids of MTD_MSIL2A.xml when it has no Spectral_Information_List (the published order).
+S2_BAND_IDS = [
+    "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"
+]  # fmt: skip
+MTD_NAME = "MTD_MSIL2A.xml"
+
+# L2A: T33TWM_20230101T100021_B02_10m.jp2 (older products: L2A_T33TWM_..._B02_10m.jp2);
+# L1C-style names without the resolution suffix are accepted too; .tif for converted bands.
+_S2_RE = re.compile(
+    r"^(?:L2A_)?(?P<scene>T\d{2}[A-Z]{3}_\d{8}T\d{6})_(?P<band>[A-Z0-9]{3})"
+    r"(?:_(?P<res>\d{2})m)?\.(?:jp2|tiff?)$",
+    re.IGNORECASE,
+)
+# Collection 2: LC08_L2SP_044034_20200708_20200913_02_T1_SR_B4.TIF (sensor, level, path/row,
+# acquisition and processing dates, collection, category, then the band: SR_B4, ST_B10, QA_PIXEL).
+_LANDSAT_RE = re.compile(
+    r"^(?P<scene>L[COTEM]\d{2}_[A-Z0-9]{4}_\d{6}_\d{8}_\d{8}_\d{2}_[A-Z0-9]{2})_"
+    r"(?P<band>[A-Z0-9_]+)\.tiff?$",
+    re.IGNORECASE,
+)
+
+
+def pattern_regex(band_files: str) -> re.Pattern[str]:
+    """The regex of a ``band_files`` pattern (``{scene}`` and ``{band}`` placeholders)."""
+    parts = re.split(r"(\{scene\}|\{band\})", band_files)
+    out = []
+    for part in parts:
+        if part == "{scene}":
+            out.append(r"(?P<scene>.+?)")
+        elif part == "{band}":
+            out.append(r"(?P<band>[^/]+?)")
+        else:
+            out.append(re.escape(part))
+    return re.compile("^" + "".join(out) + "$")
+
+
+@dataclass
+class Scene:
+    """One scene: its folder, id and one file per band (paths relative to the dataset root)."""
+
+    kind: str  # sentinel2 | landsat | pattern
+    folder: str  # posix, relative to root ("." for root)
+    scene_id: str
+    files: dict[str, str] = field(default_factory=dict)  # band name -> file
+
+    @property
+    def rel(self) -> str:
+        """The scene's id under root (``<folder>/<scene id>``), used like a raster's path."""
+        return self.scene_id if self.folder == "." else f"{self.folder}/{self.scene_id}"
+
+
+def _scene_folder(path: Path, kind: str) -> Path:
+    """Sentinel-2 bands of one granule lie in IMG_DATA/R10m, R20m, R60m: the scene folder is
+    the granule (the parent of IMG_DATA); otherwise the band file's own folder."""
+    if kind == "sentinel2" and "IMG_DATA" in path.parts[:-1]:
+        parts = path.parts
+        i = len(parts) - 2 - parts[:-1][::-1].index("IMG_DATA")
+        return Path(*parts[:i])
+    return path.parent
+
+
+def find_scenes(root: Path, kind: str, band_files: str | None) -> list[Scene]:
+    """Every scene under ``root`` (recursively), sorted by id, with the band files found.
+
+    For Sentinel-2, a band stored at several resolutions (L2A has B02 in R10m, R20m and R60m)
+    keeps its finest. Two files of one band otherwise -> :class:`DataError` naming both.
+    """
+    regex = {"sentinel2": _S2_RE, "landsat": _LANDSAT_RE}.get(kind) or pattern_regex(
+        band_files or ""
+    )
+    scenes: dict[tuple[str, str], Scene] = {}
+    res_of: dict[tuple[str, str, str], int] = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        m = regex.match(path.name)
+        if not m:
+            continue
+        folder = _scene_folder(path, kind).relative_to(root).as_posix()
+        scene_id, band = m["scene"], m["band"]
+        if kind == "sentinel2":
+            band = band.upper()
+        res = int(m["res"]) if kind == "sentinel2" and m["res"] else 0
+        scene = scenes.setdefault((folder, scene_id), Scene(kind, folder, scene_id))
+        rel = path.relative_to(root).as_posix()
+        key = (folder, scene_id, band)
+        if band in scene.files:
+            if res and res_of[key] and res != res_of[key]:
+                if res < res_of[key]:
+                    scene.files[band], res_of[key] = rel, res
+                continue
+            raise DataError(
+                f"two files for band {band} of scene {scene_id}: {scene.files[band]} and {rel}",
+                path=root / folder,
+            )
+        scene.files[band], res_of[key] = rel, res
+    return [scenes[k] for k in sorted(scenes)]
+
+
+def require_scenes(root: Path, kind: str, band_files: str | None) -> list[Scene]:
+    """:func:`find_scenes`, or :class:`DataError` on ``root`` when there is none."""
+    scenes = find_scenes(root, kind, band_files)
+    if not scenes:
+        what = f"'{band_files}'" if kind == "pattern" else f"{kind} band file names"
+        raise DataError(f"no band files matching {what} under root", path=root)
+    return scenes
+
+
+def stack_bands(
+    bands: Sequence[int | str] | None,
+    derived: Sequence[str],
+    roles: Mapping[str, int | str],
+    derived_roles: Mapping[str, Sequence[str]],
+) -> list[str]:
+    """The band names a stack opens: ``bands``, then the role bands (``roles``) that the
+    ``derived`` indices need (``derived_roles``: index -> its roles)."""
+    names = [str(b) for b in bands or []]
+    for d in derived:
+        for role in derived_roles[d]:
+            band = roles[role]
+            if isinstance(band, str) and band not in names:
+                names.append(band)
+    return names
+
+
+def scene_stack(scene: Scene, needed: Sequence[str], path: Path) -> dict[str, Any]:
+    """The stack description of ``scene`` (folder, scene id, file of each ``needed`` band);
+    :class:`DataError` on ``path`` when a needed band has no file."""
+    missing = [b for b in needed if b not in scene.files]
+    if missing:
+        raise DataError(
+            f"scene {scene.scene_id} has no band file for {missing} (found: {sorted(scene.files)})",
+            path=path,
+        )
+    return {
+        "folder": scene.folder,
+        "scene_id": scene.scene_id,
+        "files": {b: scene.files[b] for b in needed},
+    }
+
+
+# --- Sentinel-2 metadata -----------------------------------------------------------------------
+def _local(tag: str) -> str:
+    return tag.rsplit("}", 1)[-1]
+
+
+def _s2_name(physical: str) -> str:
+    """``B1`` (metadata) -> ``B01`` (file names); ``B8A`` unchanged."""
+    m = re.fullmatch(r"B(\d)", physical.strip().upper())
+    return f"B0{m[1]}" if m else physical.strip().upper()
+
+
+def read_s2_radiometry(path: Path) -> tuple[float, dict[str, float]]:
+    """(BOA_QUANTIFICATION_VALUE, band name -> BOA_ADD_OFFSET) of an ``MTD_MSIL2A.xml``.
+
+    Products before processing baseline 04.00 have no offsets list: every offset is 0.
+    Elements are matched by local name, so the product's namespace does not matter.
+    """
+    try:
+        tree = ET.parse(path)
+    except (OSError, ET.ParseError) as exc:
+        raise DataError(f"cannot read Sentinel-2 metadata ({exc})", path=path) from exc
+    quant = None
+    ids = dict(enumerate(S2_BAND_IDS))
+    offsets_by_id: dict[int, float] = {}
+    try:
+        for el in tree.getroot().iter():
+            name = _local(el.tag)
+            if name == "BOA_QUANTIFICATION_VALUE":
+                quant = float(el.text or "")
+            elif name == "Spectral_Information" and "bandId" in el.attrib:
+                ids[int(el.attrib["bandId"])] = _s2_name(el.attrib.get("physicalBand", ""))
+            elif name == "BOA_ADD_OFFSET":
+                offsets_by_id[int(el.attrib["band_id"])] = float(el.text or "")
+    except (KeyError, ValueError) as exc:
+        raise DataError(f"malformed BOA radiometry element ({exc})", path=path) from exc
+    if quant is None or not np.isfinite(quant) or quant <= 0:
+        raise DataError("no positive BOA_QUANTIFICATION_VALUE", path=path)
+    return quant, {ids[i]: off for i, off in offsets_by_id.items() if i in ids}
+
+
+def find_mtd(root: Path, folder: Path) -> Path | None:
+    """The nearest ``MTD_MSIL2A.xml`` in ``folder`` or its ancestors up to ``root`` (a SAFE
+    product keeps it two levels above the granule: ``<SAFE>/GRANULE/<id>``)."""
+    root = root.resolve()
+    here = folder.resolve()
+    while True:
+        cand = here / MTD_NAME
+        if cand.is_file():
+            return cand
+        if here == root or root not in here.parents:
+            return None
+        here = here.parent
+
+
+def radiometry(
+    root: Path,
+    scene: Scene,
+    bands: Sequence[str],
+    offset: float | None,
+    quantification: float | None,
+) -> dict[str, tuple[float, float]] | None:
+    """Per band ``(scale, offset)`` replacing the files' own, or None (use the files').
+
+    Sentinel-2: the 13 spectral bands get 1/Q and BOA_ADD_OFFSET/Q from the product metadata,
+    else from the ``boa_add_offset``/``boa_quantification`` params; neither -> DataError.
+    Other bands (SCL, AOT, WVP, TCI) keep scale 1, offset 0. Other stacks: None.
+    """
+    if scene.kind != "sentinel2":
+        return None
+    folder = root / scene.folder
+    mtd = find_mtd(root, folder)
+    if mtd is not None:
+        quant, offsets = read_s2_radiometry(mtd)
+    elif quantification is not None and offset is not None:
+        quant, offsets = quantification, dict.fromkeys(S2_BAND_IDS, offset)
+    else:
+        raise DataError(
+            f"Sentinel-2 scene {scene.scene_id}: no {MTD_NAME} in its folder or above it; set "
+            "the adapter params boa_add_offset and boa_quantification (e.g. -1000 and 10000 "
+            "since processing baseline 04.00) to read it",
+            path=folder,
+        )
+    out = {}
+    for b in bands:
+        out[b] = (1.0 / quant, offsets.get(b, 0.0) / quant) if b in S2_BAND_IDS else (1.0, 0.0)
+    return out
+
+
+# --- the stack as a dataset ----------------------------------------------------------------------
+def _pixel_area(transform: Any) -> float:
+    return abs(transform.a * transform.e - transform.b * transform.d)
+
+
+class BandStack:
+    """One scene's band files as one dataset on the reference band's grid (module docstring).
+
+    ``files``: band name -> path, in channel order; ``reference``: the band whose grid is used
+    (None = the finest pixel, the first such band on ties); ``radiometry``: band -> (scale,
+    offset) replacing the files' GDAL scale/offset.
+    """
+
+    def __init__(
+        self,
+        files: Mapping[str, Path],
+        reference: str | None = None,
+        radiometry: Mapping[str, tuple[float, float]] | None = None,
+    ):
+        self._srcs: list[Any] = []
+        self._views: list[Any] = []
+        self.names = list(files)
+        self.paths = [Path(files[b]) for b in self.names]
+        try:
+            for path in self.paths:
+                try:
+                    ds = rasterio.open(path)
+                except RasterioError as exc:
+                    raise DataError(
+                        f"cannot open band file ({gdal_reason(exc)})", path=path
+                    ) from exc
+                self._srcs.append(ds)
+                if ds.count != 1:
+                    raise DataError(
+                        f"band file has {ds.count} bands; a band stack needs one per file",
+                        path=path,
+                    )
+                if ds.crs is None or ds.transform.is_identity:
+                    raise DataError("band file has no CRS or geotransform", path=path)
+            ref_i = (
+                self.names.index(reference)
+                if reference is not None
+                else min(range(len(self._srcs)), key=lambda i: _pixel_area(self._srcs[i].transform))
+            )
+            ref = self._srcs[ref_i]
+            self.reference = self.names[ref_i]
+            self.width, self.height = ref.width, ref.height
+            self.crs, self.transform = ref.crs, ref.transform
+            self.resampling: list[Resampling | None] = []
+            for ds in self._srcs:
+                same = (
+                    ds.crs == ref.crs
+                    and ds.transform == ref.transform
+                    and (ds.width, ds.height) == (ref.width, ref.height)
+                )
+                if same:
+                    self._views.append(ds)
+                    self.resampling.append(None)
+                    continue
+                coarser = _pixel_area(ds.transform) > _pixel_area(ref.transform)
+                how = Resampling.bilinear if coarser else Resampling.average
+                self.resampling.append(how)
+                self._views.append(
+                    WarpedVRT(
+                        ds,
+                        crs=ref.crs,
+                        transform=ref.transform,
+                        width=ref.width,
+                        height=ref.height,
+                        resampling=how,
+                        src_nodata=ds.nodata,
+                        nodata=ds.nodata,
+                    )
+                )
+        except BaseException:
+            self.close()
+            raise
+        self.count = len(self.names)
+        self.descriptions = tuple(self.names)
+        rad = radiometry or {}
+        self.scales = tuple(
+            rad[b][0] if b in rad else s.scales[0] for b, s in zip(self.names, self._srcs)
+        )
+        self.offsets = tuple(
+            rad[b][1] if b in rad else s.offsets[0] for b, s in zip(self.names, self._srcs)
+        )
+        self.dtypes = tuple(v.dtypes[0] for v in self._views)
+        self.block_shapes = [v.block_shapes[0] for v in self._views]
+        self.mask_flag_enums = tuple(v.mask_flag_enums[0] for v in self._views)
+
+    def _read(self, what: str, indexes: Sequence[int] | int, **kw: Any) -> np.ndarray:
+        one = isinstance(indexes, int)
+        idx = [indexes] if one else list(indexes)
+        shape = kw.pop("out_shape", None)
+        out = []
+        for i in idx:
+            view = self._views[i - 1]
+            try:
+                fn = view.read if what == "read" else view.read_masks
+                out.append(fn(1, out_shape=None if shape is None else shape[-2:], **kw))
+            except RasterioError as exc:
+                # The chained cause carries the band file, which geotiff.gdal_reason shows.
+                raise RasterioError(f"cannot read band {self.names[i - 1]}") from RasterioError(
+                    f"band file {self.paths[i - 1].name}: {gdal_reason(exc)}"
+                )
+        return out[0] if one else np.stack(out)
+
+    def read(self, indexes: Sequence[int] | int, **kw: Any) -> np.ndarray:
+        """``rasterio`` ``read`` of 1-based stack bands (``window``, ``out_shape``,
+        ``resampling``), on the reference grid."""
+        return self._read("read", indexes, **kw)
+
+    def read_masks(self, indexes: Sequence[int] | int, **kw: Any) -> np.ndarray:
+        """GDAL masks (255 valid, 0 no-data) of stack bands, like :meth:`read`."""
+        return self._read("masks", indexes, **kw)
+
+    def close(self) -> None:
+        for v in self._views:
+            if isinstance(v, WarpedVRT):
+                v.close()
+        for s in self._srcs:
+            s.close()
+        self._views, self._srcs = [], []
+
+    def __enter__(self) -> BandStack:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
