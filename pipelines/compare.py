@@ -108,8 +108,7 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float |
     inits ran, ``finetuned_minus_scratch`` (the answer to "did fine-tuning help?")."""
     out: dict[str, dict[str, dict[str, float | None]]] = {}
     for r in rows:
-        role = "source" if r["role"] == "rgb_baseline" else r["init"]
-        out.setdefault(r["dataset"], {})[role] = {
+        out.setdefault(r["dataset"], {})[_role(r)] = {
             "map50": _metric(r["map50"]),
             "coco_ap": _metric(r["coco_ap"]),
         }
@@ -127,10 +126,15 @@ def summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float |
 _STYLE = {"scratch": "-", "finetuned": "--", "source": ":"}
 
 
+def _role(row: dict[str, Any]) -> str:
+    """``source`` for the RGB source model's row, else the run's init."""
+    return "source" if row["role"] == "rgb_baseline" else row["init"]
+
+
 def _series(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
     out = []
     for r in rows:
-        role = "source" if r["role"] == "rgb_baseline" else r["init"]
+        role = _role(r)
         label = "source (RGB baseline)" if role == "source" else role
         out.append({"label": label, "points": r[key], "style": _STYLE[role]})
     return out

@@ -249,9 +249,6 @@ class StoreReader:
                 self.num_samples = int(attrs["num_samples"])
                 self.mean = f["stats/mean"][()].astype(np.float32)
                 self.std = f["stats/std"][()].astype(np.float32)
-                counts = f["stats/pixel_count"][()] if "pixel_count" in f["stats"] else [1]
-                #: False for a store with no train split (evaluation only)
-                self.has_train_stats = bool(np.sum(counts) > 0)
                 self.splits = {s: f[f"splits/{s}"][()].astype(np.int64) for s in SPLITS}
         except OSError as exc:
             raise DataError(f"cannot read HDF5 store ({exc})", path=self.path) from exc
