@@ -8,6 +8,8 @@ is a package of one shape (``docs/adding_a_modality.md`` walks through one)::
     modalities/<name>/params.py    a frozen dataclass of its params (AdapterParams subclass)
     modalities/<name>/demo.py      the demo generator, writing the native format
     modalities/<name>/<format>.py  one module per file format it reads
+    modalities/<name>/detect.py    optional: running a trained model on new files
+                                   (``dsod detect``; named by ``detect_module``)
 
 and is registered in one way: an entry point in the group ``dsod.modalities`` (the built-ins
 are declared in this project's ``pyproject.toml`` exactly like a third-party package's).
@@ -395,6 +397,10 @@ class ModalityAdapter(ABC):
     name: ClassVar[str] = ""
     Params: ClassVar[type[AdapterParams]] = AdapterParams
     world_units: ClassVar[str] = "pixel"
+    #: The module ``dsod detect`` runs new inputs with (``modalities/<name>/detect.py``): it
+    #: defines ``detect_inputs(adapter, path, predictor, options) -> list[DetectResult]``
+    #: (:mod:`dsod_core.inference`); None: the modality cannot detect on new files yet.
+    detect_module: ClassVar[str | None] = None
 
     def __init__(
         self,

@@ -7,7 +7,9 @@ A plain dict of tensors and primitives, loaded with ``weights_only=True``:
 * what rebuilds it: ``variant``, ``input_size``, ``model_overrides``, ``in_channels``,
   ``num_classes``;
 * what the data was: ``class_names``, ``channel_names``, ``modality``, ``mean``/``std``
-  (float32 ``[C]``, the store's train-split normalisation);
+  (float32 ``[C]``, the store's train-split normalisation), ``adapter_params`` (the adapter
+  params the store was prepared with, resolved: what ``dsod detect`` reads new files with)
+  and ``dataset`` (the params name of the store's dataset);
 * extras of the run (``train_seconds``, ``history``, ``transfer``).
 
 Evaluation, export and benchmarks load a model through :func:`load_trained_model` without
@@ -55,8 +57,21 @@ def weights_dict(
         "modality": reader.modality,
         "mean": torch.from_numpy(reader.mean.copy()),
         "std": torch.from_numpy(reader.std.copy()),
+        "adapter_params": _plain(reader.params.get("adapter")),
+        "dataset": str(reader.params.get("dataset", "")),
         **(extra or {}),
     }
+
+
+def _plain(value: Any) -> Any:
+    """JSON-like values only (what ``weights_only`` loads): tuples become lists."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
 
 
 def load_weights(path: str | os.PathLike) -> dict[str, Any]:

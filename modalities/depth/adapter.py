@@ -68,6 +68,7 @@ class DepthAdapter(ModalityAdapter):
     name = "depth"
     Params = DepthParams
     world_units = "pixel"
+    detect_module = "modalities.depth.detect"
     params: DepthParams
 
     def __init__(

@@ -83,6 +83,7 @@ class MedicalAdapter(ModalityAdapter):
     name = "medical"
     Params = MedicalParams
     world_units = "mm"
+    detect_module = "modalities.medical.detect"
     params: MedicalParams
 
     def __init__(

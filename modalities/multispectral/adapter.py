@@ -53,6 +53,7 @@ class MultispectralAdapter(ModalityAdapter):
     name = "multispectral"
     Params = MultispectralParams
     world_units = "crs"
+    detect_module = "modalities.multispectral.detect"
     params: MultispectralParams
 
     def __init__(

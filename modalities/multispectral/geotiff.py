@@ -98,7 +98,7 @@ def raster_info(
 ) -> RasterInfo:
     """The :class:`RasterInfo` of an open raster: georeferencing checked, bands resolved."""
     if ds.crs is None:
-        raise DataError("raster has no CRS; cannot place map labels on it", path=path)
+        raise DataError("raster has no CRS; cannot place map labels or detections on it", path=path)
     if ds.transform.is_identity:
         raise DataError("raster has no geotransform", path=path)
     selected_idx = [resolve_band(ds, b, path) for b in (bands or range(1, ds.count + 1))]

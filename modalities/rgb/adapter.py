@@ -66,6 +66,7 @@ class RGBAdapter(ModalityAdapter):
     name: ClassVar[str] = "rgb"
     Params: ClassVar[type[AdapterParams]] = RGBParams
     world_units: ClassVar[str] = "pixel"
+    detect_module: ClassVar[str] = "modalities.rgb.detect"
     params: RGBParams
 
     def __init__(

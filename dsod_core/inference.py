@@ -1,0 +1,258 @@
+"""Inference on new images with a trained ``model.pt``: one :class:`Predictor` per model.
+
+A :class:`Predictor` takes images as an adapter produces them (float32 ``[C, H, W]``, not yet
+normalised, any size), normalises them with the model's own train-split statistics, resizes
+them to the network input (the evaluation transform, exactly as the evaluate stage does),
+runs one of three backends in batches and returns detections in pixels of the given image:
+
+* ``eager``: the PyTorch model (CPU or CUDA);
+* ``onnx``: the graph of :func:`dsod_core.export.export_onnx` run by ONNX Runtime (CPU);
+* ``int8``: that graph statically quantised (:func:`dsod_core.export.quantize_onnx`),
+  calibrated on the first images it is given (at least ``calibration_count``, default 16:
+  the inputs being detected are the data the ranges should cover; no store is needed).
+
+Decoding and class-wise NMS are :func:`dsod_core.postprocess.postprocess`, the same for every
+backend. Everything the model needs is read from ``model.pt`` (``dsod_core.engine.weights``).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from dsod_core.data.transforms import build_eval_transform
+from dsod_core.engine.evaluator import select_device
+from dsod_core.engine.weights import load_trained_model
+from dsod_core.errors import ConfigError
+from dsod_core.postprocess import postprocess
+
+Backend = Literal["eager", "onnx", "int8"]
+BACKENDS: tuple[str, ...] = ("eager", "onnx", "int8")
+
+
+class Predictor:
+    """Detections of a trained model on un-normalised ``[C, H, W]`` images.
+
+    Args:
+        model_path: a run's ``model.pt``.
+        backend: ``eager``, ``onnx`` or ``int8`` (see the module docstring).
+        device: ``auto``, ``cpu`` or ``cuda`` (eager only; ONNX Runtime runs on the CPU).
+        score_threshold, nms_iou, max_detections: :func:`dsod_core.postprocess.postprocess`.
+        threads: intra-op threads of ONNX Runtime (default: torch's).
+        calibration_count: images the int8 backend calibrates on before its first batch.
+    """
+
+    def __init__(
+        self,
+        model_path: str | os.PathLike,
+        *,
+        backend: str = "eager",
+        device: str = "auto",
+        score_threshold: float = 0.01,
+        nms_iou: float = 0.45,
+        max_detections: int = 200,
+        threads: int | None = None,
+        calibration_count: int = 16,
+    ) -> None:
+        if backend not in BACKENDS:
+            raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
+        if backend != "eager" and device == "cuda":
+            raise ConfigError(f"backend {backend!r} runs on the CPU (ONNX Runtime); use eager")
+        self.path = Path(model_path)
+        self.backend = backend
+        self.device = select_device(device if backend == "eager" else "cpu", "--device")
+        self.model, self.meta = load_trained_model(self.path, self.device)
+        self.input_size = int(self.meta["input_size"])
+        self.in_channels = int(self.meta["in_channels"])
+        self.class_names: list[str] = list(self.meta["class_names"])
+        self.channel_names: list[str] = list(self.meta["channel_names"])
+        self.mean = self.meta["mean"].numpy().astype(np.float32)[:, None, None]
+        self.std = self.meta["std"].numpy().astype(np.float32)[:, None, None]
+        self.post = {
+            "score_threshold": float(score_threshold),
+            "nms_iou": float(nms_iou),
+            "max_detections": int(max_detections),
+        }
+        self.threads = threads
+        self.calibration_count = max(1, int(calibration_count))
+        self._transform = build_eval_transform(self.input_size)
+        self._rng = np.random.default_rng(0)
+        self._default_boxes = self.model.default_boxes.detach().cpu()
+        self._runner = None
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        if backend == "eager":
+            from dsod_core.export import eager_runner
+
+            self._runner = eager_runner(self.model)
+        elif backend == "onnx":
+            self._runner = self._onnx_runner()
+
+    # --- backends ------------------------------------------------------------------------
+    def _graph(self) -> Path:
+        from dsod_core.export import export_onnx
+
+        if self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="dsod-detect-")
+        path = Path(self._tmp.name) / "model.onnx"
+        if not path.is_file():
+            export_onnx(self.model, path, input_size=self.input_size, in_channels=self.in_channels)
+        return path
+
+    def _onnx_runner(self):
+        from dsod_core.export import onnx_runner
+
+        return onnx_runner(self._graph(), threads=self.threads)
+
+    def _int8_runner(self, calibration: np.ndarray):
+        from dsod_core.export import onnx_runner, quantize_onnx
+
+        fp32 = self._graph()
+        int8 = fp32.with_name("model.int8.onnx")
+        quantize_onnx(fp32, int8, calibration)
+        return onnx_runner(int8, threads=self.threads)
+
+    def close(self) -> None:
+        """Remove the temporary ONNX graphs (also done when the object is collected)."""
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    # --- inference -----------------------------------------------------------------------
+    def check_channels(self, channels: int, where: str | os.PathLike) -> None:
+        """A clear error when an input gives another number of channels than the model."""
+        from dsod_core.errors import DataError
+
+        if channels != self.in_channels:
+            raise DataError(
+                f"gives {channels} channel(s), the model takes {self.in_channels} "
+                f"({', '.join(self.channel_names)})",
+                path=where,
+            )
+
+    def prepare(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
+        """One network input (normalised, resized) and the image's ``(H, W)``."""
+        image = np.asarray(image, dtype=np.float32)
+        item = {
+            "image": ((image - self.mean) / self.std).astype(np.float32),
+            "boxes": np.zeros((0, 4), dtype=np.float32),
+            "labels": np.zeros(0, dtype=np.int64),
+            "difficult": np.zeros(0, dtype=bool),
+        }
+        out = self._transform(item, self._rng)  # resize only: the generator is not drawn
+        return np.asarray(out["image"], dtype=np.float32), (image.shape[1], image.shape[2])
+
+    def __call__(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        """Detections of each image: ``boxes`` float32 ``[D, 4]`` xyxy in its pixels,
+        ``scores`` float32 ``[D]``, ``labels`` int64 ``[D]`` (1..K), best first."""
+        if not len(images):
+            return []
+        prepared = [self.prepare(im) for im in images]
+        batch = np.stack([p[0] for p in prepared])
+        if self._runner is None:  # int8: calibrate on the first images seen
+            self._runner = self._int8_runner(batch[: self.calibration_count])
+        tensor = torch.from_numpy(batch)
+        if self.backend == "eager":
+            tensor = tensor.to(self.device)
+        loc, conf = self._runner(tensor)
+        s = self.input_size
+        dets = postprocess(
+            loc.to(self.device),
+            conf.to(self.device),
+            self._default_boxes.to(self.device),
+            image_size=(s, s),
+            **self.post,
+        )
+        out = []
+        for det, (_, (h, w)) in zip(dets, prepared):
+            scale = torch.tensor([w / s, h / s, w / s, h / s], device=det["boxes"].device)
+            out.append(
+                {
+                    "boxes": (det["boxes"] * scale).float().cpu().numpy(),
+                    "scores": det["scores"].float().cpu().numpy(),
+                    "labels": det["labels"].cpu().numpy().astype(np.int64),
+                }
+            )
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        """What the detections came from (recorded in every output file)."""
+        return {
+            "model": str(self.path),
+            "backend": self.backend,
+            "device": self.device.type,
+            "variant": self.meta["variant"],
+            "input_size": self.input_size,
+            "classes": self.class_names,
+            "channels": self.channel_names,
+            **self.post,
+        }
+
+    def __del__(self) -> None:  # pragma: no cover - interpreter shutdown order
+        try:
+            self.close()
+        except Exception:
+            pass
+
+
+# --- what `dsod detect` passes to a modality's detect module ---------------------------------
+@dataclass
+class DetectOptions:
+    """Options of one ``dsod detect`` run (``pipelines/detect.py``), for the modality's
+    ``detect_inputs`` (``modalities/<name>/detect.py``). ``None`` means the modality's own
+    default (e.g. the adapter's ``chip_size``)."""
+
+    out_dir: Path
+    batch_size: int = 16
+    chip_size: int | None = None  # multispectral: window side (px)
+    overlap: int | None = None  # multispectral: window overlap (px)
+    wgs84: bool = False  # multispectral: also write the RFC 7946 WGS84 copy
+    volume_mask: bool = False  # medical: also write the candidates as a NIfTI label volume
+    labels: Path | None = None  # scene-level evaluation against these labels
+    progress: bool = True
+
+
+@dataclass
+class DetectResult:
+    """What one input gave: the files written, the number of detections, the units
+    (windows, slices, images) run through the network and the ones skipped (all no-data),
+    and, with labels, the scene-level evaluation (also written beside the outputs)."""
+
+    input: Path
+    outputs: list[Path]
+    detections: int
+    units: int
+    skipped: int = 0
+    seconds: float = 0.0
+    evaluation: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def output_stem(path: str | os.PathLike) -> str:
+    """The name an input's outputs are named after: the file name without its format
+    suffixes (``ct.nii.gz`` -> ``ct``, ``scene.tif`` -> ``scene``), a folder's own name."""
+    p = Path(path)
+    name = p.name
+    for suffix in (".nii.gz", ".nii", ".mhd", ".mha", ".tiff", ".tif", ".png", ".jpg",
+                   ".jpeg", ".npy", ".mat", ".vrt"):  # fmt: skip
+        if name.lower().endswith(suffix) and len(name) > len(suffix):
+            return name[: -len(suffix)]
+    return p.stem if p.is_file() else name
+
+
+def batched(items, size: int):
+    """Lists of up to ``size`` consecutive items of an iterable (the last may be shorter)."""
+    batch = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

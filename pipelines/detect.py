@@ -1,0 +1,288 @@
+"""``dsod detect``: a trained model on new files, in their native formats, outputs in the world.
+
+``dsod detect --model models/RUN/model.pt --out DIR INPUT [INPUT ...]`` (also ``python -m
+pipelines.detect``). ``model.pt`` carries what is needed: the modality, the adapter params its
+store was prepared with, channel and class names, normalisation and input size; no
+``params.yaml`` is read. ``--adapter-params FILE`` (YAML or JSON mapping) overrides adapter
+params where a new input differs (another band order, another HU window, ...).
+
+Per modality (``docs/detect.md``): multispectral scenes are run window by window
+(``DIR/<stem>.geojson`` in the raster CRS, ``--wgs84`` for an RFC 7946 copy); medical volumes
+slice by slice with 3D linking (``DIR/<stem>.json``, MONAI-style, world mm;
+``--volume-mask`` for a NIfTI of the candidates); depth frames with each object's distance
+(``DIR/<stem>.json``); RGB images as COCO results (``DIR/<stem>.json``). ``--labels`` scores
+the merged detections against the input's labels (``DIR/<stem>.eval.json``). Every output is
+written atomically; an error stops with one line naming the file, and outputs already
+written for earlier inputs stay as they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dsod_core.errors import ConfigError, DataError
+from dsod_core.inference import BACKENDS, DetectOptions, DetectResult, Predictor, output_stem
+from modalities import get_adapter
+from pipelines._common import stage_main
+
+# File kinds by suffix, to name the modality of an input that does not fit the model.
+_KINDS = {
+    ".nii": "medical",
+    ".nii.gz": "medical",
+    ".mhd": "medical",
+    ".mha": "medical",
+    ".dcm": "medical",
+    ".tif": "multispectral",
+    ".tiff": "multispectral",
+    ".vrt": "multispectral",
+    ".jp2": "multispectral",
+    ".npy": "depth",
+    ".mat": "depth",
+    ".jpg": "rgb",
+    ".jpeg": "rgb",
+}
+
+
+def input_kind(path: Path) -> str | None:
+    """The modality a file's format belongs to (None: not known from its name or header).
+    PNG: 16-bit is depth, 8-bit colour RGB; a folder holding DICOM files is medical."""
+    name = path.name.lower()
+    if path.is_dir():
+        if any(p.suffix.lower() == ".dcm" for p in path.rglob("*") if p.is_file()):
+            return "medical"
+        return None
+    for suffix, kind in _KINDS.items():
+        if name.endswith(suffix):
+            return kind
+    if name.endswith(".png"):
+        from PIL import Image
+
+        try:
+            with Image.open(path) as im:
+                mode = im.mode
+        except OSError:
+            return None
+        if mode in ("I;16", "I;16B", "I", "I;16L"):
+            return "depth"
+        if mode in ("RGB", "RGBA", "P"):
+            return "rgb"
+    return None
+
+
+def load_overrides(path: str | None) -> dict[str, Any]:
+    """``--adapter-params``: a YAML (or JSON) mapping of adapter params."""
+    if not path:
+        return {}
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError("adapter params file not found", path=p) from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"not valid YAML/JSON ({str(exc).splitlines()[0]})", path=p) from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError("adapter params file must hold a mapping", path=p)
+    return data
+
+
+def build_adapter(predictor: Predictor, overrides: dict[str, Any], root: Path, source: str):
+    """The model's adapter with the params its store was prepared with, ``overrides`` on top."""
+    meta = predictor.meta
+    modality = str(meta.get("modality", ""))
+    stored = meta.get("adapter_params")
+    if stored is None and not overrides:
+        raise ConfigError(
+            "model.pt records no adapter params (written before `dsod detect` existed): "
+            "retrain it, or pass the adapter params of its data with --adapter-params",
+            path=predictor.path,
+        )
+    cls = get_adapter(modality)
+    values = {**(stored or {}), **overrides}
+    try:
+        params = cls.Params.parse(values, owner=cls.name, source=source)
+    except ConfigError as exc:
+        raise ConfigError(exc.reason, path=exc.path or source) from None
+    return cls(root, params)
+
+
+def detect_module(adapter) -> Any:
+    """The modality's detect module (``ModalityAdapter.detect_module``)."""
+    name = getattr(adapter, "detect_module", None)
+    if not name:
+        raise ConfigError(
+            f"modality {adapter.name!r} has no detect support (its adapter sets no "
+            "detect_module; see docs/adding_a_modality.md)"
+        )
+    return importlib.import_module(name)
+
+
+def check_input(path: Path, modality: str, model: Path) -> None:
+    """Refuse a missing input and one whose format belongs to another modality. A DICOM
+    series may be named ``folder#<SeriesInstanceUID>`` (the folder must exist)."""
+    folder, sep, _ = str(path).partition("#")
+    if sep and not path.exists():
+        if not Path(folder).is_dir():
+            raise DataError("input not found (no DICOM folder before '#')", path=path)
+        kind = "medical"
+    elif not path.exists():
+        raise DataError("input not found", path=path)
+    else:
+        kind = input_kind(path)
+    if kind is not None and kind != modality:
+        raise DataError(
+            f"looks like a {kind} input, but the model {model} is a {modality} detector",
+            path=path,
+        )
+
+
+def run(args: argparse.Namespace) -> list[DetectResult]:
+    predictor = Predictor(
+        args.model,
+        backend=args.backend,
+        device=args.device,
+        score_threshold=args.score_threshold,
+        nms_iou=args.nms_iou,
+        max_detections=args.max_detections,
+        threads=args.threads,
+    )
+    modality = str(predictor.meta.get("modality", ""))
+    inputs = [Path(p) for p in args.inputs]
+    for path in inputs:
+        check_input(path, modality, predictor.path)
+    stems: dict[str, Path] = {}
+    for path in inputs:
+        stem = output_stem(Path(str(path).partition("#")[0]) if "#" in str(path) else path)
+        if stem in stems and path.is_file():
+            raise ConfigError(
+                f"inputs {stems[stem]} and {path} would both write {stem}.*: detect them "
+                "into different --out folders"
+            )
+        stems[stem] = path
+    overrides = load_overrides(args.adapter_params)
+    source = args.adapter_params or str(predictor.path)
+    options = DetectOptions(
+        out_dir=Path(args.out),
+        batch_size=args.batch_size,
+        chip_size=args.chip_size,
+        overlap=args.overlap,
+        wgs84=args.wgs84,
+        volume_mask=args.volume_mask,
+        labels=Path(args.labels) if args.labels else None,
+        progress=not args.no_progress,
+    )
+    if options.labels is not None and len(inputs) != 1:
+        raise ConfigError("--labels scores one input: give one INPUT with it")
+    options.out_dir.mkdir(parents=True, exist_ok=True)
+    results = []
+    try:
+        for path in inputs:
+            real = Path(str(path).partition("#")[0])
+            root = real if real.is_dir() else real.parent
+            adapter = build_adapter(predictor, overrides, root, source)
+            module = detect_module(adapter)
+            started = time.perf_counter()
+            for result in module.detect_inputs(adapter, path, predictor, options):
+                result.seconds = time.perf_counter() - started
+                results.append(result)
+                print(summary_line(result))
+                started = time.perf_counter()
+    finally:
+        predictor.close()
+    return results
+
+
+def summary_line(r: DetectResult) -> str:
+    line = (
+        f"detect {r.input}: {r.detections} detections from {r.units} units"
+        + (f" ({r.skipped} all no-data, skipped)" if r.skipped else "")
+        + f" in {r.seconds:.1f} s -> {', '.join(str(p) for p in r.outputs)}"
+    )
+    if r.evaluation:
+        shown = {k: v for k, v in r.evaluation.items() if isinstance(v, (int, float))}
+        line += "\n  scene-level: " + json.dumps(shown)
+    return line
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dsod detect",
+        description="Run a trained DSOD model on new files (docs/detect.md).",
+    )
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="files or folders")
+    parser.add_argument("--model", required=True, help="a run's model.pt")
+    parser.add_argument("--out", required=True, help="output folder")
+    parser.add_argument(
+        "--adapter-params", help="YAML/JSON mapping overriding the model's adapter params"
+    )
+    parser.add_argument(
+        "--score-threshold",
+        type=float,
+        default=0.3,
+        help="keep detections scoring at least this (default 0.3; the evaluate stage's 0.01 "
+        "suits mAP, not maps of objects)",
+    )
+    parser.add_argument("--nms-iou", type=float, default=0.45, help="per-image NMS IoU")
+    parser.add_argument("--max-detections", type=int, default=200, help="per network input")
+    parser.add_argument("--backend", choices=BACKENDS, default="eager")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--batch-size", type=int, default=16, help="network inputs per batch")
+    parser.add_argument("--threads", type=int, help="ONNX Runtime threads (default: torch's)")
+    parser.add_argument(
+        "--chip-size", type=int, help="multispectral: window side in px (default: the model's)"
+    )
+    parser.add_argument(
+        "--overlap", type=int, help="multispectral: window overlap in px (default: chip/2)"
+    )
+    parser.add_argument(
+        "--wgs84", action="store_true", help="multispectral: also write an RFC 7946 copy"
+    )
+    parser.add_argument(
+        "--volume-mask",
+        action="store_true",
+        help="medical: also write the candidates as a NIfTI label volume",
+    )
+    parser.add_argument(
+        "--labels", help="the input's labels: score the scene/volume detections against them"
+    )
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+    return parser
+
+
+@stage_main
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if not 0.0 <= args.score_threshold <= 1.0:
+        raise ConfigError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
+    run(args)
+    return 0
+
+
+def cli() -> None:
+    """The ``dsod`` console command: ``dsod detect ...`` (more subcommands may follow)."""
+    argv = sys.argv[1:]
+    if not argv or argv[0] in ("-h", "--help"):
+        print(
+            "usage: dsod detect --model MODEL.pt --out DIR INPUT [INPUT ...]\n\n"
+            "subcommands:\n  detect    run a trained model on new files (dsod detect -h)"
+        )
+        sys.exit(0 if argv else 2)
+    if argv[0] != "detect":
+        print(f"error: unknown subcommand {argv[0]!r} (known: detect)", file=sys.stderr)
+        sys.exit(2)
+    main(argv[1:])
+
+
+if __name__ == "__main__":
+    main()
