@@ -256,3 +256,11 @@ def batched(items, size: int):
             batch = []
     if batch:
         yield batch
+
+
+def progress_bar(total: int, desc: str, unit: str, options: DetectOptions):
+    """The tqdm bar of a detect loop (none with ``--no-progress``, nor when stderr is not a
+    terminal, so an error stays one line)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit=unit, disable=None if options.progress else True)

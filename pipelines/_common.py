@@ -17,17 +17,18 @@ from dsod_core.io import write_atomic, write_json
 __all__ = ["load_params", "stage_main", "write_atomic", "write_json"]
 
 
-def load_params(path: str | Path = "params.yaml") -> dict[str, Any]:
-    """Read params.yaml with ``yaml.safe_load`` (never executes anything)."""
+def load_params(path: str | Path = "params.yaml", what: str = "params file") -> dict[str, Any]:
+    """Read a YAML (or JSON) mapping such as params.yaml with ``yaml.safe_load`` (never
+    executes anything); ``what`` names the file in errors."""
     path = Path(path)
     try:
         data = yaml.safe_load(path.read_text())
     except FileNotFoundError as exc:
-        raise ConfigError("params file not found", path=path) from exc
+        raise ConfigError(f"{what} not found", path=path) from exc
     except yaml.YAMLError as exc:
         raise ConfigError(f"not valid YAML ({str(exc).splitlines()[0]})", path=path) from exc
     if not isinstance(data, dict):
-        raise ConfigError("params file must hold a mapping at the top level", path=path)
+        raise ConfigError(f"{what} must hold a mapping at the top level", path=path)
     return data
 
 

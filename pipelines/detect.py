@@ -26,12 +26,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from dsod_core.errors import ConfigError, DataError
 from dsod_core.inference import BACKENDS, DetectOptions, DetectResult, Predictor, output_stem
 from modalities import get_adapter
-from pipelines._common import stage_main
+from pipelines._common import load_params, stage_main
 
 # File kinds by suffix, to name the modality of an input that does not fit the model.
 _KINDS = {
@@ -79,20 +77,7 @@ def input_kind(path: Path) -> str | None:
 
 def load_overrides(path: str | None) -> dict[str, Any]:
     """``--adapter-params``: a YAML (or JSON) mapping of adapter params."""
-    if not path:
-        return {}
-    p = Path(path)
-    try:
-        data = yaml.safe_load(p.read_text())
-    except FileNotFoundError as exc:
-        raise ConfigError("adapter params file not found", path=p) from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"not valid YAML/JSON ({str(exc).splitlines()[0]})", path=p) from exc
-    if data is None:
-        return {}
-    if not isinstance(data, dict):
-        raise ConfigError("adapter params file must hold a mapping", path=p)
-    return data
+    return load_params(path, "adapter params file") if path else {}
 
 
 def build_adapter(predictor: Predictor, overrides: dict[str, Any], root: Path, source: str):

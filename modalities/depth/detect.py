@@ -39,10 +39,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from dsod_core.errors import ConfigError, DataError
-from dsod_core.inference import DetectOptions, DetectResult, Predictor, batched, output_stem
+from dsod_core.inference import (
+    DetectOptions,
+    DetectResult,
+    Predictor,
+    batched,
+    output_stem,
+    progress_bar,
+)
 from dsod_core.io import write_json
 from dsod_core.metrics.scoring import score_detections
 from modalities.base import SampleRef
@@ -82,10 +87,7 @@ def detect_inputs(
 
     results: list[DetectResult] = []
     targets, predictions = [], []
-    bar = tqdm(
-        total=len(frames), desc=f"detect {path.name}", unit="image",
-        disable=None if options.progress else True,
-    )  # fmt: skip
+    bar = progress_bar(len(frames), f"detect {path.name}", "image", options)
     try:
         for batch in batched(frames, options.batch_size):
             samples = [next(iter(adapter.read(ref))) for ref, _ in batch]

@@ -45,10 +45,16 @@ import numpy as np
 import rasterio
 from rasterio.transform import Affine
 from rasterio.windows import Window
-from tqdm import tqdm
 
 from dsod_core.errors import DataError
-from dsod_core.inference import DetectOptions, DetectResult, Predictor, batched, output_stem
+from dsod_core.inference import (
+    DetectOptions,
+    DetectResult,
+    Predictor,
+    batched,
+    output_stem,
+    progress_bar,
+)
 from dsod_core.io import write_json
 from modalities.multispectral import bandstack, geojson, geotiff
 from modalities.multispectral import labels as label_files
@@ -241,12 +247,7 @@ def detect_scene(
             image, valid = adapter._read_chip(ds, info, win, stats)
             return (win, image) if valid.any() else None
 
-        bar = tqdm(
-            total=len(windows),
-            desc=f"detect {stem}",
-            unit="window",
-            disable=None if options.progress else True,
-        )
+        bar = progress_bar(len(windows), f"detect {stem}", "window", options)
         for group in batched((read(w) for w in windows), options.batch_size):
             kept = [g for g in group if g is not None]
             skipped += len(group) - len(kept)

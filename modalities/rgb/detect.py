@@ -33,10 +33,15 @@ import math
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from dsod_core.errors import ConfigError, DataError
-from dsod_core.inference import DetectOptions, DetectResult, Predictor, batched, output_stem
+from dsod_core.inference import (
+    DetectOptions,
+    DetectResult,
+    Predictor,
+    batched,
+    output_stem,
+    progress_bar,
+)
 from dsod_core.io import write_json
 from dsod_core.metrics.coco import evaluate_coco_dicts
 from dsod_core.metrics.scoring import score_detections
@@ -79,10 +84,7 @@ def detect_inputs(
     mapping = adapter.label_to_category_id
     rows: list[dict[str, Any]] = []
     images, targets, predictions = [], [], []
-    bar = tqdm(
-        total=len(refs), desc=f"detect {path.name}", unit="image",
-        disable=None if options.progress else True,
-    )  # fmt: skip
+    bar = progress_bar(len(refs), f"detect {path.name}", "image", options)
     try:
         for batch in batched(refs, options.batch_size):
             samples = [next(iter(adapter.read(ref))) for ref in batch]
