@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -252,21 +251,6 @@ def main(argv: list[str] | None = None) -> int:
         raise ConfigError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
     run(args)
     return 0
-
-
-def cli() -> None:
-    """The ``dsod`` console command: ``dsod detect ...`` (more subcommands may follow)."""
-    argv = sys.argv[1:]
-    if not argv or argv[0] in ("-h", "--help"):
-        print(
-            "usage: dsod detect --model MODEL.pt --out DIR INPUT [INPUT ...]\n\n"
-            "subcommands:\n  detect    run a trained model on new files (dsod detect -h)"
-        )
-        sys.exit(0 if argv else 2)
-    if argv[0] != "detect":
-        print(f"error: unknown subcommand {argv[0]!r} (known: detect)", file=sys.stderr)
-        sys.exit(2)
-    main(argv[1:])
 
 
 if __name__ == "__main__":

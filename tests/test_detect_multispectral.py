@@ -291,3 +291,27 @@ def test_errors_are_one_line_and_write_nothing(trained, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert "model.pt" in err and "checkpoint" in err
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_the_installed_dsod_command(tmp_path):
+    """The ``dsod`` console script of ``[project.scripts]`` is installed and dispatches."""
+    import shutil
+    import subprocess
+    import sys
+
+    exe = shutil.which("dsod") or str(Path(sys.executable).with_name("dsod"))
+    assert Path(exe).exists(), "the dsod console script is not installed"
+    top = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
+    assert top.returncode == 0 and "dsod detect" in top.stdout
+    bad = subprocess.run([exe, "train"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "unknown subcommand 'train'" in bad.stderr
+    fake = tmp_path / "model.pt"
+    fake.write_bytes(b"not a model")
+    run = subprocess.run(
+        [exe, "detect", "--model", str(fake), "--out", str(tmp_path / "o"), str(fake)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert run.returncode == 1
+    assert run.stderr.strip().count("\n") == 0 and "model.pt" in run.stderr
