@@ -191,6 +191,22 @@ class _ImageBatches:
         return next(self._pending, None)
 
 
+def cpu_has_int8_dot_product() -> bool:
+    """Whether this CPU multiplies u8 x s8 without 16-bit saturation: x86 VNNI (AVX-512 or
+    AVX) or AMX, or any ARM CPU (its dot-product instructions widen to 32 bits). On plain
+    AVX2 (``vpmaddubsw``) pairs of u8 x s8 products are summed into a saturating int16."""
+    import platform
+
+    if platform.machine().lower() not in ("x86_64", "amd64", "i386", "i686"):
+        return True
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False  # unknown: assume the saturating path (reduce_range is safe everywhere)
+    flags = set(text.split())
+    return bool(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+
+
 def quantize_onnx(
     fp32_path: str | os.PathLike,
     out_path: str | os.PathLike,
@@ -198,6 +214,7 @@ def quantize_onnx(
     *,
     per_channel: bool = True,
     calibration_batch: int = 1,
+    reduce_range: bool | None = None,
 ) -> Path:
     """Static int8 quantisation of an exported DSOD graph with ONNX Runtime; returns out_path.
 
@@ -209,6 +226,11 @@ def quantize_onnx(
     Runtime runs the QDQ groups as int8 kernels (VNNI where the CPU has it); ops without an
     int8 kernel (the pre-activation BNs, the L2 norms, softmax-free head reshapes) stay float
     between DequantizeLinear and QuantizeLinear. The file is written atomically.
+
+    ``reduce_range``: 7-bit weights, so that two u8 x s7 products cannot saturate the int16
+    accumulator of AVX2's ``vpmaddubsw``. None (default) decides for this CPU: on where it has
+    no VNNI/AMX (:func:`cpu_has_int8_dot_product`). A graph quantised without it is accurate
+    only on CPUs with VNNI: quantise on the machine that runs it (``dsod detect`` does).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.registry import QDQRegistry
@@ -246,7 +268,10 @@ def quantize_onnx(
             op_types_to_quantize=[op for op in QDQRegistry if op != "BatchNormalization"],
             per_channel=per_channel,
             # VNNI (and the ARM dot-product instructions) take u8 × s8 without the saturation
-            # that makes ``reduce_range`` necessary on plain AVX2.
+            # that makes ``reduce_range`` necessary on plain AVX2 (see the docstring).
+            reduce_range=bool(
+                not cpu_has_int8_dot_product() if reduce_range is None else reduce_range
+            ),
             activation_type=QuantType.QUInt8,
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
@@ -286,6 +311,64 @@ def onnx_runner(path: str | os.PathLike, threads: int | None = None) -> Runner:
     return run
 
 
+def openvino_runner(path: str | os.PathLike, threads: int | None = None) -> Runner:
+    """A callable ``images [B, C, S, S] -> (loc, conf)`` over an ONNX graph (the fp32 export,
+    or the int8 QDQ graph of :func:`quantize_onnx`) compiled by OpenVINO for the CPU.
+
+    OpenVINO reads the QDQ pairs of the int8 graph as fake-quantize ops and runs the
+    convolutions between them with int8 kernels (VNNI / AMX where the CPU has them). The
+    precision hint is pinned to f32 so that on CPUs with native bf16 the fp32 graph is not
+    silently run in bf16. The graph is compiled once per batch size (static shapes are
+    OpenVINO's fast path) with the latency hint and ``threads`` inference threads (default:
+    torch's thread count); compiled models are kept for reuse.
+    """
+    try:
+        import openvino as ov
+    except ImportError as err:  # pragma: no cover - a declared dependency
+        raise ExportError("the openvino backend needs the openvino package") from err
+
+    core = ov.Core()
+    try:
+        model = core.read_model(str(path))
+    except Exception as err:  # OpenVINO raises its own untyped errors
+        text = str(err)
+        if "larger than the data shape" in text:
+            # OpenVINO's MaxPool shape check refuses a 2x2 ceil-mode pool over a 1x1 map,
+            # which PyTorch and ONNX Runtime define (the map passes through); DSOD gets one
+            # when the input is so small that two source maps are 1x1.
+            reason = (
+                "OpenVINO refuses a 2x2 max pool over a 1x1 map, which this model's input "
+                "size gives (two 1x1 source maps); use the onnx backend or a larger input"
+            )
+        else:
+            reason = "OpenVINO cannot read the graph: " + " ".join(text.split())[:300]
+        raise ExportError(reason, path=path) from err
+    config = {
+        "PERFORMANCE_HINT": "LATENCY",
+        "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
+        "INFERENCE_PRECISION_HINT": "f32",
+    }
+    input_name = model.inputs[0].get_any_name()
+    compiled: dict[int, Any] = {}
+
+    def request(batch: int):
+        if batch not in compiled:
+            shaped = model.clone()
+            dims = [d.get_length() for d in model.inputs[0].get_partial_shape()[1:]]
+            shaped.reshape({input_name: [batch, *dims]})
+            compiled[batch] = core.compile_model(shaped, "CPU", config).create_infer_request()
+        return compiled[batch]
+
+    def run(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feed = np.ascontiguousarray(images.detach().float().cpu().numpy())
+        infer = request(feed.shape[0])
+        result = infer.infer({input_name: feed})
+        outputs = {k.get_any_name(): v for k, v in result.items()}
+        return torch.from_numpy(outputs["loc"].copy()), torch.from_numpy(outputs["conf"].copy())
+
+    return run
+
+
 def eager_runner(model: nn.Module, *, bf16: bool = False, channels_last: bool = False) -> Runner:
     """A callable ``images [B, C, S, S] -> (loc, conf)`` over ``model`` in eval mode (the
     caller's mode is left as it is at call time: this sets eval for good).
@@ -305,6 +388,80 @@ def eager_runner(model: nn.Module, *, bf16: bool = False, channels_last: bool = 
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             loc, conf = model(images)
         return loc.float(), conf.float()
+
+    return run
+
+
+def cuda_runner(
+    model: nn.Module,
+    *,
+    dtype: torch.dtype | None = None,
+    channels_last: bool = True,
+    compile: bool = False,
+    cuda_graph: bool = False,
+) -> Runner:
+    """A callable ``images [B, C, S, S] -> (loc, conf)`` (float32) over ``model`` on its CUDA
+    device, in eval mode.
+
+    ``dtype``: autocast dtype (``torch.bfloat16`` / ``torch.float16``; None: float32).
+    ``channels_last``: NHWC tensors (the layout cuDNN's tensor-core kernels want).
+    ``compile``: ``torch.compile`` the forward (eager when compiling fails, with a warning:
+    :class:`dsod_core.engine.trainer.CompiledForward`). ``cuda_graph``: capture one CUDA
+    graph per batch size and replay it (a batch-1 call is otherwise dominated by the launch
+    overhead of DSOD's hundreds of small kernels); inputs are copied into the graph's static
+    input, outputs cloned out. Graphs are captured after three warm-up calls on a side
+    stream, as the CUDA-graph documentation prescribes.
+    """
+    from dsod_core.engine.trainer import CompiledForward
+
+    device = next(model.parameters()).device
+    if device.type != "cuda":
+        raise ConfigError(f"cuda_runner needs a model on a CUDA device, not {device}")
+    model.eval()
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    forward = CompiledForward(model) if compile else model
+
+    def plain(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # Autocast's weight-cast cache must be off while a CUDA graph is captured.
+        with torch.autocast(
+            "cuda",
+            dtype=dtype or torch.float32,
+            enabled=dtype is not None,
+            cache_enabled=not cuda_graph,
+        ):
+            loc, conf = forward(images)
+        return loc.float(), conf.float()
+
+    graphs: dict[tuple[int, ...], tuple[Any, torch.Tensor, tuple[torch.Tensor, ...]]] = {}
+
+    def capture(example: torch.Tensor):
+        static = example.clone()
+        stream = torch.cuda.Stream()
+        stream.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(stream):
+            for _ in range(3):
+                plain(static)
+        torch.cuda.current_stream().wait_stream(stream)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outputs = plain(static)
+        return graph, static, outputs
+
+    @torch.inference_mode()
+    def run(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        images = images.to(device, non_blocking=True).float()
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        if not cuda_graph:
+            return plain(images)
+        key = tuple(images.shape)
+        if key not in graphs:
+            graphs[key] = capture(images)
+        graph, static, outputs = graphs[key]
+        static.copy_(images)
+        graph.replay()
+        return outputs[0].clone(), outputs[1].clone()
 
     return run
 

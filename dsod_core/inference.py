@@ -3,13 +3,16 @@
 A :class:`Predictor` takes images as an adapter produces them (float32 ``[C, H, W]``, not yet
 normalised, any size), normalises them with the model's own train-split statistics, resizes
 them to the network input (the evaluation transform, exactly as the evaluate stage does),
-runs one of three backends in batches and returns detections in pixels of the given image:
+runs one of five backends in batches and returns detections in pixels of the given image:
 
 * ``eager``: the PyTorch model (CPU or CUDA);
 * ``onnx``: the graph of :func:`dsod_core.export.export_onnx` run by ONNX Runtime (CPU);
 * ``int8``: that graph statically quantised (:func:`dsod_core.export.quantize_onnx`),
   calibrated on the first images it is given (at least ``calibration_count``, default 16:
-  the inputs being detected are the data the ranges should cover; no store is needed).
+  the inputs being detected are the data the ranges should cover; no store is needed);
+* ``openvino`` / ``openvino_int8``: the fp32 graph / the same int8 graph compiled by OpenVINO
+  (:func:`dsod_core.export.openvino_runner`), the fastest CPU paths where measured
+  (``benchmarks/RESULTS.md``).
 
 Decoding and class-wise NMS are :func:`dsod_core.postprocess.postprocess`, the same for every
 backend. Everything the model needs is read from ``model.pt`` (``dsod_core.engine.weights``).
@@ -33,8 +36,8 @@ from dsod_core.engine.weights import load_trained_model
 from dsod_core.errors import ConfigError
 from dsod_core.postprocess import postprocess
 
-Backend = Literal["eager", "onnx", "int8"]
-BACKENDS: tuple[str, ...] = ("eager", "onnx", "int8")
+Backend = Literal["eager", "onnx", "int8", "openvino", "openvino_int8"]
+BACKENDS: tuple[str, ...] = ("eager", "onnx", "int8", "openvino", "openvino_int8")
 
 
 class Predictor:
@@ -42,8 +45,8 @@ class Predictor:
 
     Args:
         model_path: a run's ``model.pt``.
-        backend: ``eager``, ``onnx`` or ``int8`` (see the module docstring).
-        device: ``auto``, ``cpu`` or ``cuda`` (eager only; ONNX Runtime runs on the CPU).
+        backend: one of :data:`BACKENDS` (see the module docstring).
+        device: ``auto``, ``cpu`` or ``cuda`` (eager only; the graph runtimes run on the CPU).
         score_threshold, nms_iou, max_detections: :func:`dsod_core.postprocess.postprocess`.
         threads: intra-op threads of ONNX Runtime (default: torch's).
         calibration_count: images the int8 backend calibrates on before its first batch.
@@ -64,7 +67,7 @@ class Predictor:
         if backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
         if backend != "eager" and device == "cuda":
-            raise ConfigError(f"backend {backend!r} runs on the CPU (ONNX Runtime); use eager")
+            raise ConfigError(f"backend {backend!r} runs on the CPU; use eager on CUDA")
         self.path = Path(model_path)
         self.backend = backend
         self.device = select_device(device if backend == "eager" else "cpu", "--device")
@@ -93,6 +96,10 @@ class Predictor:
             self._runner = eager_runner(self.model)
         elif backend == "onnx":
             self._runner = self._onnx_runner()
+        elif backend == "openvino":
+            from dsod_core.export import openvino_runner
+
+            self._runner = openvino_runner(self._graph(), threads=self.threads)
 
     # --- backends ------------------------------------------------------------------------
     def _graph(self) -> Path:
@@ -116,6 +123,10 @@ class Predictor:
         fp32 = self._graph()
         int8 = fp32.with_name("model.int8.onnx")
         quantize_onnx(fp32, int8, calibration)
+        if self.backend == "openvino_int8":
+            from dsod_core.export import openvino_runner
+
+            return openvino_runner(int8, threads=self.threads)
         return onnx_runner(int8, threads=self.threads)
 
     def close(self) -> None:
@@ -135,6 +146,20 @@ class Predictor:
                 f"({', '.join(self.channel_names)})",
                 path=where,
             )
+
+    @property
+    def needs_calibration(self) -> bool:
+        """True until an int8 backend has its ranges (:meth:`calibrate`, or the first batch)."""
+        return self._runner is None
+
+    def calibrate(self, images: Sequence[np.ndarray]) -> None:
+        """Fix the int8 ranges on these images (un-normalised ``[C, H, W]``, as for a call)
+        instead of on the first batch: a detect module passes images spread over its input
+        (windows from the whole scene), whose ranges cover more than the first few do. A
+        no-op for the other backends or once calibrated."""
+        if self._runner is None and len(images):
+            batch = np.stack([self.prepare(im)[0] for im in images[: self.calibration_count]])
+            self._runner = self._int8_runner(batch)
 
     def prepare(self, image: np.ndarray) -> tuple[np.ndarray, tuple[int, int]]:
         """One network input (normalised, resized) and the image's ``(H, W)``."""

@@ -288,3 +288,49 @@ def test_quantize_rejects_wrong_calibration_shape(trained, tmp_path) -> None:
     with pytest.raises(ConfigError, match="non-empty"):
         quantize_onnx(trained["fp32"], tmp_path / "q.onnx", np.zeros((0, 2, SIZE, SIZE)))
     assert not (tmp_path / "q.onnx").exists()
+
+
+# ---------------------------------------------------------------------------------------------
+# OpenVINO (fp32 and the int8 QDQ graph); 160 px: OpenVINO refuses to pool a 1x1 map
+# ---------------------------------------------------------------------------------------------
+def test_openvino_fp32_equals_eager_and_int8_follows_onnx_runtime(tmp_path) -> None:
+    from dsod_core.export import openvino_runner
+    from dsod_core.postprocess import postprocess
+
+    size = 160
+    torch.manual_seed(3)
+    model = build_model("dsod_tiny", in_channels=3, num_classes=2, input_size=size).eval()
+    fp32 = export_onnx(model, tmp_path / "m.onnx", input_size=size, in_channels=3)
+    images = torch.randn(3, 3, size, size)
+    with torch.no_grad():
+        ref_loc, ref_conf = model(images)
+    ov = openvino_runner(fp32, threads=1)
+    for batch in (images, images[:1]):  # one compiled model per batch size
+        loc, conf = ov(batch)
+        torch.testing.assert_close(loc, ref_loc[: len(batch)], atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(conf, ref_conf[: len(batch)], atol=1e-4, rtol=1e-4)
+    boxes = model.default_boxes
+    ref = postprocess(ref_loc, ref_conf, boxes, image_size=(size, size), score_threshold=0.01)
+    got = postprocess(*ov(images), boxes, image_size=(size, size), score_threshold=0.01)
+    for a, b in zip(ref, got):
+        assert torch.equal(a["labels"], b["labels"])
+        torch.testing.assert_close(a["boxes"], b["boxes"], atol=1e-3, rtol=1e-4)
+
+    int8 = quantize_onnx(fp32, tmp_path / "int8.onnx", images.numpy())
+    ov_loc, ov_conf = openvino_runner(int8, threads=1)(images)
+    ort_loc, ort_conf = onnx_runner(int8, threads=1)(images)
+    # The same quantised graph in two runtimes: 8-bit rounding differences only, far below
+    # the gap between int8 and fp32.
+    for a, b, ref_ in ((ov_loc, ort_loc, ref_loc), (ov_conf, ort_conf, ref_conf)):
+        span = float(ref_.max() - ref_.min())
+        assert float((a - b).abs().mean()) <= 0.02 * span
+        assert float((a - ref_).abs().mean()) <= 0.05 * span
+
+
+def test_openvino_names_the_small_input_it_cannot_convert(tmp_path) -> None:
+    from dsod_core.export import ExportError, openvino_runner
+
+    model = build_model("dsod_tiny", in_channels=1, num_classes=2, input_size=64).eval()
+    path = export_onnx(model, tmp_path / "m.onnx", input_size=64, in_channels=1)
+    with pytest.raises(ExportError, match="1x1 map"):
+        openvino_runner(path, threads=1)

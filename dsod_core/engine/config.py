@@ -48,8 +48,11 @@ class TrainConfig:
     # hardware
     device: str = "auto"  # "auto", "cpu", "cuda"
     threads: int | None = None  # CPU threads per process; None: cores / processes on the node
-    amp: bool = True  # CUDA only: float16 autocast + GradScaler
+    # CUDA only: autocast. True/"auto": bfloat16 where the GPU supports it, else float16 with
+    # a GradScaler; "bf16" / "fp16" force one; False/"off": float32.
+    amp: bool | str = True
     channels_last: bool = True  # CUDA only
+    compile: bool = False  # torch.compile the training forward (eager if compiling fails)
     sync_bn: bool = False  # SyncBatchNorm across processes (CUDA/NCCL)
     backend: str | None = None  # None (one process), "gloo", "nccl"
     nproc_per_node: int | None = None  # spawn N processes (Ignite launcher)
@@ -113,6 +116,14 @@ class TrainConfig:
         need(
             self.threads is None or (isinstance(self.threads, int) and self.threads >= 1),
             f"train.threads must be a positive integer or null, got {self.threads!r}",
+        )
+        need(
+            self.amp in (True, False, "auto", "bf16", "fp16", "off"),
+            f"train.amp must be true, false, auto, bf16, fp16 or off, got {self.amp!r}",
+        )
+        need(
+            isinstance(self.compile, bool),
+            f"train.compile must be true or false, got {self.compile!r}",
         )
         need(isinstance(self.augmentation, dict), "train.augmentation must be a mapping")
         need(isinstance(self.model_overrides, dict), "train.model_overrides must be a mapping")

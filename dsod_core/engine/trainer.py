@@ -125,6 +125,48 @@ def lr_factor(step: int, total_steps: int, config: TrainConfig) -> float:
     return warm * config.lr_gamma**drops
 
 
+def amp_dtype(setting: bool | str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``train.amp`` on ``device`` (None: float32). bfloat16 needs no
+    loss scaling; float16 (GPUs without bf16, or ``amp: fp16``) runs with a GradScaler."""
+    if device.type != "cuda" or setting in (False, "off"):
+        return None
+    if setting in (True, "auto"):
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.bfloat16 if setting == "bf16" else torch.float16
+
+
+class CompiledForward:
+    """``torch.compile(module)`` with a clean fallback: when compiling (or the first compiled
+    call) fails, e.g. no C compiler or an unsupported op, a warning names the error once and
+    every call runs the eager module from then on. The module itself stays the object that
+    is trained and saved (its state-dict keys do not get the compiled wrapper's prefix)."""
+
+    def __init__(self, module: nn.Module, compiled: Any | None = None, **options: Any) -> None:
+        self.module = module
+        self.failed: str | None = None
+        self._compiled = compiled
+        if compiled is None:
+            try:
+                self._compiled = torch.compile(module, **options)
+            except Exception as exc:  # torch.compile raises many types; all mean "not here"
+                self._fail(exc)
+
+    def _fail(self, exc: BaseException) -> None:
+        import warnings
+
+        self.failed = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        self._compiled = None
+        warnings.warn(f"torch.compile failed, running eager: {self.failed}", stacklevel=3)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if self._compiled is not None:
+            try:
+                return self._compiled(*args, **kwargs)
+            except Exception as exc:
+                self._fail(exc)
+        return self.module(*args, **kwargs)
+
+
 def setup_trainer(
     config: TrainConfig,
     model: nn.Module,
@@ -135,8 +177,9 @@ def setup_trainer(
     device: torch.device,
 ) -> Engine:
     """The update step: loss dict, gradient accumulation, clipping, AMP on CUDA."""
-    use_amp = bool(config.amp and device.type == "cuda")
+    dtype = amp_dtype(config.amp, device)
     channels_last = device.type == "cuda" and config.channels_last
+    forward = CompiledForward(model) if config.compile else model
 
     def update(engine: Engine, batch: dict[str, Any]) -> dict[str, float]:
         model.train()
@@ -144,8 +187,8 @@ def setup_trainer(
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         targets = [{k: v.to(device) for k, v in t.items()} for t in batch["targets"]]
-        with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-            loc, conf = model(images)
+        with torch.autocast(device_type=device.type, dtype=dtype, enabled=dtype is not None):
+            loc, conf = forward(images)
         losses = criterion(loc.float(), conf.float(), targets, image_size=tuple(images.shape[-2:]))
         scaler.scale(losses["loss"] / config.accumulate).backward()
         if engine.state.iteration % config.accumulate == 0:
@@ -244,7 +287,7 @@ def run(local_rank: int, config: TrainConfig) -> dict[str, Any]:
         optimizer, lambda s: lr_factor(s, total_steps, config)
     )
     criterion = MultiBoxLoss(unwrap(model).default_boxes)
-    scaler = torch.amp.GradScaler("cuda", enabled=bool(config.amp and device.type == "cuda"))
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype(config.amp, device) == torch.float16)
     trainer = setup_trainer(config, model, optimizer, criterion, scheduler, scaler, device)
 
     history: list[dict[str, Any]] = []

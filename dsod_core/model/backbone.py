@@ -16,7 +16,9 @@ that the prediction layers and the head derive them instead of hard-coding the 3
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -43,6 +45,26 @@ def pool_out_size(size: int, kernel: int, stride: int, padding: int = 0) -> int:
 def ceil_max_pool() -> nn.MaxPool2d:
     """The 2×2/2 max pool used everywhere after the stem; ceil mode keeps odd borders."""
     return nn.MaxPool2d(kernel_size=2, stride=2, ceil_mode=True)
+
+
+@contextlib.contextmanager
+def frozen_bn_statistics(module: nn.Module) -> Iterator[None]:
+    """Run ``module`` in training mode without its BNs' running statistics changing: they
+    are put back afterwards (for a recomputation in backward, which must not count a batch
+    twice)."""
+    saved = [
+        (m, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone())
+        for m in module.modules()
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.running_mean is not None
+    ]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for m, mean, var, count in saved:
+                m.running_mean.copy_(mean)
+                m.running_var.copy_(var)
+                m.num_batches_tracked.copy_(count)
 
 
 class PreActConv(nn.Sequential):
@@ -274,6 +296,7 @@ class DSODBackbone(nn.Module):
             top_channels = compressed(last.out_channels, c.compression)
         self.transition4 = PreActConv(last.out_channels, top_channels)
         self._out_channels = (source1_channels, top_channels)
+        self.memory_efficient = c.memory_efficient
         self._stem_output_size = stem_cls.output_size
 
     @property
@@ -287,8 +310,26 @@ class DSODBackbone(nn.Module):
         s = pool_out_size(self._stem_output_size(input_size), 2, 2)  # transition 1
         return s, pool_out_size(s, 2, 2)
 
+    def _stem(self, images: Tensor) -> Tensor:
+        if not (self.memory_efficient and torch.is_grad_enabled() and self.training):
+            return self.stem(images)
+        # The stem's full-resolution maps (conv outputs and ReLU outputs at half the input
+        # side, the largest activations of the network) are recomputed in backward too: only
+        # the stem's pooled output stays. The recomputation must not move the BN running
+        # statistics a second time.
+        calls = [0]
+
+        def stem(x: Tensor) -> Tensor:
+            calls[0] += 1
+            if calls[0] == 1:
+                return self.stem(x)
+            with frozen_bn_statistics(self.stem):
+                return self.stem(x)
+
+        return cp.checkpoint(stem, images, use_reentrant=False)
+
     def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        x = self.transition1(self.block1(self.stem(images)))
+        x = self.transition1(self.block1(self._stem(images)))
         source1 = self.transition2(self.block2(x))
         x = self.block3(self.pool3(source1))
         if self.block4 is not None and self.transition3 is not None:

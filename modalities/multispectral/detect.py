@@ -247,6 +247,11 @@ def detect_scene(
             image, valid = adapter._read_chip(ds, info, win, stats)
             return (win, image) if valid.any() else None
 
+        if predictor.needs_calibration:  # int8: ranges from windows over the whole scene
+            spread = np.linspace(0, len(windows) - 1, min(len(windows), 64)).round()
+            picked = (read(windows[int(i)]) for i in dict.fromkeys(spread))
+            calib = [g[1] for g in picked if g is not None][: predictor.calibration_count]
+            predictor.calibrate(calib)
         bar = progress_bar(len(windows), f"detect {stem}", "window", options)
         for group in batched((read(w) for w in windows), options.batch_size):
             kept = [g for g in group if g is not None]
