@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: setup repro test lint bench
+.PHONY: setup repro test lint bench bench-gpu
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -31,3 +31,8 @@ lint: setup
 
 bench: setup
 	$(BIN)/python -m benchmarks.run
+
+# On a machine with a CUDA GPU: training/inference/loader/evaluation figures into
+# benchmarks/results.json (key gpu) and the GPU section of benchmarks/RESULTS.md.
+bench-gpu: setup
+	$(BIN)/python -m benchmarks.gpu

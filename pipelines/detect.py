@@ -217,10 +217,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--nms-iou", type=float, default=0.45, help="per-image NMS IoU")
     parser.add_argument("--max-detections", type=int, default=200, help="per network input")
-    parser.add_argument("--backend", choices=BACKENDS, default="eager")
+    parser.add_argument(
+        "--backend",
+        choices=BACKENDS,
+        default="eager",
+        help="eager (PyTorch), onnx (ONNX Runtime), int8 (ONNX Runtime int8), openvino, "
+        "openvino_int8 (OpenVINO fp32 / int8); the graph backends run on the CPU",
+    )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     parser.add_argument("--batch-size", type=int, default=16, help="network inputs per batch")
-    parser.add_argument("--threads", type=int, help="ONNX Runtime threads (default: torch's)")
+    parser.add_argument(
+        "--threads", type=int, help="ONNX Runtime / OpenVINO threads (default: torch's)"
+    )
     parser.add_argument(
         "--chip-size", type=int, help="multispectral: window side in px (default: the model's)"
     )
