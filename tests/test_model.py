@@ -531,3 +531,104 @@ def _saved_bytes(model: DSOD, x: torch.Tensor) -> int:
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         model.train()(x.clone().requires_grad_(True))
     return total
+
+
+# ---------------------------------------------------------------- model.norm
+
+
+def test_group_norm_everywhere_and_no_batch_norm() -> None:
+    from dsod_core.model.norm import group_count
+
+    model = build_model("dsod300_small", in_channels=3, num_classes=2, input_size=64, norm="group")
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    plain = build_model("dsod300_small", in_channels=3, num_classes=2, input_size=64)
+    bns = [m for m in plain.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(norms) == len(bns)  # one norm for one norm, backbone, prediction and head
+    for gn in norms:
+        assert gn.num_channels % gn.num_groups == 0 and gn.num_groups == group_count(
+            gn.num_channels
+        )
+    assert {gn.eps for gn in model.head.modules() if isinstance(gn, torch.nn.GroupNorm)} == {1e-3}
+    assert group_count(800) == 32 and group_count(48) == 24 and group_count(32) == 16
+    assert group_count(12) == 6 and group_count(7) == 1
+    # Same parameter count: GroupNorm has BN's affine weight and bias, no running buffers.
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(model) == count(plain)
+    assert not any("running_mean" in k for k in model.state_dict())
+
+
+def test_group_norm_output_does_not_depend_on_the_batch() -> None:
+    torch.manual_seed(0)
+    model = build_model("dsod_tiny", in_channels=2, num_classes=3, input_size=64, norm="group")
+    # float64: in float32 the convolution's rounding, which differs between batch sizes, is
+    # amplified by groups of near-constant values on the 1x1 maps.
+    model = model.double()
+    x = torch.randn(3, 2, 64, 64, dtype=torch.float64)
+    model.train()  # train mode: BN would use the batch's statistics, GroupNorm does not
+    with torch.no_grad():
+        loc_all, conf_all = model(x)
+        loc_one, conf_one = model(x[1:2])
+    torch.testing.assert_close(loc_one, loc_all[1:2], atol=1e-8, rtol=1e-8)
+    torch.testing.assert_close(conf_one, conf_all[1:2], atol=1e-8, rtol=1e-8)
+    plain = build_model("dsod_tiny", in_channels=2, num_classes=3, input_size=64).double()
+    with torch.no_grad():  # and BatchNorm in train mode does depend on the batch
+        diff = (plain.train()(x[1:3])[1] - plain(x)[1][1:3]).abs().max()
+    assert diff > 1e-3
+
+
+def test_group_norm_memory_efficient_matches_plain() -> None:
+    torch.manual_seed(1)
+    a = build_model("dsod_tiny", in_channels=2, num_classes=3, input_size=64, norm="group")
+    b = build_model(
+        "dsod_tiny", in_channels=2, num_classes=3, input_size=64, norm="group",
+        memory_efficient=True,
+    )  # fmt: skip
+    a, b = a.double().train(), b.double().train()
+    b.load_state_dict(a.state_dict())
+    x = torch.randn(2, 2, 64, 64, dtype=torch.float64)
+    grads = []
+    for model in (a, b):
+        loc, conf = model(x)
+        (loc.square().sum() + conf.logsumexp(-1).sum()).backward()
+        grads.append({n: p.grad for n, p in model.named_parameters()})
+    for n in grads[0]:
+        torch.testing.assert_close(grads[1][n], grads[0][n], rtol=1e-10, atol=1e-12, msg=n)
+
+
+def test_sync_batch_builds_batch_norm_and_bad_norm_is_refused() -> None:
+    model = build_model("dsod_tiny", in_channels=1, num_classes=2, input_size=64, norm="sync_batch")
+    assert model.config.norm == "sync_batch"
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+    with pytest.raises(ConfigError, match="model.norm"):
+        build_model("dsod_tiny", in_channels=1, num_classes=2, input_size=64, norm="layer")
+
+
+def test_group_norm_trains_and_exports(tmp_path) -> None:
+    from dsod_core.engine import TrainConfig, load_trained_model, train
+    from dsod_core.export import check_onnx_parity, export_onnx
+    from tests.synthetic import write_synthetic_store
+
+    store = write_synthetic_store(tmp_path / "s.h5", n=48, size=48)
+    history = train(
+        TrainConfig(
+            store=str(store),
+            out_dir=str(tmp_path / "run"),
+            input_size=48,
+            batch_size=8,
+            epochs=3,
+            lr=0.05,
+            warmup_steps=5,
+            model_overrides={"norm": "group"},
+            progress=False,
+            dvclive=False,
+            eval_every=0,
+        )
+    )["history"]
+    losses = [row["loss"] for row in history]
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < losses[0]
+    model, meta = load_trained_model(tmp_path / "run" / "model.pt")
+    assert model.config.norm == "group"
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in model.modules())
+    path = export_onnx(model, tmp_path / "m.onnx", input_size=48, in_channels=2)
+    assert check_onnx_parity(model, path) <= 1e-4

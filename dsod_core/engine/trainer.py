@@ -110,7 +110,9 @@ def setup_model(
     model = model.to(device)
     if device.type == "cuda" and config.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    return idist.auto_model(model, sync_bn=config.sync_bn), transfer
+    # model.norm: sync_batch is BatchNorm made synchronous here when the run is distributed.
+    sync = config.sync_bn or unwrap(model).config.norm == "sync_batch"
+    return idist.auto_model(model, sync_bn=sync), transfer
 
 
 def lr_factor(step: int, total_steps: int, config: TrainConfig) -> float:

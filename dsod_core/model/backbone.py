@@ -26,6 +26,7 @@ import torch.utils.checkpoint as cp
 from torch import Tensor, nn
 
 from dsod_core.model.config import DSODConfig
+from dsod_core.model.norm import make_norm
 
 
 def conv_out_size(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -68,13 +69,19 @@ def frozen_bn_statistics(module: nn.Module) -> Iterator[None]:
 
 
 class PreActConv(nn.Sequential):
-    """BN → ReLU → conv (no bias): the pre-activation unit used after the stem."""
+    """BN → ReLU → conv (no bias): the pre-activation unit used after the stem (the norm is
+    ``norm``'s layer, ``dsod_core/model/norm.py``)."""
 
     def __init__(
-        self, in_channels: int, out_channels: int, kernel_size: int = 1, stride: int = 1
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: int = 1,
+        stride: int = 1,
+        norm: str = "batch",
     ) -> None:
         super().__init__(
-            nn.BatchNorm2d(in_channels),
+            make_norm(in_channels, norm),
             nn.ReLU(inplace=True),
             nn.Conv2d(
                 in_channels,
@@ -89,7 +96,7 @@ class PreActConv(nn.Sequential):
 
 
 def post_act_conv(
-    in_channels: int, out_channels: int, kernel_size: int, stride: int
+    in_channels: int, out_channels: int, kernel_size: int, stride: int, norm: str = "batch"
 ) -> list[nn.Module]:
     """Conv (no bias) → BN → ReLU, the stem's post-activation unit."""
     return [
@@ -101,7 +108,7 @@ def post_act_conv(
             padding=kernel_size // 2,
             bias=False,
         ),
-        nn.BatchNorm2d(out_channels),
+        make_norm(out_channels, norm),
         nn.ReLU(inplace=True),
     ]
 
@@ -109,11 +116,11 @@ def post_act_conv(
 class DSODStem(nn.Sequential):
     """3×3/2 → A, 3×3 → A, 3×3 → 2A, max 2×2/2 (ceil). 300 px → 2A × 75 × 75."""
 
-    def __init__(self, in_channels: int, width: int) -> None:
+    def __init__(self, in_channels: int, width: int, norm: str = "batch") -> None:
         super().__init__(
-            *post_act_conv(in_channels, width, 3, 2),
-            *post_act_conv(width, width, 3, 1),
-            *post_act_conv(width, 2 * width, 3, 1),
+            *post_act_conv(in_channels, width, 3, 2, norm),
+            *post_act_conv(width, width, 3, 1, norm),
+            *post_act_conv(width, 2 * width, 3, 1, norm),
             ceil_max_pool(),
         )
         self.out_channels = 2 * width
@@ -126,9 +133,9 @@ class DSODStem(nn.Sequential):
 class DenseNetStem(nn.Sequential):
     """The "without stem" ablation: DenseNet's 7×7/2 → 2A, max 3×3/2 pad 1 (ceil)."""
 
-    def __init__(self, in_channels: int, width: int) -> None:
+    def __init__(self, in_channels: int, width: int, norm: str = "batch") -> None:
         super().__init__(
-            *post_act_conv(in_channels, 2 * width, 7, 2),
+            *post_act_conv(in_channels, 2 * width, 7, 2, norm),
             nn.MaxPool2d(kernel_size=3, stride=2, padding=1, ceil_mode=True),
         )
         self.out_channels = 2 * width
@@ -149,12 +156,17 @@ class DenseLayer(nn.Module):
     """
 
     def __init__(
-        self, in_channels: int, bottleneck_width: int, growth_rate: int, memory_efficient: bool
+        self,
+        in_channels: int,
+        bottleneck_width: int,
+        growth_rate: int,
+        memory_efficient: bool,
+        norm: str = "batch",
     ) -> None:
         super().__init__()
-        self.norm1 = nn.BatchNorm2d(in_channels)
+        self.norm1 = make_norm(in_channels, norm)
         self.conv1 = nn.Conv2d(in_channels, bottleneck_width, 1, bias=False)
-        self.norm2 = nn.BatchNorm2d(bottleneck_width)
+        self.norm2 = make_norm(bottleneck_width, norm)
         self.conv2 = nn.Conv2d(bottleneck_width, growth_rate, 3, padding=1, bias=False)
         self.memory_efficient = memory_efficient
 
@@ -162,9 +174,9 @@ class DenseLayer(nn.Module):
         return self.conv1(F.relu(self.norm1(torch.cat(features, 1))))
 
     @staticmethod
-    def _bn(norm: nn.BatchNorm2d, x: Tensor, recomputing: bool) -> Tensor:
-        if not recomputing or not norm.training:
-            return norm(x)
+    def _bn(norm: nn.Module, x: Tensor, recomputing: bool) -> Tensor:
+        if not recomputing or not norm.training or not isinstance(norm, nn.BatchNorm2d):
+            return norm(x)  # GroupNorm keeps no running statistics
         # The recomputation in backward must not move the running statistics a second time
         # (torchvision's DenseNet does): same op and saved tensors, but it updates throwaway
         # copies; in training mode the output uses batch statistics anyway.
@@ -214,11 +226,16 @@ class DenseBlock(nn.Module):
         bottleneck_width: int,
         growth_rate: int,
         memory_efficient: bool,
+        norm: str = "batch",
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
             DenseLayer(
-                in_channels + i * growth_rate, bottleneck_width, growth_rate, memory_efficient
+                in_channels + i * growth_rate,
+                bottleneck_width,
+                growth_rate,
+                memory_efficient,
+                norm,
             )
             for i in range(num_layers)
         )
@@ -236,11 +253,13 @@ def compressed(channels: int, theta: float) -> int:
     return int(math.floor(channels * theta))
 
 
-def _transition_wo_pool(channels: int, theta: float, enabled: bool) -> tuple[nn.Module, int]:
+def _transition_wo_pool(
+    channels: int, theta: float, enabled: bool, norm: str = "batch"
+) -> tuple[nn.Module, int]:
     """The 1×1 transition without pooling (or nothing when disabled) and its output width."""
     if not enabled:
         return nn.Identity(), channels
-    conv = PreActConv(channels, compressed(channels, theta))
+    conv = PreActConv(channels, compressed(channels, theta), norm=norm)
     return conv, conv.out_channels
 
 
@@ -256,7 +275,7 @@ class DSODBackbone(nn.Module):
         super().__init__()
         c = config
         stem_cls = DSODStem if c.stem == "dsod" else DenseNetStem
-        self.stem = stem_cls(c.in_channels, c.stem_channels)
+        self.stem = stem_cls(c.in_channels, c.stem_channels, c.norm)
 
         def block(index: int, channels: int) -> DenseBlock:
             return DenseBlock(
@@ -265,19 +284,20 @@ class DSODBackbone(nn.Module):
                 c.bottleneck_width,
                 c.growth_rate,
                 c.memory_efficient,
+                c.norm,
             )
 
         self.block1 = block(0, self.stem.out_channels)
         trans1 = compressed(self.block1.out_channels, c.compression)
         self.transition1 = nn.Sequential(
-            PreActConv(self.block1.out_channels, trans1), ceil_max_pool()
+            PreActConv(self.block1.out_channels, trans1, norm=c.norm), ceil_max_pool()
         )
         self.block2 = block(1, trans1)
         # With three blocks the 1×1 after block 2 is an ordinary transition (its pool is
         # pool3): it stays, and only the transitions without pooling go.
         three_blocks = len(c.block_layers) == 3
         self.transition2, source1_channels = _transition_wo_pool(
-            self.block2.out_channels, c.compression, c.transition_wo_pool or three_blocks
+            self.block2.out_channels, c.compression, c.transition_wo_pool or three_blocks, c.norm
         )
         self.pool3 = ceil_max_pool()
         self.block3 = block(2, source1_channels)
@@ -287,14 +307,14 @@ class DSODBackbone(nn.Module):
         self.block4: DenseBlock | None = None
         if len(c.block_layers) == 4:
             self.transition3, block4_in = _transition_wo_pool(
-                self.block3.out_channels, c.compression, c.transition_wo_pool
+                self.block3.out_channels, c.compression, c.transition_wo_pool, c.norm
             )
             self.block4 = last = block(3, block4_in)
         # The last transition without pooling: the "learned half" (256) in the dense structure.
         # Named after block 4 in both depths, so four-block checkpoints keep their keys.
         if top_channels is None:
             top_channels = compressed(last.out_channels, c.compression)
-        self.transition4 = PreActConv(last.out_channels, top_channels)
+        self.transition4 = PreActConv(last.out_channels, top_channels, norm=c.norm)
         self._out_channels = (source1_channels, top_channels)
         self.memory_efficient = c.memory_efficient
         self._stem_output_size = stem_cls.output_size

@@ -11,6 +11,7 @@ from typing import Any
 
 from dsod_core.boxes.priors import check_dsod300_input_size
 from dsod_core.errors import ConfigError
+from dsod_core.model.norm import NORMS
 
 STEMS = ("dsod", "densenet")
 PREDICTIONS = ("dense", "plain")
@@ -51,6 +52,10 @@ class DSODConfig:
             has 2n channels in both structures.
         memory_efficient: recompute each dense layer's concat-BN-ReLU-1×1 in backward
             (gradient checkpointing) instead of storing it.
+        norm: ``"batch"`` (the paper's BatchNorm), ``"group"`` (GroupNorm, independent of
+            the batch size) or ``"sync_batch"`` (BatchNorm synchronised across processes)
+            in every conv unit of backbone, prediction layers and head
+            (``dsod_core/model/norm.py``).
         prior_layout: ``"auto"`` (default) is exactly the paper's default boxes at 300 px and
             the same layout scaled to the input size elsewhere (sizes as the same fractions of
             the image, steps image / map so every centre lies inside it); ``"dsod300"`` the
@@ -74,6 +79,7 @@ class DSODConfig:
     learned_half_channels: int = 256
     extra_channels: tuple[int, int, int, int] = (256, 128, 128, 128)
     memory_efficient: bool = False
+    norm: str = "batch"
     prior_layout: str = "auto"
     prior_dataset: str = "voc"
 
@@ -117,6 +123,7 @@ class DSODConfig:
             ("prediction", PREDICTIONS),
             ("prior_layout", PRIOR_LAYOUTS),
             ("prior_dataset", PRIOR_DATASETS),
+            ("norm", NORMS),
         ):
             if getattr(self, name) not in allowed:
                 raise ConfigError(

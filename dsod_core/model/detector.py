@@ -13,6 +13,7 @@ from dsod_core.errors import ConfigError
 from dsod_core.model.backbone import DSODBackbone
 from dsod_core.model.config import NUM_SOURCES, DSODConfig
 from dsod_core.model.head import DSODHead
+from dsod_core.model.norm import is_norm
 from dsod_core.model.prediction import DensePrediction, PlainPrediction, source_sizes
 
 
@@ -50,16 +51,23 @@ class DSOD(nn.Module):
         self.backbone = DSODBackbone(config, config.learned_half_channels if dense else None)
         if dense:
             self.prediction: nn.Module = DensePrediction(
-                self.backbone.out_channels, config.learned_half_channels, config.extra_channels
+                self.backbone.out_channels,
+                config.learned_half_channels,
+                config.extra_channels,
+                config.norm,
             )
         else:
-            self.prediction = PlainPrediction(self.backbone.out_channels, config.extra_channels)
+            self.prediction = PlainPrediction(
+                self.backbone.out_channels, config.extra_channels, config.norm
+            )
         self._source_channels: tuple[int, ...] = tuple(self.prediction.source_channels)
         self._source_sizes = tuple(
             source_sizes(*self.backbone.output_sizes(config.input_size), NUM_SOURCES - 2)
         )
         self.boxes_per_location = tuple(boxes_per_location(config.prior_layout, NUM_SOURCES))
-        self.head = DSODHead(self._source_channels, self.boxes_per_location, config.num_classes)
+        self.head = DSODHead(
+            self._source_channels, self.boxes_per_location, config.num_classes, config.norm
+        )
         self.register_buffer(
             "default_boxes",
             default_boxes(
@@ -78,7 +86,7 @@ class DSOD(nn.Module):
             for m in module.modules():
                 if isinstance(m, nn.Conv2d):
                     init_backbone_conv(m)
-                elif isinstance(m, nn.BatchNorm2d):
+                elif is_norm(m):
                     m.reset_parameters()
         self.head.reset_parameters()
 

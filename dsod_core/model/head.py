@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from dsod_core.model.norm import make_norm
+
 L2_SCALE_INIT = 20.0
 HEAD_BN_EPS = 1e-3
 HEAD_INIT_STD = 0.01
@@ -35,11 +37,11 @@ class L2Norm(nn.Module):
         return F.normalize(x, p=2.0, dim=1, eps=self.eps) * self.weight.view(1, -1, 1, 1)
 
 
-def _conv_bn(in_channels: int, out_channels: int) -> nn.Sequential:
+def _conv_bn(in_channels: int, out_channels: int, norm: str = "batch") -> nn.Sequential:
     # The head's BN has eps 1e-3 (the authors' ConvBNLayer), not PyTorch's 1e-5.
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-        nn.BatchNorm2d(out_channels, eps=HEAD_BN_EPS),
+        make_norm(out_channels, norm, eps=HEAD_BN_EPS),
     )
 
 
@@ -57,6 +59,7 @@ class DSODHead(nn.Module):
         source_channels: Sequence[int],
         boxes_per_location: Sequence[int],
         num_classes: int,
+        norm: str = "batch",
     ) -> None:
         super().__init__()
         if len(source_channels) != len(boxes_per_location):
@@ -66,10 +69,11 @@ class DSODHead(nn.Module):
         self.num_outputs = num_classes + 1
         self.norms = nn.ModuleList(L2Norm(c) for c in source_channels)
         self.loc = nn.ModuleList(
-            _conv_bn(c, a * 4) for c, a in zip(source_channels, boxes_per_location)
+            _conv_bn(c, a * 4, norm) for c, a in zip(source_channels, boxes_per_location)
         )
         self.conf = nn.ModuleList(
-            _conv_bn(c, a * self.num_outputs) for c, a in zip(source_channels, boxes_per_location)
+            _conv_bn(c, a * self.num_outputs, norm)
+            for c, a in zip(source_channels, boxes_per_location)
         )
         self.reset_parameters()
 

@@ -26,11 +26,12 @@ class DenseScale(nn.Module):
     """One later scale of the dense structure: concat[pool → BN-ReLU-1×1 → n,
     BN-ReLU-1×1 → n → BN-ReLU-3×3/2 → n]; [B, C, H, W] → [B, 2n, ceil(H/2), ceil(W/2)]."""
 
-    def __init__(self, in_channels: int, width: int) -> None:
+    def __init__(self, in_channels: int, width: int, norm: str = "batch") -> None:
         super().__init__()
-        self.pooled = nn.Sequential(ceil_max_pool(), PreActConv(in_channels, width))
+        self.pooled = nn.Sequential(ceil_max_pool(), PreActConv(in_channels, width, norm=norm))
         self.learned = nn.Sequential(
-            PreActConv(in_channels, width), PreActConv(width, width, kernel_size=3, stride=2)
+            PreActConv(in_channels, width, norm=norm),
+            PreActConv(width, width, kernel_size=3, stride=2, norm=norm),
         )
         self.out_channels = 2 * width
 
@@ -48,15 +49,21 @@ class DensePrediction(nn.Module):
     """
 
     def __init__(
-        self, in_channels: tuple[int, int], learned_half: int, extra_channels: tuple[int, ...]
+        self,
+        in_channels: tuple[int, int],
+        learned_half: int,
+        extra_channels: tuple[int, ...],
+        norm: str = "batch",
     ) -> None:
         super().__init__()
         source1, top = in_channels
-        self.source2_pooled = nn.Sequential(ceil_max_pool(), PreActConv(source1, learned_half))
+        self.source2_pooled = nn.Sequential(
+            ceil_max_pool(), PreActConv(source1, learned_half, norm=norm)
+        )
         channels = [source1, top + learned_half]
         scales = []
         for width in extra_channels:
-            scales.append(DenseScale(channels[-1], width))
+            scales.append(DenseScale(channels[-1], width, norm))
             channels.append(scales[-1].out_channels)
         self.scales = nn.ModuleList(scales)
         self.source_channels: tuple[int, ...] = tuple(channels)
@@ -72,15 +79,17 @@ class PlainPrediction(nn.Module):
     """The plain (SSD) structure: source 2 is the backbone's top map; each later source is
     BN-ReLU-1×1 → n then BN-ReLU-3×3/2 → 2n of the previous source only."""
 
-    def __init__(self, in_channels: tuple[int, int], extra_channels: tuple[int, ...]) -> None:
+    def __init__(
+        self, in_channels: tuple[int, int], extra_channels: tuple[int, ...], norm: str = "batch"
+    ) -> None:
         super().__init__()
         channels = list(in_channels)
         scales = []
         for width in extra_channels:
             scales.append(
                 nn.Sequential(
-                    PreActConv(channels[-1], width),
-                    PreActConv(width, 2 * width, kernel_size=3, stride=2),
+                    PreActConv(channels[-1], width, norm=norm),
+                    PreActConv(width, 2 * width, kernel_size=3, stride=2, norm=norm),
                 )
             )
             channels.append(2 * width)
