@@ -6,7 +6,7 @@ running tensor (``x = torch.cat([x, out], 1)``), so each layer keeps its own, ev
 of the block's features for backward; ReLUs are not in place; nothing is recomputed, fused or
 folded. The network is otherwise the project's ``dsod300`` (docs/dsod.md): the same layers in
 the same order, so :func:`copy_weights` moves a project model's weights into it and the two
-give the same outputs (``tests/test_benchmarks.py`` checks this), which is what makes the
+give the same outputs (``tests/test_benchmarks_smoke.py`` checks this), which is what makes the
 timings comparable.
 
 It is kept here, outside ``dsod_core``, on purpose: nothing in the project uses it.

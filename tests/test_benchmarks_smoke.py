@@ -70,3 +70,28 @@ def test_quick_benchmark_run(tmp_path: Path) -> None:
     assert "load average" in text and results["machine"]["cpu_model"] in text
     # The tables were printed as well as written.
     assert "## Targets" in proc.stdout
+
+
+def test_naive_reference_is_the_same_network() -> None:
+    """benchmarks/naive.py: the project's weights moved in give the project's outputs, in
+    eval and in train mode, with the same parameter count."""
+    import torch
+
+    from benchmarks.naive import build_naive
+    from dsod_core.model import build_model
+
+    torch.manual_seed(0)
+    model = build_model("dsod300_small", in_channels=2, num_classes=3, input_size=96)
+    naive = build_naive(model)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(naive) == count(model)
+    x = torch.randn(2, 2, 96, 96)
+    for train in (False, True):
+        model.train(train), naive.train(train)
+        with torch.no_grad():
+            for a, b in zip(model(x), naive(x)):
+                torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+    # and it really is the naive layout: each dense layer returns the running concatenation
+    layer = naive.block1[0]
+    out = layer(torch.randn(1, layer.norm1.num_features, 8, 8))
+    assert out.shape[1] == layer.norm1.num_features + layer.conv2.out_channels
