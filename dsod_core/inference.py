@@ -50,6 +50,9 @@ class Predictor:
         score_threshold, nms_iou, max_detections: :func:`dsod_core.postprocess.postprocess`.
         threads: intra-op threads of ONNX Runtime (default: torch's).
         calibration_count: images the int8 backend calibrates on before its first batch.
+        amp, cuda_graph: on CUDA only (eager backend): autocast in bfloat16 where the GPU
+            supports it, else float16; replay one CUDA graph per batch size
+            (:func:`dsod_core.export.cuda_runner`).
     """
 
     def __init__(
@@ -63,6 +66,8 @@ class Predictor:
         max_detections: int = 200,
         threads: int | None = None,
         calibration_count: int = 16,
+        amp: bool = False,
+        cuda_graph: bool = False,
     ) -> None:
         if backend not in BACKENDS:
             raise ConfigError(f"backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
@@ -71,6 +76,8 @@ class Predictor:
         self.path = Path(model_path)
         self.backend = backend
         self.device = select_device(device if backend == "eager" else "cpu", "--device")
+        if (amp or cuda_graph) and self.device.type != "cuda":
+            raise ConfigError("--amp and --cuda-graph need the eager backend on a CUDA device")
         self.model, self.meta = load_trained_model(self.path, self.device)
         self.input_size = int(self.meta["input_size"])
         self.in_channels = int(self.meta["in_channels"])
@@ -90,7 +97,18 @@ class Predictor:
         self._default_boxes = self.model.default_boxes.detach().cpu()
         self._runner = None
         self._tmp: tempfile.TemporaryDirectory | None = None
-        if backend == "eager":
+        if backend == "eager" and self.device.type == "cuda":
+            from dsod_core.engine.trainer import amp_dtype
+            from dsod_core.export import cuda_runner
+
+            # channels-last always; autocast (bf16 where the GPU has it, else fp16) and one
+            # CUDA graph per batch size on request.
+            self._runner = cuda_runner(
+                self.model,
+                dtype=amp_dtype(True, self.device) if amp else None,
+                cuda_graph=cuda_graph,
+            )
+        elif backend == "eager":
             from dsod_core.export import eager_runner
 
             self._runner = eager_runner(self.model)

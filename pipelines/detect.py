@@ -138,6 +138,8 @@ def run(args: argparse.Namespace) -> list[DetectResult]:
         nms_iou=args.nms_iou,
         max_detections=args.max_detections,
         threads=args.threads,
+        amp=args.amp,
+        cuda_graph=args.cuda_graph,
     )
     modality = str(predictor.meta.get("modality", ""))
     inputs = [Path(p) for p in args.inputs]
@@ -225,6 +227,14 @@ def build_parser() -> argparse.ArgumentParser:
         "openvino_int8 (OpenVINO fp32 / int8); the graph backends run on the CPU",
     )
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument(
+        "--amp",
+        action="store_true",
+        help="CUDA: autocast (bfloat16 where supported, else float16)",
+    )
+    parser.add_argument(
+        "--cuda-graph", action="store_true", help="CUDA: replay one CUDA graph per batch size"
+    )
     parser.add_argument("--batch-size", type=int, default=16, help="network inputs per batch")
     parser.add_argument(
         "--threads", type=int, help="ONNX Runtime / OpenVINO threads (default: torch's)"

@@ -62,6 +62,7 @@ class BlobDetector:
 
     class_names = ["blob"]
     post = {"score_threshold": 0.5}
+    needs_calibration = False  # a Predictor's int8 backend asks for calibration images
 
     def __init__(self, channels: int = 8):
         self.in_channels = channels
@@ -284,6 +285,11 @@ def test_errors_are_one_line_and_write_nothing(trained, tmp_path, capsys):
     assert _detect(["--model", model, "--out", str(out), str(nii)]) == 1
     err = capsys.readouterr().err.strip()
     assert "ct.nii.gz" in err and "medical input" in err and "multispectral detector" in err
+
+    assert _detect(["--model", model, "--out", str(out), str(four), "--device", "cpu",
+                    "--amp"]) == 1  # fmt: skip
+    err = capsys.readouterr().err.strip()
+    assert "--amp" in err and "CUDA" in err and "\n" not in err
 
     fake = tmp_path / "model.pt"
     fake.write_bytes(b"not a model")
