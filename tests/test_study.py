@@ -71,3 +71,62 @@ def test_nested_unit_subsets():
     assert not np.array_equal(other, half)
     with pytest.raises(ValueError, match="train fractions"):
         nested_unit_subsets(units, [0.0])
+
+
+def _random_detection_set(rng, n_images, num_classes=2):
+    gts, dets = [], []
+    for _ in range(n_images):
+        n = int(rng.integers(0, 4))
+        xy = rng.uniform(0, 40, size=(n, 2))
+        boxes = np.concatenate([xy, xy + rng.uniform(5, 20, size=(n, 2))], axis=1)
+        labels = rng.integers(1, num_classes + 1, size=n)
+        gts.append({"boxes": boxes, "labels": labels, "difficult": rng.random(n) < 0.15})
+        # Detections: jittered copies of some ground truths (hits or near misses) + clutter.
+        keep = rng.random(n) < 0.8
+        jitter = boxes[keep] + rng.normal(0, 3, size=(int(keep.sum()), 4))
+        m = int(rng.integers(0, 4))
+        cxy = rng.uniform(0, 40, size=(m, 2))
+        clutter = np.concatenate([cxy, cxy + 10], axis=1)
+        d_boxes = np.concatenate([jitter, clutter])
+        d_labels = np.concatenate([labels[keep], rng.integers(1, num_classes + 1, size=m)])
+        dets.append({"boxes": d_boxes, "labels": d_labels, "scores": rng.random(len(d_boxes))})
+    return gts, dets
+
+
+def test_resampled_voc_equals_scoring_the_multiset_again():
+    from dsod_core.metrics.voc import ResampledVOC, evaluate_voc
+
+    rng = np.random.default_rng(3)
+    gts, dets = _random_detection_set(rng, 30)
+    fast = ResampledVOC(gts, dets, 2)
+    assert fast.map(np.ones(30)) == pytest.approx(evaluate_voc(gts, dets, 2)["map"], abs=1e-12)
+    for _ in range(5):
+        positions = rng.integers(0, 30, size=30)
+        weights = np.bincount(positions, minlength=30)
+        again = evaluate_voc([gts[i] for i in positions], [dets[i] for i in positions], 2)
+        # Distinct random scores: no ties, so the weighted pass is exact.
+        assert fast.map(weights) == pytest.approx(again["map"], abs=1e-12)
+    with pytest.raises(ValueError, match="30 weights"):
+        fast.map(np.ones(29))
+
+
+def test_seeds_are_paired_and_resampled():
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=40)
+    units = np.repeat(np.arange(20), 2)
+    # Seed 0 shifts by 0.1, seed 1 by 0.3: the difference is their mean and every replicate
+    # (the mean over 2 seeds drawn with replacement) lies in [0.1, 0.3].
+    result = paired_bootstrap(
+        units,
+        [_mean_of(a), _mean_of(a)],
+        [_mean_of(a + 0.1), _mean_of(a + 0.3)],
+        replicates=400,
+    )
+    assert result["diff"] == pytest.approx(0.2)
+    assert result["seed_diffs"] == pytest.approx([0.1, 0.3])
+    assert result["n_seeds"] == 2
+    low, high = result["ci"]
+    assert 0.1 - 1e-12 <= low < 0.2 < high <= 0.3 + 1e-12
+    # Seed spread makes the interval wider than a single seed's (which is a point here).
+    with pytest.raises(ValueError, match="paired seeds"):
+        paired_bootstrap(units, [_mean_of(a)], [_mean_of(a), _mean_of(a)])

@@ -33,7 +33,7 @@ import numpy as np
 from dsod_core.boxes.ops import box_iou
 from dsod_core.errors import DataError
 
-__all__ = ["voc_ap", "evaluate_voc", "as_numpy"]
+__all__ = ["voc_ap", "evaluate_voc", "match_detections", "ResampledVOC", "as_numpy"]
 
 # 11 recall thresholds k/10, each the double nearest to k/10. py-faster-rcnn iterates over
 # np.arange(0, 1.1, 0.1), whose 0.30000000000000004 makes a recall of exactly 0.3 miss the
@@ -114,6 +114,112 @@ def _labels(entry: Mapping[str, Any], n: int, num_classes: int, sample: str) -> 
     return labels
 
 
+def match_detections(
+    ground_truths: Sequence[Mapping[str, Any]],
+    detections: Sequence[Mapping[str, Any]],
+    num_classes: int,
+    iou_threshold: float = 0.5,
+) -> dict[str, Any]:
+    """The devkit's matching (module docstring), as flat arrays in ranked order.
+
+    Returns ``label``, ``image`` (position in the inputs), ``tp`` and ``fp`` (bool; an ignored
+    detection is neither) per ranked detection (by class, then score descending, stable), and
+    ``gt_count`` ``[num_images, num_classes]``: non-difficult ground truths per image and
+    class. Matching never looks across images, so these flags stay valid for any multiset of
+    the images (:class:`ResampledVOC`). Arguments and errors as :func:`evaluate_voc`.
+    """
+    if len(ground_truths) != len(detections):
+        raise DataError(
+            f"{len(ground_truths)} ground-truth entries but {len(detections)} detection entries"
+        )
+    if not 0.0 < iou_threshold <= 1.0:
+        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+
+    # Per detection: image, label, score, best-overlap gt (global index, -1 when none), IoU.
+    det_label, det_score, det_gt, det_iou, det_image = [], [], [], [], []
+    gt_label_all, gt_difficult_all = [], []
+    gt_offset = 0
+    for index, (gt, det) in enumerate(zip(ground_truths, detections)):
+        sample = f"image {index}"
+        gt_boxes = _boxes(gt, "boxes", sample)
+        gt_labels = _labels(gt, len(gt_boxes), num_classes, sample)
+        if "difficult" in gt and gt["difficult"] is not None:
+            difficult = _vector(gt, "difficult", len(gt_boxes), bool, sample)
+        else:
+            difficult = np.zeros(len(gt_boxes), dtype=bool)
+        if (
+            len(gt_boxes)
+            and ((gt_boxes[:, 2] <= gt_boxes[:, 0]) | (gt_boxes[:, 3] <= gt_boxes[:, 1])).any()
+        ):
+            raise DataError("a ground-truth box has zero width or height", sample=sample)
+        det_boxes = _boxes(det, "boxes", sample)
+        scores = _vector(det, "scores", len(det_boxes), np.float64, sample)
+        if not np.isfinite(scores).all():
+            raise DataError("'scores' contains non-finite values", sample=sample)
+        labels = _labels(det, len(det_boxes), num_classes, sample)
+
+        best_gt = np.full(len(det_boxes), -1, dtype=np.int64)
+        best_iou = np.full(len(det_boxes), -np.inf)
+        if len(det_boxes) and len(gt_boxes):
+            iou = box_iou(det_boxes, gt_boxes)
+            same_class = labels[:, None] == gt_labels[None, :]
+            # Another class's gt must never win: put it below any real IoU (which is >= 0).
+            iou = np.where(same_class, iou, -1.0)
+            arg = iou.argmax(axis=1)  # first maximum, like the devkit's argmax
+            has_gt = same_class.any(axis=1)
+            best_gt[has_gt] = arg[has_gt] + gt_offset
+            best_iou[has_gt] = iou[has_gt, arg[has_gt]]
+        det_label.append(labels)
+        det_image.append(np.full(len(labels), index, dtype=np.int64))
+        det_score.append(scores)
+        det_gt.append(best_gt)
+        det_iou.append(best_iou)
+        gt_label_all.append(gt_labels)
+        gt_difficult_all.append(difficult)
+        gt_offset += len(gt_boxes)
+
+    det_label_a = np.concatenate(det_label) if det_label else np.zeros(0, np.int64)
+    det_score_a = np.concatenate(det_score) if det_score else np.zeros(0)
+    det_gt_a = np.concatenate(det_gt) if det_gt else np.zeros(0, np.int64)
+    det_iou_a = np.concatenate(det_iou) if det_iou else np.zeros(0)
+    det_image_a = np.concatenate(det_image) if det_image else np.zeros(0, np.int64)
+    gt_label_a = np.concatenate(gt_label_all) if gt_label_all else np.zeros(0, np.int64)
+    gt_difficult_a = np.concatenate(gt_difficult_all) if gt_difficult_all else np.zeros(0, bool)
+
+    # Rank: by class, then score descending; lexsort is stable, so ties keep input order.
+    order = np.lexsort((-det_score_a, det_label_a))
+    det_label_a, det_gt_a, det_iou_a = det_label_a[order], det_gt_a[order], det_iou_a[order]
+
+    matched = det_iou_a >= iou_threshold
+    ignored = np.zeros_like(matched)
+    if len(gt_difficult_a):
+        ignored = matched & gt_difficult_a[np.where(matched, det_gt_a, 0)]
+    candidate = matched & ~ignored
+    # The first ranked candidate of each gt is its TP; later ones are duplicates (FP). gt
+    # indices are global and a gt is only ever matched by detections of its own class, so one
+    # pass over the class-sorted list gives the per-class answer.
+    tp = np.zeros(len(det_gt_a), dtype=bool)
+    cand_idx = np.flatnonzero(candidate)
+    _, first = np.unique(det_gt_a[cand_idx], return_index=True)
+    tp[cand_idx[first]] = True
+    fp = ~tp & ~ignored
+
+    gt_image_a = np.repeat(np.arange(len(gt_label_all)), [len(g) for g in gt_label_all])
+    counted = ~gt_difficult_a
+    gt_count = np.zeros((len(ground_truths), num_classes), dtype=np.int64)
+    np.add.at(gt_count, (gt_image_a[counted], gt_label_a[counted] - 1), 1)
+    return {
+        "label": det_label_a,
+        "image": det_image_a[order],
+        "tp": tp,
+        "fp": fp,
+        "gt_count": gt_count,
+        "num_classes": int(num_classes),
+    }
+
+
 def evaluate_voc(
     ground_truths: Sequence[Mapping[str, Any]],
     detections: Sequence[Mapping[str, Any]],
@@ -149,83 +255,9 @@ def evaluate_voc(
     Raises:
         DataError: naming the image index, for malformed or inconsistent inputs.
     """
-    if len(ground_truths) != len(detections):
-        raise DataError(
-            f"{len(ground_truths)} ground-truth entries but {len(detections)} detection entries"
-        )
-    if not 0.0 < iou_threshold <= 1.0:
-        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-
-    # Per detection: image, label, score, best-overlap gt (global index, -1 when none), IoU.
-    det_label, det_score, det_gt, det_iou = [], [], [], []
-    gt_label_all, gt_difficult_all = [], []
-    gt_offset = 0
-    for index, (gt, det) in enumerate(zip(ground_truths, detections)):
-        sample = f"image {index}"
-        gt_boxes = _boxes(gt, "boxes", sample)
-        gt_labels = _labels(gt, len(gt_boxes), num_classes, sample)
-        if "difficult" in gt and gt["difficult"] is not None:
-            difficult = _vector(gt, "difficult", len(gt_boxes), bool, sample)
-        else:
-            difficult = np.zeros(len(gt_boxes), dtype=bool)
-        if (
-            len(gt_boxes)
-            and ((gt_boxes[:, 2] <= gt_boxes[:, 0]) | (gt_boxes[:, 3] <= gt_boxes[:, 1])).any()
-        ):
-            raise DataError("a ground-truth box has zero width or height", sample=sample)
-        det_boxes = _boxes(det, "boxes", sample)
-        scores = _vector(det, "scores", len(det_boxes), np.float64, sample)
-        if not np.isfinite(scores).all():
-            raise DataError("'scores' contains non-finite values", sample=sample)
-        labels = _labels(det, len(det_boxes), num_classes, sample)
-
-        best_gt = np.full(len(det_boxes), -1, dtype=np.int64)
-        best_iou = np.full(len(det_boxes), -np.inf)
-        if len(det_boxes) and len(gt_boxes):
-            iou = box_iou(det_boxes, gt_boxes)
-            same_class = labels[:, None] == gt_labels[None, :]
-            # Another class's gt must never win: put it below any real IoU (which is >= 0).
-            iou = np.where(same_class, iou, -1.0)
-            arg = iou.argmax(axis=1)  # first maximum, like the devkit's argmax
-            has_gt = same_class.any(axis=1)
-            best_gt[has_gt] = arg[has_gt] + gt_offset
-            best_iou[has_gt] = iou[has_gt, arg[has_gt]]
-        det_label.append(labels)
-        det_score.append(scores)
-        det_gt.append(best_gt)
-        det_iou.append(best_iou)
-        gt_label_all.append(gt_labels)
-        gt_difficult_all.append(difficult)
-        gt_offset += len(gt_boxes)
-
-    det_label_a = np.concatenate(det_label) if det_label else np.zeros(0, np.int64)
-    det_score_a = np.concatenate(det_score) if det_score else np.zeros(0)
-    det_gt_a = np.concatenate(det_gt) if det_gt else np.zeros(0, np.int64)
-    det_iou_a = np.concatenate(det_iou) if det_iou else np.zeros(0)
-    gt_label_a = np.concatenate(gt_label_all) if gt_label_all else np.zeros(0, np.int64)
-    gt_difficult_a = np.concatenate(gt_difficult_all) if gt_difficult_all else np.zeros(0, bool)
-
-    # Rank: by class, then score descending; lexsort is stable, so ties keep input order.
-    order = np.lexsort((-det_score_a, det_label_a))
-    det_label_a, det_gt_a, det_iou_a = det_label_a[order], det_gt_a[order], det_iou_a[order]
-
-    matched = det_iou_a >= iou_threshold
-    ignored = np.zeros_like(matched)
-    if len(gt_difficult_a):
-        ignored = matched & gt_difficult_a[np.where(matched, det_gt_a, 0)]
-    candidate = matched & ~ignored
-    # The first ranked candidate of each gt is its TP; later ones are duplicates (FP). gt
-    # indices are global and a gt is only ever matched by detections of its own class, so one
-    # pass over the class-sorted list gives the per-class answer.
-    tp = np.zeros(len(det_gt_a), dtype=bool)
-    cand_idx = np.flatnonzero(candidate)
-    _, first = np.unique(det_gt_a[cand_idx], return_index=True)
-    tp[cand_idx[first]] = True
-    fp = ~tp & ~ignored
-
-    npos = np.bincount(gt_label_a[~gt_difficult_a], minlength=num_classes + 1)[1:]
+    m = match_detections(ground_truths, detections, num_classes, iou_threshold)
+    det_label_a, tp, fp = m["label"], m["tp"], m["fp"]
+    npos = m["gt_count"].sum(axis=0)
     bounds = np.searchsorted(det_label_a, np.arange(1, num_classes + 2))
     ap, precisions, recalls, num_det = [], [], [], []
     for c in range(num_classes):
@@ -256,3 +288,49 @@ def evaluate_voc(
         "iou_threshold": float(iou_threshold),
         "use_07_metric": bool(use_07_metric),
     }
+
+
+class ResampledVOC:
+    """VOC mAP of any multiset of a test set's images, without matching again.
+
+    Built once from the matched detections (:func:`match_detections`); :meth:`map` takes a
+    weight per image (how many times it is drawn, 0 for left out) and returns the mAP of that
+    multiset: each copy of an image brings the same TPs, FPs and ground truths, so the ranked
+    cumulative sums are weighted sums in the same order. With all weights 1 it equals
+    :func:`evaluate_voc`'s ``map``; a bootstrap replicate costs one pass over the detections.
+    """
+
+    def __init__(
+        self,
+        ground_truths: Sequence[Mapping[str, Any]],
+        detections: Sequence[Mapping[str, Any]],
+        num_classes: int,
+        iou_threshold: float = 0.5,
+        use_07_metric: bool = True,
+    ) -> None:
+        m = match_detections(ground_truths, detections, num_classes, iou_threshold)
+        self.num_images = len(ground_truths)
+        self.use_07_metric = use_07_metric
+        self._image, self._gt_count = m["image"], m["gt_count"].astype(np.float64)
+        self._tp, self._fp = m["tp"].astype(np.float64), m["fp"].astype(np.float64)
+        self._bounds = np.searchsorted(m["label"], np.arange(1, num_classes + 2))
+
+    def map(self, weights: Any) -> float:
+        """mAP of the multiset that holds image ``i`` ``weights[i]`` times (NaN: no class
+        has a ground truth in it; classes without one are left out, as in evaluate_voc)."""
+        w = np.asarray(weights, dtype=np.float64)
+        if w.shape != (self.num_images,):
+            raise ValueError(f"need {self.num_images} weights, got shape {w.shape}")
+        npos = w @ self._gt_count
+        wd = w[self._image]
+        tp_all, fp_all = wd * self._tp, wd * self._fp
+        aps = []
+        for c, n in enumerate(npos):
+            if n <= 0:
+                continue
+            lo, hi = self._bounds[c], self._bounds[c + 1]
+            tp_cum = np.cumsum(tp_all[lo:hi])
+            fp_cum = np.cumsum(fp_all[lo:hi])
+            prec = tp_cum / np.maximum(tp_cum + fp_cum, np.finfo(np.float64).eps)
+            aps.append(voc_ap(tp_cum / n, prec, self.use_07_metric))
+        return float(np.mean(aps)) if aps else float("nan")
