@@ -4,7 +4,8 @@
 [--size-backends eager] [--ct 512x512x300] [--out benchmarks/detect_results.json]``
 
 Needs the demo models of ``make repro`` (``--ms-model``, ``--ct-model``; defaults
-``models/multispectral_demo-scratch/model.pt`` and ``models/medical_demo-scratch/model.pt``).
+``models/multispectral_demo/scratch-f1.0/seed-0/model.pt`` and
+``models/medical_demo/scratch-f1.0/seed-0/model.pt``).
 
 Method. Scenes: an 8-band uint16 GeoTIFF (deflate, 256 px tiles, UTM) of side S, tiled from
 the demo's ``scene_00.tif`` so it holds real-looking ground and objects, written once per size
@@ -95,8 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--backends", default="eager,onnx,int8")
     parser.add_argument("--size-backends", default="eager")
     parser.add_argument("--ct", default="512x512x300")
-    parser.add_argument("--ms-model", default="models/multispectral_demo-scratch/model.pt")
-    parser.add_argument("--ct-model", default="models/medical_demo-scratch/model.pt")
+    runs = "models/{}/scratch-f1.0/seed-0/model.pt"
+    parser.add_argument("--ms-model", default=runs.format("multispectral_demo"))
+    parser.add_argument("--ct-model", default=runs.format("medical_demo"))
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--out", default="benchmarks/detect_results.json")

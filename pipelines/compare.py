@@ -1,14 +1,23 @@
-"""Stage `compare`: scratch vs fine-tuned per dataset, beside the RGB baseline.
+"""Stage `compare`: scratch vs fine-tuned per target, source, train fraction and seed.
 
 ``python -m pipelines.compare --runs-dir reports/runs --out reports/compare --summary
-results/summary.json --plots results/plots`` (paths from ``dvc.yaml``). Writes
-``reports/compare.json`` (a list of rows, one per evaluated run) and ``reports/compare.md``;
-the summary metric file (``<dataset>.scratch.map50``, ``<dataset>.finetuned.map50``,
-``<dataset>.finetuned_minus_scratch.map50``, the same for ``coco_ap``, and
-``<source dataset>.source.*`` for the RGB source model), small enough for ``dvc exp show``;
-and the images under ``--plots``: ``compare.png`` (test bars and validation curves of all
-runs), ``val_map50/<dataset>.png`` and ``train_loss/<dataset>.png`` (the runs of one dataset
-overlaid, against epoch).
+results/summary.json --plots results/plots`` (paths from ``dvc.yaml``). Reads every run the
+params call for (``targets`` x (scratch + ``sources``) x ``train_fractions`` x ``seeds``, and
+each source model) from the evaluate stages' folders and writes:
+
+- ``reports/compare.json``: an object with ``runs`` (one row per trained run and seed),
+  ``aggregates`` (mean and std over seeds per dataset, init, source and fraction),
+  ``differences`` (fine-tuned − scratch per dataset, source and fraction: the mean over
+  seeds and a 95% paired cluster-bootstrap interval over the test set's source units and the
+  seeds, ``dsod_core.metrics.bootstrap``) and ``sources`` (the source models on their own
+  test sets). The format is documented in docs/study.md.
+- ``reports/compare.md``: the same as tables, the target x source matrix and a sentence per
+  difference saying whether its interval contains 0.
+- the summary metric file (small enough for ``dvc exp show``): per target the full-data
+  scratch and fine-tuned means and their difference with its interval.
+- images under ``--plots``: ``data_efficiency/<dataset>.png`` (mAP@0.5 against the number of
+  training images, mean ± std over seeds), ``compare.png`` and ``val_map50/<dataset>.png``,
+  ``train_loss/<dataset>.png`` (the first seed's full-data runs against epoch).
 """
 
 from __future__ import annotations
@@ -20,10 +29,16 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from dsod_core.errors import DataError
+from dsod_core.metrics.bootstrap import describe, paired_bootstrap
 from dsod_core.metrics.plots import plot_comparison, plot_curves
+from dsod_core.metrics.voc import ResampledVOC
 from pipelines._common import load_params, stage_main, write_atomic, write_json
-from pipelines.params import validate_params
+from pipelines.params import study_axes, validate_params
+
+REPLICATES = 1000  # bootstrap replicates per difference
 
 
 def epochs_to_fraction(history: list[dict[str, Any]], fraction: float = 0.9) -> int | None:
@@ -35,109 +50,317 @@ def epochs_to_fraction(history: list[dict[str, Any]], fraction: float = 0.9) -> 
     return next(e for e, m in curve if m >= fraction * final)
 
 
-def collect(runs: list[str], runs_dir: Path) -> list[dict[str, Any]]:
+def run_name(init: str, source: str | None, fraction: Any) -> str:
+    """The run folder under models/<dataset>/ (as dvc.yaml names it: the fraction as written
+    in params.yaml)."""
+    return f"scratch-f{fraction}" if init == "scratch" else f"finetuned-{source}-f{fraction}"
+
+
+def _row(folder: Path, **keys: Any) -> dict[str, Any]:
+    path = folder / "detail.json"
+    if not path.is_file():
+        raise DataError("metrics of run missing (did evaluate run?)", path=path)
+    m = json.loads(path.read_text())
+    history = json.loads((folder / "history.json").read_text())
+    return {
+        **keys,
+        "dataset": m["dataset"],
+        "modality": m["modality"],
+        "train_images": m.get("train_images"),
+        "map50": m["map50"],
+        "coco_ap": m["coco_ap"],
+        "map50_area": m["map50_area"],
+        "coco_ap50": m["coco_ap50"],
+        "per_class_ap50": m["per_class_ap50"],
+        "params": m["params"],
+        "train_seconds": round(m["train_seconds"], 1),
+        "epochs": m["epochs"],
+        "epochs_to_90pct": epochs_to_fraction(history),
+        "channels": len(m["channels"]),
+        "curve": [[h["epoch"], h.get("val_map50")] for h in history],
+        "loss": [[h["epoch"], h.get("loss")] for h in history],
+        "folder": folder.as_posix(),
+    }
+
+
+def collect(params: dict[str, Any], runs_dir: Path) -> tuple[list[dict], list[dict]]:
+    """(source rows, target rows): every run the params call for, one row per seed."""
+    axes = study_axes(params)
+    sources = [
+        _row(runs_dir / "pretrain" / s, init="pretrain", source=None, seed=params.get("seed", 0))
+        for s in axes["sources"]
+    ]
     rows = []
-    for run in runs:
-        path = runs_dir / run / "detail.json"
-        if not path.is_file():
-            raise DataError("metrics of run missing (did evaluate run?)", path=path)
-        m = json.loads(path.read_text())
-        history = json.loads((path.parent / "history.json").read_text())
-        rows.append(
+    for dataset in params["targets"]:
+        for init, source in [("scratch", None)] + [("finetuned", s) for s in axes["sources"]]:
+            for raw in params.get("train_fractions", [1.0]):
+                for seed in axes["seeds"]:
+                    folder = runs_dir / dataset / run_name(init, source, raw) / f"seed-{seed}"
+                    rows.append(
+                        _row(folder, init=init, source=source, seed=seed, train_fraction=float(raw))
+                    )
+    return sources, rows
+
+
+def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
+    vals = [v for v in values if v is not None]
+    if not vals:
+        return None, None
+    std = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
+    return round(float(np.mean(vals)), 4), round(std, 4)
+
+
+def _groups(rows: list[dict]) -> dict[tuple, list[dict]]:
+    out: dict[tuple, list[dict]] = {}
+    for r in rows:
+        out.setdefault((r["dataset"], r["init"], r["source"], r["train_fraction"]), []).append(r)
+    return out
+
+
+def aggregate(rows: list[dict]) -> list[dict[str, Any]]:
+    """Mean and std (over seeds, ddof 1) per dataset, init, source and train fraction."""
+    out = []
+    for (dataset, init, source, fraction), runs in _groups(rows).items():
+        m_mean, m_std = _mean_std([r["map50"] for r in runs])
+        c_mean, c_std = _mean_std([r["coco_ap"] for r in runs])
+        out.append(
             {
-                "run": run,
-                "dataset": m["dataset"],
-                "modality": m["modality"],
-                "init": "scratch" if m["init"] in ("scratch", "pretrain") else m["init"],
-                "role": "rgb_baseline" if run == "pretrain" else "target",
-                "map50": m["map50"],
-                "map50_area": m["map50_area"],
-                "coco_ap": m["coco_ap"],
-                "coco_ap50": m["coco_ap50"],
-                "per_class_ap50": m["per_class_ap50"],
-                "params": m["params"],
-                "train_seconds": round(m["train_seconds"], 1),
-                "epochs": m["epochs"],
-                "epochs_to_90pct": epochs_to_fraction(history),
-                "channels": len(m["channels"]),
-                "curve": [[h["epoch"], h.get("val_map50")] for h in history],
-                "loss": [[h["epoch"], h.get("loss")] for h in history],
+                "dataset": dataset,
+                "modality": runs[0]["modality"],
+                "init": init,
+                "source": source,
+                "train_fraction": fraction,
+                "train_images": _mean_std([r["train_images"] for r in runs])[0],
+                "n_seeds": len(runs),
+                "map50_mean": m_mean,
+                "map50_std": m_std,
+                "coco_ap_mean": c_mean,
+                "coco_ap_std": c_std,
             }
         )
-    return rows
+    return out
+
+
+def _load_matches(row: dict[str, Any]) -> dict[str, np.ndarray]:
+    path = Path(row["folder"]) / "matches.npz"
+    if not path.is_file():
+        raise DataError("match table missing (re-run the evaluate stage)", path=path)
+    with np.load(path) as f:
+        return {k: f[k] for k in f.files}
+
+
+def _metric(table: ResampledVOC):
+    n = table.num_images
+    return lambda positions: table.map(np.bincount(positions, minlength=n))
+
+
+def differences(rows: list[dict], replicates: int = REPLICATES) -> list[dict[str, Any]]:
+    """Fine-tuned − scratch mAP@0.5 per dataset, source and train fraction: the mean over
+    seeds and a paired bootstrap interval over test units and seeds."""
+    groups = _groups(rows)
+    out = []
+    for (dataset, init, source, fraction), tuned in groups.items():
+        if init != "finetuned":
+            continue
+        scratch = {r["seed"]: r for r in groups[(dataset, "scratch", None, fraction)]}
+        tuned_by_seed = {r["seed"]: r for r in tuned}
+        seeds = [s for s in tuned_by_seed if s in scratch]
+        tables_a, tables_b, units = [], [], None
+        for s in seeds:
+            for row, sink in ((scratch[s], tables_a), (tuned_by_seed[s], tables_b)):
+                m = _load_matches(row)
+                if units is None:
+                    units, index = m["unit"], m["index"]
+                elif not (np.array_equal(m["index"], index) and np.array_equal(m["unit"], units)):
+                    raise DataError(
+                        "runs were scored on different test images; re-run evaluate",
+                        path=Path(row["folder"]) / "matches.npz",
+                    )
+                sink.append(_metric(ResampledVOC.from_matches(m)))
+        result = paired_bootstrap(
+            [str(u) for u in units], tables_a, tables_b, replicates=replicates, seed=0
+        )
+        out.append(
+            {
+                "dataset": dataset,
+                "source": source,
+                "train_fraction": fraction,
+                "self_transfer": source == dataset,
+                "n_seeds": result["n_seeds"],
+                "n_units": result["n_units"],
+                "n_images": int(len(units)),
+                "diff_mean": round(result["diff"], 4),
+                "ci95": [round(v, 4) for v in result["ci"]],
+                "contains_zero": result["contains_zero"],
+                "seed_diffs": [round(v, 4) for v in result["seed_diffs"]],
+                "statement": describe(result, f"fine-tuned from {source} − scratch mAP@0.5"),
+            }
+        )
+    return out
 
 
 def _fmt(x: Any, digits: int = 3) -> str:
     return "–" if x is None else (f"{x:.{digits}f}" if isinstance(x, float) else str(x))
 
 
-def markdown(rows: list[dict[str, Any]], picture: str = "compare.png") -> str:
+def _pm(mean: float | None, std: float | None) -> str:
+    return "–" if mean is None else f"{mean:.3f} ± {std:.3f}"
+
+
+def markdown(report: dict[str, Any], pictures: dict[str, str]) -> str:
     lines = [
         "# Scratch vs fine-tuned",
         "",
-        "VOC07 11-point mAP at IoU 0.5 and COCO AP@[.5:.95] on each dataset's test split. "
-        "`finetuned` starts from the RGB source model (first conv adapted to the channel "
-        "count); the RGB baseline is the source model itself, trained from scratch.",
+        "VOC07 11-point mAP@0.5 and COCO AP@[.5:.95] on each target's test split, mean ± std "
+        "over the training seeds. `finetuned` starts from a source model (first conv adapted to "
+        "the channel count, new class head); `train fraction` is a nested subset of the train "
+        "split drawn by whole source units. Intervals: 95% paired bootstrap over the test "
+        "set's source units and the seeds (docs/study.md).",
         "",
-        "| dataset | modality | init | channels | mAP@0.5 | VOC area mAP | COCO AP | COCO AP50 "
-        "| params | train s | epochs | epochs to 90% |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "## Runs (mean over seeds)",
+        "",
+        "| dataset | init | source | train fraction | train images | seeds | mAP@0.5 | COCO AP |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for r in rows:
-        name = f"{r['dataset']} (RGB baseline)" if r["role"] == "rgb_baseline" else r["dataset"]
+    for a in report["aggregates"]:
         lines.append(
-            f"| {name} | {r['modality']} | {r['init']} | {r['channels']} | {_fmt(r['map50'])} "
-            f"| {_fmt(r['map50_area'])} | {_fmt(r['coco_ap'])} | {_fmt(r['coco_ap50'])} "
-            f"| {r['params']:,} | {_fmt(r['train_seconds'], 0)} | {r['epochs']} "
-            f"| {_fmt(r['epochs_to_90pct'])} |"
+            f"| {a['dataset']} | {a['init']} | {a['source'] or '–'} | {a['train_fraction']:g} "
+            f"| {_fmt(a['train_images'], 0)} | {a['n_seeds']} "
+            f"| {_pm(a['map50_mean'], a['map50_std'])} "
+            f"| {_pm(a['coco_ap_mean'], a['coco_ap_std'])} |"
         )
-    lines += ["", "## Per-class AP@0.5", ""]
-    for r in rows:
-        per = ", ".join(f"{k}: {_fmt(v)}" for k, v in r["per_class_ap50"].items())
-        lines.append(f"- {r['run']}: {per}")
-    lines += ["", f"![comparison]({picture})", ""]
+    lines += [
+        "",
+        "## Fine-tuned − scratch (mAP@0.5)",
+        "",
+        "| dataset | source | train fraction | seeds | test units | difference | 95% CI |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for d in report["differences"]:
+        low, high = d["ci95"]
+        lines.append(
+            f"| {d['dataset']} | {d['source']} | {d['train_fraction']:g} | {d['n_seeds']} "
+            f"| {d['n_units']} | {d['diff_mean']:+.3f} | [{low:+.3f}, {high:+.3f}] |"
+        )
+    lines += [""] + [
+        f"- {d['dataset']}, fraction {d['train_fraction']:g}: {d['statement']}"
+        for d in report["differences"]
+    ]
+    full = max((d["train_fraction"] for d in report["differences"]), default=None)
+    sources = list(dict.fromkeys(d["source"] for d in report["differences"]))
+    if full is not None:
+        lines += [
+            "",
+            f"## Transfer matrix (train fraction {full:g}; fine-tuned − scratch mAP@0.5)",
+            "",
+            "| target \\ source | " + " | ".join(sources) + " |",
+            "|---|" + "---|" * len(sources),
+        ]
+        cell = {
+            (d["dataset"], d["source"]): d
+            for d in report["differences"]
+            if d["train_fraction"] == full
+        }
+        for dataset in dict.fromkeys(d["dataset"] for d in report["differences"]):
+            cells = []
+            for s in sources:
+                d = cell.get((dataset, s))
+                cells.append(
+                    "–"
+                    if d is None
+                    else f"{d['diff_mean']:+.3f} [{d['ci95'][0]:+.3f}, "
+                    f"{d['ci95'][1]:+.3f}]" + (" (self)" if d["self_transfer"] else "")
+                )
+            lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
+        "## Source models on their own test sets",
+        "",
+        "| dataset | modality | mAP@0.5 | COCO AP | train s |",
+        "|---|---|---|---|---|",
+    ]
+    for r in report["sources"]:
+        lines.append(
+            f"| {r['dataset']} | {r['modality']} | {_fmt(r['map50'])} | {_fmt(r['coco_ap'])} "
+            f"| {_fmt(r['train_seconds'], 0)} |"
+        )
+    lines += ["", "## Data efficiency", ""]
+    lines += [f"![{name}]({rel})" for name, rel in pictures.items()]
+    lines.append("")
     return "\n".join(lines)
 
 
-def _metric(x: Any) -> float | None:
-    return None if x is None else round(float(x), 4)
-
-
-def summary(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, float | None]]]:
-    """The flat summary metrics: per dataset, each init's map50 / coco_ap and, where both
-    inits ran, ``finetuned_minus_scratch`` (the answer to "did fine-tuning help?")."""
+def summary(report: dict[str, Any]) -> dict[str, dict[str, dict[str, float | None]]]:
+    """The flat summary metrics at the largest train fraction: per target ``scratch``,
+    ``finetuned_from_<source>`` (means over seeds) and ``difference_from_<source>`` (mean,
+    ``ci_low``, ``ci_high``); per source dataset ``source`` (the source model)."""
     out: dict[str, dict[str, dict[str, float | None]]] = {}
-    for r in rows:
-        out.setdefault(r["dataset"], {})[_role(r)] = {
-            "map50": _metric(r["map50"]),
-            "coco_ap": _metric(r["coco_ap"]),
+    for r in report["sources"]:
+        out.setdefault(r["dataset"], {})["source"] = {
+            "map50": _round(r["map50"]),
+            "coco_ap": _round(r["coco_ap"]),
         }
-    for per in out.values():
-        if "scratch" in per and "finetuned" in per:
-            per["finetuned_minus_scratch"] = {
-                k: None
-                if per["finetuned"][k] is None or per["scratch"][k] is None
-                else round(per["finetuned"][k] - per["scratch"][k], 4)
-                for k in ("map50", "coco_ap")
+    full = max((a["train_fraction"] for a in report["aggregates"]), default=None)
+    for a in report["aggregates"]:
+        if a["train_fraction"] != full:
+            continue
+        key = "scratch" if a["init"] == "scratch" else f"finetuned_from_{a['source']}"
+        out.setdefault(a["dataset"], {})[key] = {
+            "map50": a["map50_mean"],
+            "map50_std": a["map50_std"],
+            "coco_ap": a["coco_ap_mean"],
+        }
+    for d in report["differences"]:
+        if d["train_fraction"] == full:
+            out[d["dataset"]][f"difference_from_{d['source']}"] = {
+                "map50": d["diff_mean"],
+                "ci_low": d["ci95"][0],
+                "ci_high": d["ci95"][1],
             }
     return out
 
 
-_STYLE = {"scratch": "-", "finetuned": "--", "source": ":"}
+def _round(x: Any) -> float | None:
+    return None if x is None else round(float(x), 4)
 
 
-def _role(row: dict[str, Any]) -> str:
-    """``source`` for the RGB source model's row, else the run's init."""
-    return "source" if row["role"] == "rgb_baseline" else row["init"]
+_STYLE = {"scratch": "-", "finetuned": "--", "pretrain": ":"}
 
 
-def _series(rows: list[dict[str, Any]], key: str) -> list[dict[str, Any]]:
-    out = []
-    for r in rows:
-        role = _role(r)
-        label = "source (RGB baseline)" if role == "source" else role
-        out.append({"label": label, "points": r[key], "style": _STYLE[role]})
-    return out
+def _label(row: dict[str, Any]) -> str:
+    if row["init"] == "pretrain":
+        return f"source model ({row['dataset']})"
+    return "scratch" if row["init"] == "scratch" else f"fine-tuned from {row['source']}"
+
+
+def plot_data_efficiency(aggregates: list[dict], plots: Path) -> dict[str, Path]:
+    """Per target: mAP@0.5 against training images, one line per init/source (± std)."""
+    written = {}
+    for dataset in dict.fromkeys(a["dataset"] for a in aggregates):
+        lines: dict[tuple, list[dict]] = {}
+        for a in aggregates:
+            if a["dataset"] == dataset:
+                lines.setdefault((a["init"], a["source"]), []).append(a)
+        series = []
+        for (init, source), pts in lines.items():
+            pts = sorted(pts, key=lambda a: a["train_fraction"])
+            series.append(
+                {
+                    "label": _label({"init": init, "source": source, "dataset": dataset}),
+                    "points": [(a["train_images"], a["map50_mean"]) for a in pts],
+                    "spread": [a["map50_std"] for a in pts],
+                    "style": _STYLE[init],
+                }
+            )
+        written[dataset] = plot_curves(
+            series,
+            plots / "data_efficiency" / f"{dataset}.png",
+            title=f"{dataset}: test mAP@0.5 against training data",
+            ylabel="test mAP@0.5 (mean ± std over seeds)",
+            xlabel="training images",
+            ylim=(0.0, 1.0),
+        )
+    return written
 
 
 def plot_dataset_curves(rows: list[dict[str, Any]], plots: Path) -> list[Path]:
@@ -151,40 +374,59 @@ def plot_dataset_curves(rows: list[dict[str, Any]], plots: Path) -> list[Path]:
     for dataset in dict.fromkeys(r["dataset"] for r in rows):
         mine = [r for r in rows if r["dataset"] == dataset]
         for key, folder, title, ylabel, ylim in charts:
+            series = [
+                {"label": _label(r), "points": r[key], "style": _STYLE[r["init"]]} for r in mine
+            ]
             path = plots / folder / f"{dataset}.png"
             written.append(
-                plot_curves(
-                    _series(mine, key), path, title=f"{dataset}: {title}", ylabel=ylabel, ylim=ylim
-                )
+                plot_curves(series, path, title=f"{dataset}: {title}", ylabel=ylabel, ylim=ylim)
             )
     return written
+
+
+def _public(row: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in row.items() if k != "folder"}
 
 
 @stage_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--runs-dir", required=True, help="reports/runs (one folder per run)")
+    parser.add_argument("--runs-dir", required=True, help="reports/runs (the evaluate outputs)")
     parser.add_argument("--out", required=True, help="output prefix, e.g. reports/compare")
     parser.add_argument("--summary", help="the summary metric file (results/summary.json)")
-    parser.add_argument("--plots", help="folder of the overlaid images (results/plots)")
+    parser.add_argument("--plots", help="folder of the images (results/plots)")
+    parser.add_argument("--replicates", type=int, default=REPLICATES, help="bootstrap replicates")
     args = parser.parse_args(argv)
     params = load_params(args.params)
     validate_params(params, args.params, datasets=[])
-    targets, inits = params["targets"], params["inits"]
-    runs = ["pretrain"] + [f"{d}-{i}" for d in targets for i in inits]
-    rows = collect(runs, Path(args.runs_dir))
+    sources, rows = collect(params, Path(args.runs_dir))
+    report = {
+        "runs": [_public(r) for r in rows],
+        "aggregates": aggregate(rows),
+        "differences": differences(rows, args.replicates),
+        "sources": [_public(r) for r in sources],
+    }
     out = Path(args.out)
     plots = Path(args.plots) if args.plots else out.parent / "plots"
-    for sub in ("val_map50", "train_loss"):  # no charts left from datasets no longer compared
+    for sub in ("val_map50", "train_loss", "data_efficiency"):  # no charts of old datasets
         shutil.rmtree(plots / sub, ignore_errors=True)
-    picture = plot_comparison(rows, plots / "compare.png")
-    plot_dataset_curves(rows, plots)
-    write_json(f"{out}.json", rows)
-    md = markdown(rows, Path(os.path.relpath(picture, out.parent)).as_posix())
+    # The epoch charts show the first seed's full-data runs beside the source models.
+    seed0, full = study_axes(params)["seeds"][0], max(r["train_fraction"] for r in rows)
+    shown = sources + [r for r in rows if r["seed"] == seed0 and r["train_fraction"] == full]
+    picture = plot_comparison(
+        [{**r, "init": _label(r).replace("fine-tuned from ", "ft:")} for r in shown],
+        plots / "compare.png",
+    )
+    plot_dataset_curves(shown, plots)
+    curves = plot_data_efficiency(report["aggregates"], plots)
+    rel = {k: Path(os.path.relpath(v, out.parent)).as_posix() for k, v in curves.items()}
+    rel["runs (first seed, all data)"] = Path(os.path.relpath(picture, out.parent)).as_posix()
+    write_json(f"{out}.json", report)
+    md = markdown(report, rel)
     write_atomic(f"{out}.md", md)
-    write_json(args.summary or f"{out}.summary.json", summary(rows))
-    print(md.split("\n## ")[0])
+    write_json(args.summary or f"{out}.summary.json", summary(report))
+    print(md.split("\n## Source models")[0])
     return 0
 
 

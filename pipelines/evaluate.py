@@ -1,15 +1,22 @@
-"""Stage `evaluate_baseline` and `evaluate@<run>`: score a trained run on its dataset's split.
+"""Stages `evaluate_source@<source>` and `evaluate@<dataset>`: score trained runs on a split.
 
 ``python -m pipelines.evaluate --run-dir models/RUN --store data/prepared/DATASET.h5 --out
 reports/runs/RUN --metrics results/runs/RUN.json --pr-curves results/plots/pr_curves/RUN.png``
-(paths come from ``dvc.yaml``). ``--metrics`` is the run's small flat metrics file, kept in git
+(paths come from ``dvc.yaml``). A ``--run-dir`` without ``config.json`` is a folder of runs
+(``models/<dataset>``: every run and seed below it, e.g. ``scratch-f0.5/seed-1``): each is
+scored into the same relative folder under ``--out``, ``--metrics`` holds one entry per run
+(keyed by that relative path) and ``--pr-curves`` is a folder of images. ``--metrics`` is
+the run's small flat metrics file, kept in git
 (:data:`HEADLINE`: VOC07 11-point mAP@0.5, VOC area mAP, COCO AP/AP50/AP75, training seconds,
 parameters); ``--pr-curves`` its precision-recall image. Writes into ``--out``:
 ``detail.json`` (everything: per-class AP, AR, the modality's own metrics, world outputs, ...),
 ``predictions_coco.json`` (COCO results in stored-image pixels;
 ``image_id`` = store index + 1, the convention of :mod:`dsod_core.metrics.coco`), the
 modality's world predictions under ``world/`` (GeoJSON in the raster CRS, millimetres for
-NIfTI, ...), ``pictures/`` (predicted boxes red, true boxes green) and ``history.json``.
+NIfTI, ...), ``pictures/`` (predicted boxes red, true boxes green), ``history.json`` and
+``matches.npz``: the VOC match table of the predictions (ranked ``label``, ``image``, ``tp``,
+``fp``; ``gt_count`` per image and class) with each test image's source ``unit`` and store
+``index``, from which the compare stage bootstraps intervals without the store.
 
 The adapter is built as the prepare stage built it and ``discover()`` is run, so adapters
 whose class names come from the data know them; they must equal the store's.
@@ -22,12 +29,14 @@ import json
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from dsod_core.data.store import StoreReader
 from dsod_core.engine.evaluator import create_evaluator, eval_loader, select_device
 from dsod_core.engine.weights import load_trained_model
 from dsod_core.errors import CheckpointError, DataError
+from dsod_core.io import atomic_path
 from dsod_core.metrics import (
     build_coco_results,
     draw_detections,
@@ -35,6 +44,7 @@ from dsod_core.metrics import (
     save_picture,
     score_detections,
 )
+from dsod_core.metrics.scoring import voc_matches
 from pipelines._common import load_params, stage_main, write_json
 from pipelines.params import check_dataset, dataset_entry, evaluate_section, validate_params
 from pipelines.prepare import adapter_for
@@ -116,6 +126,11 @@ def evaluate_run(
         "dataset": dataset,
         "modality": reader.modality,
         "init": config["init"],
+        "source": config.get("source"),
+        "seed": config.get("seed"),
+        "train_fraction": config.get("train_fraction", 1.0),
+        "train_images": config.get("train_images"),
+        "train_units": config.get("train_units"),
         "split": split,
         "device": device.type,
         **scores,
@@ -156,11 +171,30 @@ def evaluate_run(
             draw_detections(rgb, p, t, reader.class_names), pic_dir / f"{p['index']:06d}.png"
         )
     write_json(out / "history.json", meta.get("history", []))
+    table = voc_matches(targets, predictions, len(reader.class_names))
+    with atomic_path(out / "matches.npz", suffix=".npz") as tmp:
+        with open(tmp, "wb") as fh:
+            np.savez_compressed(
+                fh,
+                **{k: v for k, v in table.items() if k != "num_classes"},
+                unit=np.asarray([t["source"] for t in targets], dtype=str),
+                index=np.asarray([p["index"] for p in predictions], dtype=np.int64),
+            )
     write_json(out / "detail.json", metrics)
     metrics_path = metrics_path or out / "metrics.json"
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
     write_json(metrics_path, headline(metrics))
     return metrics
+
+
+def run_dirs(root: Path) -> list[Path]:
+    """``root`` when it is one run, else every run folder below it (sorted)."""
+    if (root / "config.json").is_file():
+        return [root]
+    found = sorted(p.parent for p in root.rglob("config.json") if (p.parent / "model.pt").exists())
+    if not found:
+        raise CheckpointError("no trained run here (no config.json / model.pt)", path=root)
+    return found
 
 
 @stage_main
@@ -178,21 +212,45 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     params = load_params(args.params)
     validate_params(params, args.params, datasets=[])
-    m = evaluate_run(
-        Path(args.run_dir),
-        Path(args.store),
-        Path(args.out),
-        params,
-        args.params,
-        metrics_path=Path(args.metrics) if args.metrics else None,
-        pr_curves=Path(args.pr_curves) if args.pr_curves else None,
-        dataset=args.dataset,
-    )
-    ap = m["coco_ap"]
-    print(
-        f"evaluate {Path(args.run_dir).name}: mAP@0.5 {m['map50'] or 0:.3f}  COCO AP {ap or 0:.3f}"
-    )
+    root = Path(args.run_dir)
+    runs = run_dirs(root)
+    if runs == [root]:
+        m = evaluate_run(
+            root,
+            Path(args.store),
+            Path(args.out),
+            params,
+            args.params,
+            metrics_path=Path(args.metrics) if args.metrics else None,
+            pr_curves=Path(args.pr_curves) if args.pr_curves else None,
+            dataset=args.dataset,
+        )
+        _say(root.name, m)
+        return 0
+    table = {}
+    for run in runs:
+        rel = run.relative_to(root).as_posix()
+        m = evaluate_run(
+            run,
+            Path(args.store),
+            Path(args.out) / rel,
+            params,
+            args.params,
+            pr_curves=Path(args.pr_curves) / f"{rel.replace('/', '_')}.png"
+            if args.pr_curves
+            else None,
+            dataset=args.dataset,
+        )
+        table[rel] = headline(m)
+        _say(f"{root.name}/{rel}", m)
+    if args.metrics:
+        write_json(args.metrics, table)
     return 0
+
+
+def _say(name: str, m: dict[str, Any]) -> None:
+    ap = m["coco_ap"]
+    print(f"evaluate {name}: mAP@0.5 {m['map50'] or 0:.3f}  COCO AP {ap or 0:.3f}")
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 :func:`validate_params` is called first by every stage script (and by the ``check`` stage that
 ``dvc.yaml`` runs before all others, so that ``dvc repro`` stops on a typo before DVC removes
 any stage's previous outputs). It refuses unknown keys (with a "did you mean"), wrong types,
-unknown model variants, ``targets`` or ``pretrain.dataset`` not in ``datasets``, unknown
+unknown model variants, ``targets`` or ``sources`` not in ``datasets``, unknown
 modalities, adapter params their adapter does not accept, and a dataset ``code`` path that is
 not the code of its adapter. Every message names the params file and the key.
 """
@@ -22,13 +22,15 @@ from dsod_core.errors import ConfigError, DataError
 
 TOP_KEYS = {
     "seed",
+    "seeds",
+    "train_fractions",
+    "sources",
     "demo",
     "datasets",
     "prepare",
     "model",
     "pretrain",
     "targets",
-    "inits",
     "train",
     "finetune",
     "evaluate",
@@ -37,7 +39,7 @@ DEMO_KEYS = {"image_size", "num_images", "num_images_per_modality", "modalities"
 DATASET_KEYS = {"modality", "root", "code", "adapter", "description", "train", "finetune"}
 PREPARE_KEYS = {"on_error", "compression"}
 MODEL_KEYS = {"variant", "input_size", "overrides"}
-PRETRAIN_KEYS = {"dataset", "train"}
+PRETRAIN_KEYS = {"train"}
 EVALUATE_KEYS = {
     "split",
     "score_threshold",
@@ -48,6 +50,44 @@ EVALUATE_KEYS = {
     "device",
 }
 INITS = ("scratch", "finetuned")
+
+
+def study_axes(params: dict[str, Any], source: str = "params.yaml") -> dict[str, list]:
+    """``seeds``, ``train_fractions`` and ``sources``, checked: the axes every target run is
+    trained over (docs/study.md)."""
+    seeds = params.get("seeds", [params.get("seed", 0)])
+    _need(
+        isinstance(seeds, list) and seeds and all(_is_int(s, 0) for s in seeds),
+        f"seeds must be a non-empty list of non-negative integers, got {seeds!r}",
+        source,
+    )
+    _need(len(set(seeds)) == len(seeds), f"seeds has repeats: {seeds!r}", source)
+    fractions = params.get("train_fractions", [1.0])
+    _need(
+        isinstance(fractions, list)
+        and fractions
+        and all(_is_num(f) and 0 < f <= 1 for f in fractions),
+        f"train_fractions must be a non-empty list of numbers in (0, 1], got {fractions!r}",
+        source,
+    )
+    _need(
+        len(set(fractions)) == len(fractions), f"train_fractions has repeats: {fractions!r}", source
+    )
+    sources = params.get("sources")
+    datasets = params.get("datasets") or {}
+    _need(
+        isinstance(sources, list) and sources,
+        "sources must be a non-empty list of datasets (the source models of fine-tuning)",
+        source,
+    )
+    for name in sources:
+        _need(
+            name in datasets,
+            f"sources: {name!r} is not in datasets ({', '.join(datasets)})",
+            source,
+        )
+    _need(len(set(sources)) == len(sources), f"sources has repeats: {sources!r}", source)
+    return {"seeds": seeds, "train_fractions": [float(f) for f in fractions], "sources": sources}
 
 
 def _unknown(keys: set[str], allowed: set[str], where: str, source: str) -> None:
@@ -261,20 +301,11 @@ def validate_params(
         reason = exc.reason if isinstance(exc, ConfigError) else str(exc)
         raise ConfigError(f"model: {reason}", path=source) from None
     pre = _section(params, "pretrain", PRETRAIN_KEYS, source)
-    _need(
-        pre.get("dataset") in datasets,
-        f"pretrain.dataset {pre.get('dataset')!r} is not in datasets ({', '.join(datasets)})",
-        source,
-    )
-    targets, inits = params.get("targets"), params.get("inits")
+    axes = study_axes(params, source)
+    targets = params.get("targets")
     _need(isinstance(targets, list) and targets, "targets must be a non-empty list", source)
     for t in targets:
         _need(t in datasets, f"targets: {t!r} is not in datasets ({', '.join(datasets)})", source)
-    _need(
-        isinstance(inits, list) and inits and all(i in INITS for i in inits),
-        f"inits must be a list of {' / '.join(INITS)}, got {inits!r}",
-        source,
-    )
     _need(
         isinstance(pre.get("train"), dict) and pre["train"],
         "pretrain.train must be a mapping: the source model's own training params (it is not "
@@ -282,9 +313,10 @@ def validate_params(
         source,
     )
     # Paths come from dvc.yaml at run time; only the params are checked here.
-    build_config(params, pre["dataset"], "pretrain", Path("<out-dir>"), "<store>", source=source)
+    for dataset in axes["sources"]:
+        build_config(params, dataset, "pretrain", Path("<out-dir>"), "<store>", source=source)
     for dataset in targets:
-        for init in inits:
+        for init in INITS:
             build_config(params, dataset, init, Path("<out-dir>"), "<store>", source=source)
     evaluate_section(params, source)
 
@@ -299,6 +331,7 @@ PIPELINE_KEYS = {
     "init_weights",
     "model_overrides",
     "seed",
+    "train_fraction",
     "resume",
 }
 
@@ -355,9 +388,12 @@ def build_config(
     store: str | Path,
     init_weights: str | Path | None = None,
     source: str = "params.yaml",
+    seed: int | None = None,
+    train_fraction: float = 1.0,
 ) -> TrainConfig:
     """The ``TrainConfig`` of one run: :func:`train_params`, the model section and the paths.
-    A message names the sections the run's params came from."""
+    ``seed``: the run's training seed (default: the top-level ``seed``, which the source
+    models use). A message names the sections the run's params came from."""
     model = params.get("model") or {}
     values = train_params(params, dataset, init, source)
     where = "pretrain.train" if init == "pretrain" else f"training params of {dataset}-{init}"
@@ -371,7 +407,8 @@ def build_config(
                 "input_size": int(model.get("input_size", 64)),
                 "model_overrides": dict(model.get("overrides") or {}),
                 "init_weights": str(init_weights) if init == "finetuned" and init_weights else None,
-                "seed": int(params.get("seed", 0)),
+                "seed": int(params.get("seed", 0)) if seed is None else int(seed),
+                "train_fraction": float(train_fraction),
             },
             source=source,
         )

@@ -206,7 +206,7 @@ def test_evaluate_stage_with_classes_from_the_data(tmp_path, monkeypatch):
         "adapter": {},
     }
     params["datasets"] = {"th": entry}
-    params["pretrain"]["dataset"] = "th"
+    params["sources"] = ["th"]
     params["targets"] = ["th"]
     store, report = tmp_path / "th.h5", tmp_path / "th.report.json"
     prepare("th", entry, store, report)

@@ -34,7 +34,7 @@ def trained(tmp_path_factory):
     }
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params["datasets"] = {"full": full, "new": new}
-    params["pretrain"]["dataset"] = "full"
+    params["sources"] = ["full"]
     params["targets"] = ["full"]
     prepare("full", full, tmp / "full.h5", tmp / "full.report.json")
     report = prepare("new", new, tmp / "new.h5", tmp / "new.report.json")
@@ -90,9 +90,11 @@ def test_scored_like_the_runs_own_test_split(trained, monkeypatch):
     assert new["num_images"] == own["num_images"] > 0
     for key in ("map50", "map50_area", "coco_ap"):
         assert new[key] == pytest.approx(own[key], abs=1e-9), key
-    assert own["map50"] > 0.0  # a score that normalisation could change
     a = json.loads((tmp / "reports/own/predictions_coco.json").read_text())
     b = json.loads((tmp / "reports/new/predictions_coco.json").read_text())
+    # scores that normalisation would change (a 2-epoch model's mAP may be 0 on some CPUs,
+    # but it always predicts boxes above the 0.01 score threshold)
+    assert len(a) == len(b) > 10
     assert [d["score"] for d in a] == pytest.approx([d["score"] for d in b], abs=1e-6)
 
 

@@ -22,11 +22,11 @@ def params() -> dict:
 
 def test_source_model_ignores_train_and_finetune() -> None:
     p = params()
-    before = train_params(p, p["pretrain"]["dataset"], "pretrain", "params.yaml")
+    before = train_params(p, p["sources"][0], "pretrain", "params.yaml")
     p["train"]["epochs"] = 1
     p["train"]["augmentation"]["crop"] = True
     p["finetune"]["lr"] = 0.5
-    after = train_params(p, p["pretrain"]["dataset"], "pretrain", "params.yaml")
+    after = train_params(p, p["sources"][0], "pretrain", "params.yaml")
     assert after == before == p["pretrain"]["train"]
 
 

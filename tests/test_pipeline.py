@@ -46,6 +46,9 @@ def tiny_params() -> dict:
         k: v for k, v in params["datasets"].items() if k in ("rgb_demo", "medical_demo")
     }
     params["targets"] = ["medical_demo"]
+    params["sources"] = ["rgb_demo"]
+    params["seeds"] = [0, 1]
+    params["train_fractions"] = [0.5, 1.0]
     tiny = dict(epochs=2, batch_size=4, eval_every=1, progress=False, warmup_steps=2)
     params["train"].update(tiny)
     params["pretrain"]["train"].update(tiny)
@@ -80,48 +83,97 @@ def _is_number(v) -> bool:
 
 
 def test_outputs(repo):
+    """compare on a tiny two-seed, two-fraction run: the report format of docs/study.md."""
+    import numpy as np
+
     from pipelines.evaluate import HEADLINE
 
     repo, first = repo
     assert "Running stage 'compare'" in first.stdout
-    rows = json.loads((repo / "reports/compare.json").read_text())
-    assert [(r["dataset"], r["init"]) for r in rows] == [
-        ("rgb_demo", "scratch"),
-        ("medical_demo", "scratch"),
-        ("medical_demo", "finetuned"),
+    report = json.loads((repo / "reports/compare.json").read_text())
+    assert set(report) == {"runs", "aggregates", "differences", "sources"}
+    runs = report["runs"]
+    keys = [(r["init"], r["source"], r["train_fraction"], r["seed"]) for r in runs]
+    assert sorted(keys, key=str) == sorted(
+        [
+            (init, src, frac, seed)
+            for init, src in (("scratch", None), ("finetuned", "rgb_demo"))
+            for frac in (0.5, 1.0)
+            for seed in (0, 1)
+        ],
+        key=str,
+    )
+    for r in runs:
+        assert r["dataset"] == "medical_demo" and r["modality"] == "medical"
+        for key in ("map50", "coco_ap", "params", "train_seconds", "train_images"):
+            assert _is_number(r[key]), (key, r)
+        assert 0.0 <= r["map50"] <= 1.0 and r["params"] > 0 and r["train_images"] > 0
+    # the two seeds are two trainings, not one result copied
+    by_key = {k: r for k, r in zip(keys, runs, strict=True)}
+    assert by_key[("scratch", None, 1.0, 0)]["loss"] != by_key[("scratch", None, 1.0, 1)]["loss"]
+    assert len(report["aggregates"]) == 4
+    for agg in report["aggregates"]:
+        assert agg["n_seeds"] == 2
+        values = [
+            r["map50"]
+            for r in runs
+            if (r["init"], r["source"], r["train_fraction"])
+            == (agg["init"], agg["source"], agg["train_fraction"])
+        ]
+        assert agg["map50_mean"] == pytest.approx(np.mean(values), abs=1e-4)
+        assert agg["map50_std"] == pytest.approx(np.std(values, ddof=1), abs=1e-4)
+    diffs = report["differences"]
+    assert [(d["dataset"], d["source"], d["train_fraction"]) for d in diffs] == [
+        ("medical_demo", "rgb_demo", 0.5),
+        ("medical_demo", "rgb_demo", 1.0),
     ]
-    for r in rows:
-        for key in ("modality", "map50", "coco_ap", "params", "train_seconds", "epochs_to_90pct"):
-            assert key in r
-        assert 0.0 <= r["map50"] <= 1.0 and r["params"] > 0 and r["train_seconds"] > 0
+    for d in diffs:
+        assert d["n_seeds"] == 2 and d["n_units"] >= 1
+        low, high = d["ci95"]
+        assert low <= high
+        paired = [
+            by_key[("finetuned", "rgb_demo", d["train_fraction"], s)]["map50"]
+            - by_key[("scratch", None, d["train_fraction"], s)]["map50"]
+            for s in (0, 1)
+        ]
+        # the bootstrap's point estimate is the paired difference on the whole test set
+        assert d["diff_mean"] == pytest.approx(np.mean(paired), abs=1e-3)
+        assert min(paired) - 1e-3 <= d["diff_mean"] <= max(paired) + 1e-3
+    assert [s["dataset"] for s in report["sources"]] == ["rgb_demo"]
     md = (repo / "reports/compare.md").read_text()
-    assert "medical_demo" in md and "RGB baseline" in md
+    for needle in ("Fine-tuned − scratch", "Transfer matrix", "medical_demo", "95% CI"):
+        assert needle in md, needle
     assert "](../results/plots/compare.png)" in md
-    assert (repo / "results/plots/compare.png").stat().st_size > 1000
-    for run in ("pretrain", "medical_demo-scratch", "medical_demo-finetuned"):
-        pics = list((repo / "reports/runs" / run / "pictures").glob("*.png"))
-        assert pics, run
-        detail = json.loads((repo / "reports/runs" / run / "detail.json").read_text())
-        assert {"map50", "coco_ap", "per_class_ap50"} <= set(detail)
-        flat = json.loads((repo / "results/runs" / f"{run}.json").read_text())
-        assert list(flat) == list(HEADLINE), flat  # small and flat: no per-class detail
-        assert all(_is_number(v) for v in flat.values()), flat
-        assert flat["map50"] == round(detail["map50"], 4)
-        assert (repo / "results/plots/pr_curves" / f"{run}.png").stat().st_size > 1000
+    assert "](../results/plots/data_efficiency/medical_demo.png)" in md
+    for png in ("compare.png", "data_efficiency/medical_demo.png"):
+        assert (repo / "results/plots" / png).stat().st_size > 1000, png
+    flat = json.loads((repo / "results/runs/medical_demo.json").read_text())
+    assert len(flat) == 8 and "scratch-f1.0/seed-0" in flat
+    for rel, values in flat.items():
+        assert list(values) == list(HEADLINE), values  # small and flat: no per-class detail
+        assert all(_is_number(v) for v in values.values()), values
+        run = repo / "reports/runs/medical_demo" / rel
+        assert list((run / "pictures").glob("*.png")), rel
+        detail = json.loads((run / "detail.json").read_text())
+        assert {"map50", "coco_ap", "per_class_ap50", "seed", "train_fraction"} <= set(detail)
+        assert values["map50"] == round(detail["map50"], 4)
+        assert (run / "matches.npz").exists()
+        png = repo / "results/plots/pr_curves/medical_demo" / (rel.replace("/", "_") + ".png")
+        assert png.stat().st_size > 1000, png
+    source = json.loads((repo / "results/runs/pretrain-rgb_demo.json").read_text())
+    assert list(source) == list(HEADLINE)
     summary = json.loads((repo / "results/summary.json").read_text())
     assert set(summary) == {"rgb_demo", "medical_demo"}
     assert set(summary["rgb_demo"]) == {"source"}
     med = summary["medical_demo"]
-    assert set(med) == {"scratch", "finetuned", "finetuned_minus_scratch"}
-    for key in ("map50", "coco_ap"):
-        diff = med["finetuned"][key] - med["scratch"][key]
-        assert abs(med["finetuned_minus_scratch"][key] - diff) < 1e-3
+    assert set(med) == {"scratch", "finetuned_from_rgb_demo", "difference_from_rgb_demo"}
+    assert med["difference_from_rgb_demo"]["map50"] == pytest.approx(diffs[-1]["diff_mean"])
     for sub in ("val_map50", "train_loss"):
         charts = sorted(p.name for p in (repo / "results/plots" / sub).glob("*.png"))
         assert charts == ["medical_demo.png", "rgb_demo.png"], (sub, charts)
-    medical = json.loads((repo / "reports/runs/medical_demo-scratch/detail.json").read_text())
-    assert "froc_cpm" in medical
-    assert (repo / "reports/runs/medical_demo-scratch/world/predictions_3d.json").exists()
+    scratch = repo / "reports/runs/medical_demo/scratch-f1.0/seed-0"
+    assert "froc_cpm" in json.loads((scratch / "detail.json").read_text())
+    assert (scratch / "world/predictions_3d.json").exists()
 
 
 def test_second_repro_does_nothing_and_status_clean(repo):
@@ -139,7 +191,11 @@ def test_library_change_marks_dependent_stages(repo):
     try:
         loss.write_text(original + "\n# a change\n")
         status = _run(["dvc", "status"], repo).stdout
-        for stage in ("pretrain:", "train@medical_demo-scratch:", "evaluate_baseline:"):
+        for stage in (
+            "pretrain@rgb_demo:",
+            "train_scratch@medical_demo-1.0:",
+            "evaluate_source@rgb_demo:",
+        ):
             assert stage in status, status
     finally:
         loss.write_text(original)
@@ -153,9 +209,9 @@ def test_stage_script_change_marks_evaluate_stages(repo):
     try:
         prepare.write_text(original + "\n# a change\n")
         status = _run(["dvc", "status"], repo).stdout
-        for stage in ("evaluate@medical_demo-scratch:", "evaluate_baseline:", "prepare@rgb_demo:"):
+        for stage in ("evaluate@medical_demo:", "evaluate_source@rgb_demo:", "prepare@rgb_demo:"):
             assert stage in status, status
-        assert "pretrain:" not in status  # training does not run prepare.py
+        assert "pretrain@rgb_demo:" not in status  # training does not run prepare.py
     finally:
         prepare.write_text(original)
     assert "up to date" in _run(["dvc", "status"], repo).stdout
@@ -201,15 +257,15 @@ def test_every_stage_depends_on_the_code_it_imports(repo):
         covered = [(repo / d).resolve() for d in deps]
         for f in ours:
             assert any(f == c or c in f.parents for c in covered), (name, str(f), deps)
-        if kind in ("evaluate", "evaluate_baseline"):
-            dataset = item.rsplit("-", 1)[0] if item else params["pretrain"]["dataset"]
+        if kind in ("evaluate", "evaluate_source"):
+            dataset = item
             assert f"data/prepared/{dataset}.report.json" in deps, (name, deps)
 
 
 def test_typo_in_params_stops_before_any_output_is_removed(repo):
     repo, _ = repo
     original = (repo / "params.yaml").read_text()
-    model = repo / "models/medical_demo-scratch/model.pt"
+    model = repo / "models/medical_demo/scratch-f1.0/seed-0/model.pt"
     before = model.read_bytes()
     try:
         for key, value, needle in (
@@ -257,7 +313,7 @@ def test_experiments_compare_and_restore(repo, tmp_path):
     _run(["git", "add", "-A"], repo)
     _run(["git", "commit", "-qm", "baseline results"], repo)
     tracked = set(_run(["git", "ls-files"], repo).stdout.split())
-    assert {"dvc.lock", "results/summary.json", "results/runs/pretrain.json"} <= tracked
+    assert {"dvc.lock", "results/summary.json", "results/runs/pretrain-rgb_demo.json"} <= tracked
     baseline = json.loads((repo / "results/summary.json").read_text())
 
     for name, setting in (
@@ -265,18 +321,18 @@ def test_experiments_compare_and_restore(repo, tmp_path):
         ("medical-lr", "+datasets.medical_demo.train.lr=0.01"),
     ):
         proc = _run(["dvc", "exp", "run", "--temp", "-n", name, "-S", setting], repo)
-        assert "Running stage 'train@medical_demo-scratch'" in proc.stdout, proc.stdout[-2000:]
+        assert "Running stage 'train_scratch@medical_demo-1.0'" in proc.stdout, proc.stdout[-2000:]
         # Cheap experiments stay cheap: nothing the source model or the stores depend on
         # changed (a dataset's training overrides are not params of its prepare stage).
-        assert "Running stage 'pretrain'" not in proc.stdout, proc.stdout[-2000:]
+        assert "Running stage 'pretrain@" not in proc.stdout, proc.stdout[-2000:]
         assert "Running stage 'prepare@" not in proc.stdout, proc.stdout[-2000:]
 
     shown = json.loads(_run(["dvc", "exp", "show", "--no-pager", "--json"], repo).stdout)
     metrics = _exp_metrics(shown)
     for row in ("workspace", "one-epoch", "medical-lr"):
         med = metrics[row]["medical_demo"]
-        assert all(_is_number(med[i]["map50"]) for i in ("scratch", "finetuned")), (row, med)
-        assert _is_number(med["finetuned_minus_scratch"]["map50"]), (row, med)
+        for part in ("scratch", "finetuned_from_rgb_demo", "difference_from_rgb_demo"):
+            assert _is_number(med[part]["map50"]), (row, med)
     assert metrics["workspace"] == baseline
     assert metrics["one-epoch"] != baseline  # one epoch instead of two changes the models
     assert metrics["one-epoch"]["rgb_demo"] == baseline["rgb_demo"]  # source not retrained
@@ -333,8 +389,8 @@ def test_interrupted_repro_then_repro_completes(repo):
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    ckpt = repo / "models/pretrain/checkpoints"
-    model = repo / "models/pretrain/model.pt"
+    ckpt = repo / "models/pretrain/rgb_demo/checkpoints"
+    model = repo / "models/pretrain/rgb_demo/model.pt"
     deadline = time.time() + 180
 
     def retraining() -> bool:  # the old outputs are gone and the new run has checkpointed
@@ -346,9 +402,9 @@ def test_interrupted_repro_then_repro_completes(repo):
         time.sleep(0.02)
     os.killpg(proc.pid, signal.SIGKILL)  # dvc and the stage command it runs
     proc.wait()
-    assert not (repo / "models/pretrain/model.pt").exists()
+    assert not model.exists()
     status = _run(["dvc", "status"], repo).stdout
-    assert "pretrain:" in status
+    assert "pretrain@rgb_demo:" in status
     _run(["dvc", "repro"], repo)
     assert "up to date" in _run(["dvc", "status"], repo).stdout
-    assert (repo / "models/pretrain/model.pt").exists()
+    assert model.exists()

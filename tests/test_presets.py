@@ -44,8 +44,8 @@ def test_preset_gives_the_paper_recipe(name: str) -> None:
         yaml.safe_load((ROOT / "params.yaml").read_text()),
         yaml.safe_load((ROOT / f"docs/presets/{name}.yaml").read_text()),
     )
-    dataset = params["pretrain"]["dataset"]
-    assert dataset == name
+    assert params["sources"] == [name]
+    dataset = name
     validate_params(params, f"docs/presets/{name}.yaml", datasets=[])
     paper = PAPER[name]
     for init in ("pretrain", "scratch"):

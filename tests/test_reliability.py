@@ -114,7 +114,7 @@ def full_params(
     if isinstance(modality, str) and (ROOT / "modalities" / modality).is_dir():
         entry.setdefault("code", str(ROOT / "modalities" / modality))
     params["datasets"] = {DATASET: entry}
-    params["pretrain"]["dataset"] = DATASET
+    params["sources"] = [DATASET]
     params["targets"] = [DATASET]
     params["prepare"] = {"on_error": on_error, "compression": compression}
     return params

@@ -108,6 +108,11 @@ def test_resampled_voc_equals_scoring_the_multiset_again():
         assert fast.map(weights) == pytest.approx(again["map"], abs=1e-12)
     with pytest.raises(ValueError, match="30 weights"):
         fast.map(np.ones(29))
+    # The saved table (the evaluate stage's matches.npz) gives the same values.
+    from dsod_core.metrics.voc import match_detections
+
+    saved = ResampledVOC.from_matches(match_detections(gts, dets, 2))
+    assert saved.map(weights) == fast.map(weights)
 
 
 def test_seeds_are_paired_and_resampled():

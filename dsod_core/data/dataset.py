@@ -16,6 +16,7 @@ from torch.utils.data import Dataset
 
 from dsod_core.loss import CROWD_LABEL
 from dsod_core.data.store import StoreReader
+from dsod_core.data.subsets import nested_unit_subsets
 
 Transform = Callable[[dict[str, Any], np.random.Generator], dict[str, Any]]
 
@@ -45,10 +46,17 @@ class DetectionDataset(Dataset):
         seed: int = 0,
         crowd_label: int | None = CROWD_LABEL,
         normalisation: tuple[np.ndarray, np.ndarray] | None = None,
+        fraction: float = 1.0,
     ):
         self.reader = store if isinstance(store, StoreReader) else StoreReader(store)
         self.split = split
         self.indices = self.reader.split_indices(split)
+        if not 0.0 < float(fraction) <= 1.0:
+            raise ValueError(f"fraction must lie in (0, 1], got {fraction!r}")
+        if fraction < 1.0:  # whole source units, nested across fractions for one seed
+            units = self.reader.sources(self.indices)
+            keep = nested_unit_subsets(units, [fraction], seed=int(seed))[float(fraction)]
+            self.indices = self.indices[keep]
         self.transform = transform
         self.seed = int(seed)
         self.crowd_label = None if crowd_label is None else int(crowd_label)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -312,6 +312,12 @@ class StoreReader:
             "affine": np.asarray(g.attrs["affine"], dtype=np.float64),
             "meta": json.loads(g.attrs["meta"]),
         }
+
+    def sources(self, indices: Sequence[int]) -> list[str]:
+        """The ``source`` attribute (the file the pixels came from: the study's unit) of each
+        sample in ``indices``, without reading pixels or boxes."""
+        samples = self._handle()["samples"]
+        return [str(samples[f"{int(i):07d}"].attrs["source"]) for i in indices]
 
     def read_image(self, index: int) -> np.ndarray:
         """The stored (un-normalised) float32 ``[C, H, W]`` image of sample ``index``."""

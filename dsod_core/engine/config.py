@@ -19,6 +19,9 @@ class TrainConfig:
     store: str = ""  # prepared HDF5 store
     out_dir: str = ""  # models/<run>: checkpoints, final weights, log
     train_split: str = "train"
+    # a nested subset of the train split, drawn by whole source units (volumes, scenes,
+    # images) from `seed` (dsod_core.data.subsets); 1.0: all of it
+    train_fraction: float = 1.0
     val_split: str = "val"
     # the model
     variant: str = "dsod_tiny"
@@ -80,6 +83,12 @@ class TrainConfig:
             if not ok:
                 raise ConfigError(msg, path=source)
 
+        need(
+            isinstance(self.train_fraction, int | float)
+            and not isinstance(self.train_fraction, bool)
+            and 0.0 < float(self.train_fraction) <= 1.0,
+            f"train_fraction must lie in (0, 1], got {self.train_fraction!r}",
+        )
         for name in ("input_size", "batch_size", "accumulate", "epochs", "keep_checkpoints"):
             v = getattr(self, name)
             need(

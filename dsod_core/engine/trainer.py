@@ -59,7 +59,9 @@ def setup_data(config: TrainConfig, reader: StoreReader) -> tuple[DataLoader, St
         # Adapters deliver RGB as 8-bit/255, i.e. in [0, 1] (photometric distortion needs it).
         value_range=1.0,
     )
-    dataset = DetectionDataset(reader, config.train_split, transform, seed=config.seed)
+    dataset = DetectionDataset(
+        reader, config.train_split, transform, seed=config.seed, fraction=config.train_fraction
+    )
     sampler = StepBatchSampler(
         len(dataset),
         config.batch_size,

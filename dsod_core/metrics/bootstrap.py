@@ -100,6 +100,9 @@ def describe(result: dict[str, Any], what: str = "fine-tuned − scratch mAP@0.5
         f"{what}: {result['diff']:+.3f} ({pct}% CI {low:+.3f} to {high:+.3f}, "
         f"{result['n_units']} units, {result.get('n_seeds', 1)} seeds)"
     )
+    if result["n_units"] < 5:
+        # a bootstrap over fewer units than this mostly measures the units, not the models
+        return text + "; too few test units for the interval to mean much."
     if result["contains_zero"]:
         return text + "; the interval contains 0: no difference is shown."
     return text + ("; fine-tuned is better." if low > 0 else "; scratch is better.")

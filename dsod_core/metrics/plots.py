@@ -138,12 +138,14 @@ def plot_curves(
     title: str,
     ylabel: str,
     ylim: tuple[float, float] | None = None,
+    xlabel: str = "epoch",
 ) -> Path:
     """Overlaid curves in one chart, written as a PNG atomically.
 
     ``series``: one mapping per curve with ``label``, ``points`` (``[(x, y), ...]``; points
     whose ``y`` is None are left out, so a curve only joins measured values) and optionally
-    ``style`` (a matplotlib format string such as ``"--"``).
+    ``style`` (a matplotlib format string such as ``"--"``) and ``spread`` (one half-width
+    per point, e.g. the std over seeds, drawn as error bars).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -152,14 +154,18 @@ def plot_curves(
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     for s in series:
-        pts = [(x, y) for x, y in s["points"] if y is not None]
+        spread = s.get("spread") or [None] * len(s["points"])
+        pts = [(x, y, e) for (x, y), e in zip(s["points"], spread) if y is not None]
         if pts:
-            xs, ys = zip(*pts)
-            ax.plot(
+            xs, ys, es = zip(*pts)
+            line = ax.plot(
                 xs, ys, s.get("style", "-"), marker="." if len(pts) < 30 else None, label=s["label"]
             )
+            if s.get("spread"):
+                err = [0.0 if e is None else e for e in es]
+                ax.errorbar(xs, ys, yerr=err, fmt="none", capsize=3, color=line[0].get_color())
     ax.set_title(title)
-    ax.set_xlabel("epoch")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     if ylim is not None:
         ax.set_ylim(*ylim)

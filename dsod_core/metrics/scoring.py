@@ -9,7 +9,7 @@ import numpy as np
 
 from dsod_core.errors import DataError
 from dsod_core.metrics.coco import evaluate_coco
-from dsod_core.metrics.voc import evaluate_voc
+from dsod_core.metrics.voc import evaluate_voc, match_detections
 
 
 def _num(x: Any) -> float | None:
@@ -25,6 +25,31 @@ def _flags(value: Any, n: int, key: str, image: int) -> np.ndarray:
     if len(flags) != n:
         raise DataError(f"'{key}' has {len(flags)} entries for {n} boxes", sample=f"image {image}")
     return flags
+
+
+def _ground_truths(targets: Sequence[Mapping[str, Any]]) -> tuple[list[dict], list[dict]]:
+    """COCO ground truths (difficult and crowd flags) and VOC ones (either flag: ignored)."""
+    gts, voc_gts = [], []
+    for i, t in enumerate(targets):
+        n = len(t["labels"])
+        difficult = _flags(t.get("difficult"), n, "difficult", i)
+        crowd = _flags(t.get("crowd"), n, "crowd", i)
+        gts.append(
+            {"boxes": t["boxes"], "labels": t["labels"], "difficult": difficult, "iscrowd": crowd}
+        )
+        voc_gts.append({"boxes": t["boxes"], "labels": t["labels"], "difficult": difficult | crowd})
+    return gts, voc_gts
+
+
+def voc_matches(
+    targets: Sequence[Mapping[str, Any]],
+    predictions: Sequence[Mapping[str, Any]],
+    num_classes: int,
+) -> dict[str, Any]:
+    """The VOC IoU-0.5 match table of ``predictions`` (``dsod_core.metrics.voc.
+    match_detections``) with the same ground-truth rules as :func:`score_detections`: what a
+    bootstrap over test images needs (``ResampledVOC.from_matches``)."""
+    return match_detections(_ground_truths(targets)[1], predictions, num_classes, 0.5)
 
 
 def score_detections(
@@ -50,15 +75,7 @@ def score_detections(
         ``num_images``; a metric without ground truth is ``None``) and the full VOC07 result
         (precision/recall curves per class, for the PR plot).
     """
-    gts, voc_gts = [], []
-    for i, t in enumerate(targets):
-        n = len(t["labels"])
-        difficult = _flags(t.get("difficult"), n, "difficult", i)
-        crowd = _flags(t.get("crowd"), n, "crowd", i)
-        gts.append(
-            {"boxes": t["boxes"], "labels": t["labels"], "difficult": difficult, "iscrowd": crowd}
-        )
-        voc_gts.append({"boxes": t["boxes"], "labels": t["labels"], "difficult": difficult | crowd})
+    gts, voc_gts = _ground_truths(targets)
     k = len(class_names)
     voc07 = evaluate_voc(voc_gts, predictions, k, 0.5, use_07_metric=True)
     area = evaluate_voc(voc_gts, predictions, k, 0.5, use_07_metric=False)

@@ -308,12 +308,26 @@ class ResampledVOC:
         iou_threshold: float = 0.5,
         use_07_metric: bool = True,
     ) -> None:
-        m = match_detections(ground_truths, detections, num_classes, iou_threshold)
-        self.num_images = len(ground_truths)
+        self._load(match_detections(ground_truths, detections, num_classes, iou_threshold))
         self.use_07_metric = use_07_metric
-        self._image, self._gt_count = m["image"], m["gt_count"].astype(np.float64)
-        self._tp, self._fp = m["tp"].astype(np.float64), m["fp"].astype(np.float64)
-        self._bounds = np.searchsorted(m["label"], np.arange(1, num_classes + 2))
+
+    @classmethod
+    def from_matches(cls, matches: Mapping[str, Any], use_07_metric: bool = True) -> ResampledVOC:
+        """From a saved :func:`match_detections` table (arrays ``label``, ``image``, ``tp``,
+        ``fp``, ``gt_count``), e.g. the evaluate stage's ``matches.npz``."""
+        self = cls.__new__(cls)
+        self._load(matches)
+        self.use_07_metric = use_07_metric
+        return self
+
+    def _load(self, m: Mapping[str, Any]) -> None:
+        gt_count = np.asarray(m["gt_count"])
+        self.num_images = len(gt_count)
+        num_classes = gt_count.shape[1]
+        self._image, self._gt_count = np.asarray(m["image"]), gt_count.astype(np.float64)
+        self._tp = np.asarray(m["tp"], dtype=np.float64)
+        self._fp = np.asarray(m["fp"], dtype=np.float64)
+        self._bounds = np.searchsorted(np.asarray(m["label"]), np.arange(1, num_classes + 2))
 
     def map(self, weights: Any) -> float:
         """mAP of the multiset that holds image ``i`` ``weights[i]`` times (NaN: no class
