@@ -13,6 +13,8 @@ import pytest
 import yaml
 
 from dsod_core.errors import DataError
+from dsod_core.metrics.froc import froc_from_datalists
+from modalities.medical.demo import DEPTH
 from modalities.medical.linking import apply_affine, lps_ras_flip
 from tests.detect_helpers import ROOT, train_demo_model
 
@@ -49,7 +51,7 @@ def test_candidates_equal_the_evaluate_stage(demo):
         assert code == 0
         doc = json.loads((out / f"{volume.name[: -len('.nii.gz')]}.json").read_text())
         assert doc["box_mode"] == "cccwhd" and doc["units"] == "mm"
-        assert doc["world_frame"] == "LPS" and doc["slices"] == 16
+        assert doc["world_frame"] == "LPS" and doc["slices"] == DEPTH
         assert doc["model"]["score_threshold"] == 0.01
         (got,) = doc["test"]
         assert got["image"] == str(volume)
@@ -89,7 +91,7 @@ def test_volume_mask_overlays_the_input(demo):
 
 
 def test_labels_give_froc(demo):
-    dm, tmp, _, datalist = demo
+    dm, tmp, evaluated, datalist = demo
     entry = datalist["test"][0]
     out = tmp / "out_c"
     labels = dm.root / "datalist.json"
@@ -100,11 +102,16 @@ def test_labels_give_froc(demo):
     assert ev["num_lesions"] == len(entry["box"]) > 0
     assert set(ev["froc_sensitivities"]) == {"0.125", "0.25", "0.5", "1.0", "2.0", "4.0", "8.0"}
     assert ev["image"] == entry["image"]
-    # The demo's test split is this one volume: the evaluate stage's FROC is over it alone.
-    assert len(datalist["test"]) == 1
-    detail = json.loads((tmp / "reports/detail.json").read_text())
-    assert ev["froc_cpm"] == pytest.approx(detail["froc_cpm"], abs=1e-9)
-    assert ev["froc_sensitivities"] == pytest.approx(detail["froc_sensitivities"], abs=1e-9)
+    # The same FROC as the evaluate stage's 3D candidates of this volume give.
+    (mine,) = [e for e in evaluated["test"] if e["image"] == entry["image"]]
+    want = froc_from_datalists({"test": [mine]}, {"test": [entry]}, key="test")
+    assert ev["froc_cpm"] == pytest.approx(want["cpm"], abs=1e-9)
+    assert ev["froc_sensitivities"] == pytest.approx(
+        {str(k): v for k, v in zip(want["fp_rates"], want["sensitivities"])}, abs=1e-9
+    )
+    if len(datalist["test"]) == 1:  # then also the evaluate stage's own FROC
+        detail = json.loads((tmp / "reports/detail.json").read_text())
+        assert ev["froc_cpm"] == pytest.approx(detail["froc_cpm"], abs=1e-9)
 
 
 def test_a_folder_of_volumes_is_one_input_each(demo):
@@ -167,20 +174,21 @@ def test_metaimage_and_dicom_copies_give_the_same_candidates(demo):
     volume = dm.root / datalist["test"][0]["image"]
     src = nib.load(str(volume))
     data = np.asarray(src.dataobj).astype(np.int16)  # [i, j, k], HU
-    a = src.affine  # diag(-0.8, -0.8, 2.5): LPS-ordered voxels
+    a = src.affine  # diag(-sx, -sy, sz): LPS-ordered voxels
+    sx, sy, sz = (float(v) for v in np.abs(np.diag(a)[:3]))
     origin_lps = [-a[0, 3], -a[1, 3], a[2, 3]]
-    assert np.allclose(a[:3, :3], np.diag([-0.8, -0.8, 2.5]))
+    assert np.allclose(a[:3, :3], np.diag([-sx, -sy, sz]))
     img = sitk.GetImageFromArray(data.transpose(2, 1, 0))
-    img.SetSpacing((0.8, 0.8, 2.5))
+    img.SetSpacing((sx, sy, sz))
     img.SetOrigin(origin_lps)
     fmt = tmp / "formats"
     fmt.mkdir()
     sitk.WriteImage(img, str(fmt / "ct_copy.mha"))
     dcm = fmt / "ct_dicom"
-    positions = np.array([[origin_lps[0], origin_lps[1], origin_lps[2] + 2.5 * k]
+    positions = np.array([[origin_lps[0], origin_lps[1], origin_lps[2] + sz * k]
                           for k in range(data.shape[2])])  # fmt: skip
     write_series(dcm, (data.transpose(2, 1, 0) + 2048).astype(np.uint16), positions,
-                 spacing=(0.8, 0.8))  # fmt: skip
+                 spacing=(sx, sy))  # fmt: skip
     for f in dcm.iterdir():  # intercept -2048, slope 1 (write_series writes 2 / -1024)
         ds = pydicom.dcmread(f)
         ds.RescaleSlope, ds.RescaleIntercept = "1", "-2048"
@@ -200,7 +208,7 @@ def test_metaimage_and_dicom_copies_give_the_same_candidates(demo):
         np.testing.assert_allclose(docs[name]["box"], ref["box"], atol=1e-3)
         # canonical RAS grid: axes i, j flipped relative to the LPS-ordered NIfTI file
         mask = nib.load(str(out / f"{name}.candidates.nii.gz"))
-        canon = np.diag([0.8, 0.8, 2.5, 1.0])
+        canon = np.diag([sx, sy, sz, 1.0])
         canon[:3, 3] = apply_affine(a, np.array([[data.shape[0] - 1, data.shape[1] - 1, 0]]))
         np.testing.assert_allclose(mask.affine, canon, atol=1e-4)
         nifti_mask = np.asarray(nib.load(str(out / f"{stem}.candidates.nii.gz")).dataobj)

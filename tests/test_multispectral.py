@@ -794,7 +794,12 @@ def test_demo_round_trip_and_band_ablation(tmp_path):
         assert ds.profile["tiled"] and ds.compression is not None
     ad = get_adapter("multispectral")(tmp_path, params)
     samples = read_all(ad)
-    assert len(samples) >= 24 and {s.split for s in samples} <= {"train", "val", "test"}
+    assert len(samples) >= 24 and {s.split for s in samples} == {"train", "val", "test"}
+    # split by scene: every chip of a raster in its raster's split
+    assert params["split_by"] == "raster"
+    assert len({(s.meta["raster"], s.split) for s in samples}) == len(
+        {s.meta["raster"] for s in samples}
+    )
     assert len(ad.channel_names) == 8 and ad.class_names == [
         "green_roof",
         "painted_roof",

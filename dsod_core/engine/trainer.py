@@ -377,7 +377,14 @@ def run(local_rank: int, config: TrainConfig) -> dict[str, Any]:
         )
     seconds = clock["train_seconds"] + time.perf_counter() - clock["started"]
     if live is not None:
-        live.end()
+        try:
+            live.end()
+        except FileNotFoundError:
+            # end() finishes by removing .dvc/tmp/exps/run/DVCLIVE_STEP_COMPLETED (a signal
+            # for the VS Code extension) with an exists-then-remove check; seeds training side
+            # by side in one `dvc exp run` race on it. Everything else end() does is done by
+            # then, so the lost race costs nothing.
+            pass
     result = {"epochs": epochs, "steps": total_steps, "train_seconds": seconds, "history": history}
     if rank == 0:
         weights = weights_dict(

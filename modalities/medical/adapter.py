@@ -502,8 +502,9 @@ class MedicalAdapter(ModalityAdapter):
     def write_demo(
         cls, out_dir: str | Path, *, num_images: int = 240, image_size: int = 96, seed: int = 0
     ) -> dict[str, Any]:
-        """Synthetic chest-CT-like volumes (HU, int16 ``.nii.gz``, 0.8 x 0.8 x 2.5 mm, LPS-like
-        affine with flipped x/y) with solid nodules and ground-glass opacities, plus
+        """Synthetic chest-CT-like volumes (HU, int16 ``.nii.gz``, 0.6 x 0.6 x 2.5 mm, LPS-like
+        affine with flipped x/y): 3-10 mm solid nodules and ground-glass opacities beside
+        vessels of the same density, partial-volume blur and correlated noise, plus
         ``datalist.json`` (cccwhd, LPS world mm). See :mod:`modalities.medical.demo`."""
         from modalities.medical.demo import write_medical_demo
 

@@ -1,59 +1,198 @@
 """Synthetic chest-CT-like demo data for the ``medical`` adapter, written as real NIfTI.
 
-Each volume (HU, int16, ``image_size x image_size x 16`` voxels of 0.8 x 0.8 x 2.5 mm) has
-air outside an elliptic body (soft tissue ~20 HU), two lungs (~ -850 HU) tapering towards the
-ends, a spine (~600 HU), thin vessels running through the lungs (~40 HU) and Gaussian noise
-(sigma 15 HU). The affine flips x and y (``diag(-0.8, -0.8, 2.5)``), as DICOM-to-NIfTI
-converters write LPS-ordered scans, so the reader's reorientation to RAS is exercised.
+Each volume (HU, int16, ``image_size x image_size x 8`` voxels of 0.6 x 0.6 x 2.5 mm: a
+38 x 38 x 20 mm patch at 64 px) has air outside an elliptic body (soft tissue ~40 HU), two
+lungs (~ -860 HU, with a smooth parenchymal texture, sigma 20 HU), a spine (~500 HU) and
+vessels: 2-3 tubes per lung, 1-2.6 mm across, with the density excess of the solid nodules;
+most run through the axial plane (a slice cuts them as round spots, like a small nodule), one
+per lung obliquely (a streak). The affine flips x and y (``diag(-0.6, -0.6, 2.5)``), as
+DICOM-to-NIfTI converters write LPS-ordered scans, so the reader's reorientation to RAS is
+exercised.
 
-Lesions, 2-3 per volume at staggered heights, inside the lungs:
+Lesions, 3-4 per volume at staggered heights inside the lungs (fewer where one does not fit
+clear of the others), 3-10 mm across, about a third of them moved to touch a vessel
+(juxtavascular):
 
-* class 0 ``solid_nodule``: a sphere, sharp edge, +40 HU;
-* class 1 ``ground_glass``: an ellipsoid elongated ~1.4x in-plane, soft (sigmoid) edge,
-  -500 HU at the core; its box is the half-maximum surface.
+* class 0 ``solid_nodule``: a sphere, sharp edge, +500..+800 HU over the lung;
+* class 1 ``ground_glass``: an ellipsoid elongated 1.2-1.4x in-plane, soft (sigmoid) edge,
+  +350..+500 HU at the core; its box is the half-maximum surface.
 
-Radii are 6.25-15 % of ``image_size`` in-plane (6-14 px at 96). ``datalist.json`` holds
-``training``/``validation``/``test`` entries with boxes cccwhd in LPS world mm and 0-based
-labels (the MONAI LUNA16 convention).
+Then the whole volume is blurred (Gaussian, sigma 1 voxel in-plane, 0.4 slice through-plane:
+partial volume) and correlated noise (sigma 40 HU) is added. A single slice does not tell a
+small nodule from a vessel cut across; the neighbouring slices (``slice_context``: a vessel
+goes on, a nodule shrinks and ends) and the shape do.
+
+``datalist.json`` holds ``training``/``validation``/``test`` entries with boxes cccwhd in LPS
+world mm and 0-based labels (the MONAI LUNA16 convention). Volumes go to the splits in a fixed
+cycle of 10 (5 train, 1 validation, 4 test) until the train and validation volumes give about
+``num_images`` stored slices and there are at least ``num_images / 12`` test volumes; the test
+split keeps every slice of its volumes (the full-scan FROC), so the total is larger than
+``num_images`` (about 480 slices, 30 test volumes at ``num_images=240``).
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
+from scipy.ndimage import gaussian_filter
 
 from dsod_core.io import atomic_path, write_json
 from modalities.medical.linking import apply_affine, lps_ras_flip
 
 DEMO_CLASSES = ["solid_nodule", "ground_glass"]
-_DEPTH = 16
-_SPACING = (0.8, 0.8, 2.5)
-_SPLIT_CYCLE = ["train", "val", "test", "train", "train", "train", "train"]
+DEPTH = 8
+_SPACING = (0.6, 0.6, 2.5)
+_SPLIT_CYCLE = ["train", "test", "train", "val", "train", "test", "train", "test", "train", "test"]
 _KEYS = {"train": "training", "val": "validation", "test": "test"}
 _NEGATIVE_RATE = 0.25
+_TRAIN_VAL_SHARE = 1.0  # of num_images: the train + validation slices aimed for
+_TEST_VOLUMES_PER_IMAGE = 1 / 12  # at least this many test volumes per num_images
+_LUNG_HU = -860.0
+_BLUR = (1.0, 1.0, 0.4)  # partial-volume blur, voxels
+_NOISE_HU = 40.0
+_TEXTURE_HU = 20.0
+_SOLID_HU = (500.0, 800.0)  # density excess over the lung: solid nodules and vessels
+_GGO_HU = (350.0, 500.0)
+_VESSELS_PER_LUNG = (2, 4)  # integers low (inclusive) .. high (exclusive)
+_VESSEL_RADIUS_MM = (0.5, 1.3)
+_LESION_RADIUS_MM = (1.5, 5.0)
+_MIN_CROSS_SECTION = 0.2  # smaller lesion sections are difficult (the adapter param)
+_JUXTAVASCULAR = 0.35  # share of lesions moved beside a vessel
+_LESIONS_PER_VOLUME = (3, 5)  # integers low (inclusive) .. high (exclusive)
+# Lesion boxes lie this far apart (voxels) along some axis: in-plane, or 2.5 slices in z so
+# that two lesions above each other are not one track for the 3D linking (link_gap 1).
+_LESION_GAP = np.array([1.0, 1.0, 2.5])
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(x, -60, 60)))
 
 
+def _unit(v: np.ndarray) -> np.ndarray:
+    return v / np.linalg.norm(v)
+
+
+def _vessels(
+    rng: np.random.Generator,
+    pts: np.ndarray,
+    lungs: list[tuple[float, float, float, float]],
+) -> tuple[np.ndarray, list[tuple[int, np.ndarray, np.ndarray, float]]]:
+    """Density excess (HU over the lung) of the vessels and their axes ``(lung, point mm,
+    unit direction, radius mm)``; ``pts`` are the voxel centres in mm."""
+    excess = np.zeros(pts.shape[:-1], dtype=np.float32)
+    axes = []
+    zc = (DEPTH - 1) / 2 * _SPACING[2]
+    for side, (lx, ly, ax, ay) in enumerate(lungs):
+        for v in range(int(rng.integers(*_VESSELS_PER_LUNG))):
+            centre = np.array(
+                [
+                    (lx + rng.uniform(-0.8, 0.8) * ax) * _SPACING[0],
+                    (ly + rng.uniform(-0.8, 0.8) * ay) * _SPACING[1],
+                    zc,
+                ]
+            )
+            if v == 0:  # oblique to in-plane: an elongated streak in a slice
+                tilt = rng.uniform(0.9, 1.5)
+            else:  # through-plane: a round spot, drifting a little from slice to slice
+                tilt = rng.uniform(0.0, 0.45)
+            azimuth = rng.uniform(0, 2 * np.pi)
+            direction = _unit(
+                np.array(
+                    [np.sin(tilt) * np.cos(azimuth), np.sin(tilt) * np.sin(azimuth), np.cos(tilt)]
+                )
+            )
+            radius = rng.uniform(*_VESSEL_RADIUS_MM)
+            d = pts - centre
+            along = d @ direction
+            dist = np.linalg.norm(d - along[..., None] * direction, axis=-1)
+            hu = rng.uniform(*_SOLID_HU)
+            excess = np.maximum(excess, hu * _sigmoid((radius - dist) / 0.25))
+            axes.append((side, centre, direction, radius))
+    return excess, axes
+
+
+def _beside_vessel(
+    rng: np.random.Generator,
+    centre: np.ndarray,
+    r_mm: float,
+    vessels: list[tuple[np.ndarray, np.ndarray, float]],
+) -> np.ndarray | None:
+    """``centre`` (voxels) moved in-plane to touch the nearest of ``vessels`` (a
+    juxtavascular nodule), at the same height; None when that vessel point lies above or
+    below the volume."""
+    here = centre * np.array(_SPACING)
+
+    def distance(v: tuple[np.ndarray, np.ndarray, float]) -> float:
+        d = here - v[0]
+        return float(np.linalg.norm(d - (d @ v[1]) * v[1]))
+
+    p, u, rv = min(vessels, key=distance)
+    foot = p + ((here - p) @ u) * u  # the closest point of the vessel's axis
+    away = here - foot
+    away[2] = 0.0
+    if np.linalg.norm(away) < 1e-6:
+        away = np.array([1.0, 0.0, 0.0])
+    moved = (foot + _unit(away) * (r_mm + rv + rng.uniform(-0.3, 1.0))) / np.array(_SPACING)
+    if not 0 <= moved[2] <= DEPTH - 1:
+        return None
+    return np.array([moved[0], moved[1], centre[2]])
+
+
+def _place_lesion(
+    rng: np.random.Generator,
+    lung: tuple[float, float, float, float],
+    semi: np.ndarray,
+    r_mm: float,
+    height: float,
+    vessels: list[tuple[np.ndarray, np.ndarray, float]],
+    placed: list[dict[str, Any]],
+) -> np.ndarray | None:
+    """A centre (voxels) for a lesion of semi-axes ``semi`` at ``height`` in ``lung``: random
+    in the lung, moved beside a vessel for a share of lesions, its box clear of the boxes of
+    the lesions ``placed`` (``_LESION_GAP`` apart along some axis); None after 20 tries."""
+    lx, ly, ax, ay = lung
+    room = np.maximum(np.array([ax, ay]) * 0.8 - semi[:2], 0.0)
+    for _ in range(20):
+        centre = np.array(
+            [
+                lx + rng.uniform(-0.5, 0.5) * room[0],
+                ly + rng.uniform(-0.5, 0.5) * room[1],
+                height,
+            ]
+        )
+        if vessels and rng.uniform() < _JUXTAVASCULAR:
+            moved = _beside_vessel(rng, centre, r_mm, vessels)
+            if (
+                moved is not None
+                and ((moved[0] - lx) / ax) ** 2 + ((moved[1] - ly) / ay) ** 2 <= 0.6
+            ):
+                centre = moved
+        if all(
+            (np.abs(centre - o["centre"]) >= semi + o["semi"] + _LESION_GAP).any() for o in placed
+        ):
+            return centre
+    return None
+
+
 def _volume(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[dict[str, Any]]]:
     """One volume ``[size, size, D]`` (HU, float) and its lesions in voxel units."""
-    d = _DEPTH
+    d = DEPTH
     i, j, k = np.meshgrid(
         np.arange(size, dtype=np.float32),
         np.arange(size, dtype=np.float32),
         np.arange(d, dtype=np.float32),
         indexing="ij",
     )
+    pts = np.stack([i * _SPACING[0], j * _SPACING[1], k * _SPACING[2]], axis=-1)
     c = (size - 1) / 2.0
     vol = np.full((size, size, d), -1000.0, dtype=np.float32)
     body = ((i - c) / (0.47 * size)) ** 2 + ((j - c) / (0.40 * size)) ** 2 <= 1
-    vol[body] = 20.0
-    taper = 0.8 + 0.2 * np.sin(np.pi * (k + 0.5) / d)
+    vol[body] = 40.0
+    taper = 0.9 + 0.1 * np.sin(np.pi * (k + 0.5) / d)
     lungs = []
     lung_mask = np.zeros_like(body)
     for side in (-1, 1):
@@ -61,54 +200,46 @@ def _volume(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[dict[
         ax, ay = 0.17 * size, 0.27 * size
         lungs.append((lx, ly, ax, ay))
         lung_mask |= ((i - lx) / (ax * taper)) ** 2 + ((j - ly) / (ay * taper)) ** 2 <= 1
-    vol[lung_mask] = -850.0
+    texture = gaussian_filter(rng.normal(size=vol.shape).astype(np.float32), (3.0, 3.0, 1.0))
+    texture *= _TEXTURE_HU / max(float(texture.std()), 1e-6)
+    vol[lung_mask] = _LUNG_HU + texture[lung_mask]
     spine = (i - c) ** 2 + (j - (c + 0.29 * size)) ** 2 <= (0.07 * size) ** 2
-    vol[spine] = 600.0
-    for lx, ly, ax, ay in lungs:
-        for _ in range(3):
-            x0 = lx + rng.uniform(-0.6, 0.6) * ax
-            y0 = ly + rng.uniform(-0.6, 0.6) * ay
-            sx, sy = rng.uniform(-0.4, 0.4, size=2)
-            rad = rng.uniform(0.010, 0.018) * size
-            dist = np.hypot(i - (x0 + sx * (k - d / 2)), j - (y0 + sy * (k - d / 2)))
-            vessel = _sigmoid((rad - dist) / 0.4) * lung_mask
-            vol += vessel * (40.0 - vol)
+    vol[spine] = 500.0
+    excess, vessels = _vessels(rng, pts, lungs)
+
     lesions = []
-    n = int(rng.integers(2, 4))
-    heights = np.linspace(0.2, 0.8, n) * d + rng.uniform(-1.0, 1.0, size=n)
+    n = int(rng.integers(*_LESIONS_PER_VOLUME))
+    heights = np.linspace(0.25, 0.75, n) * (d - 1) + rng.uniform(-0.6, 0.6, size=n)
     first_class = int(rng.integers(0, 2))
     first_side = int(rng.integers(0, 2))
+    vessels_of = [[v[1:] for v in vessels if v[0] == side] for side in (0, 1)]
     for m in range(n):
         cls = (first_class + m) % 2
-        lx, ly, ax, ay = lungs[(first_side + m) % 2]
-        r_px = rng.uniform(0.0625, 0.15) * size
-        r_mm = r_px * _SPACING[0]
-        semi = np.array([r_px, r_px, r_mm / _SPACING[2]])
+        side = (first_side + m) % 2
+        r_mm = rng.uniform(*_LESION_RADIUS_MM)
+        semi = np.array([r_mm / _SPACING[0], r_mm / _SPACING[1], r_mm / _SPACING[2]])
         if cls == 1:
-            stretch = rng.uniform(1.3, 1.5)
-            semi[int(rng.integers(0, 2))] *= stretch
-            semi[:2] = np.minimum(semi[:2], [0.9 * ax, 0.9 * ay])
-        room = np.maximum(np.array([ax, ay]) * 0.85 - semi[:2], 0.0)
-        centre = np.array(
-            [
-                lx + rng.uniform(-0.5, 0.5) * room[0],
-                ly + rng.uniform(-0.5, 0.5) * room[1],
-                heights[m],
-            ]
-        )
+            semi[int(rng.integers(0, 2))] *= rng.uniform(1.2, 1.4)
+        centre = _place_lesion(rng, lungs[side], semi, r_mm, heights[m], vessels_of[side], lesions)
+        if centre is None:
+            continue  # no room left beside the lesions already placed
         rr = np.sqrt(
             ((i - centre[0]) / semi[0]) ** 2
             + ((j - centre[1]) / semi[1]) ** 2
             + ((k - centre[2]) / semi[2]) ** 2
         )
         if cls == 0:
-            weight = _sigmoid((1.0 - rr) / 0.03)
-            vol += weight * (40.0 - vol)
+            hu = rng.uniform(*_SOLID_HU)
+            weight = _sigmoid((1.0 - rr) / 0.04)
         else:
+            hu = rng.uniform(*_GGO_HU)
             weight = _sigmoid((1.0 - rr) / 0.12)
-            vol += weight * (-500.0 - vol)
+        excess = np.maximum(excess, hu * weight)
         lesions.append({"centre": centre, "semi": semi, "label": cls})
-    vol += rng.normal(0.0, 15.0, size=vol.shape).astype(np.float32)
+    vol += excess * lung_mask
+    vol = gaussian_filter(vol, _BLUR, mode="nearest")
+    noise = gaussian_filter(rng.normal(size=vol.shape).astype(np.float32), (0.6, 0.6, 0.0))
+    vol += noise * (_NOISE_HU / max(float(noise.std()), 1e-6))
     return vol, lesions
 
 
@@ -119,7 +250,8 @@ def write_medical_demo(
     image_size: int,
     seed: int,
 ) -> dict[str, Any]:
-    """Write volumes until they give about ``num_images`` stored slices; return the params."""
+    """Write volumes until the train and validation ones give about ``num_images`` stored
+    slices (and there are ``num_images / 12`` test volumes); return the params."""
     if image_size < 16:
         raise ValueError("image_size must be >= 16 for the medical demo")
     out = Path(out_dir)
@@ -130,12 +262,17 @@ def write_medical_demo(
     affine[:3, 3] = [
         _SPACING[0] * (image_size - 1) / 2 + 3.2,
         _SPACING[1] * (image_size - 1) / 2 - 12.4,
-        -_SPACING[2] * (_DEPTH - 1) / 2 - 150.0,
+        -_SPACING[2] * (DEPTH - 1) / 2 - 150.0,
     ]
     doc: dict[str, list[dict[str, Any]]] = {"training": [], "validation": [], "test": []}
     expected = 0.0
+    min_test = math.ceil(num_images * _TEST_VOLUMES_PER_IMAGE)
     n = 0
-    while expected < num_images or n < len(set(_SPLIT_CYCLE)):
+    while (
+        expected < _TRAIN_VAL_SHARE * num_images
+        or len(doc["test"]) < min_test
+        or n < len(_SPLIT_CYCLE) // 2
+    ):
         split = _SPLIT_CYCLE[n % len(_SPLIT_CYCLE)]
         vol, lesions = _volume(rng, image_size)
         rel = f"images/ct_{n:03d}.nii.gz"
@@ -153,14 +290,12 @@ def write_medical_demo(
             boxes.append(lps_ras_flip(np.concatenate([centre_ras, size_mm])[None])[0])
             labels.append(les["label"])
             cz, hz = les["centre"][2], les["semi"][2]
-            positive |= {k for k in range(_DEPTH) if abs(k - cz) < hz}
+            positive |= {k for k in range(DEPTH) if abs(k - cz) < hz}
         doc[_KEYS[split]].append(
             {"image": rel, "box": np.round(boxes, 4).tolist(), "label": labels}
         )
-        if split == "test":
-            expected += _DEPTH
-        else:
-            expected += len(positive) + _NEGATIVE_RATE * (_DEPTH - len(positive))
+        if split != "test":
+            expected += len(positive) + _NEGATIVE_RATE * (DEPTH - len(positive))
         n += 1
     write_json(out / "datalist.json", doc, indent=1)
     params = {
@@ -171,6 +306,6 @@ def write_medical_demo(
         "windows": ["lung", "mediastinum"],
         "slice_context": 1,
         "negative_slice_rate": _NEGATIVE_RATE,
-        "min_cross_section": 0.2,
+        "min_cross_section": _MIN_CROSS_SECTION,
     }
     return params
