@@ -9,7 +9,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 TORCH_PIN ?= torch==2.13.0
 
-.PHONY: setup repro test lint bench bench-gpu
+.PHONY: setup repro test lint bench bench-gpu study
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -20,6 +20,11 @@ $(STAMP): pyproject.toml
 
 repro: setup
 	PATH="$(abspath $(BIN)):$$PATH" dvc repro
+
+# The full study (docs/study.md): one `dvc exp run` per variant of study.yaml, results into
+# docs/study/ and the Results section of docs/study.md.
+study: setup
+	PATH="$(abspath $(BIN)):$$PATH" $(BIN)/python -m pipelines.study
 
 # One thread per process: tests start training subprocesses, and oversubscribed OpenMP
 # threads slow small-tensor work down by orders of magnitude.

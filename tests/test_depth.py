@@ -602,7 +602,7 @@ def test_render_colour_map(tmp_path):
 
 
 def test_demo_round_trip_and_not_separable_by_depth(tmp_path):
-    params = DepthAdapter.write_demo(tmp_path, num_images=45, image_size=64, seed=1)
+    params = DepthAdapter.write_demo(tmp_path, num_images=90, image_size=64, seed=1)
     assert params["class_names"] == list(CLASSES)
     assert DepthParams.parse(params).to_dict().items() >= params.items()  # the new names
     assert not [p for p in tmp_path.rglob("*") if p.name.startswith(".")]  # no temp files left

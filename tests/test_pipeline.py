@@ -408,3 +408,43 @@ def test_interrupted_repro_then_repro_completes(repo):
     _run(["dvc", "repro"], repo)
     assert "up to date" in _run(["dvc", "status"], repo).stdout
     assert model.exists()
+
+
+def test_study_command_runs_variants_and_writes_the_report(repo):
+    """`python -m pipelines.study` (docs/study.md, "Run the study"): one experiment per
+    variant, each variant's report under the output folder, the Results section with the
+    ablation table, the experiments listed by `dvc exp show`, params.yaml as it was."""
+    repo, _ = repo
+    study = {
+        "name": "tinystudy",
+        "set": {"seeds": [0], "train_fractions": [1.0]},
+        "variants": {"bn": {}, "gn": {"model.overrides.norm": "group"}},
+    }
+    (repo / "study.yaml").write_text(yaml.safe_dump(study, sort_keys=False))
+    (repo / "docs").mkdir(exist_ok=True)
+    (repo / "docs/study.md").write_text("# Study\n\nHand-written text stays.\n")
+    before = (repo / "params.yaml").read_bytes()
+    _run([sys.executable, "-m", "pipelines.study"], repo)
+    assert (repo / "params.yaml").read_bytes() == before
+    doc = (repo / "docs/study.md").read_text()
+    assert doc.startswith("# Study\n\nHand-written text stays.\n")
+    assert "### Ablation" in doc and "| medical_demo | scratch | – | 1 |" in doc
+    reports = {}
+    for variant in ("bn", "gn"):
+        folder = repo / "docs/study" / variant
+        run = json.loads((folder / "run.json").read_text())
+        assert run["seconds"] > 0 and "cores" in run["machine"]
+        reports[variant] = json.loads((folder / "compare.json").read_text())
+        assert {(r["seed"], r["train_fraction"]) for r in reports[variant]["runs"]} == {(0, 1.0)}
+        assert f"](study/{variant}/report.md)" in doc
+        assert (folder / "data_efficiency/medical_demo.png").stat().st_size > 0
+    loss = {v: [r["loss"] for r in rep["runs"]] for v, rep in reports.items()}
+    assert loss["bn"] != loss["gn"]  # two trainings, not one report copied
+    # the workspace holds the last variant's models: GroupNorm ones
+    config = json.loads((repo / "models/medical_demo/scratch-f1.0/seed-0/config.json").read_text())
+    assert config["model_overrides"]["norm"] == "group"
+    shown = _run(["dvc", "exp", "show", "--no-pager", "--csv"], repo).stdout
+    assert "tinystudy-bn" in shown and "tinystudy-gn" in shown
+    # a second run rewrites the section in place instead of appending another
+    _run([sys.executable, "-m", "pipelines.study", "--report-only"], repo)
+    assert (repo / "docs/study.md").read_text().count("## Results") == 1

@@ -13,6 +13,10 @@ at once) and keeps the nearest hit (a z-buffer over primitives). Stored depth is
 of the distance, quantised to millimetres, dropout holes at depth edges (p = 0.6 within one
 pixel of a discontinuity) and a sprinkling of random missing pixels; 0 = no reading.
 
+The room also holds 1-3 unlabelled fixtures (clutter): wall cabinets, shelves sticking out of
+the side walls and tables on four legs near the back wall, so that not every surface that
+stands out is an object.
+
 Boxes are the tight boxes of each object's *visible* pixels; scenes where an object is more
 than 40% occluded or cut by the image border are redrawn, so every labelled object is clearly
 visible.
@@ -129,7 +133,39 @@ def _draw_objects(rng: np.random.Generator, n: int) -> list[dict[str, Any]]:
     return objs
 
 
+def _draw_clutter(rng: np.random.Generator, room_x: float, room_z: float) -> list[dict]:
+    """1-3 unlabelled fixtures, as a room holds besides the objects: wall cabinets on the back
+    wall, shelves sticking out of a side wall (both off the floor) and tables (a thin top on
+    four legs) near the back wall; cuboids, returned as parts."""
+    parts = []
+
+    def part(centre, half):
+        parts.append({"cls": None, "centre": np.array(centre), "half": np.array(half)})
+
+    for _ in range(int(rng.integers(1, 4))):
+        kind = rng.choice(["cabinet", "shelf", "table"])
+        if kind == "cabinet":
+            hx, hy, hz = rng.uniform(0.3, 0.8), rng.uniform(0.15, 0.4), rng.uniform(0.15, 0.3)
+            part([rng.uniform(-1.5, 1.5), rng.uniform(0.9, 1.9), room_z - hz], [hx, hy, hz])
+        elif kind == "shelf":
+            side = 1.0 if rng.random() < 0.5 else -1.0
+            hx, hy, hz = rng.uniform(0.2, 0.45), rng.uniform(0.02, 0.05), rng.uniform(0.3, 0.7)
+            z = rng.uniform(3.0, room_z - 0.5)
+            part([side * (room_x - hx), rng.uniform(0.4, 1.7), z], [hx, hy, hz])
+        else:
+            hx, hz, top = rng.uniform(0.35, 0.7), rng.uniform(0.25, 0.45), rng.uniform(0.65, 0.8)
+            x, z = rng.uniform(-1.2, 1.2), room_z - hz - rng.uniform(0.0, 0.8)
+            part([x, top, z], [hx, 0.025, hz])
+            for sx in (-1, 1):
+                for sz in (-1, 1):
+                    leg = [x + sx * (hx - 0.03), top / 2, z + sz * (hz - 0.03)]
+                    part(leg, [0.025, top / 2, 0.025])
+    return parts
+
+
 def _hit(o: np.ndarray, d: np.ndarray, obj: dict[str, Any]) -> np.ndarray:
+    if obj["cls"] is None:  # clutter
+        return _cuboid(o, d, obj["centre"], obj["half"], 0.0)
     if obj["cls"] == "sphere":
         return _sphere(o, d, np.array([obj["x"], obj["r"], obj["z"]]), obj["r"])
     if obj["cls"] == "cylinder":
@@ -159,6 +195,8 @@ def render_scene(
     )
     objs = _draw_objects(rng, int(rng.integers(1, 4)))
     ids = np.full(depth.shape, -1)
+    for fixture in _draw_clutter(rng, room_x, room_z):
+        depth = np.minimum(depth, _hit(o, d, fixture))  # id -1: background, never labelled
     alone = []
     for i, obj in enumerate(objs):
         t = _hit(o, d, obj)
