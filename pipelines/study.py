@@ -1,14 +1,15 @@
 """The study as one command: ``make study`` (``python -m pipelines.study``).
 
 Reads ``study.yaml``: ``set`` (params applied to every variant) and ``variants`` (one DVC
-experiment each, the ablation). For each variant, in order, it runs ``dvc exp run -f -n
-<name>-<variant> -S ++key=value ...`` (the whole pipeline with those params; stages whose
-inputs did not change come from DVC's run cache), then copies the experiment's
-``reports/compare.json`` and data-efficiency plots into ``docs/study/<variant>/`` with a
-``report.md`` and ``run.json`` (settings, command, wall time, machine), and finally rewrites the
-"Results" section of ``docs/study.md`` from every variant in ``docs/study/``: the differences
-with their intervals, the transfer matrix, the curves and the ablation table. params.yaml is
-restored when the study ends (or fails); the experiments stay listed in ``dvc exp show``.
+experiment each, the ablation). For each variant, in order, it removes an experiment of
+the same name and runs ``dvc exp run -n <name>-<variant> -S ++key=value ...`` (the whole
+pipeline with those params; stages whose inputs did not change are not run again), then
+copies the experiment's ``reports/compare.json`` and data-efficiency plots into
+``docs/study/<variant>/`` with a ``report.md`` and ``run.json`` (settings, command, wall time,
+machine), and finally rewrites the "Results" section of ``docs/study.md`` from every variant
+in ``docs/study/``: the differences with their intervals, the transfer matrix, the curves and
+the ablation table. params.yaml is restored when the study ends (or fails); the experiments
+stay listed in ``dvc exp show``.
 
 Every variant's params are validated before the first experiment starts, so a typo in
 study.yaml fails in a second, not after an hour. ``--dry-run`` prints the commands;
@@ -333,7 +334,9 @@ def main(argv: list[str] | None = None) -> int:
         candidate = apply_settings(params, settings_of(study, v))
         validate_params(candidate, f"{args.params} with {args.study} variant {v}", datasets=[])
         study_axes(candidate, f"{args.params} with {args.study} variant {v}")
-        commands[v] = ["dvc", "exp", "run", "-f", "-n", f"{study['name']}-{v}"]
+        # Not `-f`: for `dvc exp run` it also means "reproduce even if nothing changed",
+        # which would re-run every stage; an experiment of the same name is removed instead.
+        commands[v] = ["dvc", "exp", "run", "-n", f"{study['name']}-{v}"]
         commands[v] += overrides(settings_of(study, v))
     out_dir, doc = Path(args.out), Path(args.doc)
     if args.dry_run:
@@ -348,6 +351,13 @@ def main(argv: list[str] | None = None) -> int:
             for v in chosen:
                 print(f"study: variant {v}: {' '.join(commands[v])}", flush=True)
                 start = time.perf_counter()
+                # A rerun replaces the experiment of the same name (absent: nothing to do).
+                subprocess.run(
+                    ["dvc", "exp", "remove", f"{study['name']}-{v}"],
+                    check=False,
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
                 code = subprocess.run(commands[v], check=False).returncode
                 seconds = time.perf_counter() - start
                 if code != 0:

@@ -82,8 +82,8 @@ def test_dry_run_validates_before_running(tmp_path, capsys):
     assert info.value.code == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines == [
-        "dvc exp run -f -n study-a -S ++seeds=[3]",
-        "dvc exp run -f -n study-b -S ++seeds=[3] -S ++seed=2",
+        "dvc exp run -n study-a -S ++seeds=[3]",
+        "dvc exp run -n study-b -S ++seeds=[3] -S ++seed=2",
     ]
 
 
