@@ -207,6 +207,27 @@ def _pm(mean: float | None, std: float | None) -> str:
     return "–" if mean is None else f"{mean:.3f} ± {std:.3f}"
 
 
+def transfer_matrix(differences: list[dict[str, Any]]) -> tuple[float | None, list[str]]:
+    """The target x source table (Markdown lines) of the differences at the largest train
+    fraction: mean difference and interval per cell, self-transfer marked; and that fraction."""
+    full = max((d["train_fraction"] for d in differences), default=None)
+    sources = list(dict.fromkeys(d["source"] for d in differences))
+    cell = {(d["dataset"], d["source"]): d for d in differences if d["train_fraction"] == full}
+    lines = ["| target \\ source | " + " | ".join(sources) + " |", "|---|" + "---|" * len(sources)]
+    for dataset in dict.fromkeys(d["dataset"] for d in differences):
+        cells = []
+        for source in sources:
+            d = cell.get((dataset, source))
+            cells.append(
+                "–"
+                if d is None
+                else f"{d['diff_mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+                + (" (self)" if d["self_transfer"] else "")
+            )
+        lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
+    return full, lines
+
+
 def markdown(report: dict[str, Any], pictures: dict[str, str]) -> str:
     lines = [
         "# Scratch vs fine-tuned",
@@ -246,32 +267,14 @@ def markdown(report: dict[str, Any], pictures: dict[str, str]) -> str:
         f"- {d['dataset']}, fraction {d['train_fraction']:g}: {d['statement']}"
         for d in report["differences"]
     ]
-    full = max((d["train_fraction"] for d in report["differences"]), default=None)
-    sources = list(dict.fromkeys(d["source"] for d in report["differences"]))
+    full, table = transfer_matrix(report["differences"])
     if full is not None:
         lines += [
             "",
             f"## Transfer matrix (train fraction {full:g}; fine-tuned − scratch mAP@0.5)",
             "",
-            "| target \\ source | " + " | ".join(sources) + " |",
-            "|---|" + "---|" * len(sources),
+            *table,
         ]
-        cell = {
-            (d["dataset"], d["source"]): d
-            for d in report["differences"]
-            if d["train_fraction"] == full
-        }
-        for dataset in dict.fromkeys(d["dataset"] for d in report["differences"]):
-            cells = []
-            for s in sources:
-                d = cell.get((dataset, s))
-                cells.append(
-                    "–"
-                    if d is None
-                    else f"{d['diff_mean']:+.3f} [{d['ci95'][0]:+.3f}, "
-                    f"{d['ci95'][1]:+.3f}]" + (" (self)" if d["self_transfer"] else "")
-                )
-            lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "## Source models on their own test sets",

@@ -35,7 +35,7 @@ from typing import Any
 
 from dsod_core.errors import ConfigError, ProjectError
 from pipelines._common import load_params, stage_main, write_atomic, write_json
-from pipelines.compare import markdown
+from pipelines.compare import markdown, transfer_matrix
 from pipelines.params import study_axes, validate_params
 
 BEGIN = "<!-- study results: begin (written by python -m pipelines.study; edit study.yaml) -->"
@@ -224,29 +224,8 @@ def results_section(out_dir: Path, variants: list[str], doc_dir: Path) -> str:
         f"- {d['dataset']} from {d['source']}, fraction {d['train_fraction']:g}: {d['statement']}"
         for d in rep["differences"]
     ]
-    full = max(d["train_fraction"] for d in rep["differences"])
-    sources = list(dict.fromkeys(d["source"] for d in rep["differences"]))
-    cell = {
-        (d["dataset"], d["source"]): d for d in rep["differences"] if d["train_fraction"] == full
-    }
-    lines += [
-        "",
-        f"### Transfer matrix ({first}, train fraction {full:g})",
-        "",
-        "| target \\ source | " + " | ".join(sources) + " |",
-        "|---|" + "---|" * len(sources),
-    ]
-    for dataset in dict.fromkeys(d["dataset"] for d in rep["differences"]):
-        cells = []
-        for src in sources:
-            d = cell.get((dataset, src))
-            cells.append(
-                "–"
-                if d is None
-                else f"{d['diff_mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
-                + (" (self)" if d["self_transfer"] else "")
-            )
-        lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
+    full, table = transfer_matrix(rep["differences"])
+    lines += ["", f"### Transfer matrix ({first}, train fraction {full:g})", "", *table]
     lines += ["", f"### Data efficiency ({first})", ""]
     for png in sorted((out_dir / first / "data_efficiency").glob("*.png")):
         lines.append(f"![{png.stem}]({rel}/{first}/data_efficiency/{png.name})")
