@@ -106,14 +106,21 @@ def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
     vals = [v for v in values if v is not None]
     if not vals:
         return None, None
-    std = float(np.std(vals, ddof=1)) if len(vals) > 1 else 0.0
-    return round(float(np.mean(vals)), 4), round(std, 4)
+    if len(vals) == 1:
+        return round(vals[0], 4), None  # one seed: no spread to report (not a spread of 0)
+    return round(float(np.mean(vals)), 4), round(float(np.std(vals, ddof=1)), 4)
+
+
+def group_key(row: dict[str, Any]) -> tuple:
+    """What the seeds of one run share (a run row's or an aggregate row's identity): dataset,
+    init, source, train fraction."""
+    return row["dataset"], row["init"], row["source"], row["train_fraction"]
 
 
 def _groups(rows: list[dict]) -> dict[tuple, list[dict]]:
     out: dict[tuple, list[dict]] = {}
     for r in rows:
-        out.setdefault((r["dataset"], r["init"], r["source"], r["train_fraction"]), []).append(r)
+        out.setdefault(group_key(r), []).append(r)
     return out
 
 
@@ -203,8 +210,11 @@ def _fmt(x: Any, digits: int = 3) -> str:
     return "–" if x is None else (f"{x:.{digits}f}" if isinstance(x, float) else str(x))
 
 
-def _pm(mean: float | None, std: float | None) -> str:
-    return "–" if mean is None else f"{mean:.3f} ± {std:.3f}"
+def fmt_mean_std(mean: float | None, std: float | None) -> str:
+    """``0.512 ± 0.034``; the mean alone for one seed (std None), ``–`` without a mean."""
+    if mean is None:
+        return "–"
+    return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
 
 
 def transfer_matrix(differences: list[dict[str, Any]]) -> tuple[float | None, list[str]]:
@@ -247,8 +257,8 @@ def markdown(report: dict[str, Any], pictures: dict[str, str]) -> str:
         lines.append(
             f"| {a['dataset']} | {a['init']} | {a['source'] or '–'} | {a['train_fraction']:g} "
             f"| {_fmt(a['train_images'], 0)} | {a['n_seeds']} "
-            f"| {_pm(a['map50_mean'], a['map50_std'])} "
-            f"| {_pm(a['coco_ap_mean'], a['coco_ap_std'])} |"
+            f"| {fmt_mean_std(a['map50_mean'], a['map50_std'])} "
+            f"| {fmt_mean_std(a['coco_ap_mean'], a['coco_ap_std'])} |"
         )
     lines += [
         "",

@@ -35,7 +35,7 @@ from typing import Any
 
 from dsod_core.errors import ConfigError, ProjectError
 from pipelines._common import load_params, stage_main, write_atomic, write_json
-from pipelines.compare import markdown, transfer_matrix
+from pipelines.compare import fmt_mean_std, group_key, markdown, transfer_matrix
 from pipelines.params import study_axes, validate_params
 
 BEGIN = "<!-- study results: begin (written by python -m pipelines.study; edit study.yaml) -->"
@@ -160,10 +160,6 @@ def collect_variant(variant: str, out_dir: Path, record: dict[str, Any]) -> None
     tmp.rename(folder)
 
 
-def _pm(mean: float | None, std: float | None) -> str:
-    return "–" if mean is None else f"{mean:.3f} ± {std or 0:.3f}"
-
-
 def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.0f} min"
 
@@ -206,9 +202,7 @@ def results_section(out_dir: Path, variants: list[str], doc_dir: Path) -> str:
         "| scratch | fine-tuned | difference | 95% CI |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    agg = {
-        (a["dataset"], a["init"], a["source"], a["train_fraction"]): a for a in rep["aggregates"]
-    }
+    agg = {group_key(a): a for a in rep["aggregates"]}
     for d in rep["differences"]:
         s = agg.get((d["dataset"], "scratch", None, d["train_fraction"]), {})
         f = agg.get((d["dataset"], "finetuned", d["source"], d["train_fraction"]), {})
@@ -216,8 +210,8 @@ def results_section(out_dir: Path, variants: list[str], doc_dir: Path) -> str:
         lines.append(
             f"| {d['dataset']} | {d['source']}{' (self)' if d['self_transfer'] else ''} "
             f"| {d['train_fraction']:g} | {s.get('train_images', 0):.0f} | {d['n_seeds']} "
-            f"| {d['n_units']} | {_pm(s.get('map50_mean'), s.get('map50_std'))} "
-            f"| {_pm(f.get('map50_mean'), f.get('map50_std'))} | {d['diff_mean']:+.3f} "
+            f"| {d['n_units']} | {fmt_mean_std(s.get('map50_mean'), s.get('map50_std'))} "
+            f"| {fmt_mean_std(f.get('map50_mean'), f.get('map50_std'))} | {d['diff_mean']:+.3f} "
             f"| [{low:+.3f}, {high:+.3f}] |"
         )
     lines += [""] + [
@@ -230,21 +224,8 @@ def results_section(out_dir: Path, variants: list[str], doc_dir: Path) -> str:
     for png in sorted((out_dir / first / "data_efficiency").glob("*.png")):
         lines.append(f"![{png.stem}]({rel}/{first}/data_efficiency/{png.name})")
     if len(found) > 1:
-        keys = [
-            k
-            for k in dict.fromkeys(
-                (a["dataset"], a["init"], a["source"], a["train_fraction"])
-                for v in found
-                for a in reports[v]["aggregates"]
-            )
-        ]
-        by = {
-            v: {
-                (a["dataset"], a["init"], a["source"], a["train_fraction"]): a
-                for a in rep_v["aggregates"]
-            }
-            for v, rep_v in reports.items()
-        }
+        keys = list(dict.fromkeys(group_key(a) for v in found for a in reports[v]["aggregates"]))
+        by = {v: {group_key(a): a for a in rep_v["aggregates"]} for v, rep_v in reports.items()}
         lines += [
             "",
             "### Ablation",
@@ -259,7 +240,7 @@ def results_section(out_dir: Path, variants: list[str], doc_dir: Path) -> str:
             cells = []
             for v in found:
                 a = by[v].get(key)
-                cells.append("–" if a is None else _pm(a["map50_mean"], a["map50_std"]))
+                cells.append("–" if a is None else fmt_mean_std(a["map50_mean"], a["map50_std"]))
             dataset, init, source, fraction = key
             lines.append(
                 f"| {dataset} | {init} | {source or '–'} | {fraction:g} | "
