@@ -182,7 +182,7 @@ def results_section(out_dir: Path, variants: list[str], doc_dir: Path) -> str:
         f"Command: `make study` (`python -m pipelines.study`, settings in `study.yaml`), "
         f"run {runs[first]['date'][:10]} on {runs[first]['machine']}. Wall time "
         + ", ".join(f"{v} {_minutes(runs[v]['seconds'])}" for v in found)
-        + f" ({_minutes(total)} in all, with the stages already in DVC's run cache reused).",
+        + f" ({_minutes(total)} in all; stages whose inputs were unchanged did not run again).",
         "",
         "| variant | params set |",
         "|---|---|",
