@@ -34,8 +34,9 @@ test: setup
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
+# `make bench BENCH_ARGS="--only inference"` runs chosen sections (python -m benchmarks.run -h).
 bench: setup
-	$(BIN)/python -m benchmarks.run
+	$(BIN)/python -m benchmarks.run $(BENCH_ARGS)
 
 # On a machine with a CUDA GPU: training/inference/loader/evaluation figures into
 # benchmarks/results.json (key gpu) and the GPU section of benchmarks/RESULTS.md.

@@ -15,7 +15,7 @@ around the timed passes:
   workers + pinned memory, as ``train.num_workers`` sets them) in images/s for 0 and
   ``--workers`` processes, ÷ the fastest training figure (target ≥ 2×);
 - inference images/s at batch 1 and 32: float32, bfloat16/float16 autocast, + channels-last,
-  + ``torch.compile``, + a CUDA graph (batch 1), via :func:`dsod_core.export.cuda_runner`;
+  + ``torch.compile``, + a CUDA graph (batch 1), via :func:`dsod_core.runners.cuda_runner`;
 - evaluation on the GPU: the evaluate stage's engine (:func:`create_evaluator`) over a
   synthetic store split, images/s, and the VOC/COCO scoring time after it;
 - from the training figure: how long the paper's VOC 07+12 recipe (100k iterations at batch
@@ -224,8 +224,8 @@ def bench_loader(args, tmp: Path, train_ips: float) -> dict[str, Any]:
 
 
 def bench_inference(args, device: torch.device, dtype: torch.dtype | None) -> dict[str, Any]:
-    from dsod_core.export import cuda_runner, eager_runner
     from dsod_core.model import build_model
+    from dsod_core.runners import cuda_runner, eager_runner
 
     size = args.size
     torch.manual_seed(0)

@@ -2,11 +2,12 @@
 
 ``python -m benchmarks.soak [--iterations 1000]`` (from the repository root) trains
 ``dsod_tiny`` (input 48, batch 8, the training augmentation on) on a synthetic 2-channel store,
-through the trainer's own pieces (``setup_model``/``setup_data``/``setup_trainer`` of
-:mod:`dsod_core.engine.trainer`: the same update step, loss, sampler and transforms as a real
-run) plus a checkpoint written at every epoch end as a real run does. Every ``--sample-every``
-iterations it reads the process's resident set size (``/proc/self/statm``; ``ru_maxrss``, the
-peak, where /proc is missing) and prints a table, then a verdict.
+through the trainer's own pieces (the ``setup_*`` functions of
+:mod:`dsod_core.engine.trainer`: the same optimiser, schedule, update step, loss, sampler and
+transforms as a real run) plus a checkpoint written at every epoch end as a real run does.
+Every ``--sample-every`` iterations it reads the process's resident set size
+(``/proc/self/statm``; ``ru_maxrss``, the peak, where /proc is missing) and prints a table,
+then a verdict.
 
 Verdict: the first ``--warmup`` fraction of iterations (default 20 %) is warm-up (allocator
 pools, autograd buffers, DataLoader caches fill up). Growth = median RSS of the last three
@@ -35,7 +36,15 @@ from ignite.engine import Engine, Events
 from dsod_core.data.store import StoreReader
 from dsod_core.engine.checkpoint import checkpointer
 from dsod_core.engine.config import TrainConfig
-from dsod_core.engine.trainer import lr_factor, setup_data, setup_model, setup_trainer, unwrap
+from dsod_core.engine.trainer import (
+    setup_data,
+    setup_model,
+    setup_optimizer,
+    setup_scaler,
+    setup_scheduler,
+    setup_trainer,
+    unwrap,
+)
 from dsod_core.io import write_json
 from dsod_core.loss import MultiBoxLoss
 
@@ -91,16 +100,12 @@ def soak(
     device = torch.device("cpu")
     reader = StoreReader(store)
     model, _ = setup_model(config, reader, device)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-    )
+    optimizer = setup_optimizer(config, model)
     loader, sampler = setup_data(config, reader)
     epochs = math.ceil(iterations / sampler.steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, iterations, config)
-    )
+    scheduler = setup_scheduler(config, optimizer, iterations)
     criterion = MultiBoxLoss(unwrap(model).default_boxes)
-    scaler = torch.amp.GradScaler("cuda", enabled=False)
+    scaler = setup_scaler(config, device)  # off on the CPU
     trainer: Engine = setup_trainer(config, model, optimizer, criterion, scheduler, scaler, device)
 
     samples: list[dict[str, float]] = []

@@ -1,4 +1,5 @@
-"""ONNX export of a DSOD detector and its parity check against PyTorch.
+"""ONNX export of a DSOD detector, its parity check against PyTorch, int8 quantisation and the
+accuracy check of reduced-precision paths.
 
 The graph holds the network only: input ``images [B, C, S, S]`` float32, outputs ``loc
 [B, P, 4]`` and ``conf [B, P, K+1]`` (raw head outputs, logits), with a dynamic batch axis.
@@ -15,22 +16,22 @@ Reduced precision (the fast CPU inference paths; ``benchmarks/RESULTS.md`` has t
 
 - int8: :func:`quantize_onnx` quantises an exported graph statically with ONNX Runtime,
   calibrated on training-store images (:func:`calibration_images`); run it with
-  :func:`onnx_runner`.
-- bf16: :func:`eager_runner` with ``bf16=True`` (``torch.autocast`` on the CPU); only faster
-  than fp32 on CPUs with native bf16 (AVX-512 BF16 or AMX).
+  :func:`dsod_core.runners.onnx_runner` or :func:`dsod_core.runners.openvino_runner`.
+- bf16: :func:`dsod_core.runners.eager_runner` with ``bf16=True`` (``torch.autocast`` on the
+  CPU); only faster than fp32 on CPUs with native bf16 (AVX-512 BF16 or AMX).
 - :func:`check_reduced_precision` scores a reduced-precision runner against its fp32
   reference on a store split and fails when mAP drops by more than a limit.
 
-The BN-folded eager model is :func:`dsod_core.model.fuse.fuse_bn`.
+The runners of every inference path are in :mod:`dsod_core.runners`; the BN-folded eager model
+is :func:`dsod_core.model.fuse.fuse_bn`.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import onnx
@@ -40,6 +41,9 @@ from torch import nn
 from dsod_core.data.store import StoreReader
 from dsod_core.errors import ConfigError, DataError, ProjectError
 from dsod_core.io import atomic_path, write_with
+
+if TYPE_CHECKING:
+    from dsod_core.runners import Runner
 
 
 class ExportError(ProjectError):
@@ -141,9 +145,6 @@ def check_onnx_parity(
 # --------------------------------------------------------------------------------------------
 # reduced precision: int8 ONNX (static quantisation) and bf16 eager, with an accuracy check
 # --------------------------------------------------------------------------------------------
-Runner = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
-
-
 def calibration_images(
     store: str | os.PathLike | StoreReader,
     input_size: int,
@@ -232,12 +233,30 @@ def quantize_onnx(
     no VNNI/AMX (:func:`cpu_has_int8_dot_product`). A graph quantised without it is accurate
     only on CPUs with VNNI: quantise on the machine that runs it (``dsod detect`` does).
     """
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.registry import QDQRegistry
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
     fp32_path, out_path = Path(fp32_path), Path(out_path)
     images = np.asarray(calibration_images, dtype=np.float32)
+    input_name = _calibration_input(fp32_path, images)
+    if reduce_range is None:
+        # VNNI (and the ARM dot-product instructions) take u8 × s8 without the saturation
+        # that makes ``reduce_range`` necessary on plain AVX2 (see the docstring).
+        reduce_range = not cpu_has_int8_dot_product()
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".{out_path.name}.") as tmp:
+        quantized = Path(tmp) / "quantized.onnx"
+        _quantize_qdq(
+            fp32_path,
+            quantized,
+            _ImageBatches(input_name, images, calibration_batch),
+            per_channel=per_channel,
+            reduce_range=bool(reduce_range),
+        )
+        write_with(out_path, lambda dst: Path(quantized).replace(dst), suffix=".onnx")
+    return out_path
+
+
+def _calibration_input(fp32_path: Path, images: np.ndarray) -> str:
+    """The graph's input name, once ``images`` are known to fit it (``[N, C, S, S]``, N > 0,
+    the graph's C, S, S); raises ``ConfigError`` / ``ExportError`` otherwise."""
     if images.ndim != 4 or len(images) == 0:
         raise ConfigError(
             f"calibration_images must be a non-empty [N, C, S, S] array, got {images.shape}"
@@ -251,219 +270,46 @@ def quantize_onnx(
             f"calibration images are {list(images.shape[1:])}, the graph takes {want}",
             path=fp32_path,
         )
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=out_path.parent, prefix=f".{out_path.name}.") as tmp:
-        prepared = Path(tmp) / "prepared.onnx"
-        quantized = Path(tmp) / "quantized.onnx"
-        quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
-        quantize_static(
-            str(prepared),
-            str(quantized),
-            _ImageBatches(graph_input.name, images, calibration_batch),
-            quant_format=QuantFormat.QDQ,
-            # Every op ONNX Runtime can run in int8 except BatchNormalization: the BNs left
-            # after folding (pre-activation, before a ReLU) would get int8 γ/β, and on a
-            # trained dsod_tiny that alone took the largest logit error from 0.25 to 1.2
-            # (of a 6.3 range); as float ops they cost little time.
-            op_types_to_quantize=[op for op in QDQRegistry if op != "BatchNormalization"],
-            per_channel=per_channel,
-            # VNNI (and the ARM dot-product instructions) take u8 × s8 without the saturation
-            # that makes ``reduce_range`` necessary on plain AVX2 (see the docstring).
-            reduce_range=bool(
-                not cpu_has_int8_dot_product() if reduce_range is None else reduce_range
-            ),
-            activation_type=QuantType.QUInt8,
-            weight_type=QuantType.QInt8,
-            calibrate_method=CalibrationMethod.MinMax,
-            # Merge min/max after every batch instead of holding every activation of every
-            # calibration image (hundreds of MB per DSOD300 image). Not
-            # ``CalibMaxIntermediateOutputs``: onnxruntime 1.32 drops the collected outputs
-            # without merging them when that limit is reached ("No data is collected").
-            extra_options={"CalibStridedMinMax": 1},
-        )
-        write_with(out_path, lambda dst: Path(quantized).replace(dst), suffix=".onnx")
-    return out_path
+    return graph_input.name
 
 
-def onnx_runner(path: str | os.PathLike, threads: int | None = None) -> Runner:
-    """A callable ``images [B, C, S, S] -> (loc, conf)`` (float32 tensors) over an ONNX graph
-    run by ONNX Runtime's CPU provider with all graph optimisations and ``threads`` intra-op
-    threads (default: torch's thread count)."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = int(threads or torch.get_num_threads())
-    options.inter_op_num_threads = 1
-    try:
-        session = ort.InferenceSession(
-            str(path), sess_options=options, providers=["CPUExecutionProvider"]
-        )
-    except Exception as err:  # onnxruntime raises its own untyped errors
-        raise ExportError(f"onnxruntime cannot load the graph: {err}", path=path) from err
-    name = session.get_inputs()[0].name
-
-    def run(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feed = {name: images.detach().float().contiguous().cpu().numpy()}
-        loc, conf = session.run(["loc", "conf"], feed)
-        return torch.from_numpy(loc), torch.from_numpy(conf)
-
-    return run
-
-
-def openvino_runner(path: str | os.PathLike, threads: int | None = None) -> Runner:
-    """A callable ``images [B, C, S, S] -> (loc, conf)`` over an ONNX graph (the fp32 export,
-    or the int8 QDQ graph of :func:`quantize_onnx`) compiled by OpenVINO for the CPU.
-
-    OpenVINO reads the QDQ pairs of the int8 graph as fake-quantize ops and runs the
-    convolutions between them with int8 kernels (VNNI / AMX where the CPU has them). The
-    precision hint is pinned to f32 so that on CPUs with native bf16 the fp32 graph is not
-    silently run in bf16. The graph is compiled once per batch size (static shapes are
-    OpenVINO's fast path) with the latency hint and ``threads`` inference threads (default:
-    torch's thread count); compiled models are kept for reuse.
-    """
-    try:
-        import openvino as ov
-    except ImportError as err:  # pragma: no cover - a declared dependency
-        raise ExportError("the openvino backend needs the openvino package") from err
-
-    core = ov.Core()
-    try:
-        model = core.read_model(str(path))
-    except Exception as err:  # OpenVINO raises its own untyped errors
-        text = str(err)
-        if "larger than the data shape" in text:
-            # OpenVINO's MaxPool shape check refuses a 2x2 ceil-mode pool over a 1x1 map,
-            # which PyTorch and ONNX Runtime define (the map passes through); DSOD gets one
-            # when the input is so small that two source maps are 1x1.
-            reason = (
-                "OpenVINO refuses a 2x2 max pool over a 1x1 map, which this model's input "
-                "size gives (two 1x1 source maps); use the onnx backend or a larger input"
-            )
-        else:
-            reason = "OpenVINO cannot read the graph: " + " ".join(text.split())[:300]
-        raise ExportError(reason, path=path) from err
-    config = {
-        "PERFORMANCE_HINT": "LATENCY",
-        "INFERENCE_NUM_THREADS": int(threads or torch.get_num_threads()),
-        "INFERENCE_PRECISION_HINT": "f32",
-    }
-    input_name = model.inputs[0].get_any_name()
-    compiled: dict[int, Any] = {}
-
-    def request(batch: int):
-        if batch not in compiled:
-            shaped = model.clone()
-            dims = [d.get_length() for d in model.inputs[0].get_partial_shape()[1:]]
-            shaped.reshape({input_name: [batch, *dims]})
-            compiled[batch] = core.compile_model(shaped, "CPU", config).create_infer_request()
-        return compiled[batch]
-
-    def run(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        feed = np.ascontiguousarray(images.detach().float().cpu().numpy())
-        infer = request(feed.shape[0])
-        result = infer.infer({input_name: feed})
-        outputs = {k.get_any_name(): v for k, v in result.items()}
-        return torch.from_numpy(outputs["loc"].copy()), torch.from_numpy(outputs["conf"].copy())
-
-    return run
-
-
-def eager_runner(model: nn.Module, *, bf16: bool = False, channels_last: bool = False) -> Runner:
-    """A callable ``images [B, C, S, S] -> (loc, conf)`` over ``model`` in eval mode (the
-    caller's mode is left as it is at call time: this sets eval for good).
-
-    ``bf16``: run under ``torch.autocast("cpu", dtype=torch.bfloat16)`` (convolutions in
-    bfloat16, BN/normalisation in float32); outputs are returned as float32. ``channels_last``:
-    convert the model and each input to the channels-last memory format.
-    """
-    model.eval()
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-
-    @torch.inference_mode()
-    def run(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-            loc, conf = model(images)
-        return loc.float(), conf.float()
-
-    return run
-
-
-def cuda_runner(
-    model: nn.Module,
+def _quantize_qdq(
+    fp32_path: Path,
+    quantized: Path,
+    batches: _ImageBatches,
     *,
-    dtype: torch.dtype | None = None,
-    channels_last: bool = True,
-    compile: bool = False,
-    cuda_graph: bool = False,
-) -> Runner:
-    """A callable ``images [B, C, S, S] -> (loc, conf)`` (float32) over ``model`` on its CUDA
-    device, in eval mode.
+    per_channel: bool,
+    reduce_range: bool,
+) -> None:
+    """ONNX Runtime's pre-processing, then static QDQ quantisation calibrated on ``batches``
+    (min/max), written to ``quantized`` (the pre-processed graph lies beside it)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.registry import QDQRegistry
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    ``dtype``: autocast dtype (``torch.bfloat16`` / ``torch.float16``; None: float32).
-    ``channels_last``: NHWC tensors (the layout cuDNN's tensor-core kernels want).
-    ``compile``: ``torch.compile`` the forward (eager when compiling fails, with a warning:
-    :class:`dsod_core.engine.trainer.CompiledForward`). ``cuda_graph``: capture one CUDA
-    graph per batch size and replay it (a batch-1 call is otherwise dominated by the launch
-    overhead of DSOD's hundreds of small kernels); inputs are copied into the graph's static
-    input, outputs cloned out. Graphs are captured after three warm-up calls on a side
-    stream, as the CUDA-graph documentation prescribes.
-    """
-    from dsod_core.engine.trainer import CompiledForward
-
-    device = next(model.parameters()).device
-    if device.type != "cuda":
-        raise ConfigError(f"cuda_runner needs a model on a CUDA device, not {device}")
-    model.eval()
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    forward = CompiledForward(model) if compile else model
-
-    def plain(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # Autocast's weight-cast cache must be off while a CUDA graph is captured.
-        with torch.autocast(
-            "cuda",
-            dtype=dtype or torch.float32,
-            enabled=dtype is not None,
-            cache_enabled=not cuda_graph,
-        ):
-            loc, conf = forward(images)
-        return loc.float(), conf.float()
-
-    graphs: dict[tuple[int, ...], tuple[Any, torch.Tensor, tuple[torch.Tensor, ...]]] = {}
-
-    def capture(example: torch.Tensor):
-        static = example.clone()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            for _ in range(3):
-                plain(static)
-        torch.cuda.current_stream().wait_stream(stream)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            outputs = plain(static)
-        return graph, static, outputs
-
-    @torch.inference_mode()
-    def run(images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        images = images.to(device, non_blocking=True).float()
-        if channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        if not cuda_graph:
-            return plain(images)
-        key = tuple(images.shape)
-        if key not in graphs:
-            graphs[key] = capture(images)
-        graph, static, outputs = graphs[key]
-        static.copy_(images)
-        graph.replay()
-        return outputs[0].clone(), outputs[1].clone()
-
-    return run
+    prepared = quantized.with_name("prepared.onnx")
+    quant_pre_process(str(fp32_path), str(prepared), skip_symbolic_shape=False)
+    quantize_static(
+        str(prepared),
+        str(quantized),
+        batches,
+        quant_format=QuantFormat.QDQ,
+        # Every op ONNX Runtime can run in int8 except BatchNormalization: the BNs left
+        # after folding (pre-activation, before a ReLU) would get int8 γ/β, and on a
+        # trained dsod_tiny that alone took the largest logit error from 0.25 to 1.2
+        # (of a 6.3 range); as float ops they cost little time.
+        op_types_to_quantize=[op for op in QDQRegistry if op != "BatchNormalization"],
+        per_channel=per_channel,
+        reduce_range=reduce_range,
+        activation_type=QuantType.QUInt8,
+        weight_type=QuantType.QInt8,
+        calibrate_method=CalibrationMethod.MinMax,
+        # Merge min/max after every batch instead of holding every activation of every
+        # calibration image (hundreds of MB per DSOD300 image). Not
+        # ``CalibMaxIntermediateOutputs``: onnxruntime 1.32 drops the collected outputs
+        # without merging them when that limit is reached ("No data is collected").
+        extra_options={"CalibStridedMinMax": 1},
+    )
 
 
 def detect_split(

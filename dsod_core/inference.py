@@ -11,7 +11,7 @@ runs one of five backends in batches and returns detections in pixels of the giv
   calibrated on the first images it is given (at least ``calibration_count``, default 16:
   the inputs being detected are the data the ranges should cover; no store is needed);
 * ``openvino`` / ``openvino_int8``: the fp32 graph / the same int8 graph compiled by OpenVINO
-  (:func:`dsod_core.export.openvino_runner`), the fastest CPU paths where measured
+  (:func:`dsod_core.runners.openvino_runner`), the fastest CPU paths where measured
   (``benchmarks/RESULTS.md``).
 
 Decoding and class-wise NMS are :func:`dsod_core.postprocess.postprocess`, the same for every
@@ -23,7 +23,6 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,7 +51,7 @@ class Predictor:
         calibration_count: images the int8 backend calibrates on before its first batch.
         amp, cuda_graph: on CUDA only (eager backend): autocast in bfloat16 where the GPU
             supports it, else float16; replay one CUDA graph per batch size
-            (:func:`dsod_core.export.cuda_runner`).
+            (:func:`dsod_core.runners.cuda_runner`).
     """
 
     def __init__(
@@ -97,29 +96,33 @@ class Predictor:
         self._default_boxes = self.model.default_boxes.detach().cpu()
         self._runner = None
         self._tmp: tempfile.TemporaryDirectory | None = None
-        if backend == "eager" and self.device.type == "cuda":
+        self._runner = self._first_runner(amp, cuda_graph)  # None: int8, built on calibration
+
+    # --- backends ------------------------------------------------------------------------
+    def _first_runner(self, amp: bool, cuda_graph: bool):
+        if self.backend == "eager" and self.device.type == "cuda":
             from dsod_core.engine.trainer import amp_dtype
-            from dsod_core.export import cuda_runner
+            from dsod_core.runners import cuda_runner
 
             # channels-last always; autocast (bf16 where the GPU has it, else fp16) and one
             # CUDA graph per batch size on request.
-            self._runner = cuda_runner(
+            return cuda_runner(
                 self.model,
                 dtype=amp_dtype(True, self.device) if amp else None,
                 cuda_graph=cuda_graph,
             )
-        elif backend == "eager":
-            from dsod_core.export import eager_runner
+        if self.backend == "eager":
+            from dsod_core.runners import eager_runner
 
-            self._runner = eager_runner(self.model)
-        elif backend == "onnx":
-            self._runner = self._onnx_runner()
-        elif backend == "openvino":
-            from dsod_core.export import openvino_runner
+            return eager_runner(self.model)
+        if self.backend == "onnx":
+            return self._onnx_runner()
+        if self.backend == "openvino":
+            from dsod_core.runners import openvino_runner
 
-            self._runner = openvino_runner(self._graph(), threads=self.threads)
+            return openvino_runner(self._graph(), threads=self.threads)
+        return None
 
-    # --- backends ------------------------------------------------------------------------
     def _graph(self) -> Path:
         from dsod_core.export import export_onnx
 
@@ -131,18 +134,19 @@ class Predictor:
         return path
 
     def _onnx_runner(self):
-        from dsod_core.export import onnx_runner
+        from dsod_core.runners import onnx_runner
 
         return onnx_runner(self._graph(), threads=self.threads)
 
     def _int8_runner(self, calibration: np.ndarray):
-        from dsod_core.export import onnx_runner, quantize_onnx
+        from dsod_core.export import quantize_onnx
+        from dsod_core.runners import onnx_runner
 
         fp32 = self._graph()
         int8 = fp32.with_name("model.int8.onnx")
         quantize_onnx(fp32, int8, calibration)
         if self.backend == "openvino_int8":
-            from dsod_core.export import openvino_runner
+            from dsod_core.runners import openvino_runner
 
             return openvino_runner(int8, threads=self.threads)
         return onnx_runner(int8, threads=self.threads)
@@ -242,68 +246,3 @@ class Predictor:
             self.close()
         except Exception:
             pass
-
-
-# --- what `dsod detect` passes to a modality's detect module ---------------------------------
-@dataclass
-class DetectOptions:
-    """Options of one ``dsod detect`` run (``pipelines/detect.py``), for the modality's
-    ``detect_inputs`` (``modalities/<name>/detect.py``). ``None`` means the modality's own
-    default (e.g. the adapter's ``chip_size``)."""
-
-    out_dir: Path
-    batch_size: int = 16
-    chip_size: int | None = None  # multispectral: window side (px)
-    overlap: int | None = None  # multispectral: window overlap (px)
-    wgs84: bool = False  # multispectral: also write the RFC 7946 WGS84 copy
-    volume_mask: bool = False  # medical: also write the candidates as a NIfTI label volume
-    labels: Path | None = None  # scene-level evaluation against these labels
-    progress: bool = True
-
-
-@dataclass
-class DetectResult:
-    """What one input gave: the files written, the number of detections, the units
-    (windows, slices, images) run through the network and the ones skipped (all no-data),
-    and, with labels, the scene-level evaluation (also written beside the outputs)."""
-
-    input: Path
-    outputs: list[Path]
-    detections: int
-    units: int
-    skipped: int = 0
-    seconds: float = 0.0
-    evaluation: dict[str, Any] | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def output_stem(path: str | os.PathLike) -> str:
-    """The name an input's outputs are named after: the file name without its format
-    suffixes (``ct.nii.gz`` -> ``ct``, ``scene.tif`` -> ``scene``), a folder's own name."""
-    p = Path(path)
-    name = p.name
-    for suffix in (".nii.gz", ".nii", ".mhd", ".mha", ".tiff", ".tif", ".png", ".jpg",
-                   ".jpeg", ".npy", ".mat", ".vrt"):  # fmt: skip
-        if name.lower().endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)]
-    return p.stem if p.is_file() else name
-
-
-def batched(items, size: int):
-    """Lists of up to ``size`` consecutive items of an iterable (the last may be shorter)."""
-    batch = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def progress_bar(total: int, desc: str, unit: str, options: DetectOptions):
-    """The tqdm bar of a detect loop (none with ``--no-progress``, nor when stderr is not a
-    terminal, so an error stays one line)."""
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit=unit, disable=None if options.progress else True)

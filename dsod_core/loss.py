@@ -106,6 +106,44 @@ class MultiBoxLoss(nn.Module):
                 )
         return boxes, labels, valid
 
+    @torch.no_grad()
+    def _match(
+        self, gt_boxes: Tensor, gt_labels: Tensor, gt_valid: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """Regression targets ``[B, P, 4]``, labels ``[B, P]`` (0 = background) and the priors
+        ignored for covering a crowd region ``[B, P]`` of the padded targets."""
+        crowd = gt_valid & (gt_labels == CROWD_LABEL)  # [B, N]
+        matched, labels, _ = match_batch(
+            gt_boxes, gt_labels, gt_valid & ~crowd, self.default_boxes, self.iou_threshold
+        )
+        loc_t = encode(matched, self.default_boxes, self.variances)  # [B, P, 4]
+        pos = labels > 0  # [B, P]
+        if bool(crowd.any()):
+            priors_xyxy = cxcywh_to_xyxy(self.default_boxes)
+            crowd_iou = box_iou(priors_xyxy, gt_boxes).masked_fill(~crowd[:, None, :], -1.0)
+            ignored = ~pos & (crowd_iou.max(dim=2).values >= self.iou_threshold)  # [B, P]
+        else:
+            ignored = torch.zeros_like(pos)
+        return loc_t, labels, ignored
+
+    @torch.no_grad()
+    def _hard_negatives(
+        self, ce: Tensor, pos: Tensor, ignored: Tensor, num_pos_img: Tensor
+    ) -> Tensor:
+        """``[B, P]`` bool: the negatives of highest cross-entropy, ``neg_pos_ratio`` per
+        positive (at least ``min_negatives_per_image``) in each image."""
+        p = ce.shape[1]
+        # Rank non-positives by their (background) cross-entropy; a double argsort gives
+        # each prior's rank without a loop. Stable sort: ties go to the lower prior index
+        # (the summed loss does not depend on how ties are broken).
+        # Positives and crowd-ignored priors rank last and are never within num_neg.
+        mining = ce.detach().masked_fill(pos | ignored, -float("inf"))
+        order = torch.sort(mining, dim=1, descending=True, stable=True).indices
+        rank = torch.argsort(order, dim=1)
+        num_neg = (self.neg_pos_ratio * num_pos_img).clamp(min=self.min_negatives_per_image)
+        num_neg = torch.minimum(num_neg, p - num_pos_img - ignored.sum(dim=1))
+        return rank < num_neg[:, None]
+
     def forward(
         self,
         loc: Tensor,
@@ -137,21 +175,8 @@ class MultiBoxLoss(nn.Module):
                 f"{self.default_boxes.shape[0]} default boxes do not agree"
             )
         num_classes = conf.shape[2] - 1
-        gt_boxes, gt_labels, gt_valid = self._targets(targets, image_size, num_classes)
-        crowd = gt_valid & (gt_labels == CROWD_LABEL)  # [B, N]
-        with torch.no_grad():
-            matched, labels, _ = match_batch(
-                gt_boxes, gt_labels, gt_valid & ~crowd, self.default_boxes, self.iou_threshold
-            )
-            loc_t = encode(matched, self.default_boxes, self.variances)  # [B, P, 4]
+        loc_t, labels, ignored = self._match(*self._targets(targets, image_size, num_classes))
         pos = labels > 0  # [B, P]
-        if bool(crowd.any()):
-            with torch.no_grad():
-                priors_xyxy = cxcywh_to_xyxy(self.default_boxes)
-                crowd_iou = box_iou(priors_xyxy, gt_boxes).masked_fill(~crowd[:, None, :], -1.0)
-                ignored = ~pos & (crowd_iou.max(dim=2).values >= self.iou_threshold)  # [B, P]
-        else:
-            ignored = torch.zeros_like(pos)
         num_pos_img = pos.sum(dim=1)  # [B]
         num_pos = num_pos_img.sum()
         denom = num_pos.clamp(min=1).to(loc.dtype)
@@ -160,17 +185,7 @@ class MultiBoxLoss(nn.Module):
 
         ce = F.cross_entropy(conf.reshape(-1, conf.shape[2]), labels.reshape(-1), reduction="none")
         ce = ce.reshape(bsz, p)
-        with torch.no_grad():
-            # Rank non-positives by their (background) cross-entropy; a double argsort gives
-            # each prior's rank without a loop. Stable sort: ties go to the lower prior index
-            # (the summed loss does not depend on how ties are broken).
-            # Positives and crowd-ignored priors rank last and are never within num_neg.
-            mining = ce.detach().masked_fill(pos | ignored, -float("inf"))
-            order = torch.sort(mining, dim=1, descending=True, stable=True).indices
-            rank = torch.argsort(order, dim=1)
-            num_neg = (self.neg_pos_ratio * num_pos_img).clamp(min=self.min_negatives_per_image)
-            num_neg = torch.minimum(num_neg, p - num_pos_img - ignored.sum(dim=1))
-            neg = rank < num_neg[:, None]
+        neg = self._hard_negatives(ce, pos, ignored, num_pos_img)
         conf_loss = ce[pos | neg].sum()
 
         loc_loss = loc_loss / denom

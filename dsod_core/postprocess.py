@@ -51,26 +51,40 @@ def postprocess(
     scores_all = torch.softmax(conf.float(), dim=2)[:, :, 1:]  # [B, P, K]
     top = min(pre_nms_top_k, p)
     labels_k = torch.arange(1, num_classes + 1, device=loc.device)
-    results = []
-    for b in range(bsz):
-        cls_scores = scores_all[b].t()  # [K, P]
-        srt = torch.sort(cls_scores, dim=1, descending=True, stable=True)
-        # Scores are sorted, so the candidates of each class are a prefix: trim the columns to
-        # the longest prefix (a trained model leaves most classes with few candidates).
-        width = int((srt.values[:, :top] >= score_threshold).sum(dim=1).max())
-        sc, idx = srt.values[:, :width], srt.indices[:, :width]  # [K, T], best first
-        valid = sc >= score_threshold
-        cand = boxes_all[b][idx]  # [K, T, 4]
-        keep = greedy_nms_mask(cand, valid, nms_iou)  # [K, T], classes batched
-        kept_scores = sc[keep]  # class-major, rank-minor order
-        kept_boxes = cand[keep]
-        kept_labels = labels_k[:, None].expand(-1, width)[keep]
-        order = torch.sort(kept_scores, descending=True, stable=True).indices[:max_detections]
-        results.append(
-            {
-                "boxes": kept_boxes[order],
-                "scores": kept_scores[order],
-                "labels": kept_labels[order].long(),
-            }
+    return [
+        _image_detections(
+            boxes_all[b], scores_all[b], labels_k, top, score_threshold, nms_iou, max_detections
         )
-    return results
+        for b in range(bsz)
+    ]
+
+
+def _image_detections(
+    boxes: Tensor,
+    scores: Tensor,
+    labels_k: Tensor,
+    top: int,
+    score_threshold: float,
+    nms_iou: float,
+    max_detections: int,
+) -> dict[str, Tensor]:
+    """One image of :func:`postprocess`: ``boxes [P, 4]`` decoded, ``scores [P, K]``
+    foreground probabilities, ``labels_k [K]`` = 1..K."""
+    cls_scores = scores.t()  # [K, P]
+    srt = torch.sort(cls_scores, dim=1, descending=True, stable=True)
+    # Scores are sorted, so the candidates of each class are a prefix: trim the columns to
+    # the longest prefix (a trained model leaves most classes with few candidates).
+    width = int((srt.values[:, :top] >= score_threshold).sum(dim=1).max())
+    sc, idx = srt.values[:, :width], srt.indices[:, :width]  # [K, T], best first
+    valid = sc >= score_threshold
+    cand = boxes[idx]  # [K, T, 4]
+    keep = greedy_nms_mask(cand, valid, nms_iou)  # [K, T], classes batched
+    kept_scores = sc[keep]  # class-major, rank-minor order
+    kept_boxes = cand[keep]
+    kept_labels = labels_k[:, None].expand(-1, width)[keep]
+    order = torch.sort(kept_scores, descending=True, stable=True).indices[:max_detections]
+    return {
+        "boxes": kept_boxes[order],
+        "scores": kept_scores[order],
+        "labels": kept_labels[order].long(),
+    }

@@ -49,263 +49,27 @@ Rules every adapter keeps (the contract tests in ``tests/test_adapter_contract.p
 
 from __future__ import annotations
 
-import dataclasses
-import difflib
 import hashlib
 import os
-import types
-import typing
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Union
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
 from dsod_core.data.sample import Sample, pixel_to_world
 from dsod_core.errors import ConfigError, DataError
 from dsod_core.io import write_json
-
+from dsod_core.params import RENAMED as RENAMED  # re-exported: the adapters' params API
+from dsod_core.params import AdapterParams
+from dsod_core.params import param as param
 
 # --- params ---------------------------------------------------------------------------------
-def param(
-    default: Any = dataclasses.MISSING,
-    doc: str = "",
-    *,
-    default_factory: Any = dataclasses.MISSING,
-    min: float | None = None,  # noqa: A002 - reads best at the call site
-    max: float | None = None,  # noqa: A002
-    min_exclusive: bool = False,
-) -> Any:
-    """A field of an :class:`AdapterParams` dataclass with its one-line doc and numeric range.
-
-    Use ``default_factory`` for lists and dicts. Choices are written as ``Literal[...]`` in the
-    annotation; ``min``/``max`` bound numbers (and every number inside a list or dict).
-    """
-    meta = {"doc": doc, "min": min, "max": max, "min_exclusive": min_exclusive}
-    if default_factory is not dataclasses.MISSING:
-        return field(default_factory=default_factory, metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-def _type_name(tp: Any) -> str:
-    origin = typing.get_origin(tp)
-    if tp is type(None):
-        return "null"
-    if origin is Literal:
-        return " | ".join(repr(a) for a in typing.get_args(tp))
-    if origin in (Union, types.UnionType):
-        return " or ".join(_type_name(a) for a in typing.get_args(tp))
-    if origin in (list, tuple):
-        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
-        return f"a list of {_type_name(args[0])}" if args else "a list"
-    if origin is dict:
-        return f"a mapping of {_type_name(typing.get_args(tp)[1])}"
-    if tp is Any:
-        return "any value"
-    return getattr(tp, "__name__", str(tp))
-
-
-class _Mismatch(Exception):
-    pass
-
-
-def _coerce(tp: Any, value: Any, meta: Mapping[str, Any]) -> Any:
-    """``value`` checked against the annotation ``tp`` (and converted: numeric strings such as
-    YAML's ``50e6`` to numbers, tuples to lists); raises :class:`_Mismatch`."""
-    origin = typing.get_origin(tp)
-    if tp is Any:
-        return value
-    if tp is type(None):
-        if value is None:
-            return None
-        raise _Mismatch
-    if origin is Literal:
-        if value in typing.get_args(tp) and type(value) in {type(a) for a in typing.get_args(tp)}:
-            return value
-        raise _Mismatch
-    if origin in (Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            try:
-                return _coerce(arg, value, meta)
-            except _Mismatch:
-                continue
-        raise _Mismatch
-    if origin in (list, tuple):
-        if not isinstance(value, (list, tuple)):
-            raise _Mismatch
-        args = [a for a in typing.get_args(tp) if a is not Ellipsis]
-        if origin is tuple and Ellipsis not in typing.get_args(tp) and len(args) != len(value):
-            raise _Mismatch
-        if not args:
-            return list(value)
-        if origin is tuple and Ellipsis not in typing.get_args(tp):
-            return [_coerce(a, v, meta) for a, v in zip(args, value)]
-        return [_coerce(args[0], v, meta) for v in value]
-    if origin is dict:
-        if not isinstance(value, Mapping):
-            raise _Mismatch
-        kt, vt = typing.get_args(tp) or (Any, Any)
-        return {_coerce(kt, k, {}): _coerce(vt, v, meta) for k, v in value.items()}
-    if tp is bool:
-        if isinstance(value, bool):
-            return value
-        raise _Mismatch
-    if tp in (int, float):
-        if isinstance(value, bool):
-            raise _Mismatch
-        if isinstance(value, str):
-            try:
-                value = float(value)
-            except ValueError:
-                raise _Mismatch from None
-        if not isinstance(value, (int, float)) or not np.isfinite(value):
-            raise _Mismatch
-        if tp is int:
-            if float(value) != int(value):
-                raise _Mismatch
-            value = int(value)
-        else:
-            value = float(value)
-        lo, hi = meta.get("min"), meta.get("max")
-        if lo is not None and (value < lo or (meta.get("min_exclusive") and value == lo)):
-            raise _Mismatch
-        if hi is not None and value > hi:
-            raise _Mismatch
-        return value
-    if tp is str:
-        if isinstance(value, str):
-            return value
-        raise _Mismatch
-    if isinstance(tp, type) and isinstance(value, tp):
-        return value
-    raise _Mismatch
-
-
-def _range_text(meta: Mapping[str, Any]) -> str:
-    lo, hi = meta.get("min"), meta.get("max")
-    if lo is None and hi is None:
-        return ""
-    left = f"> {lo}" if meta.get("min_exclusive") else f">= {lo}"
-    if hi is None:
-        return f" {left}"
-    return f" {left} and <= {hi}" if lo is not None else f" <= {hi}"
-
-
-RENAMED = {"classes": "class_names", "unknown_classes": "unknown_class", "split_seed": "seed"}
-"""Old param names -> the shared vocabulary (for the "did you mean" of unknown keys)."""
-
-
-@dataclass(frozen=True)
-class AdapterParams:
-    """Base of every adapter's params: a frozen dataclass whose fields are the params.
-
-    Each field is declared with :func:`param` (type annotation, default, one-line doc, range).
-    :meth:`parse` is the single validator of the project's adapters: unknown keys (with a
-    "did you mean"), types, choices and ranges; :meth:`check` is a hook for rules that span
-    fields. Shared vocabulary (use these names for these meanings): ``class_names``,
-    ``unknown_class``, ``keep_difficult``, ``val_fraction``, ``test_fraction``, ``seed`` (the
-    split hash seed), ``max_pixels``.
-    """
-
-    @classmethod
-    def parse(
-        cls,
-        values: Mapping[str, Any] | None = None,
-        *,
-        owner: str = "",
-        source: str | None = None,
-        cross_check: bool = True,
-    ):
-        """Validate a mapping of params (as read from YAML/JSON) into an instance.
-
-        ``owner`` names the adapter in messages; ``source`` (e.g. ``params.yaml``) is the file
-        the message names. ``cross_check=False`` checks keys, types and ranges only, not the
-        rules of :meth:`check` (for a partial mapping that is completed later, such as a demo
-        dataset's params before its ``demo_params.json`` exists).
-        """
-        values = dict(values or {})
-        fields = {f.name: f for f in dataclasses.fields(cls)}
-        where = f"{owner} adapter param" if owner else "adapter param"
-        unknown = sorted(set(values) - set(fields))
-        if unknown:
-            key = unknown[0]
-            close = [RENAMED[key]] if RENAMED.get(key) in fields else []
-            close = close or difflib.get_close_matches(key, list(fields), n=1, cutoff=0.6)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(
-                f"unknown {where} {key!r}{hint} (accepted: {', '.join(sorted(fields))})",
-                path=source,
-            )
-        hints = typing.get_type_hints(cls)
-        converted = {}
-        for name, value in values.items():
-            f = fields[name]
-            try:
-                converted[name] = _coerce(hints[name], value, f.metadata)
-            except _Mismatch:
-                raise ConfigError(
-                    f"{where} {name!r} must be {_type_name(hints[name])}"
-                    f"{_range_text(f.metadata)}, got {value!r}",
-                    path=source,
-                ) from None
-        inst = cls(**converted)
-        if not cross_check:
-            return inst
-        try:
-            inst.check()
-        except ConfigError as exc:
-            if exc.path is None and source is not None:
-                raise ConfigError(exc.reason, path=source) from None
-            raise
-        return inst
-
-    def check(self) -> None:  # noqa: B027 - optional hook
-        """Rules that span several fields; raise ``ConfigError`` via :meth:`fail`."""
-
-    def fail(self, name: str, why: str) -> None:
-        raise ConfigError(f"adapter param {name!r}: {why}")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able values (what the store and the model record as provenance)."""
-        return {f.name: _plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
-
-    def replace(self, **changes: Any):
-        return dataclasses.replace(self, **changes)
-
-    @classmethod
-    def describe(cls) -> list[dict[str, Any]]:
-        """One row per param: name, type, default and doc (for docs and ``--help`` tables)."""
-        hints = typing.get_type_hints(cls)
-        rows = []
-        for f in dataclasses.fields(cls):
-            if f.default is not dataclasses.MISSING:
-                default = f.default
-            elif f.default_factory is not dataclasses.MISSING:
-                default = f.default_factory()
-            else:
-                default = None
-            rows.append(
-                {
-                    "name": f.name,
-                    "type": _type_name(hints[f.name]) + _range_text(f.metadata),
-                    "default": default,
-                    "doc": f.metadata.get("doc", ""),
-                }
-            )
-        return rows
-
-
-def _plain(v: Any) -> Any:
-    if isinstance(v, (list, tuple)):
-        return [_plain(x) for x in v]
-    if isinstance(v, Mapping):
-        return {k: _plain(x) for k, x in v.items()}
-    if isinstance(v, Path):
-        return str(v)
-    return v
+# The typed params mechanism is the project's one (dsod_core/params.py): ``param`` declares a
+# field, ``AdapterParams`` is the base of every adapter's frozen params dataclass.
 
 
 # --- the error policy -------------------------------------------------------------------------
@@ -370,10 +134,23 @@ class SampleRef:
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def assign_split(key: str, val_fraction: float, test_fraction: float, seed: int = 0) -> str:
-    """Deterministic split from a stable hash of ``key`` (same answer on every machine)."""
+def split_hash(key: str, seed: int = 0) -> float:
+    """A stable pseudo-random number in ``[0, 1)`` from ``key`` and ``seed``, the same on every
+    machine and Python version: the first 8 bytes of ``sha256(f"{seed}:{key}")`` read as a
+    big-endian integer, divided by ``2**64``.
+
+    The project's one hash for deterministic choices: :func:`assign_split` draws splits with
+    it, adapters draw keep/drop decisions with it under their own key prefixes (the
+    multispectral adapter's empty chips: ``split_hash(f"empty:{chip}", seed)``, the medical
+    adapter's negative slices: ``split_hash(f"{volume}:{k}", seed)``)."""
     digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
-    u = int.from_bytes(digest[:8], "big") / 2**64
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def assign_split(key: str, val_fraction: float, test_fraction: float, seed: int = 0) -> str:
+    """Deterministic split from the stable hash of ``key`` (:func:`split_hash`): ``test``
+    below ``test_fraction``, ``val`` below ``test_fraction + val_fraction``, else ``train``."""
+    u = split_hash(key, seed)
     if u < test_fraction:
         return "test"
     if u < test_fraction + val_fraction:
@@ -398,9 +175,18 @@ class ModalityAdapter(ABC):
     Params: ClassVar[type[AdapterParams]] = AdapterParams
     world_units: ClassVar[str] = "pixel"
     #: The module ``dsod detect`` runs new inputs with (``modalities/<name>/detect.py``): it
-    #: defines ``detect_inputs(adapter, path, predictor, options) -> list[DetectResult]``
-    #: (:mod:`dsod_core.inference`); None: the modality cannot detect on new files yet.
+    #: defines ``detect_inputs(adapter, path, predictor, run) -> list[DetectResult]``
+    #: (:mod:`dsod_core.detection`); None: the modality cannot detect on new files yet.
     detect_module: ClassVar[str | None] = None
+    #: Options of ``dsod detect`` that belong to this modality: an :class:`AdapterParams`
+    #: subclass whose fields become ``dsod detect --<field>`` flags (underscores as dashes);
+    #: validated once and passed as ``DetectRun.modality``. None: no options of its own.
+    DetectParams: ClassVar[type[AdapterParams] | None] = None
+    #: The module of the modality's format table (``modalities/<name>/formats.py``), asked by
+    #: :meth:`claims`; None: ``<the adapter's package>.formats`` when it exists.
+    formats_module: ClassVar[str | None] = None
+    #: File-name suffixes (lower case) stripped to name an input's outputs (``.nii.gz``).
+    output_suffixes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(
         self,
@@ -441,6 +227,70 @@ class ModalityAdapter(ABC):
     def read(self, ref: SampleRef) -> Iterator[Sample]:
         """Read one unit into canonical samples (stream: large inputs by window/slice)."""
 
+    # --- the file-level API: prepare, evaluate and `dsod detect` all call it --------------
+    @classmethod
+    def claims(cls, path: str | os.PathLike) -> bool:
+        """Whether one of this modality's formats reads ``path`` (a file, or a folder such as
+        a DICOM series): its format table's ``claims`` (``modalities/<name>/formats.py``)."""
+        import importlib
+
+        name = cls.formats_module or f"{cls.__module__.rpartition('.')[0]}.formats"
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError:
+            return False
+        return bool(module.claims(Path(path)))
+
+    @classmethod
+    def output_stem(cls, path: str | os.PathLike) -> str:
+        """The name an input's outputs are named after: the file name without its format
+        suffix (``ct.nii.gz`` -> ``ct``, ``scene.tif`` -> ``scene``), a folder's own name."""
+        p = Path(path)
+        name = p.name
+        for suffix in sorted(cls.output_suffixes, key=len, reverse=True):
+            if name.lower().endswith(suffix) and len(name) > len(suffix):
+                return name[: -len(suffix)]
+        return p.stem if p.is_file() else name
+
+    def state(self) -> dict[str, Any]:
+        """What :meth:`discover` learnt from the data that evaluation needs again (class
+        names found in the labels, original category ids, ...), as JSON-able data. The
+        prepare stage stores it beside the samples, so evaluation never lists raw data."""
+        return {"class_names": list(self.class_names)}
+
+    def restore(self, state: Mapping[str, Any]) -> None:  # noqa: B027 - optional hook
+        """Take back what :meth:`state` returned (an adapter rebuilt from a store)."""
+
+    def unit_record(self, ref: SampleRef) -> dict[str, Any] | None:
+        """World-level ground truth of one unit for unit-level metrics (3D lesions of a
+        volume, ...), stored by the prepare stage for every unit it kept and handed back to
+        :meth:`extra_metrics`. Default: none."""
+        return None
+
+    def merge(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Per-sample detections -> per-unit detections (the rule ``dsod detect`` and the
+        evaluate stage share). ``items`` holds, per sample, ``sample_id``, ``source``,
+        ``meta``, ``affine`` and ``detections`` (``boxes`` px ``[N, 4]``, ``scores``,
+        ``labels``). Default: every sample is its own unit (``unit`` = its id)."""
+        return [
+            {"unit": it["sample_id"], "source": it["source"], "detections": it["detections"]}
+            for it in items
+        ]
+
+    def detect(self, path: Path, predictor: Any, run: Any) -> list[Any]:
+        """``dsod detect`` on one input: ``detect_inputs`` of :attr:`detect_module`
+        (``predictor`` follows :class:`dsod_core.detection.PredictorLike`, ``run`` is a
+        :class:`dsod_core.detection.DetectRun`); returns ``DetectResult`` records."""
+        import importlib
+
+        if not self.detect_module:
+            raise ConfigError(
+                f"modality {self.name!r} has no detect support (its adapter sets no "
+                "detect_module; see docs/adding_a_modality.md)"
+            )
+        module = importlib.import_module(self.detect_module)
+        return list(module.detect_inputs(self, Path(path), predictor, run))
+
     # --- back to the world --------------------------------------------------------------
     def to_world(
         self,
@@ -469,10 +319,13 @@ class ModalityAdapter(ABC):
             )
         return out
 
-    def export_predictions(self, items: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    def export_predictions(
+        self, items: list[dict[str, Any]], out_dir: Path, merged: list | None = None
+    ) -> list[Path]:
         """Write predictions in the modality's world format. ``items`` holds, per image,
         ``sample_id``, ``source``, ``meta``, ``affine`` and ``detections`` (px, as
-        :meth:`to_world` takes). Default: one JSON file of world boxes. Returns written paths."""
+        :meth:`to_world` takes); ``merged`` the per-unit detections of :meth:`merge` when the
+        caller has them. Default: one JSON file of world boxes. Returns written paths."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
         rows = []
@@ -489,9 +342,12 @@ class ModalityAdapter(ABC):
         write_json(path, rows, indent=1)
         return [path]
 
-    def extra_metrics(self, exported: list[Path], split: str) -> dict[str, Any]:
-        """Modality-specific scores computed from the files :meth:`export_predictions` wrote
-        for ``split`` (e.g. FROC on 3D lesions for medical volumes). Default: none."""
+    def extra_metrics(
+        self, merged: list[dict[str, Any]], units: Mapping[str, Any], split: str
+    ) -> dict[str, Any]:
+        """Modality-specific scores of the merged detections of ``split`` (:meth:`merge`)
+        against the stored unit records (:meth:`unit_record`, by unit id), e.g. FROC on 3D
+        lesions for medical volumes. Default: none."""
         return {}
 
     def render(self, image: np.ndarray) -> np.ndarray:

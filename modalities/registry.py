@@ -17,6 +17,7 @@ import inspect
 import warnings
 from importlib.metadata import entry_points
 from pathlib import Path
+from typing import Any
 
 from dsod_core.errors import ConfigError
 from modalities.base import ModalityAdapter
@@ -83,3 +84,22 @@ def adapter_code(name: str) -> Path:
     if module_file.name == "adapter.py" and (module_file.parent / "__init__.py").is_file():
         return module_file.parent
     return module_file
+
+
+def adapter_from_store(reader: Any) -> ModalityAdapter:
+    """The adapter a store was prepared with (``reader``: a ``StoreReader``): rebuilt from the
+    store's recorded params and given back what it learnt from the data
+    (``ModalityAdapter.restore``), without listing or reading the raw dataset."""
+    params = dict(reader.params or {})
+    cls = get_adapter(reader.modality)
+    try:
+        adapter_params = cls.Params.parse(params.get("adapter") or {}, owner=cls.name)
+    except ConfigError as exc:
+        raise ConfigError(
+            f"the store's adapter params no longer parse ({exc.reason}): re-run prepare",
+            path=reader.path,
+        ) from None
+    adapter = cls(params.get("root", "."), adapter_params)
+    state = reader.adapter_state or {"class_names": list(reader.class_names)}
+    adapter.restore(state)
+    return adapter

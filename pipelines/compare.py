@@ -18,36 +18,27 @@ each source model) from the evaluate stages' folders and writes:
 - images under ``--plots``: ``data_efficiency/<dataset>.png`` (mAP@0.5 against the number of
   training images, mean ± std over seeds), ``compare.png`` and ``val_map50/<dataset>.png``,
   ``train_loss/<dataset>.png`` (the first seed's full-data runs against epoch).
+
+The report itself is :mod:`dsod_core.report.compare`; this script finds the runs' folders.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
-from dsod_core.errors import DataError
-from dsod_core.metrics.bootstrap import describe, paired_bootstrap
-from dsod_core.metrics.plots import plot_comparison, plot_curves
-from dsod_core.metrics.voc import ResampledVOC
+from dsod_core.report.compare import (
+    REPLICATES,
+    build_report,
+    load_run_row,
+    markdown,
+    plot_report,
+    summary,
+)
 from pipelines._common import load_params, stage_main, write_atomic, write_json
 from pipelines.params import study_axes, validate_params
-
-REPLICATES = 1000  # bootstrap replicates per difference
-
-
-def epochs_to_fraction(history: list[dict[str, Any]], fraction: float = 0.9) -> int | None:
-    """First epoch whose validation mAP@0.5 reaches ``fraction`` of the final one."""
-    curve = [(h["epoch"], h["val_map50"]) for h in history if h.get("val_map50") is not None]
-    if not curve:
-        return None
-    final = curve[-1][1]
-    return next(e for e, m in curve if m >= fraction * final)
 
 
 def run_name(init: str, source: str | None, fraction: Any) -> str:
@@ -56,38 +47,13 @@ def run_name(init: str, source: str | None, fraction: Any) -> str:
     return f"scratch-f{fraction}" if init == "scratch" else f"finetuned-{source}-f{fraction}"
 
 
-def _row(folder: Path, **keys: Any) -> dict[str, Any]:
-    path = folder / "detail.json"
-    if not path.is_file():
-        raise DataError("metrics of run missing (did evaluate run?)", path=path)
-    m = json.loads(path.read_text())
-    history = json.loads((folder / "history.json").read_text())
-    return {
-        **keys,
-        "dataset": m["dataset"],
-        "modality": m["modality"],
-        "train_images": m.get("train_images"),
-        "map50": m["map50"],
-        "coco_ap": m["coco_ap"],
-        "map50_area": m["map50_area"],
-        "coco_ap50": m["coco_ap50"],
-        "per_class_ap50": m["per_class_ap50"],
-        "params": m["params"],
-        "train_seconds": round(m["train_seconds"], 1),
-        "epochs": m["epochs"],
-        "epochs_to_90pct": epochs_to_fraction(history),
-        "channels": len(m["channels"]),
-        "curve": [[h["epoch"], h.get("val_map50")] for h in history],
-        "loss": [[h["epoch"], h.get("loss")] for h in history],
-        "folder": folder.as_posix(),
-    }
-
-
 def collect(params: dict[str, Any], runs_dir: Path) -> tuple[list[dict], list[dict]]:
     """(source rows, target rows): every run the params call for, one row per seed."""
     axes = study_axes(params)
     sources = [
-        _row(runs_dir / "pretrain" / s, init="pretrain", source=None, seed=params.get("seed", 0))
+        load_run_row(
+            runs_dir / "pretrain" / s, init="pretrain", source=None, seed=params.get("seed", 0)
+        )
         for s in axes["sources"]
     ]
     rows = []
@@ -97,308 +63,11 @@ def collect(params: dict[str, Any], runs_dir: Path) -> tuple[list[dict], list[di
                 for seed in axes["seeds"]:
                     folder = runs_dir / dataset / run_name(init, source, raw) / f"seed-{seed}"
                     rows.append(
-                        _row(folder, init=init, source=source, seed=seed, train_fraction=float(raw))
+                        load_run_row(
+                            folder, init=init, source=source, seed=seed, train_fraction=float(raw)
+                        )
                     )
     return sources, rows
-
-
-def _mean_std(values: list[float | None]) -> tuple[float | None, float | None]:
-    vals = [v for v in values if v is not None]
-    if not vals:
-        return None, None
-    if len(vals) == 1:
-        return round(vals[0], 4), None  # one seed: no spread to report (not a spread of 0)
-    return round(float(np.mean(vals)), 4), round(float(np.std(vals, ddof=1)), 4)
-
-
-def group_key(row: dict[str, Any]) -> tuple:
-    """What the seeds of one run share (a run row's or an aggregate row's identity): dataset,
-    init, source, train fraction."""
-    return row["dataset"], row["init"], row["source"], row["train_fraction"]
-
-
-def _groups(rows: list[dict]) -> dict[tuple, list[dict]]:
-    out: dict[tuple, list[dict]] = {}
-    for r in rows:
-        out.setdefault(group_key(r), []).append(r)
-    return out
-
-
-def aggregate(rows: list[dict]) -> list[dict[str, Any]]:
-    """Mean and std (over seeds, ddof 1) per dataset, init, source and train fraction."""
-    out = []
-    for (dataset, init, source, fraction), runs in _groups(rows).items():
-        m_mean, m_std = _mean_std([r["map50"] for r in runs])
-        c_mean, c_std = _mean_std([r["coco_ap"] for r in runs])
-        out.append(
-            {
-                "dataset": dataset,
-                "modality": runs[0]["modality"],
-                "init": init,
-                "source": source,
-                "train_fraction": fraction,
-                "train_images": _mean_std([r["train_images"] for r in runs])[0],
-                "n_seeds": len(runs),
-                "map50_mean": m_mean,
-                "map50_std": m_std,
-                "coco_ap_mean": c_mean,
-                "coco_ap_std": c_std,
-            }
-        )
-    return out
-
-
-def _load_matches(row: dict[str, Any]) -> dict[str, np.ndarray]:
-    path = Path(row["folder"]) / "matches.npz"
-    if not path.is_file():
-        raise DataError("match table missing (re-run the evaluate stage)", path=path)
-    with np.load(path) as f:
-        return {k: f[k] for k in f.files}
-
-
-def _metric(table: ResampledVOC):
-    n = table.num_images
-    return lambda positions: table.map(np.bincount(positions, minlength=n))
-
-
-def differences(rows: list[dict], replicates: int = REPLICATES) -> list[dict[str, Any]]:
-    """Fine-tuned − scratch mAP@0.5 per dataset, source and train fraction: the mean over
-    seeds and a paired bootstrap interval over test units and seeds."""
-    groups = _groups(rows)
-    out = []
-    for (dataset, init, source, fraction), tuned in groups.items():
-        if init != "finetuned":
-            continue
-        scratch = {r["seed"]: r for r in groups[(dataset, "scratch", None, fraction)]}
-        tuned_by_seed = {r["seed"]: r for r in tuned}
-        seeds = [s for s in tuned_by_seed if s in scratch]
-        tables_a, tables_b, units = [], [], None
-        for s in seeds:
-            for row, sink in ((scratch[s], tables_a), (tuned_by_seed[s], tables_b)):
-                m = _load_matches(row)
-                if units is None:
-                    units, index = m["unit"], m["index"]
-                elif not (np.array_equal(m["index"], index) and np.array_equal(m["unit"], units)):
-                    raise DataError(
-                        "runs were scored on different test images; re-run evaluate",
-                        path=Path(row["folder"]) / "matches.npz",
-                    )
-                sink.append(_metric(ResampledVOC.from_matches(m)))
-        result = paired_bootstrap(
-            [str(u) for u in units], tables_a, tables_b, replicates=replicates, seed=0
-        )
-        out.append(
-            {
-                "dataset": dataset,
-                "source": source,
-                "train_fraction": fraction,
-                "self_transfer": source == dataset,
-                "n_seeds": result["n_seeds"],
-                "n_units": result["n_units"],
-                "n_images": int(len(units)),
-                "diff_mean": round(result["diff"], 4),
-                "ci95": [round(v, 4) for v in result["ci"]],
-                "contains_zero": result["contains_zero"],
-                "seed_diffs": [round(v, 4) for v in result["seed_diffs"]],
-                "statement": describe(result, f"fine-tuned from {source} − scratch mAP@0.5"),
-            }
-        )
-    return out
-
-
-def _fmt(x: Any, digits: int = 3) -> str:
-    return "–" if x is None else (f"{x:.{digits}f}" if isinstance(x, float) else str(x))
-
-
-def fmt_mean_std(mean: float | None, std: float | None) -> str:
-    """``0.512 ± 0.034``; the mean alone for one seed (std None), ``–`` without a mean."""
-    if mean is None:
-        return "–"
-    return f"{mean:.3f}" if std is None else f"{mean:.3f} ± {std:.3f}"
-
-
-def transfer_matrix(differences: list[dict[str, Any]]) -> tuple[float | None, list[str]]:
-    """The target x source table (Markdown lines) of the differences at the largest train
-    fraction: mean difference and interval per cell, self-transfer marked; and that fraction."""
-    full = max((d["train_fraction"] for d in differences), default=None)
-    sources = list(dict.fromkeys(d["source"] for d in differences))
-    cell = {(d["dataset"], d["source"]): d for d in differences if d["train_fraction"] == full}
-    lines = ["| target \\ source | " + " | ".join(sources) + " |", "|---|" + "---|" * len(sources)]
-    for dataset in dict.fromkeys(d["dataset"] for d in differences):
-        cells = []
-        for source in sources:
-            d = cell.get((dataset, source))
-            cells.append(
-                "–"
-                if d is None
-                else f"{d['diff_mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
-                + (" (self)" if d["self_transfer"] else "")
-            )
-        lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
-    return full, lines
-
-
-def markdown(report: dict[str, Any], pictures: dict[str, str]) -> str:
-    lines = [
-        "# Scratch vs fine-tuned",
-        "",
-        "VOC07 11-point mAP@0.5 and COCO AP@[.5:.95] on each target's test split, mean ± std "
-        "over the training seeds. `finetuned` starts from a source model (first conv adapted to "
-        "the channel count, new class head); `train fraction` is a nested subset of the train "
-        "split drawn by whole source units. Intervals: 95% paired bootstrap over the test "
-        "set's source units and the seeds (docs/study.md).",
-        "",
-        "## Runs (mean over seeds)",
-        "",
-        "| dataset | init | source | train fraction | train images | seeds | mAP@0.5 | COCO AP |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for a in report["aggregates"]:
-        lines.append(
-            f"| {a['dataset']} | {a['init']} | {a['source'] or '–'} | {a['train_fraction']:g} "
-            f"| {_fmt(a['train_images'], 0)} | {a['n_seeds']} "
-            f"| {fmt_mean_std(a['map50_mean'], a['map50_std'])} "
-            f"| {fmt_mean_std(a['coco_ap_mean'], a['coco_ap_std'])} |"
-        )
-    lines += [
-        "",
-        "## Fine-tuned − scratch (mAP@0.5)",
-        "",
-        "| dataset | source | train fraction | seeds | test units | difference | 95% CI |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for d in report["differences"]:
-        low, high = d["ci95"]
-        lines.append(
-            f"| {d['dataset']} | {d['source']} | {d['train_fraction']:g} | {d['n_seeds']} "
-            f"| {d['n_units']} | {d['diff_mean']:+.3f} | [{low:+.3f}, {high:+.3f}] |"
-        )
-    lines += [""] + [
-        f"- {d['dataset']}, fraction {d['train_fraction']:g}: {d['statement']}"
-        for d in report["differences"]
-    ]
-    full, table = transfer_matrix(report["differences"])
-    if full is not None:
-        lines += [
-            "",
-            f"## Transfer matrix (train fraction {full:g}; fine-tuned − scratch mAP@0.5)",
-            "",
-            *table,
-        ]
-    lines += [
-        "",
-        "## Source models on their own test sets",
-        "",
-        "| dataset | modality | mAP@0.5 | COCO AP | train s |",
-        "|---|---|---|---|---|",
-    ]
-    for r in report["sources"]:
-        lines.append(
-            f"| {r['dataset']} | {r['modality']} | {_fmt(r['map50'])} | {_fmt(r['coco_ap'])} "
-            f"| {_fmt(r['train_seconds'], 0)} |"
-        )
-    lines += ["", "## Data efficiency", ""]
-    lines += [f"![{name}]({rel})" for name, rel in pictures.items()]
-    lines.append("")
-    return "\n".join(lines)
-
-
-def summary(report: dict[str, Any]) -> dict[str, dict[str, dict[str, float | None]]]:
-    """The flat summary metrics at the largest train fraction: per target ``scratch``,
-    ``finetuned_from_<source>`` (means over seeds) and ``difference_from_<source>`` (mean,
-    ``ci_low``, ``ci_high``); per source dataset ``source`` (the source model)."""
-    out: dict[str, dict[str, dict[str, float | None]]] = {}
-    for r in report["sources"]:
-        out.setdefault(r["dataset"], {})["source"] = {
-            "map50": _round(r["map50"]),
-            "coco_ap": _round(r["coco_ap"]),
-        }
-    full = max((a["train_fraction"] for a in report["aggregates"]), default=None)
-    for a in report["aggregates"]:
-        if a["train_fraction"] != full:
-            continue
-        key = "scratch" if a["init"] == "scratch" else f"finetuned_from_{a['source']}"
-        out.setdefault(a["dataset"], {})[key] = {
-            "map50": a["map50_mean"],
-            "map50_std": a["map50_std"],
-            "coco_ap": a["coco_ap_mean"],
-        }
-    for d in report["differences"]:
-        if d["train_fraction"] == full:
-            out[d["dataset"]][f"difference_from_{d['source']}"] = {
-                "map50": d["diff_mean"],
-                "ci_low": d["ci95"][0],
-                "ci_high": d["ci95"][1],
-            }
-    return out
-
-
-def _round(x: Any) -> float | None:
-    return None if x is None else round(float(x), 4)
-
-
-_STYLE = {"scratch": "-", "finetuned": "--", "pretrain": ":"}
-
-
-def _label(row: dict[str, Any]) -> str:
-    if row["init"] == "pretrain":
-        return f"source model ({row['dataset']})"
-    return "scratch" if row["init"] == "scratch" else f"fine-tuned from {row['source']}"
-
-
-def plot_data_efficiency(aggregates: list[dict], plots: Path) -> dict[str, Path]:
-    """Per target: mAP@0.5 against training images, one line per init/source (± std)."""
-    written = {}
-    for dataset in dict.fromkeys(a["dataset"] for a in aggregates):
-        lines: dict[tuple, list[dict]] = {}
-        for a in aggregates:
-            if a["dataset"] == dataset:
-                lines.setdefault((a["init"], a["source"]), []).append(a)
-        series = []
-        for (init, source), pts in lines.items():
-            pts = sorted(pts, key=lambda a: a["train_fraction"])
-            series.append(
-                {
-                    "label": _label({"init": init, "source": source, "dataset": dataset}),
-                    "points": [(a["train_images"], a["map50_mean"]) for a in pts],
-                    "spread": [a["map50_std"] for a in pts],
-                    "style": _STYLE[init],
-                }
-            )
-        written[dataset] = plot_curves(
-            series,
-            plots / "data_efficiency" / f"{dataset}.png",
-            title=f"{dataset}: test mAP@0.5 against training data",
-            ylabel="test mAP@0.5 (mean ± std over seeds)",
-            xlabel="training images",
-            ylim=(0.0, 1.0),
-        )
-    return written
-
-
-def plot_dataset_curves(rows: list[dict[str, Any]], plots: Path) -> list[Path]:
-    """One chart per dataset and quantity: validation mAP@0.5 and training loss against epoch,
-    its runs overlaid (scratch solid, fine-tuned dashed, the source model dotted)."""
-    charts = (  # (history key, folder, title, y label, y range)
-        ("curve", "val_map50", "validation mAP@0.5", "val mAP@0.5", (0.0, 1.0)),
-        ("loss", "train_loss", "training loss", "multibox loss", None),
-    )
-    written = []
-    for dataset in dict.fromkeys(r["dataset"] for r in rows):
-        mine = [r for r in rows if r["dataset"] == dataset]
-        for key, folder, title, ylabel, ylim in charts:
-            series = [
-                {"label": _label(r), "points": r[key], "style": _STYLE[r["init"]]} for r in mine
-            ]
-            path = plots / folder / f"{dataset}.png"
-            written.append(
-                plot_curves(series, path, title=f"{dataset}: {title}", ylabel=ylabel, ylim=ylim)
-            )
-    return written
-
-
-def _public(row: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in row.items() if k != "folder"}
 
 
 @stage_main
@@ -414,27 +83,12 @@ def main(argv: list[str] | None = None) -> int:
     params = load_params(args.params)
     validate_params(params, args.params, datasets=[])
     sources, rows = collect(params, Path(args.runs_dir))
-    report = {
-        "runs": [_public(r) for r in rows],
-        "aggregates": aggregate(rows),
-        "differences": differences(rows, args.replicates),
-        "sources": [_public(r) for r in sources],
-    }
+    report = build_report(sources, rows, args.replicates)
     out = Path(args.out)
     plots = Path(args.plots) if args.plots else out.parent / "plots"
-    for sub in ("val_map50", "train_loss", "data_efficiency"):  # no charts of old datasets
-        shutil.rmtree(plots / sub, ignore_errors=True)
     # The epoch charts show the first seed's full-data runs beside the source models.
-    seed0, full = study_axes(params)["seeds"][0], max(r["train_fraction"] for r in rows)
-    shown = sources + [r for r in rows if r["seed"] == seed0 and r["train_fraction"] == full]
-    picture = plot_comparison(
-        [{**r, "init": _label(r).replace("fine-tuned from ", "ft:")} for r in shown],
-        plots / "compare.png",
-    )
-    plot_dataset_curves(shown, plots)
-    curves = plot_data_efficiency(report["aggregates"], plots)
-    rel = {k: Path(os.path.relpath(v, out.parent)).as_posix() for k, v in curves.items()}
-    rel["runs (first seed, all data)"] = Path(os.path.relpath(picture, out.parent)).as_posix()
+    pictures = plot_report(report, sources, rows, plots, seed=study_axes(params)["seeds"][0])
+    rel = {k: Path(os.path.relpath(v, out.parent)).as_posix() for k, v in pictures.items()}
     write_json(f"{out}.json", report)
     md = markdown(report, rel)
     write_atomic(f"{out}.md", md)

@@ -19,59 +19,29 @@ written for earlier inputs stay as they are.
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import time
 from pathlib import Path
 from typing import Any
 
+from dsod_core.detection import DetectResult, DetectRun
 from dsod_core.errors import ConfigError, DataError
-from dsod_core.inference import BACKENDS, DetectOptions, DetectResult, Predictor, output_stem
+from dsod_core.inference import BACKENDS, Predictor
 from modalities import get_adapter
+from modalities.registry import available as list_modalities
 from pipelines._common import load_params, stage_main
-
-# File kinds by suffix, to name the modality of an input that does not fit the model.
-_KINDS = {
-    ".nii": "medical",
-    ".nii.gz": "medical",
-    ".mhd": "medical",
-    ".mha": "medical",
-    ".dcm": "medical",
-    ".tif": "multispectral",
-    ".tiff": "multispectral",
-    ".vrt": "multispectral",
-    ".jp2": "multispectral",
-    ".npy": "depth",
-    ".mat": "depth",
-    ".jpg": "rgb",
-    ".jpeg": "rgb",
-}
 
 
 def input_kind(path: Path) -> str | None:
-    """The modality a file's format belongs to (None: not known from its name or header).
-    PNG: 16-bit is depth, 8-bit colour RGB; a folder holding DICOM files is medical."""
-    name = path.name.lower()
-    if path.is_dir():
-        if any(p.suffix.lower() == ".dcm" for p in path.rglob("*") if p.is_file()):
-            return "medical"
-        return None
-    for suffix, kind in _KINDS.items():
-        if name.endswith(suffix):
-            return kind
-    if name.endswith(".png"):
-        from PIL import Image
-
-        try:
-            with Image.open(path) as im:
-                mode = im.mode
-        except OSError:
-            return None
-        if mode in ("I;16", "I;16B", "I", "I;16L"):
-            return "depth"
-        if mode in ("RGB", "RGBA", "P"):
-            return "rgb"
-    return None
+    """The modality whose formats claim an input (``ModalityAdapter.claims``, from each
+    modality's format table); when none does (a damaged file), the one whose file-name
+    suffixes (``output_suffixes``) the name ends with. None when none or several do."""
+    names = list_modalities()
+    kinds = [name for name in names if get_adapter(name).claims(path)]
+    if not kinds and path.is_file():
+        lower = path.name.lower()
+        kinds = [n for n in names if lower.endswith(tuple(get_adapter(n).output_suffixes))]
+    return kinds[0] if len(kinds) == 1 else None
 
 
 def load_overrides(path: str | None) -> dict[str, Any]:
@@ -99,34 +69,54 @@ def build_adapter(predictor: Predictor, overrides: dict[str, Any], root: Path, s
     return cls(root, params)
 
 
-def detect_module(adapter) -> Any:
-    """The modality's detect module (``ModalityAdapter.detect_module``)."""
-    name = getattr(adapter, "detect_module", None)
-    if not name:
-        raise ConfigError(
-            f"modality {adapter.name!r} has no detect support (its adapter sets no "
-            "detect_module; see docs/adding_a_modality.md)"
-        )
-    return importlib.import_module(name)
-
-
 def check_input(path: Path, modality: str, model: Path) -> None:
     """Refuse a missing input and one whose format belongs to another modality. A DICOM
     series may be named ``folder#<SeriesInstanceUID>`` (the folder must exist)."""
     folder, sep, _ = str(path).partition("#")
     if sep and not path.exists():
         if not Path(folder).is_dir():
-            raise DataError("input not found (no DICOM folder before '#')", path=path)
-        kind = "medical"
-    elif not path.exists():
+            raise DataError("input not found (no folder before '#')", path=path)
+        return
+    if not path.exists():
         raise DataError("input not found", path=path)
-    else:
-        kind = input_kind(path)
+    kind = input_kind(path)
     if kind is not None and kind != modality:
         raise DataError(
             f"looks like a {kind} input, but the model {model} is a {modality} detector",
             path=path,
         )
+
+
+def modality_options(cls, args: argparse.Namespace):
+    """The adapter's ``DetectParams`` from the flags given (None where it declares none).
+    A flag of another modality's options is refused, naming the flag."""
+    own = set()
+    values: dict[str, Any] = {}
+    if cls.DetectParams is not None:
+        own = {r["name"] for r in cls.DetectParams.describe()}
+    for name in option_fields():
+        value = getattr(args, name, None)
+        if value is None or value is False:
+            continue
+        if name not in own:
+            flag = "--" + name.replace("_", "-")
+            raise ConfigError(f"{flag} does not apply to a {cls.name} model")
+        values[name] = value
+    if cls.DetectParams is None:
+        return None
+    return cls.DetectParams.parse(values, owner=f"{cls.name} detect", source="dsod detect")
+
+
+def option_fields() -> dict[str, dict[str, Any]]:
+    """Every modality's detect options by name (first declaration wins): name -> describe
+    row with the modalities that declare it."""
+    out: dict[str, dict[str, Any]] = {}
+    for modality in list_modalities():
+        params = get_adapter(modality).DetectParams
+        for row in params.describe() if params is not None else []:
+            entry = out.setdefault(row["name"], {**row, "modalities": []})
+            entry["modalities"].append(modality)
+    return out
 
 
 def run(args: argparse.Namespace) -> list[DetectResult]:
@@ -142,12 +132,13 @@ def run(args: argparse.Namespace) -> list[DetectResult]:
         cuda_graph=args.cuda_graph,
     )
     modality = str(predictor.meta.get("modality", ""))
+    cls = get_adapter(modality)
     inputs = [Path(p) for p in args.inputs]
     for path in inputs:
         check_input(path, modality, predictor.path)
     stems: dict[str, Path] = {}
     for path in inputs:
-        stem = output_stem(Path(str(path).partition("#")[0]) if "#" in str(path) else path)
+        stem = cls.output_stem(Path(str(path).partition("#")[0]) if "#" in str(path) else path)
         if stem in stems and path.is_file():
             raise ConfigError(
                 f"inputs {stems[stem]} and {path} would both write {stem}.*: detect them "
@@ -156,28 +147,24 @@ def run(args: argparse.Namespace) -> list[DetectResult]:
         stems[stem] = path
     overrides = load_overrides(args.adapter_params)
     source = args.adapter_params or str(predictor.path)
-    options = DetectOptions(
+    detect_run = DetectRun(
         out_dir=Path(args.out),
         batch_size=args.batch_size,
-        chip_size=args.chip_size,
-        overlap=args.overlap,
-        wgs84=args.wgs84,
-        volume_mask=args.volume_mask,
         labels=Path(args.labels) if args.labels else None,
         progress=not args.no_progress,
+        modality=modality_options(cls, args),
     )
-    if options.labels is not None and len(inputs) != 1:
+    if detect_run.labels is not None and len(inputs) != 1:
         raise ConfigError("--labels scores one input: give one INPUT with it")
-    options.out_dir.mkdir(parents=True, exist_ok=True)
+    detect_run.out_dir.mkdir(parents=True, exist_ok=True)
     results = []
     try:
         for path in inputs:
             real = Path(str(path).partition("#")[0])
             root = real if real.is_dir() else real.parent
             adapter = build_adapter(predictor, overrides, root, source)
-            module = detect_module(adapter)
             started = time.perf_counter()
-            for result in module.detect_inputs(adapter, path, predictor, options):
+            for result in adapter.detect(path, predictor, detect_run):
                 result.seconds = time.perf_counter() - started
                 results.append(result)
                 print(summary_line(result))
@@ -239,20 +226,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--threads", type=int, help="ONNX Runtime / OpenVINO threads (default: torch's)"
     )
-    parser.add_argument(
-        "--chip-size", type=int, help="multispectral: window side in px (default: the model's)"
-    )
-    parser.add_argument(
-        "--overlap", type=int, help="multispectral: window overlap in px (default: chip/2)"
-    )
-    parser.add_argument(
-        "--wgs84", action="store_true", help="multispectral: also write an RFC 7946 copy"
-    )
-    parser.add_argument(
-        "--volume-mask",
-        action="store_true",
-        help="medical: also write the candidates as a NIfTI label volume",
-    )
+    # Options that belong to a modality are declared by its adapter (DetectParams).
+    for name, row in option_fields().items():
+        flag = "--" + name.replace("_", "-")
+        where = ", ".join(row["modalities"])
+        if row["type"].startswith("bool"):
+            parser.add_argument(flag, action="store_true", help=f"{where}: {row['doc']}")
+        else:
+            parser.add_argument(flag, help=f"{where}: {row['doc']}")
     parser.add_argument(
         "--labels", help="the input's labels: score the scene/volume detections against them"
     )

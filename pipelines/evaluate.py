@@ -18,50 +18,38 @@ NIfTI, ...), ``pictures/`` (predicted boxes red, true boxes green), ``history.js
 ``fp``; ``gt_count`` per image and class) with each test image's source ``unit`` and store
 ``index``, from which the compare stage bootstraps intervals without the store.
 
-The adapter is built as the prepare stage built it and ``discover()`` is run, so adapters
-whose class names come from the data know them; they must equal the store's.
+The adapter is rebuilt from the store (its recorded params and what the adapter learnt from
+the data when it was prepared, ``/adapter_state`` and ``/units`` in docs/store.md): the raw
+dataset is never listed again, so a store prepared with ``prepare.on_error: skip`` evaluates
+exactly the units it holds.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-
 from dsod_core.data.store import StoreReader
-from dsod_core.engine.evaluator import create_evaluator, eval_loader, select_device
+from dsod_core.engine.evaluator import select_device
+from dsod_core.engine.provenance import RunProvenance
 from dsod_core.engine.weights import load_trained_model
-from dsod_core.errors import CheckpointError, DataError
-from dsod_core.io import atomic_path
-from dsod_core.metrics import (
-    build_coco_results,
-    draw_detections,
-    plot_pr_curves,
-    save_picture,
-    score_detections,
+from dsod_core.errors import CheckpointError
+from dsod_core.evaluation import (
+    HEADLINE,
+    headline,
+    predict_split,
+    sample_items,
+    write_coco_results,
+    write_matches,
+    write_pictures,
 )
-from dsod_core.metrics.scoring import voc_matches
+from dsod_core.metrics import plot_pr_curves, score_detections
+from modalities.registry import adapter_from_store
 from pipelines._common import load_params, stage_main, write_json
-from pipelines.params import check_dataset, dataset_entry, evaluate_section, validate_params
-from pipelines.prepare import adapter_for
+from pipelines.params import evaluate_section, validate_params
 
-# The run's metrics file: few, flat, numeric (what `dvc exp show` and `dvc metrics diff` list).
-HEADLINE = ("map50", "map50_area", "coco_ap", "coco_ap50", "coco_ap75", "train_seconds", "params")
-
-
-def headline(metrics: dict[str, Any]) -> dict[str, float | int | None]:
-    """The :data:`HEADLINE` entries of a run's detail metrics, rounded for tables."""
-    out: dict[str, float | int | None] = {}
-    for key in HEADLINE:
-        v = metrics.get(key)
-        if isinstance(v, float):
-            v = round(v, 1 if key == "train_seconds" else 4)
-        out[key] = v
-    return out
+__all__ = ["HEADLINE", "evaluate_run", "main"]
 
 
 def evaluate_run(
@@ -76,15 +64,16 @@ def evaluate_run(
 ) -> dict[str, Any]:
     """Score one run; write ``out/`` (detail, predictions, world outputs, pictures, history),
     the flat metrics file (default ``out/metrics.json``) and the PR image (default
-    ``out/pr_curves.png``). ``dataset``: the params dataset the store was prepared from
-    (default: the run's own); another one scores the model on new data, e.g. an
-    evaluation-only (test-split only) store. The model's own normalisation is used."""
+    ``out/pr_curves.png``). ``dataset`` names the store's dataset in the report (default:
+    the store's own); the model's own normalisation is used, so an evaluation-only store
+    scores a model trained elsewhere. The adapter is rebuilt from the store
+    (:func:`modalities.registry.adapter_from_store`): the raw data is never listed."""
     if not (run_dir / "config.json").is_file() or not (run_dir / "model.pt").is_file():
         raise CheckpointError("run has not been trained (no config.json / model.pt)", path=run_dir)
-    config = json.loads((run_dir / "config.json").read_text())
-    dataset = dataset or config["dataset"]
+    provenance = RunProvenance.read(run_dir)
     sec = evaluate_section(params, source)
     reader = StoreReader(store)
+    dataset = dataset or reader.params.get("dataset") or provenance.dataset
     device = select_device(sec.get("device", "auto"), "evaluate.device")
     model, meta = load_trained_model(run_dir / "model.pt", device)
     if meta["in_channels"] != reader.num_channels or meta["class_names"] != reader.class_names:
@@ -93,98 +82,76 @@ def evaluate_run(
             f"store {reader.path} has {reader.num_channels} / {reader.class_names}",
             path=run_dir / "model.pt",
         )
-    # The adapter as prepare built it, with what it learns while listing the data.
-    entry = dataset_entry(params, dataset, source)
-    check_dataset(dataset, entry, source)
-    adapter, _ = adapter_for(entry, source)
-    adapter.discover()
-    if list(adapter.class_names) != list(reader.class_names):
-        raise DataError(
-            f"the data now has classes {adapter.class_names}, the store {reader.class_names}: "
-            "re-run prepare",
-            path=adapter.root,
-        )
-
+    adapter = adapter_from_store(reader)
     split = sec.get("split", "test")
     post = {k: sec[k] for k in ("score_threshold", "nms_iou", "max_detections") if k in sec}
-    with torch.no_grad():
-        evaluator = create_evaluator(model, device, post)
-        evaluator.run(
-            eval_loader(
-                reader,
-                split,
-                int(meta["input_size"]),
-                int(sec.get("batch_size", 16)),
-                normalisation=(meta["mean"].numpy(), meta["std"].numpy()),
-            )
-        )
-    predictions = sorted(evaluator.state.predictions, key=lambda p: p["index"])
-    targets = [reader.read_targets(p["index"]) for p in predictions]  # once per image
+    predictions, targets = predict_split(
+        model, meta, reader, split, post, device, int(sec.get("batch_size", 16))
+    )
     scores, voc07 = score_detections(targets, predictions, reader.class_names)
     metrics = {
         "run": run_dir.name,
         "dataset": dataset,
         "modality": reader.modality,
-        "init": config["init"],
-        "source": config.get("source"),
-        "seed": config.get("seed"),
-        "train_fraction": config.get("train_fraction", 1.0),
-        "train_images": config.get("train_images"),
-        "train_units": config.get("train_units"),
+        **provenance_fields(provenance),
         "split": split,
         "device": device.type,
         **scores,
+        **model_fields(model, meta),
+        "channels": reader.channel_names,
+    }
+    run = (predictions, targets, voc07, meta)
+    _write_outputs(out, metrics, run, reader, adapter, sec, pr_curves)
+    metrics_path = metrics_path or out / "metrics.json"
+    metrics_path.parent.mkdir(parents=True, exist_ok=True)
+    write_json(metrics_path, headline(metrics))
+    return metrics
+
+
+def _write_outputs(out, metrics, run, reader, adapter, sec, pr_curves) -> None:
+    """The run's report folder: PR curves, COCO results, the modality's world outputs from
+    the per-unit merged detections (the rule `dsod detect` uses) and its own metrics (added
+    to ``metrics``), pictures, history, the match table and ``detail.json``. ``run``:
+    ``(predictions, targets, voc07, model meta)``."""
+    predictions, targets, voc07, meta = run
+    out.mkdir(parents=True, exist_ok=True)
+    pr_curves = pr_curves or out / "pr_curves.png"
+    pr_curves.parent.mkdir(parents=True, exist_ok=True)
+    plot_pr_curves(voc07, reader.class_names, pr_curves)
+    write_coco_results(out / "predictions_coco.json", predictions)
+    items = sample_items(predictions, targets)
+    merged = adapter.merge(items)
+    world = adapter.export_predictions(items, out / "world", merged=merged)
+    metrics["world_outputs"] = [str(w) for w in world]
+    metrics.update(adapter.extra_metrics(merged, reader.units, metrics["split"]))
+    pictures = int(sec.get("pictures", 4))
+    write_pictures(out / "pictures", reader, predictions, targets, adapter.render, pictures)
+    write_json(out / "history.json", meta.get("history", []))
+    write_matches(out / "matches.npz", predictions, targets, len(reader.class_names))
+    write_json(out / "detail.json", metrics)
+
+
+def provenance_fields(provenance: RunProvenance) -> dict[str, Any]:
+    """What a run's report says of how it was trained (its config.json)."""
+    return {
+        "init": provenance.init,
+        "source": provenance.source,
+        "seed": provenance.seed,
+        "train_fraction": provenance.train_fraction,
+        "train_images": provenance.train_images,
+        "train_units": provenance.train_units,
+    }
+
+
+def model_fields(model: Any, meta: dict[str, Any]) -> dict[str, Any]:
+    """What a run's report says of its model (from model.pt)."""
+    return {
         "params": sum(v.numel() for v in model.parameters() if v.requires_grad),
         "train_seconds": float(meta.get("train_seconds", 0.0)),
         "epochs": len(meta.get("history", [])),
         "variant": meta["variant"],
         "input_size": meta["input_size"],
-        "channels": reader.channel_names,
     }
-    out.mkdir(parents=True, exist_ok=True)
-    pr_curves = pr_curves or out / "pr_curves.png"
-    pr_curves.parent.mkdir(parents=True, exist_ok=True)
-    plot_pr_curves(voc07, reader.class_names, pr_curves)
-    coco_results = build_coco_results(predictions, indices=[p["index"] for p in predictions])
-    write_json(out / "predictions_coco.json", coco_results)
-
-    items = [
-        {
-            "sample_id": t["sample_id"],
-            "source": t["source"],
-            "meta": t["meta"],
-            "affine": t["affine"],
-            "detections": p,
-        }
-        for p, t in zip(predictions, targets)
-    ]
-    world = adapter.export_predictions(items, out / "world")
-    metrics["world_outputs"] = [str(w) for w in world]
-    metrics.update(adapter.extra_metrics(world, split))
-
-    pic_dir = out / "pictures"
-    pic_dir.mkdir(exist_ok=True)
-    with_objects = [(p, t) for p, t in zip(predictions, targets) if len(t["labels"])]
-    for p, t in with_objects[: int(sec.get("pictures", 4))]:
-        rgb = adapter.render(reader.read_image(p["index"]))
-        save_picture(
-            draw_detections(rgb, p, t, reader.class_names), pic_dir / f"{p['index']:06d}.png"
-        )
-    write_json(out / "history.json", meta.get("history", []))
-    table = voc_matches(targets, predictions, len(reader.class_names))
-    with atomic_path(out / "matches.npz", suffix=".npz") as tmp:
-        with open(tmp, "wb") as fh:
-            np.savez_compressed(
-                fh,
-                **{k: v for k, v in table.items() if k != "num_classes"},
-                unit=np.asarray([t["source"] for t in targets], dtype=str),
-                index=np.asarray([p["index"] for p in predictions], dtype=np.int64),
-            )
-    write_json(out / "detail.json", metrics)
-    metrics_path = metrics_path or out / "metrics.json"
-    metrics_path.parent.mkdir(parents=True, exist_ok=True)
-    write_json(metrics_path, headline(metrics))
-    return metrics
 
 
 def run_dirs(root: Path) -> list[Path]:

@@ -1,205 +1,271 @@
 """Reading and checking ``params.yaml``: the whole file, before any stage touches an output.
 
+The file is declared with the project's params mechanism (:mod:`dsod_core.params`), one params
+class per section: :class:`ParamsFile` (the top level: ``seed``, ``seeds``,
+``train_fractions``, ``sources``, ``targets`` and the sections), :class:`DemoSection`,
+:class:`DatasetEntry` (each of ``datasets``; its ``adapter`` mapping is checked by the
+adapter's own ``Params`` class), :class:`PrepareSection`, :class:`ModelSection` (``overrides``
+checked by ``DSODConfig``), :class:`PretrainSection` and :class:`EvaluateSection`. Training
+params (``pretrain.train``, ``train``, ``finetune``, ``datasets.<name>.train`` /
+``.finetune``) are partial ``TrainConfig`` mappings, each checked on its own (so the message
+names the layer the key is in) and then merged into the ``TrainConfig`` of every run.
+
 :func:`validate_params` is called first by every stage script (and by the ``check`` stage that
 ``dvc.yaml`` runs before all others, so that ``dvc repro`` stops on a typo before DVC removes
 any stage's previous outputs). It refuses unknown keys (with a "did you mean"), wrong types,
-unknown model variants, ``targets`` or ``sources`` not in ``datasets``, unknown
-modalities, adapter params their adapter does not accept, and a dataset ``code`` path that is
-not the code of its adapter. Every message names the params file and the key.
+values out of range, unknown model variants, ``targets`` or ``sources`` not in ``datasets``,
+unknown modalities, adapter params their adapter does not accept, and a dataset ``code`` path
+that is not the code of its adapter. Every message is one line, starts with the params file
+and names the dotted key (``params.yaml: train.eval_every must be an integer >= 0, got
+'often'``).
 """
 
 from __future__ import annotations
 
-import dataclasses
 import difflib
 import json
 import os
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, Literal
 
-from dsod_core.engine.config import TrainConfig
+from dsod_core.engine.config import NOT_OVERRIDES, TrainConfig
 from dsod_core.errors import ConfigError, DataError
+from dsod_core.model.config import MIN_INPUT_SIZE, DSODConfig
+from dsod_core.params import ParamError, Params, param
 
-TOP_KEYS = {
-    "seed",
-    "seeds",
-    "train_fractions",
-    "sources",
-    "demo",
-    "datasets",
-    "prepare",
-    "model",
-    "pretrain",
-    "targets",
-    "train",
-    "finetune",
-    "evaluate",
-}
-DEMO_KEYS = {"image_size", "num_images", "num_images_per_modality", "modalities"}
-DATASET_KEYS = {"modality", "root", "code", "adapter", "description", "train", "finetune"}
-PREPARE_KEYS = {"on_error", "compression"}
-MODEL_KEYS = {"variant", "input_size", "overrides"}
-PRETRAIN_KEYS = {"train"}
-EVALUATE_KEYS = {
-    "split",
-    "score_threshold",
-    "nms_iou",
-    "max_detections",
-    "pictures",
-    "batch_size",
-    "device",
-}
 INITS = ("scratch", "finetuned")
+
+# Set by the pipeline (paths from dvc.yaml, the `model` section, the top-level `seed`, the
+# --resume flag), never by a training section.
+PIPELINE_KEYS = {
+    "store",
+    "out_dir",
+    "variant",
+    "input_size",
+    "init_weights",
+    "model_overrides",
+    "seed",
+    "train_fraction",
+    "resume",
+}
+
+
+# --- the sections ---------------------------------------------------------------------------
+@dataclass
+class DemoSection(Params):
+    """``demo``: the synthetic data of stage ``demo@<modality>``."""
+
+    section: ClassVar[str] = "demo"
+
+    image_size: int = param(doc="side of one demo sample in pixels", min=1)
+    num_images: int = param(doc="samples to aim for per modality", min=1)
+    num_images_per_modality: dict[str, int] | None = param(
+        None, "per-modality override of num_images, e.g. {medical: 300}", min=1
+    )
+    modalities: list[str] | None = param(
+        None, "the modalities whose demo data stage demo writes", min_len=1
+    )
+
+
+@dataclass
+class DatasetEntry(Params):
+    """One entry of ``datasets``: where the data is and how to read it."""
+
+    section: ClassVar[str] = "datasets.<name>"
+
+    modality: str = param(doc="a name from the modality registry", min_len=1)
+    root: str = param(doc="the dataset folder", min_len=1)
+    code: str = param(doc="the adapter's code (a DVC dependency of prepare)", min_len=1)
+    adapter: dict[str, Any] = param(
+        doc="adapter params (the adapter's Params class), over demo_params.json when present",
+        expect="a mapping ({} for the adapter's defaults)",
+    )
+    description: str | None = param(None, "a line about the dataset")
+    train: dict[str, Any] | None = param(None, "this dataset's overrides of the training params")
+    finetune: dict[str, Any] | None = param(
+        None, "this dataset's overrides for fine-tuned runs (over train)"
+    )
+
+
+@dataclass
+class PrepareSection(Params):
+    """``prepare``: the error policy and compression of stage ``prepare@<dataset>``."""
+
+    section: ClassVar[str] = "prepare"
+
+    on_error: Literal["error", "skip"] = param(
+        "error", "error: stop at the first bad unit; skip: leave it out and report it"
+    )
+    compression: Literal["gzip"] | None = param("gzip", "HDF5 image compression (null: none)")
+
+
+@dataclass
+class ModelSection(Params):
+    """``model``: the variant every training stage builds."""
+
+    section: ClassVar[str] = "model"
+
+    variant: str = param(doc="a registered model variant", min_len=1)
+    input_size: int = param(doc="square network input in pixels", min=MIN_INPUT_SIZE)
+    overrides: dict[str, Any] | None = param(
+        None, "DSODConfig fields over the variant's, e.g. {norm: group}", schema=DSODConfig
+    )
+
+    def check(self) -> None:
+        from dsod_core.model import list_variants
+
+        known = list_variants()
+        if self.variant not in known:
+            close = difflib.get_close_matches(self.variant, known, n=1, cutoff=0.6)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            detail = f"{self.variant!r} is not a known variant{hint} (known: {', '.join(known)})"
+            raise ParamError(("variant",), "value", detail)
+        fixed = [k for k in NOT_OVERRIDES if k in (self.overrides or {})]
+        if fixed:
+            self.fail("overrides", f"{fixed} are set by the data and model.input_size")
+
+
+@dataclass
+class PretrainSection(Params):
+    """``pretrain``: the source models' own training params."""
+
+    section: ClassVar[str] = "pretrain"
+
+    train: dict[str, Any] = param(
+        doc="TrainConfig fields of the source models",
+        min_len=1,
+        expect="a non-empty mapping: the source model's own training params (it is not "
+        "merged with `train`)",
+    )
+
+
+@dataclass
+class EvaluateSection(Params):
+    """``evaluate``: stage ``evaluate@<run>``."""
+
+    section: ClassVar[str] = "evaluate"
+
+    split: Literal["train", "val", "test"] = param("test", "the split scored")
+    score_threshold: float = param(0.01, "least class score kept", min=0, max=1)
+    nms_iou: float = param(0.45, "NMS suppresses boxes overlapping more than this", min=0, max=1)
+    max_detections: int = param(200, "detections kept per image", min=1)
+    pictures: int = param(4, "test images drawn with predicted and true boxes", min=0)
+    batch_size: int = param(16, "images per inference batch", min=1)
+    device: Literal["auto", "cpu", "cuda"] = param("auto", "auto: the GPU when there is one")
+
+
+@dataclass(kw_only=True)
+class ParamsFile(Params):
+    """The whole ``params.yaml``."""
+
+    seed: int = param(0, "the demo data's seed and the source models' training seed", min=0)
+    seeds: list[int] | None = param(
+        None, "training seeds of every target run (null: [seed])", min=0, min_len=1
+    )
+    train_fractions: list[float] = param(
+        default_factory=lambda: [1.0],
+        doc="nested subsets of each target's train split",
+        min=0,
+        max=1,
+        min_exclusive=True,
+        min_len=1,
+    )
+    sources: list[str] = param(
+        doc="datasets whose source model fine-tuned runs start from",
+        min_len=1,
+        expect="a non-empty list of datasets (the source models of fine-tuning)",
+    )
+    demo: DemoSection = param(doc="synthetic data of every modality")
+    datasets: dict[str, DatasetEntry] = param(doc="name -> dataset entry", min_len=1)
+    prepare: PrepareSection = param(doc="the prepare stage")
+    model: ModelSection = param(doc="the model of every training stage")
+    pretrain: PretrainSection = param(doc="the source models")
+    targets: list[str] = param(doc="datasets compared scratch vs fine-tuned", min_len=1)
+    train: dict[str, Any] | None = param(None, "training params of every target run")
+    finetune: dict[str, Any] | None = param(None, "overrides of train for fine-tuned runs")
+    evaluate: EvaluateSection = param(doc="the evaluate stage")
+
+    def check(self) -> None:
+        _check_lists(vars(self), self.datasets)
+
+
+def _check_lists(values: Mapping[str, Any], datasets: Mapping[str, Any]) -> None:
+    """No repeats in ``seeds``, ``train_fractions``, ``sources`` and ``targets``; every source
+    and target is a dataset."""
+    for name in ("seeds", "train_fractions", "sources", "targets"):
+        items = values.get(name)
+        if items is not None and len(set(items)) != len(items):
+            raise ParamError((name,), "value", f"has repeats: {items!r}")
+    for name in ("sources", "targets"):
+        for dataset in values.get(name) or []:
+            if dataset not in datasets:
+                known = ", ".join(datasets)
+                raise ParamError((name,), "check", f"{dataset!r} is not in datasets ({known})")
+
+
+AXES = ("seed", "seeds", "train_fractions", "sources")
+
+
+# --- the public functions the stages use ------------------------------------------------------
+def _given(sec: Params, values: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys the file gives, converted (absent keys stay absent: stages apply defaults)."""
+    return {k: getattr(sec, k) for k in values}
+
+
+def _section(params: Mapping[str, Any], name: str, source: str) -> tuple[Any, Any]:
+    """``(parsed, given)`` of the top-level key ``name`` (checked as :class:`ParamsFile`
+    declares it)."""
+    if not isinstance(params, Mapping) or name not in params:
+        raise ParamError((name,), "missing", "must be a mapping; it is missing").located(
+            ParamsFile, "", source
+        )
+    parsed = ParamsFile.check_values({name: params[name]}, owner="", source=source)
+    return parsed[name], params[name]
 
 
 def study_axes(params: dict[str, Any], source: str = "params.yaml") -> dict[str, list]:
     """``seeds``, ``train_fractions`` and ``sources``, checked: the axes every target run is
     trained over (docs/study.md)."""
-    seeds = params.get("seeds", [params.get("seed", 0)])
-    _need(
-        isinstance(seeds, list) and seeds and all(_is_int(s, 0) for s in seeds),
-        f"seeds must be a non-empty list of non-negative integers, got {seeds!r}",
-        source,
-    )
-    _need(len(set(seeds)) == len(seeds), f"seeds has repeats: {seeds!r}", source)
-    fractions = params.get("train_fractions", [1.0])
-    _need(
-        isinstance(fractions, list)
-        and fractions
-        and all(_is_num(f) and 0 < f <= 1 for f in fractions),
-        f"train_fractions must be a non-empty list of numbers in (0, 1], got {fractions!r}",
-        source,
-    )
-    _need(
-        len(set(fractions)) == len(fractions), f"train_fractions has repeats: {fractions!r}", source
-    )
-    sources = params.get("sources")
-    datasets = params.get("datasets") or {}
-    _need(
-        isinstance(sources, list) and sources,
-        "sources must be a non-empty list of datasets (the source models of fine-tuning)",
-        source,
-    )
-    for name in sources:
-        _need(
-            name in datasets,
-            f"sources: {name!r} is not in datasets ({', '.join(datasets)})",
-            source,
-        )
-    _need(len(set(sources)) == len(sources), f"sources has repeats: {sources!r}", source)
-    return {"seeds": seeds, "train_fractions": [float(f) for f in fractions], "sources": sources}
-
-
-def _unknown(keys: set[str], allowed: set[str], where: str, source: str) -> None:
-    extra = sorted(set(keys) - allowed)
-    if extra:
-        close = difflib.get_close_matches(extra[0], sorted(allowed), n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(
-            f"unknown key {where}{extra[0]!r}{hint} (accepted: {', '.join(sorted(allowed))})",
-            path=source,
-        )
-
-
-def _section(params: dict[str, Any], name: str, allowed: set[str], source: str) -> dict:
-    sec = params.get(name)
-    if not isinstance(sec, dict):
-        raise ConfigError(f"missing or malformed section {name!r}", path=source)
-    _unknown(set(sec), allowed, f"{name}.", source)
-    return sec
-
-
-def _need(ok: bool, msg: str, source: str) -> None:
-    if not ok:
-        raise ConfigError(msg, path=source)
-
-
-def _is_int(v: Any, lo: int = 1) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= lo
-
-
-def _is_num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
+    values = {k: params[k] for k in AXES if k in params}
+    try:
+        axes = ParamsFile._convert(values, partial=True)
+        if "sources" not in axes:
+            detail = "must be a non-empty list of datasets (the source models); it is missing"
+            raise ParamError(("sources",), "missing", detail)
+        _check_lists(axes, params.get("datasets") or {})
+    except ParamError as exc:
+        raise exc.located(ParamsFile, "", source) from None
+    seeds = axes.get("seeds") or [axes.get("seed", 0)]
+    fractions = axes.get("train_fractions", [1.0])
+    return {"seeds": seeds, "train_fractions": fractions, "sources": axes["sources"]}
 
 
 def demo_section(params: dict[str, Any], source: str = "params.yaml") -> dict[str, Any]:
-    sec = _section(params, "demo", DEMO_KEYS, source)
-    for key in ("image_size", "num_images"):
-        _need(_is_int(sec.get(key)), f"demo.{key} must be a positive integer", source)
-    _need(
-        isinstance(sec.get("num_images_per_modality") or {}, dict),
-        "demo.num_images_per_modality must be a mapping",
-        source,
-    )
-    return sec
+    return _given(*_section(params, "demo", source))
 
 
 def prepare_section(params: dict[str, Any], source: str = "params.yaml") -> dict[str, Any]:
-    sec = _section(params, "prepare", PREPARE_KEYS, source)
-    _need(
-        sec.get("on_error", "error") in ("error", "skip"),
-        f"prepare.on_error must be 'error' or 'skip', got {sec.get('on_error')!r}",
-        source,
-    )
-    _need(
-        sec.get("compression", "gzip") in ("gzip", None),
-        f"prepare.compression must be 'gzip' or null, got {sec.get('compression')!r}",
-        source,
-    )
-    return sec
+    return _given(*_section(params, "prepare", source))
 
 
 def evaluate_section(params: dict[str, Any], source: str = "params.yaml") -> dict[str, Any]:
-    sec = _section(params, "evaluate", EVALUATE_KEYS, source)
-    _need(
-        sec.get("split", "test") in ("train", "val", "test"),
-        f"evaluate.split must be train, val or test, got {sec.get('split')!r}",
-        source,
-    )
-    _need(
-        sec.get("device", "auto") in ("auto", "cpu", "cuda"),
-        f"evaluate.device must be auto, cpu or cuda, got {sec.get('device')!r}",
-        source,
-    )
-    for key in ("score_threshold", "nms_iou"):
-        if key in sec:
-            _need(
-                _is_num(sec[key]) and 0 <= sec[key] <= 1,
-                f"evaluate.{key} must be a number in [0, 1], got {sec[key]!r}",
-                source,
-            )
-    for key, lo in (("max_detections", 1), ("batch_size", 1), ("pictures", 0)):
-        if key in sec:
-            _need(
-                _is_int(sec[key], lo),
-                f"evaluate.{key} must be an integer >= {lo}, got {sec[key]!r}",
-                source,
-            )
-    return sec
+    return _given(*_section(params, "evaluate", source))
+
+
+def model_section(params: dict[str, Any], source: str = "params.yaml") -> dict[str, Any]:
+    return _given(*_section(params, "model", source))
 
 
 def dataset_entry(params: dict[str, Any], name: str, source: str = "params.yaml") -> dict:
+    """The raw entry ``datasets.<name>``, checked by :class:`DatasetEntry`."""
     datasets = params.get("datasets")
     if not isinstance(datasets, dict) or name not in datasets:
         known = sorted(datasets) if isinstance(datasets, dict) else []
         raise ConfigError(f"unknown dataset {name!r}; datasets in params: {known}", path=source)
-    entry = datasets[name]
-    if not isinstance(entry, dict):
-        raise ConfigError(f"datasets.{name} must be a mapping", path=source)
-    _unknown(set(entry), DATASET_KEYS, f"datasets.{name}.", source)
-    for key in ("modality", "root", "code"):
-        if not isinstance(entry.get(key), str) or not entry.get(key):
-            raise ConfigError(f"datasets.{name}.{key} must be a non-empty string", path=source)
-    # `adapter` is required (`{}` for the adapter's defaults): dvc.yaml tracks it as a param.
-    if not isinstance(entry.get("adapter"), dict):
-        raise ConfigError(
-            f"datasets.{name}.adapter must be a mapping ({{}} for the adapter's defaults)",
-            path=source,
-        )
-    for key in ("train", "finetune"):
-        if not isinstance(entry.get(key, {}) or {}, dict):
-            raise ConfigError(f"datasets.{name}.{key} must be a mapping", path=source)
-    return entry
+    ParamsFile.check_values({"datasets": {name: datasets[name]}}, owner="", source=source)
+    return datasets[name]
 
 
 def merged_adapter_params(entry: dict[str, Any]) -> dict[str, Any]:
@@ -244,24 +310,6 @@ def check_dataset(name: str, entry: dict[str, Any], source: str = "params.yaml")
         )
 
 
-def model_section(params: dict[str, Any], source: str = "params.yaml") -> dict[str, Any]:
-    from dsod_core.model import list_variants
-
-    sec = _section(params, "model", MODEL_KEYS, source)
-    variant = sec.get("variant")
-    if variant not in list_variants():
-        close = difflib.get_close_matches(str(variant), list_variants(), n=1, cutoff=0.6)
-        hint = f"; did you mean {close[0]!r}?" if close else ""
-        raise ConfigError(
-            f"model.variant {variant!r} is not a known variant{hint} "
-            f"(known: {', '.join(list_variants())})",
-            path=source,
-        )
-    _need(_is_int(sec.get("input_size")), "model.input_size must be a positive integer", source)
-    _need(isinstance(sec.get("overrides") or {}, dict), "model.overrides must be a mapping", source)
-    return sec
-
-
 def validate_params(
     params: dict[str, Any], source: str = "params.yaml", datasets: list[str] | None = None
 ) -> None:
@@ -273,67 +321,73 @@ def validate_params(
     """
     from dsod_core.model.registry import variant_config
 
-    _unknown(set(params), TOP_KEYS, "", source)
-    _need(_is_int(params.get("seed", 0), 0), "seed must be a non-negative integer", source)
-    demo_section(params, source)
-    all_datasets = params.get("datasets")
-    _need(
-        isinstance(all_datasets, dict) and all_datasets,
-        "datasets must be a non-empty mapping",
-        source,
-    )
-    for name in all_datasets:
-        entry = dataset_entry(params, name, source)
+    parsed = ParamsFile.parse(params, owner="", source=source)
+    for name, entry in params["datasets"].items():
         if datasets is None or name in datasets:
             check_dataset(name, entry, source)
-    datasets = all_datasets
-    prepare_section(params, source)
-    model = model_section(params, source)
-    try:
+    model = parsed.model
+    try:  # the rules of the whole DSODConfig (three blocks, input size of the prior layout)
         variant_config(
-            model["variant"],
+            model.variant,
             in_channels=1,
             num_classes=1,
-            input_size=int(model["input_size"]),
-            **dict(model.get("overrides") or {}),
+            input_size=model.input_size,
+            **dict(model.overrides or {}),
         )
-    except (ConfigError, TypeError, ValueError) as exc:
-        reason = exc.reason if isinstance(exc, ConfigError) else str(exc)
-        raise ConfigError(f"model: {reason}", path=source) from None
-    pre = _section(params, "pretrain", PRETRAIN_KEYS, source)
-    axes = study_axes(params, source)
-    targets = params.get("targets")
-    _need(isinstance(targets, list) and targets, "targets must be a non-empty list", source)
-    for t in targets:
-        _need(t in datasets, f"targets: {t!r} is not in datasets ({', '.join(datasets)})", source)
-    _need(
-        isinstance(pre.get("train"), dict) and pre["train"],
-        "pretrain.train must be a mapping: the source model's own training params (it is not "
-        "merged with `train`)",
-        source,
-    )
+    except ConfigError as exc:
+        raise ConfigError(f"model: {exc.reason}", path=source) from None
+    for name, layer in training_layers(params):
+        check_train_layer(name, layer, source)
     # Paths come from dvc.yaml at run time; only the params are checked here.
-    for dataset in axes["sources"]:
+    for dataset in params["sources"]:
         build_config(params, dataset, "pretrain", Path("<out-dir>"), "<store>", source=source)
-    for dataset in targets:
+    for dataset in params["targets"]:
         for init in INITS:
             build_config(params, dataset, init, Path("<out-dir>"), "<store>", source=source)
-    evaluate_section(params, source)
 
 
-# Set by the pipeline (paths from dvc.yaml, the `model` section, the top-level `seed`, the
-# --resume flag), never by a training section.
-PIPELINE_KEYS = {
-    "store",
-    "out_dir",
-    "variant",
-    "input_size",
-    "init_weights",
-    "model_overrides",
-    "seed",
-    "train_fraction",
-    "resume",
-}
+# --- training params --------------------------------------------------------------------------
+def training_layers(params: Mapping[str, Any]) -> list[tuple[str, Any]]:
+    """Every mapping of training params in the file, by its dotted key."""
+    layers = [
+        ("pretrain.train", (params.get("pretrain") or {}).get("train")),
+        ("train", params.get("train")),
+        ("finetune", params.get("finetune")),
+    ]
+    for name, entry in (params.get("datasets") or {}).items():
+        for key in ("train", "finetune"):
+            layers.append((f"datasets.{name}.{key}", (entry or {}).get(key)))
+    return layers
+
+
+def check_train_layer(name: str, layer: Any, source: str = "params.yaml") -> dict[str, Any]:
+    """One mapping of training params: TrainConfig's keys (without those the pipeline sets),
+    types and ranges, the message naming the key in this mapping (``train.lr``,
+    ``datasets.<name>.train.augmentation.crop``). Returns the keys given, converted."""
+    if layer is None:
+        return {}
+    if not isinstance(layer, Mapping):
+        raise ConfigError(f"{name} must be a mapping, got {layer!r}", path=source)
+    own = {k: v for k, v in layer.items() if k not in PIPELINE_KEYS}
+    try:  # the defaults complete the layer: its own rules (augmentation pairs, ...) are checked
+        converted = _given(TrainConfig.parse(own), own)
+    except ParamError as exc:  # named as the file names it: a dotted key under `name`
+        accepted = [k for k in exc.accepted if k not in PIPELINE_KEYS]
+        raise ParamError(
+            exc.key,
+            exc.kind,
+            exc.detail,
+            hint=exc.hint,
+            accepted=accepted,
+            unknown=exc.unknown,
+            cls=Params,
+            owner=name,
+            path=source,
+        ) from None
+    overlap = sorted(PIPELINE_KEYS & set(layer))
+    if overlap:
+        raise ConfigError(f"{name}: keys {overlap} are set by the pipeline", path=source)
+    return converted
 
 
 def merge_train(base: dict[str, Any], override: dict[str, Any] | None) -> dict[str, Any]:
@@ -365,17 +419,9 @@ def train_params(params: dict[str, Any], dataset: str, init: str, source: str) -
             layers.append((f"datasets.{dataset}.finetune", entry.get("finetune")))
     else:
         raise ConfigError(f"init must be 'scratch' or 'finetuned', got {init!r}", path=source)
-    fields = {f.name for f in dataclasses.fields(TrainConfig)} - PIPELINE_KEYS
     merged: dict[str, Any] = {}
     for name, layer in layers:
-        if layer is not None and not isinstance(layer, dict):
-            raise ConfigError(f"{name} must be a mapping", path=source)
-        _unknown(set(layer or {}) - PIPELINE_KEYS, fields, f"{name}.", source)
-        overlap = PIPELINE_KEYS & set(layer or {})
-        if overlap:
-            raise ConfigError(
-                f"{name}: keys {sorted(overlap)} are set by the pipeline", path=source
-            )
+        check_train_layer(name, layer, source)
         merged = merge_train(merged, layer)
     return merged
 
@@ -404,11 +450,11 @@ def build_config(
                 "store": str(store),
                 "out_dir": str(out_dir),
                 "variant": model.get("variant", "dsod_tiny"),
-                "input_size": int(model.get("input_size", 64)),
+                "input_size": model.get("input_size", 64),
                 "model_overrides": dict(model.get("overrides") or {}),
                 "init_weights": str(init_weights) if init == "finetuned" and init_weights else None,
-                "seed": int(params.get("seed", 0)) if seed is None else int(seed),
-                "train_fraction": float(train_fraction),
+                "seed": params.get("seed", 0) if seed is None else seed,
+                "train_fraction": train_fraction,
             },
             source=source,
         )

@@ -89,6 +89,70 @@ def _as_data_error(exc: Exception, ref: SampleRef) -> DataError:
     return DataError(f"unreadable ({type(exc).__name__}: {reason})", path=_unit_file(ref))
 
 
+def _discover(adapter: Any, entry: dict[str, Any], log: PrepareLog) -> list[SampleRef]:
+    """The adapter's units; an adapter error that names no file names the dataset root."""
+    try:
+        refs = adapter.discover()
+    except ProjectError:
+        raise
+    except Exception as exc:  # an adapter that failed to name the file
+        raise DataError(
+            f"listing the dataset failed ({type(exc).__name__}: {exc})", path=entry["root"]
+        ) from exc
+    if not refs:
+        found = f"; {len(log.skipped)} skipped" if log.skipped else ""
+        raise DataError(f"the adapter found no data{found}", path=entry["root"])
+    return refs
+
+
+def _write_units(
+    writer: StoreWriter,
+    adapter: Any,
+    refs: list[SampleRef],
+    log: PrepareLog,
+    name: str,
+    on_error: str,
+) -> dict[str, int]:
+    """Stream every unit's samples into the store (a failing unit is rolled back whole and
+    skipped, or stops the stage, by ``on_error``), record each kept unit's world-level
+    ground truth and the adapter's state; returns the samples per split."""
+    counts = {"train": 0, "val": 0, "test": 0}
+    # disable=None: no bar when stderr is not a terminal, so an error stays one line.
+    for ref in tqdm(refs, desc=f"prepare {name}", unit="unit", disable=None):
+        mark = writer.mark()
+        added = {"train": 0, "val": 0, "test": 0}
+        try:
+            for s in adapter.read(ref):  # streamed: chips/slices never all in memory
+                writer.add(s)
+                added[s.split] += 1
+        except Exception as exc:
+            err = _as_data_error(exc, ref)
+            if on_error != "skip":
+                if err is exc:
+                    raise
+                raise err from exc
+            writer.rollback(mark)
+            log.record_skip(err, _unit_file(ref), unit=ref.ref_id)
+            continue
+        for k, v in added.items():
+            counts[k] += v
+        writer.units[ref.ref_id] = adapter.unit_record(ref)
+    writer.adapter_state = adapter.state()
+    return counts
+
+
+def _check_written(counts: dict[str, int], log: PrepareLog, out: Path) -> None:
+    """Refuse a store with no samples, naming the first unit skipped."""
+    if sum(counts.values()) == 0:
+        first = log.skipped[0] if log.skipped else None
+        why = (
+            f"; {len(log.skipped)} unit(s) skipped, first {first['file']}: {first['reason']}"
+            if first
+            else ""
+        )
+        raise DataError(f"no samples were written{why}", path=out)
+
+
 def prepare(
     name: str,
     entry: dict[str, Any],
@@ -114,18 +178,7 @@ def prepare(
         return report
 
     try:
-        try:
-            refs = adapter.discover()
-        except ProjectError:
-            raise
-        except Exception as exc:  # an adapter that failed to name the file
-            raise DataError(
-                f"listing the dataset failed ({type(exc).__name__}: {exc})", path=entry["root"]
-            ) from exc
-        if not refs:
-            found = f"; {len(log.skipped)} skipped" if log.skipped else ""
-            raise DataError(f"the adapter found no data{found}", path=entry["root"])
-        counts = {"train": 0, "val": 0, "test": 0}
+        refs = _discover(adapter, entry, log)
         with StoreWriter(
             out,
             modality=entry["modality"],
@@ -135,34 +188,8 @@ def prepare(
             compression=compression,
             allow_no_train=True,  # a test-only dataset scores a trained model on new data
         ) as writer:
-            # disable=None: no bar when stderr is not a terminal, so an error stays one line.
-            for ref in tqdm(refs, desc=f"prepare {name}", unit="unit", disable=None):
-                mark = writer.mark()
-                added = {"train": 0, "val": 0, "test": 0}
-                try:
-                    for s in adapter.read(ref):  # streamed: chips/slices never all in memory
-                        writer.add(s)
-                        added[s.split] += 1
-                except Exception as exc:
-                    err = _as_data_error(exc, ref)
-                    if on_error != "skip":
-                        if err is exc:
-                            raise
-                        raise err from exc
-                    writer.rollback(mark)
-                    log.record_skip(err, _unit_file(ref), unit=ref.ref_id)
-                    continue
-                for k, v in added.items():
-                    counts[k] += v
-            if sum(counts.values()) == 0:
-                first = log.skipped[0] if log.skipped else None
-                why = (
-                    f"; {len(log.skipped)} unit(s) skipped, first {first['file']}: "
-                    f"{first['reason']}"
-                    if first
-                    else ""
-                )
-                raise DataError(f"no samples were written{why}", path=out)
+            counts = _write_units(writer, adapter, refs, log, name, on_error)
+            _check_written(counts, log, out)
             if counts["train"] == 0:
                 log.warn(
                     f"no training samples ({counts['val']} val, {counts['test']} test): an "

@@ -14,6 +14,9 @@ stay listed in ``dvc exp show``.
 Every variant's params are validated before the first experiment starts, so a typo in
 study.yaml fails in a second, not after an hour. ``--dry-run`` prints the commands;
 ``--report-only`` rebuilds docs/study.md from docs/study/ without training.
+
+The reports and the Results section are :mod:`dsod_core.report`; this script runs the
+experiments and moves their files.
 """
 
 from __future__ import annotations
@@ -34,12 +37,11 @@ from pathlib import Path
 from typing import Any
 
 from dsod_core.errors import ConfigError, ProjectError
+from dsod_core.report import study as page
+from dsod_core.report.compare import markdown
 from pipelines._common import load_params, stage_main, write_atomic, write_json
-from pipelines.compare import fmt_mean_std, group_key, markdown, transfer_matrix
 from pipelines.params import study_axes, validate_params
 
-BEGIN = "<!-- study results: begin (written by python -m pipelines.study; edit study.yaml) -->"
-END = "<!-- study results: end -->"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
 
@@ -160,116 +162,26 @@ def collect_variant(variant: str, out_dir: Path, record: dict[str, Any]) -> None
     tmp.rename(folder)
 
 
-def _minutes(seconds: float) -> str:
-    return f"{seconds / 60:.0f} min"
-
-
 def results_section(out_dir: Path, variants: list[str], doc_dir: Path) -> str:
-    """The markdown of docs/study.md's Results section from ``out_dir/<variant>/``."""
+    """The markdown of docs/study.md's Results section from ``out_dir/<variant>/``
+    (:func:`dsod_core.report.study.results_section`)."""
     found = [v for v in variants if (out_dir / v / "run.json").exists()]
     if not found:
         raise ProjectError("no study results yet; run python -m pipelines.study", path=out_dir)
     runs = {v: json.loads((out_dir / v / "run.json").read_text()) for v in found}
     reports = {v: json.loads((out_dir / v / "compare.json").read_text()) for v in found}
-    rel = Path(os.path.relpath(out_dir, doc_dir)).as_posix()
-    first = found[0]
-    total = sum(r["seconds"] for r in runs.values())
-    lines = [
-        BEGIN,
-        "",
-        "## Results",
-        "",
-        f"Command: `make study` (`python -m pipelines.study`, settings in `study.yaml`), "
-        f"run {runs[first]['date'][:10]} on {runs[first]['machine']}. Wall time "
-        + ", ".join(f"{v} {_minutes(runs[v]['seconds'])}" for v in found)
-        + f" ({_minutes(total)} in all; stages whose inputs were unchanged did not run again).",
-        "",
-        "| variant | params set |",
-        "|---|---|",
-    ]
-    for v in found:
-        shown = ", ".join(f"`{k}={json.dumps(x)}`" for k, x in runs[v]["settings"].items())
-        lines.append(f"| {v} | {shown} |")
-    rep = reports[first]
-    lines += [
-        "",
-        f"### Fine-tuned − scratch ({first})",
-        "",
-        "mAP@0.5 difference, mean over seeds, with the 95% paired cluster-bootstrap interval "
-        "over test units and seeds.",
-        "",
-        "| dataset | source | train fraction | train images | seeds | test units "
-        "| scratch | fine-tuned | difference | 95% CI |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    agg = {group_key(a): a for a in rep["aggregates"]}
-    for d in rep["differences"]:
-        s = agg.get((d["dataset"], "scratch", None, d["train_fraction"]), {})
-        f = agg.get((d["dataset"], "finetuned", d["source"], d["train_fraction"]), {})
-        low, high = d["ci95"]
-        lines.append(
-            f"| {d['dataset']} | {d['source']}{' (self)' if d['self_transfer'] else ''} "
-            f"| {d['train_fraction']:g} | {s.get('train_images', 0):.0f} | {d['n_seeds']} "
-            f"| {d['n_units']} | {fmt_mean_std(s.get('map50_mean'), s.get('map50_std'))} "
-            f"| {fmt_mean_std(f.get('map50_mean'), f.get('map50_std'))} | {d['diff_mean']:+.3f} "
-            f"| [{low:+.3f}, {high:+.3f}] |"
-        )
-    lines += [""] + [
-        f"- {d['dataset']} from {d['source']}, fraction {d['train_fraction']:g}: {d['statement']}"
-        for d in rep["differences"]
-    ]
-    full, table = transfer_matrix(rep["differences"])
-    lines += ["", f"### Transfer matrix ({first}, train fraction {full:g})", "", *table]
-    lines += ["", f"### Data efficiency ({first})", ""]
-    for png in sorted((out_dir / first / "data_efficiency").glob("*.png")):
-        lines.append(f"![{png.stem}]({rel}/{first}/data_efficiency/{png.name})")
-    if len(found) > 1:
-        keys = list(dict.fromkeys(group_key(a) for v in found for a in reports[v]["aggregates"]))
-        by = {v: {group_key(a): a for a in rep_v["aggregates"]} for v, rep_v in reports.items()}
-        lines += [
-            "",
-            "### Ablation",
-            "",
-            "Test mAP@0.5, mean ± std over seeds, per variant (separate experiments, so no paired "
-            "interval: compare the differences with the seed spread).",
-            "",
-            "| dataset | init | source | train fraction | " + " | ".join(found) + " |",
-            "|---|---|---|---|" + "---|" * len(found),
-        ]
-        for key in keys:
-            cells = []
-            for v in found:
-                a = by[v].get(key)
-                cells.append("–" if a is None else fmt_mean_std(a["map50_mean"], a["map50_std"]))
-            dataset, init, source, fraction = key
-            lines.append(
-                f"| {dataset} | {init} | {source or '–'} | {fraction:g} | "
-                + " | ".join(cells)
-                + " |"
-            )
-    lines += [
-        "",
-        "Full reports: " + ", ".join(f"[{v}]({rel}/{v}/report.md)" for v in found) + ".",
-        "",
-        END,
-    ]
-    return "\n".join(lines)
+    pictures = [p.name for p in sorted((out_dir / found[0] / "data_efficiency").glob("*.png"))]
+    link = Path(os.path.relpath(out_dir, doc_dir)).as_posix()
+    return page.results_section(runs, reports, pictures, link)
 
 
 def write_section(doc: Path, section: str) -> None:
     """Replace the text between the markers in ``doc`` (append it when there are none)."""
     text = doc.read_text() if doc.exists() else ""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1]
-        text = head + section + tail
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    write_atomic(doc, text)
+    write_atomic(doc, page.splice_section(text, section))
 
 
-@stage_main
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--study", default="study.yaml", help="the study file")
     parser.add_argument("--params", default="params.yaml")
@@ -278,7 +190,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", action="append", help="run this variant only (repeatable)")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--report-only", action="store_true", help="rewrite --doc only")
-    args = parser.parse_args(argv)
+    return parser
+
+
+@stage_main
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     study = load_study(args.study)
     variants = list(study["variants"])
     chosen = args.only or variants
@@ -331,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
                     "machine": _machine(),
                 }
                 collect_variant(v, out_dir, record)
-                print(f"study: variant {v} done in {_minutes(seconds)}", flush=True)
+                print(f"study: variant {v} done in {page.minutes(seconds)}", flush=True)
         finally:
             params_path.write_bytes(original)  # the user's params, not the last variant's
     write_section(doc, results_section(out_dir, variants, doc.parent))

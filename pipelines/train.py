@@ -13,7 +13,8 @@ a small CPU running the seeds concurrently is what keeps the study's wall time d
 ``--seed S`` trains that seed alone into ``--out-dir`` itself. ``finetuned`` starts from the
 source weights with the first conv adapted to the dataset's channels and a new class head when
 classes differ (``dsod_core.transfer``) and applies the ``finetune`` overrides. Paths come
-from ``dvc.yaml``.
+from ``dvc.yaml``. Each run folder gets its record, ``config.json``
+(:mod:`dsod_core.engine.provenance`), which the evaluate stage reads.
 
 The whole params file, the store and the source weights are checked before the previous run
 in ``--out-dir`` is removed, so a typo never destroys a trained model.
@@ -30,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from dsod_core.errors import ConfigError, ProjectError
-from pipelines._common import load_params, stage_main, write_json
+from pipelines._common import load_params, stage_main
 from pipelines.params import build_config, study_axes, validate_params
 
 
@@ -39,6 +40,7 @@ def _train_one(job: dict[str, Any]) -> str | None:
     one-line text (exception objects with keyword arguments do not cross processes)."""
     from dsod_core.data.dataset import DetectionDataset
     from dsod_core.engine import train
+    from dsod_core.engine.provenance import RunProvenance
 
     try:
         params = load_params(job["params_path"])
@@ -62,17 +64,14 @@ def _train_one(job: dict[str, Any]) -> str | None:
         if not job["resume"]:
             shutil.rmtree(out_dir, ignore_errors=True)
         out_dir.mkdir(parents=True, exist_ok=True)
-        write_json(
-            out_dir / "config.json",
-            {
-                **config.to_dict(),
-                "dataset": job["dataset"],
-                "init": job["init"],
-                "source": job["source"],
-                "train_images": len(subset.indices),
-                "train_units": len(set(subset.reader.sources(subset.indices))),
-            },
-        )
+        RunProvenance.of_training(
+            config,
+            dataset=job["dataset"],
+            init=job["init"],
+            source=job["source"],
+            train_images=len(subset.indices),
+            train_units=len(set(subset.reader.sources(subset.indices))),
+        ).write(out_dir)
         result = train(config)
     except ProjectError as exc:
         return " ".join(str(exc).split())
@@ -80,8 +79,7 @@ def _train_one(job: dict[str, Any]) -> str | None:
     return None
 
 
-@stage_main
-def main(argv: list[str] | None = None) -> int:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("dataset", help="the dataset to train on")
     parser.add_argument("--init", default="scratch", choices=["pretrain", "scratch", "finetuned"])
@@ -93,7 +91,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fraction", type=float, default=1.0, help="train fraction (0, 1]")
     parser.add_argument("--seed", type=int, help="train this seed alone, into --out-dir")
     parser.add_argument("--resume", action="store_true")
-    args = parser.parse_args(argv)
+    return parser
+
+
+@stage_main
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
     params = load_params(args.params)
     validate_params(params, args.params, datasets=[])
     if args.init == "finetuned" and not args.init_weights:

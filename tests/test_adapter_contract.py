@@ -59,10 +59,12 @@ def prepared(request, tmp_path_factory):
         modality=name,
         class_names=adapter.class_names,
         channel_names=adapter.channel_names,
-        params=params,
+        params={"modality": name, "root": str(root), "adapter": params},
     ) as w:
         for s in samples:
             w.add(s)
+        w.adapter_state = adapter.state()  # as the prepare stage records them
+        w.units = {r.ref_id: adapter.unit_record(r) for r in refs}
     return name, cls, adapter, params, refs, samples, StoreReader(store)
 
 
@@ -168,12 +170,15 @@ def test_render_and_export(prepared, tmp_path):
 
 
 def test_fresh_adapter_evaluate_path(prepared, tmp_path):
-    """What the evaluate stage does: a NEW adapter on the same root and params, discover(),
-    then world export of the store's samples; class names learnt from the data must match."""
+    """What the evaluate stage does: a NEW adapter rebuilt from the store alone (its params
+    and the adapter state it recorded; no discover()), then merge, world export and the
+    modality's metrics of the store's samples; class names learnt from the data must match."""
+    from modalities.registry import adapter_from_store
+
     name, cls, adapter, params, _, _, reader = prepared
-    fresh = cls(adapter.root, params)
-    fresh.discover()
-    assert fresh.class_names == reader.class_names
+    assert reader.adapter_state == json.loads(json.dumps(adapter.state()))
+    fresh = adapter_from_store(reader)
+    assert type(fresh) is cls and fresh.class_names == reader.class_names
     items = []
     for i in reader.split_indices("train")[:3]:
         t = reader.read_targets(int(i))
@@ -181,9 +186,12 @@ def test_fresh_adapter_evaluate_path(prepared, tmp_path):
         items.append(
             {**{k: t[k] for k in ("sample_id", "source", "meta", "affine")}, "detections": det}
         )
-    paths = fresh.export_predictions(items, tmp_path / "world")
+    merged = fresh.merge(items)
+    assert merged and all("unit" in u and "detections" in u for u in merged)
+    paths = fresh.export_predictions(items, tmp_path / "world", merged=merged)
     assert paths and all(p.exists() for p in paths)
-    fresh.extra_metrics(paths, "train")
+    extra = fresh.extra_metrics(merged, reader.units, "train")
+    assert isinstance(extra, dict)
 
 
 def test_evaluate_stage_with_classes_from_the_data(tmp_path, monkeypatch):

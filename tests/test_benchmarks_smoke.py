@@ -1,5 +1,6 @@
-"""The benchmark runner end to end on tiny sizes (``--quick``): every section runs, and
-results.json / RESULTS.md hold the issue's numbers."""
+"""The benchmark runner end to end on tiny sizes (``--quick``): every section runs (one module
+per section, ``benchmarks/<name>.py``, driven by ``benchmarks/run.py``), and results.json /
+RESULTS.md hold the issue's numbers; ``--only`` runs chosen sections."""
 
 from __future__ import annotations
 
@@ -70,6 +71,32 @@ def test_quick_benchmark_run(tmp_path: Path) -> None:
     assert "load average" in text and results["machine"]["cpu_model"] in text
     # The tables were printed as well as written.
     assert "## Targets" in proc.stdout
+
+
+def test_only_runs_the_chosen_sections_and_writes_nothing(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--threads", "1",
+         "--only", "evaluation", "gpu", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "## Evaluation" in proc.stdout and "## GPU" in proc.stdout
+    assert "## Training" not in proc.stdout and "## Targets" not in proc.stdout
+    assert not list(tmp_path.iterdir())
+
+
+def test_sections_run_in_order_after_what_they_need() -> None:
+    from benchmarks.run import SECTIONS, with_needs
+
+    assert list(SECTIONS) == [
+        "training", "inference", "data_path", "evaluation", "lowp_accuracy", "gpu"
+    ]  # fmt: skip
+    assert with_needs(["lowp_accuracy"]) == ["inference", "lowp_accuracy"]
+    assert with_needs(["evaluation", "data_path"]) == ["training", "data_path", "evaluation"]
+    assert with_needs(list(SECTIONS)) == list(SECTIONS)
 
 
 def test_naive_reference_is_the_same_network() -> None:

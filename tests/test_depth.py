@@ -502,13 +502,13 @@ def test_truncated_npy_refused_in_discover(tmp_path):
 def test_one_bad_annotation_among_many_goes_through_the_log(tmp_path):
     voc_dataset(tmp_path, {f"f{i}": np.full((24, 32), 1000, np.uint16) for i in range(4)})
     (tmp_path / "Annotations" / "f2.xml").write_text("<annotation><object><name>chair")
-    with pytest.raises(DataError, match=r"f2\.xml: cannot parse VOC XML"):
+    with pytest.raises(DataError, match=r"f2\.xml: malformed VOC XML"):
         DepthAdapter(tmp_path, {}).discover()
     a = DepthAdapter(tmp_path, {}, log=PrepareLog(on_error="skip"))
     refs = a.discover()
     assert [r.ref_id for r in refs] == ["f0", "f1", "f3"] and a.class_names == ["chair"]
     (skip,) = a.log.skipped
-    assert skip["file"].endswith("f2.xml") and "cannot parse VOC XML" in skip["reason"]
+    assert skip["file"].endswith("f2.xml") and "malformed VOC XML" in skip["reason"]
     assert skip["unit"] == "image"
     # COCO: an image naming a missing depth map is one unit among the file's images.
     coco = {

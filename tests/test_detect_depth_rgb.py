@@ -242,7 +242,8 @@ def test_rgb_coco_labels_ids_and_ap(rgb_model, tmp_path):
 
 def test_rgb_coco_trained_model_writes_original_category_ids(rgb_model, tmp_path):
     # A model read with format: coco gets its ids from the categories sorted by id.
-    from dsod_core.inference import DetectOptions, Predictor
+    from dsod_core.detection import DetectRun as DetectOptions
+    from dsod_core.inference import Predictor
     from modalities.rgb.adapter import RGBAdapter
     from modalities.rgb.detect import detect_inputs
 

@@ -21,10 +21,12 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine, from_origin
 from scipy import ndimage
 
-from dsod_core.inference import DetectOptions
+from dsod_core.detection import DetectRun
+from dsod_core.tiling import core_limits, local_nms, tile_starts
 from modalities.multispectral.adapter import MultispectralAdapter
-from modalities.multispectral.detect import core_bounds, detect_scene, local_nms
+from modalities.multispectral.detect import detect_scene
 from modalities.multispectral.geojson import WGS84, parse_crs_member, read_label_features
+from modalities.multispectral.params import MultispectralDetectParams
 from pipelines.detect import main as detect_main
 from tests.detect_helpers import train_demo_model
 
@@ -103,8 +105,11 @@ def run_blobs(tmp: Path, path: Path, chip=64, overlap=32, labels=None):
         path.parent,
         {"chip_size": chip, "overlap": 0, "class_names": ["blob"], "clip_percentiles": None},
     )
-    options = DetectOptions(
-        out_dir=tmp / "out", chip_size=chip, overlap=overlap, progress=False, labels=labels
+    options = DetectRun(
+        out_dir=tmp / "out",
+        progress=False,
+        labels=labels,
+        modality=MultispectralDetectParams(chip_size=chip, overlap=overlap),
     )
     result = detect_scene(adapter, path, path.name, None, BlobDetector(), options)
     doc = json.loads(result.outputs[0].read_text())
@@ -118,7 +123,8 @@ def world_boxes(doc) -> np.ndarray:
 
 
 def test_core_bounds_tile_the_axis():
-    starts, limits = core_bounds(200, 64, 32)
+    starts = tile_starts(200, 64, 32)
+    limits = core_limits(starts, 64)
     assert starts == [0, 32, 64, 96, 128, 136]
     assert limits[0] == -np.inf and limits[-1] == np.inf
     assert np.all(np.diff(limits) > 0)
@@ -321,3 +327,57 @@ def test_the_installed_dsod_command(tmp_path):
     )
     assert run.returncode == 1
     assert run.stderr.strip().count("\n") == 0 and "model.pt" in run.stderr
+
+
+def test_evaluate_and_detect_merge_one_scene_alike(trained, tmp_path):
+    # One scene through both paths: the evaluate stage scores a store holding every chip of
+    # it (merged by MultispectralAdapter.merge), `dsod detect` slides the same windows over
+    # the file. Both must report the same merged detections.
+    import yaml
+
+    from pipelines.evaluate import evaluate_run
+    from pipelines.prepare import prepare
+    from tests.detect_helpers import ROOT
+
+    entry = {
+        **trained.entry,
+        "adapter": {
+            **trained.entry["adapter"],
+            "split_by": "raster",
+            "val_fraction": 0.0,
+            "test_fraction": 1.0,
+            "empty_chip_rate": 1.0,
+        },
+    }
+    store = tmp_path / "all_test.h5"
+    prepare("blobs_eval", entry, store, tmp_path / "all_test.report.json")
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["evaluate"].update(score_threshold=0.05, nms_iou=0.45, max_detections=200)
+    evaluate_run(trained.run, store, tmp_path / "reports", params)
+    evaluated = json.loads((tmp_path / "reports/world/scene_00.geojson").read_text())
+    out = tmp_path / "out"
+    code = _detect(
+        [
+            "--model", str(trained.model), "--out", str(out), str(trained.root / "scene_00.tif"),
+            "--chip-size", "48", "--overlap", "16", "--score-threshold", "0.05",
+            "--no-progress",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    detected = json.loads((out / "scene_00.geojson").read_text())
+
+    def rows(doc):  # sorted by class and position (not by score: near-ties could swap)
+        found = [(f["properties"]["label"], *world_box(f), f["properties"]["score"])
+                 for f in doc["features"]]  # fmt: skip
+        return sorted(found, key=lambda r: (r[0], round(r[1]), round(r[2])))
+
+    got, want = rows(detected), rows(evaluated)
+    assert len(want) > 0 and len(got) == len(want)
+    np.testing.assert_allclose(np.asarray(got), np.asarray(want), atol=1e-3)
+    keys = {k for f in evaluated["features"] for k in f["properties"]}
+    assert keys == {k for f in detected["features"] for k in f["properties"]}
+
+
+def world_box(feature) -> list[float]:
+    ring = np.asarray(feature["geometry"]["coordinates"][0])
+    return [ring[:, 0].min(), ring[:, 1].min(), ring[:, 0].max(), ring[:, 1].max()]

@@ -18,13 +18,12 @@ from dsod_core.export import (
     ExportError,
     calibration_images,
     check_reduced_precision,
-    eager_runner,
     export_onnx,
-    onnx_runner,
     quantize_onnx,
 )
 from dsod_core.model import build_model
 from dsod_core.model.fuse import fuse_bn
+from dsod_core.runners import eager_runner, onnx_runner
 from tests.synthetic import write_synthetic_store
 
 pytestmark = [
@@ -294,8 +293,8 @@ def test_quantize_rejects_wrong_calibration_shape(trained, tmp_path) -> None:
 # OpenVINO (fp32 and the int8 QDQ graph); 160 px: OpenVINO refuses to pool a 1x1 map
 # ---------------------------------------------------------------------------------------------
 def test_openvino_fp32_equals_eager_and_int8_follows_onnx_runtime(tmp_path) -> None:
-    from dsod_core.export import openvino_runner
     from dsod_core.postprocess import postprocess
+    from dsod_core.runners import openvino_runner
 
     size = 160
     torch.manual_seed(3)
@@ -328,7 +327,8 @@ def test_openvino_fp32_equals_eager_and_int8_follows_onnx_runtime(tmp_path) -> N
 
 
 def test_openvino_names_the_small_input_it_cannot_convert(tmp_path) -> None:
-    from dsod_core.export import ExportError, openvino_runner
+    from dsod_core.export import ExportError
+    from dsod_core.runners import openvino_runner
 
     model = build_model("dsod_tiny", in_channels=1, num_classes=2, input_size=64).eval()
     path = export_onnx(model, tmp_path / "m.onnx", input_size=64, in_channels=1)

@@ -154,8 +154,8 @@ def test_cuda_forward_matches_cpu():
 def test_cuda_inference_paths_give_eager_fp32_detections(options):
     import copy
 
-    from dsod_core.export import cuda_runner
     from dsod_core.postprocess import postprocess
+    from dsod_core.runners import cuda_runner
 
     if options.get("dtype") == "bf16":
         if not torch.cuda.is_bf16_supported():

@@ -394,7 +394,7 @@ def test_chip_predictions_merge_and_map_back_to_features(tmp_path):
             }
         )
     paths = ad.export_predictions(items, tmp_path / "out")
-    assert [p.name for p in paths] == ["m.predictions.geojson", "m.predictions.wgs84.geojson"]
+    assert [p.name for p in paths] == ["m.geojson", "m.wgs84.geojson"]
     utm_doc = json.loads(paths[0].read_text())
     wgs_doc = json.loads(paths[1].read_text())
     assert utm_doc["type"] == "FeatureCollection"

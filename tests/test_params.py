@@ -54,9 +54,9 @@ def test_layers_of_a_target_run() -> None:
         ("datasets", {"epochz": 3}, "unknown key datasets.depth_demo.train.'epochz'; did you mean"),
         ("datasets", {"seed": 3}, "datasets.depth_demo.train: keys ['seed'] are set by the"),
         ("datasets", [1], "datasets.depth_demo.train must be a mapping"),
-        ("pretrain", None, "pretrain.train must be a mapping"),
+        ("pretrain", None, "pretrain.train must be a non-empty mapping: the source model's own"),
         ("adapter", None, "datasets.depth_demo.adapter must be a mapping ({} for the adapter's"),
-        ("pretrain", {"lr": -1}, "pretrain.train: train.lr must be a non-negative number"),
+        ("pretrain", {"lr": -1}, "pretrain.train.lr must be a number >= 0, got -1"),
     ],
 )
 def test_bad_training_section_named(where: str, value, needle: str) -> None:

@@ -544,7 +544,7 @@ CASES: dict[str, Case] = {
         _rgb_inverted_box, ("Annotations/im1.xml", "inverted box"), "im1", RGB4
     ),
     "E10-depth-empty-box": Case(
-        _depth_empty_box, ("Annotations/d2.xml", "is empty inside"), "d2", DEPTH4
+        _depth_empty_box, ("Annotations/d2.xml", "inverted box of 'box'"), "d2", DEPTH4
     ),
     "E11-rgb-box-outside-image": Case(
         _rgb_box_outside,

@@ -135,3 +135,199 @@ def test_seeds_are_paired_and_resampled():
     # Seed spread makes the interval wider than a single seed's (which is a point here).
     with pytest.raises(ValueError, match="paired seeds"):
         paired_bootstrap(units, [_mean_of(a)], [_mean_of(a), _mean_of(a)])
+
+
+# The report library (dsod_core.report.compare): exact output on tiny known inputs.
+
+
+def _agg(dataset, init, source, mean, std, coco=None, fraction=1.0, images=10.0, seeds=2):
+    return {"dataset": dataset, "modality": "m", "init": init, "source": source,
+            "train_fraction": fraction, "train_images": images, "n_seeds": seeds,
+            "map50_mean": mean, "map50_std": std, "coco_ap_mean": coco,
+            "coco_ap_std": None}  # fmt: skip
+
+
+def _diff(dataset, source, fraction, mean, low, high, self_transfer=False):
+    return {"dataset": dataset, "source": source, "train_fraction": fraction, "n_seeds": 2,
+            "n_units": 7, "diff_mean": mean, "ci95": [low, high],
+            "self_transfer": self_transfer, "statement": "S."}  # fmt: skip
+
+
+def test_format_helpers_and_group_key():
+    from dsod_core.report.compare import fmt_mean_std, group_key
+
+    assert fmt_mean_std(0.5124, 0.0344) == "0.512 ± 0.034"
+    assert fmt_mean_std(0.5, None) == "0.500"  # one seed: no spread
+    assert fmt_mean_std(None, None) == "–"
+    row = {"dataset": "ct", "init": "finetuned", "source": "rgb", "train_fraction": 0.5, "x": 1}
+    assert group_key(row) == ("ct", "finetuned", "rgb", 0.5)
+
+
+def test_aggregate_means_and_sample_std_over_seeds():
+    from dsod_core.report.compare import aggregate
+
+    def run(init, seed, map50, images):
+        return {"dataset": "ct", "modality": "medical", "init": init, "source": None,
+                "train_fraction": 1.0, "seed": seed, "map50": map50, "coco_ap": None,
+                "train_images": images}  # fmt: skip
+
+    rows = [run("scratch", 0, 0.5, 10), run("scratch", 1, 0.6, 12), run("pretrain", 0, 0.25, 8)]
+    assert aggregate(rows) == [
+        {"dataset": "ct", "modality": "medical", "init": "scratch", "source": None,
+         "train_fraction": 1.0, "train_images": 11.0, "n_seeds": 2, "map50_mean": 0.55,
+         "map50_std": 0.0707, "coco_ap_mean": None, "coco_ap_std": None},
+        {"dataset": "ct", "modality": "medical", "init": "pretrain", "source": None,
+         "train_fraction": 1.0, "train_images": 8, "n_seeds": 1, "map50_mean": 0.25,
+         "map50_std": None, "coco_ap_mean": None, "coco_ap_std": None},
+    ]  # fmt: skip
+
+
+def test_transfer_matrix_of_known_differences():
+    from dsod_core.report.compare import transfer_matrix
+
+    differences = [
+        _diff("ct", "rgb", 0.5, 0.3, 0.1, 0.5),  # not the largest fraction: not shown
+        _diff("ct", "rgb", 1.0, 0.05, -0.02, 0.125),
+        _diff("ct", "depth", 1.0, -0.1, -0.2, 0.0),
+        _diff("depth", "depth", 1.0, 0.0, -0.01, 0.01, self_transfer=True),
+    ]
+    assert transfer_matrix(differences) == (
+        1.0,
+        [
+            "| target \\ source | rgb | depth |",
+            "|---|---|---|",
+            "| ct | +0.050 [-0.020, +0.125] | -0.100 [-0.200, +0.000] |",
+            "| depth | – | +0.000 [-0.010, +0.010] (self) |",
+        ],
+    )
+    assert transfer_matrix([]) == (None, ["| target \\ source |  |", "|---|"])
+
+
+def test_markdown_of_a_tiny_report():
+    from dsod_core.report.compare import markdown
+
+    report = {
+        "aggregates": [
+            _agg("ct", "scratch", None, 0.5, 0.01, coco=0.25),
+            _agg("ct", "finetuned", "rgb", 0.6, None, images=None, seeds=1),
+        ],
+        "differences": [_diff("ct", "rgb", 1.0, 0.1, -0.05, 0.2)],
+        "sources": [
+            {"dataset": "rgb", "modality": "rgb", "map50": 0.8, "coco_ap": None,
+             "train_seconds": 12.4},
+        ],
+    }  # fmt: skip
+    expected = """# Scratch vs fine-tuned
+
+VOC07 11-point mAP@0.5 and COCO AP@[.5:.95] on each target's test split, mean ± std over the \
+training seeds. `finetuned` starts from a source model (first conv adapted to the channel \
+count, new class head); `train fraction` is a nested subset of the train split drawn by whole \
+source units. Intervals: 95% paired bootstrap over the test set's source units and the seeds \
+(docs/study.md).
+
+## Runs (mean over seeds)
+
+| dataset | init | source | train fraction | train images | seeds | mAP@0.5 | COCO AP |
+|---|---|---|---|---|---|---|---|
+| ct | scratch | – | 1 | 10 | 2 | 0.500 ± 0.010 | 0.250 |
+| ct | finetuned | rgb | 1 | – | 1 | 0.600 | – |
+
+## Fine-tuned − scratch (mAP@0.5)
+
+| dataset | source | train fraction | seeds | test units | difference | 95% CI |
+|---|---|---|---|---|---|---|
+| ct | rgb | 1 | 2 | 7 | +0.100 | [-0.050, +0.200] |
+
+- ct, fraction 1: S.
+
+## Transfer matrix (train fraction 1; fine-tuned − scratch mAP@0.5)
+
+| target \\ source | rgb |
+|---|---|
+| ct | +0.100 [-0.050, +0.200] |
+
+## Source models on their own test sets
+
+| dataset | modality | mAP@0.5 | COCO AP | train s |
+|---|---|---|---|---|
+| rgb | rgb | 0.800 | – | 12 |
+
+## Data efficiency
+
+![ct](plots/ct.png)
+"""
+    assert markdown(report, {"ct": "plots/ct.png"}) == expected
+
+
+def test_summary_is_flat_at_the_largest_fraction():
+    from dsod_core.report.compare import summary
+
+    report = {
+        "aggregates": [
+            _agg("ct", "scratch", None, 0.4, None, fraction=0.5),
+            _agg("ct", "scratch", None, 0.5, 0.01, coco=0.25),
+            _agg("ct", "finetuned", "rgb", 0.6, 0.02),
+        ],
+        "differences": [
+            _diff("ct", "rgb", 0.5, 0.3, 0.1, 0.5),
+            _diff("ct", "rgb", 1.0, 0.1, -0.05, 0.2),
+        ],
+        "sources": [{"dataset": "rgb", "map50": 0.812345, "coco_ap": None}],
+    }
+    assert summary(report) == {
+        "rgb": {"source": {"map50": 0.8123, "coco_ap": None}},
+        "ct": {
+            "scratch": {"map50": 0.5, "map50_std": 0.01, "coco_ap": 0.25},
+            "finetuned_from_rgb": {"map50": 0.6, "map50_std": 0.02, "coco_ap": None},
+            "difference_from_rgb": {"map50": 0.1, "ci_low": -0.05, "ci_high": 0.2},
+        },
+    }
+
+
+def test_splice_section_replaces_between_markers_or_appends():
+    from dsod_core.report.study import BEGIN, END, splice_section
+
+    section = f"{BEGIN}\nnew\n{END}"
+    assert splice_section("# Page\n\ntext\n\n\n", section) == f"# Page\n\ntext\n\n{section}\n"
+    old = f"# Page\n\n{BEGIN}\nold\n{END}\n\nafter\n"
+    assert splice_section(old, section) == f"# Page\n\n{section}\n\nafter\n"
+    assert splice_section("", section) == f"\n\n{section}\n"
+
+
+# The run's record (dsod_core.engine.provenance): written by train, read by evaluate.
+
+
+def test_run_provenance_round_trip_keeps_the_config_json_format(tmp_path):
+    import json
+
+    from dsod_core.engine.config import TrainConfig
+    from dsod_core.engine.provenance import RUN_CONFIG, RunProvenance
+    from dsod_core.errors import CheckpointError
+    from dsod_core.io import write_json
+
+    config = TrainConfig(seed=3, train_fraction=0.5, store="s.h5", out_dir="models/x")
+    record = RunProvenance.of_training(config, "ct", "finetuned", "rgb", 40, 6)
+    assert (record.seed, record.train_fraction) == (3, 0.5)
+    path = record.write(tmp_path)
+    assert path == tmp_path / RUN_CONFIG == tmp_path / "config.json"
+    # The file as the train stage has always written it: the settings, then the record.
+    old = tmp_path / "old.json"
+    write_json(
+        old,
+        {**config.to_dict(), "dataset": "ct", "init": "finetuned", "source": "rgb",
+         "train_images": 40, "train_units": 6},
+    )  # fmt: skip
+    assert path.read_bytes() == old.read_bytes()
+    again = RunProvenance.read(tmp_path)
+    assert again == record and again.to_dict() == json.loads(path.read_text())
+    # A minimal record (what tests and hand-made runs write) reads with defaults.
+    (tmp_path / RUN_CONFIG).write_text(json.dumps({"dataset": "ct", "init": "scratch"}))
+    bare = RunProvenance.read(tmp_path)
+    assert (bare.source, bare.seed, bare.train_fraction, bare.train_images) == (
+        None, None, 1.0, None
+    )  # fmt: skip
+    (tmp_path / RUN_CONFIG).write_text(json.dumps({"dataset": "ct"}))
+    with pytest.raises(CheckpointError, match="no 'init'"):
+        RunProvenance.read(tmp_path)
+    with pytest.raises(CheckpointError, match="no config.json"):
+        RunProvenance.read(tmp_path / "nothing")

@@ -1,5 +1,6 @@
 """The study command's parts that need no training (pipelines/study.py): the study file's
-checks, the -S overrides DVC receives, the params they produce, and the Results section."""
+checks, the -S overrides DVC receives, the params they produce, and the Results section
+(assembled by dsod_core.report.study from the variants' files)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import pytest
 import yaml
 
 from dsod_core.errors import ConfigError
+from dsod_core.report.study import BEGIN
 from pipelines import study as st
 from pipelines._common import load_params
 
@@ -122,4 +124,4 @@ def test_results_section_tables_and_in_place_rewrite(tmp_path):
     st.write_section(doc, section)
     st.write_section(doc, section)
     text = doc.read_text()
-    assert text.startswith("# Page\n\ntext\n") and text.count(st.BEGIN) == 1
+    assert text.startswith("# Page\n\ntext\n") and text.count(BEGIN) == 1

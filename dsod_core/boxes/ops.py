@@ -114,6 +114,26 @@ def decode(
     return torch.cat([cxy - 0.5 * wh, cxy + 0.5 * wh], dim=-1)
 
 
+def _bipartite_match(iou: Tensor, matched_gt: Tensor) -> None:
+    """Step 1 of :func:`match_batch` on ``iou [B, P, N]``, into ``matched_gt [B, P]`` (in
+    place): one greedy pick per image per round; at most N rounds, each on tensors."""
+    bsz, p, n = iou.shape
+    avail = torch.where(iou > _MIN_OVERLAP, iou, -1.0)
+    batch_ids = torch.arange(bsz, device=matched_gt.device)
+    for _ in range(n):
+        flat = avail.reshape(bsz, p * n)
+        # argmax returns the first maximum: row-major over (prior, gt) = Caffe's scan order.
+        idx = flat.argmax(dim=1)
+        best = flat.gather(1, idx[:, None]).squeeze(1)
+        ok = best > _MIN_OVERLAP
+        if not bool(ok.any()):
+            break
+        b_ok, pi, gi = batch_ids[ok], idx[ok] // n, idx[ok] % n
+        matched_gt[b_ok, pi] = gi
+        avail[b_ok, pi, :] = -1.0
+        avail[b_ok, :, gi] = -1.0
+
+
 def match_batch(
     gt_boxes: Tensor,
     gt_labels: Tensor,
@@ -151,21 +171,7 @@ def match_batch(
     if n > 0:
         iou = box_iou(priors_xyxy, gt_boxes)  # [B, P, N]
         iou = torch.where(gt_valid[:, None, :], iou, -1.0)
-        # Bipartite step: one greedy pick per image per round; at most N rounds, each on tensors.
-        avail = torch.where(iou > _MIN_OVERLAP, iou, -1.0)
-        batch_ids = torch.arange(bsz, device=dev)
-        for _ in range(n):
-            flat = avail.reshape(bsz, p * n)
-            # argmax returns the first maximum: row-major over (prior, gt) = Caffe's scan order.
-            idx = flat.argmax(dim=1)
-            best = flat.gather(1, idx[:, None]).squeeze(1)
-            ok = best > _MIN_OVERLAP
-            if not bool(ok.any()):
-                break
-            b_ok, pi, gi = batch_ids[ok], idx[ok] // n, idx[ok] % n
-            matched_gt[b_ok, pi] = gi
-            avail[b_ok, pi, :] = -1.0
-            avail[b_ok, :, gi] = -1.0
+        _bipartite_match(iou, matched_gt)
         best_iou, best_gt = iou.max(dim=2)  # first maximum -> lowest gt index on ties
         extra = (matched_gt < 0) & (best_iou >= iou_threshold)
         matched_gt = torch.where(extra, best_gt, matched_gt)
@@ -256,31 +262,52 @@ def greedy_nms_mask(
         cand = valid[..., start:end]
         if not bool(cand.any()):
             continue
-        blk = boxes[..., start:end, :]
         g_blk = None if groups is None else groups[..., start:end]
         if start > 0:
-            # Only kept earlier boxes can suppress: compact them to the front (per leading row)
-            # and compare just those, which is most of the time saved over a full IoU matrix.
-            kept_prev = keep[..., :start]
-            m = int(kept_prev.sum(dim=-1).max())
-            if m > 0:
-                sel = torch.sort(kept_prev.to(torch.uint8), dim=-1, descending=True, stable=True)
-                sel = sel.indices[..., :m]
-                prev = boxes[..., :start, :].gather(-2, sel[..., None].expand(*sel.shape, 4))
-                g_prev = None if groups is None else groups[..., :start].gather(-1, sel)
-                s_prev = _suppresses(prev, blk, g_prev, g_blk, iou_threshold)
-                s_prev = s_prev & kept_prev.gather(-1, sel)[..., :, None]
-                cand = cand & ~s_prev.any(dim=-2)
-        s_in = _suppresses(blk, blk, g_blk, g_blk, iou_threshold)
-        s_in = torch.triu(s_in, diagonal=1) & cand[..., :, None]
-        kb = cand
-        for _ in range(end - start + 1):
-            new = cand & ~(s_in & kb[..., :, None]).any(dim=-2)
-            if torch.equal(new, kb):
-                break
-            kb = new
-        keep[..., start:end] = kb
+            cand = cand & ~_suppressed_by_kept(boxes, keep, groups, start, end, iou_threshold)
+        keep[..., start:end] = _settle_block(boxes[..., start:end, :], cand, g_blk, iou_threshold)
     return keep
+
+
+def _suppressed_by_kept(
+    boxes: Tensor,
+    keep: Tensor,
+    groups: Tensor | None,
+    start: int,
+    end: int,
+    iou_threshold: float,
+) -> Tensor:
+    """``[..., end - start]`` bool: the boxes of the block ``start:end`` that a kept box before
+    ``start`` suppresses. Only kept earlier boxes can suppress: they are compacted to the front
+    (per leading row) and compared alone, which is most of the time saved over a full IoU
+    matrix."""
+    kept_prev = keep[..., :start]
+    m = int(kept_prev.sum(dim=-1).max())
+    if m == 0:
+        return torch.zeros_like(keep[..., start:end])
+    blk = boxes[..., start:end, :]
+    g_blk = None if groups is None else groups[..., start:end]
+    sel = torch.sort(kept_prev.to(torch.uint8), dim=-1, descending=True, stable=True)
+    sel = sel.indices[..., :m]
+    prev = boxes[..., :start, :].gather(-2, sel[..., None].expand(*sel.shape, 4))
+    g_prev = None if groups is None else groups[..., :start].gather(-1, sel)
+    s_prev = _suppresses(prev, blk, g_prev, g_blk, iou_threshold)
+    s_prev = s_prev & kept_prev.gather(-1, sel)[..., :, None]
+    return s_prev.any(dim=-2)
+
+
+def _settle_block(blk: Tensor, cand: Tensor, g_blk: Tensor | None, iou_threshold: float) -> Tensor:
+    """Greedy NMS inside one block of candidates ``cand``: the fixed point of ``keep_i =
+    cand_i and not any_j(S[j, i] and keep_j)`` (see :func:`greedy_nms_mask`)."""
+    s_in = _suppresses(blk, blk, g_blk, g_blk, iou_threshold)
+    s_in = torch.triu(s_in, diagonal=1) & cand[..., :, None]
+    kb = cand
+    for _ in range(blk.shape[-2] + 1):
+        new = cand & ~(s_in & kb[..., :, None]).any(dim=-2)
+        if torch.equal(new, kb):
+            break
+        kb = new
+    return kb
 
 
 def _order_by_score(scores: Tensor) -> Tensor:

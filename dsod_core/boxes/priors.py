@@ -183,22 +183,25 @@ def default_boxes(
         mins, maxs = _sizes_fraction(dataset, num_maps)
         steps = [1.0 / int(f) for f in feature_map_sizes]
 
-    per_map = []
-    for f, step, smin, smax, rs in zip(feature_map_sizes, steps, mins, maxs, ratios, strict=True):
-        f = int(f)
-        # Shapes of the boxes of one location, in Caffe PriorBox order.
-        wh = [(smin, smin), (math.sqrt(smin * smax),) * 2]
-        for r in rs:
-            wh.append((smin * math.sqrt(r), smin / math.sqrt(r)))
-            wh.append((smin / math.sqrt(r), smin * math.sqrt(r)))
-        wh_t = torch.tensor(wh, dtype=torch.float64)  # [A, 2]
-        centres = (torch.arange(f, dtype=torch.float64) + _OFFSET) * step  # [f]
-        cy, cx = torch.meshgrid(centres, centres, indexing="ij")  # rows (y) outer, columns inner
-        ctr = torch.stack([cx.reshape(-1), cy.reshape(-1)], dim=1)  # [f*f, 2]
-        a = wh_t.shape[0]
-        boxes = torch.cat(
-            [ctr[:, None, :].expand(-1, a, -1), wh_t[None, :, :].expand(f * f, -1, -1)], dim=2
-        )  # [f*f, A, 4]
-        per_map.append(boxes.reshape(-1, 4))
+    shapes = zip(feature_map_sizes, steps, mins, maxs, ratios, strict=True)
+    per_map = [_map_boxes(int(f), step, smin, smax, rs) for f, step, smin, smax, rs in shapes]
     # Computed in float64 so the float32 result is the correctly rounded value.
     return torch.cat(per_map, dim=0).to(torch.float32)
+
+
+def _map_boxes(f: int, step: float, smin: float, smax: float, rs: tuple[float, ...]) -> Tensor:
+    """``Tensor[f*f*A, 4]`` float64 (cx, cy, w, h) of one ``f`` x ``f`` map: A shapes per
+    location in Caffe PriorBox order, locations row by row."""
+    wh = [(smin, smin), (math.sqrt(smin * smax),) * 2]
+    for r in rs:
+        wh.append((smin * math.sqrt(r), smin / math.sqrt(r)))
+        wh.append((smin / math.sqrt(r), smin * math.sqrt(r)))
+    wh_t = torch.tensor(wh, dtype=torch.float64)  # [A, 2]
+    centres = (torch.arange(f, dtype=torch.float64) + _OFFSET) * step  # [f]
+    cy, cx = torch.meshgrid(centres, centres, indexing="ij")  # rows (y) outer, columns inner
+    ctr = torch.stack([cx.reshape(-1), cy.reshape(-1)], dim=1)  # [f*f, 2]
+    a = wh_t.shape[0]
+    boxes = torch.cat(
+        [ctr[:, None, :].expand(-1, a, -1), wh_t[None, :, :].expand(f * f, -1, -1)], dim=2
+    )  # [f*f, A, 4]
+    return boxes.reshape(-1, 4)

@@ -107,6 +107,8 @@ class StoreWriter:
         self._ids: set[str] = set()
         self._stats = _RunningStats(len(self.channel_names))
         self._n = 0
+        self.adapter_state: dict[str, Any] = {}
+        self.units: dict[str, Any] = {}
 
     def __len__(self) -> int:
         return self._n
@@ -188,6 +190,11 @@ class StoreWriter:
         splits = f.create_group("splits")
         for name, idx in self._splits.items():
             splits.create_dataset(name, data=np.asarray(idx, dtype=np.int64))
+        # What evaluation needs of the adapter and the units, so it never re-reads raw data:
+        # JSON text in scalar datasets (attributes are limited to 64 kB).
+        text = h5py.string_dtype("utf-8")
+        f.create_dataset("adapter_state", data=json.dumps(self.adapter_state), dtype=text)
+        f.create_dataset("units", data=json.dumps(self.units), dtype=text)
         mean, std = self._stats.result()
         stats = f.create_group("stats")
         stats.create_dataset("mean", data=mean)
@@ -217,11 +224,21 @@ class StoreWriter:
             self.abort()
 
 
+def _json_dataset(f: h5py.File, name: str) -> dict[str, Any]:
+    """A JSON text dataset of the store (``{}`` when absent)."""
+    if name not in f:
+        return {}
+    raw = f[name][()]
+    return json.loads(raw.decode() if isinstance(raw, bytes) else raw)
+
+
 class StoreReader:
     """Read a store lazily; picklable, one h5py handle per process.
 
     Attributes (read once at construction): ``modality``, ``class_names``, ``channel_names``,
-    ``params``, ``mean``/``std`` (float32 ``[C]``, train split only), ``splits``.
+    ``params``, ``mean``/``std`` (float32 ``[C]``, train split only), ``splits``,
+    ``adapter_state`` (what the adapter learnt from the data: ``ModalityAdapter.state``) and
+    ``units`` (unit id -> the adapter's ``unit_record``, world-level ground truth).
     """
 
     def __init__(self, path: str | os.PathLike):
@@ -250,6 +267,8 @@ class StoreReader:
                 self.mean = f["stats/mean"][()].astype(np.float32)
                 self.std = f["stats/std"][()].astype(np.float32)
                 self.splits = {s: f[f"splits/{s}"][()].astype(np.int64) for s in SPLITS}
+                self.adapter_state = _json_dataset(f, "adapter_state")
+                self.units = _json_dataset(f, "units")
         except OSError as exc:
             raise DataError(f"cannot read HDF5 store ({exc})", path=self.path) from exc
         self._file: h5py.File | None = None

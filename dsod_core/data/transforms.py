@@ -32,20 +32,22 @@ xyxy (x = column) on ``[C, H, W]`` images, so every size handed to MONAI below i
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from monai.data.box_utils import centers_in_boxes, spatial_crop_boxes
 
 from dsod_core.boxes.ops import box_iou
 from dsod_core.errors import ConfigError, DataError
+from dsod_core.params import Params, param
 
 Item = dict[str, Any]
 
 __all__ = [
+    "AugmentationParams",
     "Compose",
     "GaussianNoise",
     "HorizontalFlip",
@@ -296,6 +298,10 @@ class MinIoURandomCrop(Transform):
             return _pack(item, image, boxes, labels, difficult)
         x1, y1, x2, y2 = (int(v) for v in crop)
         centres = (boxes[:, :2] + boxes[:, 2:]) / 2.0
+        # MONAI's box utilities, imported here: importing MONAI costs every stage process
+        # ~2 s, and only the crop sampler needs it.
+        from monai.data.box_utils import centers_in_boxes, spatial_crop_boxes
+
         keep = np.asarray(centers_in_boxes(centres, np.tile(crop, (len(boxes), 1)), eps=0.0))
         keep = keep.astype(bool).reshape(-1)
         cropped = np.ascontiguousarray(image[:, y1:y2, x1:x2])
@@ -523,16 +529,37 @@ class PhotometricDistort(Transform):
 # --------------------------------------------------------------------------------------------
 # builders
 # --------------------------------------------------------------------------------------------
-TRAIN_CFG_DEFAULTS: dict[str, Any] = {
-    "zoom_out": 0.5,  # bool or probability
-    "max_zoom": 4.0,
-    "crop": True,
-    "flip": True,
-    "intensity_scale": None,  # [lo, hi] multiplicative, normalised units
-    "intensity_shift": None,  # [lo, hi] additive, in standard deviations
-    "noise_std": 0.0,
-    "photometric": False,  # SSD colour distortion, RGB channels only
-}
+@dataclass(frozen=True)
+class AugmentationParams(Params):
+    """The ``augmentation`` mapping of the training params (every key optional), parsed by
+    :func:`build_train_transform`; ``train.augmentation`` in ``params.yaml``."""
+
+    section: ClassVar[str] = "augmentation"
+
+    zoom_out: bool | float = param(
+        0.5, "SSD zoom-out: its probability (true: 0.5, false: off)", min=0, max=1
+    )
+    max_zoom: float = param(4.0, "largest canvas side / image side of the zoom-out", min=1)
+    crop: bool = param(True, "SSD's min-IoU random crop (the Caffe batch samplers)")
+    flip: bool = param(True, "horizontal flip with probability 0.5")
+    intensity_scale: tuple[float, float] | None = param(
+        None, "[lo, hi] of the factor a of x*a + b (normalised units); null: none"
+    )
+    intensity_shift: tuple[float, float] | None = param(
+        None, "[lo, hi] of the shift b of x*a + b, in standard deviations; null: none"
+    )
+    noise_std: float = param(0.0, "std of Gaussian noise (normalised units) at p 0.5", min=0)
+    photometric: bool = param(False, "SSD colour distortion of the RGB channels (RGB only)")
+
+    def check(self) -> None:
+        for name in ("intensity_scale", "intensity_shift"):
+            pair = getattr(self, name)
+            if pair is not None and pair[0] > pair[1]:
+                self.fail(name, f"must be [lo, hi] with lo <= hi, got {list(pair)}")
+
+
+TRAIN_CFG_DEFAULTS: dict[str, Any] = AugmentationParams().to_dict()
+"""Every augmentation key with its default (``AugmentationParams``)."""
 
 _RGB_NAMES = ({"r", "red"}, {"g", "green"}, {"b", "blue"})
 
@@ -552,7 +579,7 @@ def _rgb_indices(channel_names: Sequence[str] | None) -> list[int] | None:
 
 def build_train_transform(
     size: int | Sequence[int],
-    cfg: dict[str, Any] | None = None,
+    cfg: Mapping[str, Any] | AugmentationParams | None = None,
     *,
     channel_names: Sequence[str] | None = None,
     channel_mean: Sequence[float] | None = None,
@@ -562,64 +589,56 @@ def build_train_transform(
     """The SSD/DSOD training pipeline for images of any channel count.
 
     Order: intensity (photometric, scale/shift) -> zoom-out -> min-IoU crop -> resize to
-    ``size`` -> flip -> Gaussian noise. ``cfg`` keys (all optional) are those of
-    :data:`TRAIN_CFG_DEFAULTS`; ``intensity_scale``/``intensity_shift`` are applied together
-    with p=0.5. ``photometric: true`` needs ``channel_names`` with exactly one red, green and
-    blue channel (``r``/``red`` ...), the raw per-channel ``channel_mean``/``channel_std`` of all
-    channels and the raw ``value_range`` (255 for 8-bit images); otherwise :class:`ConfigError`.
+    ``size`` -> flip -> Gaussian noise. ``cfg`` holds :class:`AugmentationParams` keys (all
+    optional; defaults :data:`TRAIN_CFG_DEFAULTS`), validated by it; ``intensity_scale``/
+    ``intensity_shift`` are applied together with p=0.5. ``photometric: true`` needs
+    ``channel_names`` with exactly one red, green and blue channel (``r``/``red`` ...), the raw
+    per-channel ``channel_mean``/``channel_std`` of all channels and the raw ``value_range``
+    (255 for 8-bit images); otherwise :class:`ConfigError`.
     """
-    cfg = {} if cfg is None else dict(cfg)
-    unknown = sorted(set(cfg) - set(TRAIN_CFG_DEFAULTS))
-    if unknown:
-        raise ConfigError(
-            f"unknown augmentation keys {unknown}; accepted: {sorted(TRAIN_CFG_DEFAULTS)}"
-        )
-    c = {**TRAIN_CFG_DEFAULTS, **cfg}
-    steps: list[Transform] = []
-
-    if c["photometric"]:
-        rgb = _rgb_indices(channel_names)
-        if rgb is None:
-            raise ConfigError(
-                "augmentation.photometric needs red, green and blue channels; channel names are "
-                f"{None if channel_names is None else list(channel_names)}"
-            )
-        if channel_mean is None or channel_std is None or value_range is None:
-            raise ConfigError(
-                "augmentation.photometric needs channel_mean, channel_std and value_range"
-            )
-        mean = np.asarray(channel_mean, dtype=np.float64).reshape(-1)
-        std = np.asarray(channel_std, dtype=np.float64).reshape(-1)
-        if len(mean) != len(channel_names) or len(std) != len(channel_names):
-            raise ConfigError("channel_mean/channel_std need one value per channel")
-        steps.append(PhotometricDistort(mean[rgb], std[rgb], value_range, rgb_channels=rgb))
-
-    if c["intensity_scale"] is not None or c["intensity_shift"] is not None:
-        steps.append(RandomIntensityScale(c["intensity_scale"], c["intensity_shift"]))
-
-    zoom = c["zoom_out"]
-    if isinstance(zoom, bool):
-        zoom_p = 0.5 if zoom else 0.0
-    elif isinstance(zoom, int | float):
-        zoom_p = float(zoom)
+    if isinstance(cfg, AugmentationParams):
+        c = cfg
     else:
-        raise ConfigError(f"augmentation.zoom_out must be a bool or probability, got {zoom!r}")
+        c = AugmentationParams.parse(cfg)
+    steps: list[Transform] = []
+    if c.photometric:
+        steps.append(_photometric(channel_names, channel_mean, channel_std, value_range))
+    if c.intensity_scale is not None or c.intensity_shift is not None:
+        steps.append(RandomIntensityScale(c.intensity_scale, c.intensity_shift))
+    zoom_p = (0.5 if c.zoom_out else 0.0) if isinstance(c.zoom_out, bool) else c.zoom_out
     if zoom_p > 0:
-        steps.append(ZoomOut(max_scale=c["max_zoom"], p=zoom_p, fill=0.0))
-    if not isinstance(c["crop"], bool):
-        raise ConfigError(f"augmentation.crop must be true/false, got {c['crop']!r}")
-    if c["crop"]:
+        steps.append(ZoomOut(max_scale=c.max_zoom, p=zoom_p, fill=0.0))
+    if c.crop:
         steps.append(MinIoURandomCrop())
     steps.append(Resize(size))
-    if not isinstance(c["flip"], bool):
-        raise ConfigError(f"augmentation.flip must be true/false, got {c['flip']!r}")
-    if c["flip"]:
+    if c.flip:
         steps.append(HorizontalFlip(0.5))
-    if not isinstance(c["noise_std"], int | float) or isinstance(c["noise_std"], bool):
-        raise ConfigError(f"augmentation.noise_std must be a number, got {c['noise_std']!r}")
-    if c["noise_std"]:
-        steps.append(GaussianNoise(float(c["noise_std"]), p=0.5))
+    if c.noise_std:
+        steps.append(GaussianNoise(c.noise_std, p=0.5))
     return Compose(steps)
+
+
+def _photometric(
+    channel_names: Sequence[str] | None,
+    channel_mean: Sequence[float] | None,
+    channel_std: Sequence[float] | None,
+    value_range: float | None,
+) -> PhotometricDistort:
+    rgb = _rgb_indices(channel_names)
+    if rgb is None:
+        raise ConfigError(
+            "augmentation.photometric needs red, green and blue channels; channel names are "
+            f"{None if channel_names is None else list(channel_names)}"
+        )
+    if channel_mean is None or channel_std is None or value_range is None:
+        raise ConfigError(
+            "augmentation.photometric needs channel_mean, channel_std and value_range"
+        )
+    mean = np.asarray(channel_mean, dtype=np.float64).reshape(-1)
+    std = np.asarray(channel_std, dtype=np.float64).reshape(-1)
+    if len(mean) != len(channel_names) or len(std) != len(channel_names):
+        raise ConfigError("channel_mean/channel_std need one value per channel")
+    return PhotometricDistort(mean[rgb], std[rgb], value_range, rgb_channels=rgb)
 
 
 def build_eval_transform(size: int | Sequence[int]) -> Compose:

@@ -1,146 +1,161 @@
-"""Training configuration: one dataclass that reads top to bottom.
+"""Training configuration: one params dataclass that reads top to bottom.
 
-Built from the ``train`` section of ``params.yaml`` (plus the paths the stage adds) by
-:meth:`TrainConfig.from_dict`, which refuses unknown keys and wrong types.
+Built from the training params of ``params.yaml`` (plus the paths the stage adds) by
+:meth:`TrainConfig.from_dict`, which validates every field through the project's params
+mechanism (:mod:`dsod_core.params`): unknown keys, types, choices and ranges, numbers YAML 1.1
+reads as strings (``lr: 5e-2``) converted. The ``augmentation``, ``postprocess`` and
+``model_overrides`` mappings are checked key by key by their own params classes.
 """
 
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
-from dsod_core.errors import ConfigError
+from dsod_core.data.transforms import AugmentationParams
+from dsod_core.model.config import MIN_INPUT_SIZE, DSODConfig
+from dsod_core.params import ParamError, Params, param
+
+Split = Literal["train", "val", "test"]
+
+#: ``DSODConfig`` fields the run sets itself (from the data and ``input_size``), never overrides.
+NOT_OVERRIDES = ("in_channels", "num_classes", "input_size")
+
+
+@dataclass(frozen=True)
+class PostprocessParams(Params):
+    """Keyword arguments of ``dsod_core.postprocess.postprocess`` for validation during
+    training (``train.postprocess``); defaults are the paper's inference settings."""
+
+    section: ClassVar[str] = "postprocess"
+
+    score_threshold: float = param(0.01, "least class score kept", min=0, max=1)
+    pre_nms_top_k: int = param(400, "best boxes per class going into NMS", min=1)
+    nms_iou: float = param(0.45, "NMS suppresses boxes overlapping more than this", min=0, max=1)
+    max_detections: int = param(200, "detections kept per image", min=1)
+    variances: tuple[float, float] = param(
+        (0.1, 0.2), "SSD box-coding variances (centre, size)", min=0, min_exclusive=True
+    )
+    clip: bool = param(True, "clip decoded boxes to the image before NMS")
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(Params):
+    """The whole configuration of one training run (``docs/training.md``)."""
+
+    section: ClassVar[str] = "train"
+
     # what to train on and where to write
-    store: str = ""  # prepared HDF5 store
-    out_dir: str = ""  # models/<run>: checkpoints, final weights, log
-    train_split: str = "train"
-    # a nested subset of the train split, drawn by whole source units (volumes, scenes,
-    # images) from `seed` (dsod_core.data.subsets); 1.0: all of it
-    train_fraction: float = 1.0
-    val_split: str = "val"
+    store: str = param("", "the prepared HDF5 store")
+    out_dir: str = param("", "models/<run>: checkpoints, final weights, log")
+    train_split: Split = param("train", "split trained on")
+    train_fraction: float = param(
+        1.0,
+        "a nested subset of the train split, drawn by whole source units (volumes, scenes, "
+        "images) from `seed` (dsod_core.data.subsets); 1.0: all of it",
+        min=0,
+        max=1,
+        min_exclusive=True,
+    )
+    val_split: Split = param("val", "split of the validation mAP during training")
     # the model
-    variant: str = "dsod_tiny"
-    input_size: int = 64
-    model_overrides: dict[str, Any] = field(default_factory=dict)  # e.g. memory_efficient
-    init_weights: str | None = None  # None: from scratch; else model.pt of a source run
+    variant: str = param(
+        "dsod_tiny", "model variant (python -m dsod_core.model.summary)", min_len=1
+    )
+    input_size: int = param(64, "square network input in pixels", min=MIN_INPUT_SIZE)
+    model_overrides: dict[str, Any] = param(
+        default_factory=dict,
+        doc="DSODConfig fields over the variant's, e.g. {memory_efficient: true}",
+        schema=DSODConfig,
+    )
+    init_weights: str | None = param(None, "null: from scratch; else model.pt of a source run")
     # optimisation (per-process micro-batch; global batch = batch_size*accumulate*world)
-    batch_size: int = 16
-    accumulate: int = 1
-    epochs: int = 30
-    iterations: int | None = None  # optimiser steps; when set, it decides the length
-    optimizer: str = "sgd"
-    lr: float = 0.05
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    warmup_steps: int = 50  # linear warm-up, in optimiser steps
-    schedule: str = "multistep"  # "multistep" or "cosine"
-    lr_steps: list[float] = field(default_factory=lambda: [0.67, 0.89])  # fractions of all steps
-    lr_gamma: float = 0.1
-    grad_clip: float | None = None  # max global gradient norm
+    batch_size: int = param(16, "images per process and micro-batch", min=1)
+    accumulate: int = param(1, "micro-batches per optimiser step", min=1)
+    epochs: int = param(30, "passes over the train split (unless iterations is set)", min=1)
+    iterations: int | None = param(None, "optimiser steps; when set, it decides the length", min=1)
+    optimizer: Literal["sgd"] = param("sgd", "SGD with momentum (the paper's)")
+    lr: float = param(0.05, "learning rate (after warm-up)", min=0)
+    momentum: float = param(0.9, "SGD momentum", min=0)
+    weight_decay: float = param(5e-4, "L2 weight decay", min=0)
+    warmup_steps: int = param(50, "linear warm-up, in optimiser steps", min=0)
+    schedule: Literal["multistep", "cosine"] = param("multistep", "learning-rate schedule")
+    lr_steps: list[float] = param(
+        default_factory=lambda: [0.67, 0.89],
+        doc="multistep: drops (x lr_gamma) at these fractions of all steps",
+        min=0,
+        max=1,
+        min_exclusive=True,
+        max_exclusive=True,
+        expect="a list of fractions in (0, 1)",
+    )
+    lr_gamma: float = param(0.1, "multistep: factor of each drop", min=0)
+    grad_clip: float | None = param(
+        None, "max global gradient norm; null: off", min=0, min_exclusive=True
+    )
     # data
-    augmentation: dict[str, Any] = field(default_factory=dict)
-    num_workers: int = 0
+    augmentation: dict[str, Any] = param(
+        default_factory=dict,
+        doc="training augmentation (dsod_core.data.transforms.AugmentationParams)",
+        schema=AugmentationParams,
+    )
+    num_workers: int = param(0, "DataLoader worker processes", min=0)
     # evaluation during training
-    eval_every: int = 1  # epochs; 0 = only at the end
-    postprocess: dict[str, Any] = field(default_factory=dict)
+    eval_every: int = param(1, "validation mAP every N epochs; 0: only at the end", min=0)
+    postprocess: dict[str, Any] = param(
+        default_factory=dict,
+        doc="decoding and NMS of the validation (PostprocessParams)",
+        schema=PostprocessParams,
+    )
     # hardware
-    device: str = "auto"  # "auto", "cpu", "cuda"
-    threads: int | None = None  # CPU threads per process; None: cores / processes on the node
+    device: Literal["auto", "cpu", "cuda"] = param("auto", "auto: the GPU when there is one")
+    threads: int | None = param(
+        None, "CPU threads per process; null: cores / processes on the node", min=1
+    )
     # CUDA only: autocast. True/"auto": bfloat16 where the GPU supports it, else float16 with
     # a GradScaler; "bf16" / "fp16" force one; False/"off": float32.
-    amp: bool | str = True
-    channels_last: bool = True  # CUDA only
-    compile: bool = False  # torch.compile the training forward (eager if compiling fails)
-    sync_bn: bool = False  # SyncBatchNorm across processes (CUDA/NCCL)
-    backend: str | None = None  # None (one process), "gloo", "nccl"
-    nproc_per_node: int | None = None  # spawn N processes (Ignite launcher)
+    amp: bool | Literal["auto", "bf16", "fp16", "off"] = param(
+        True, "CUDA autocast: true/auto (bf16 where supported, else fp16), bf16, fp16, false/off"
+    )
+    channels_last: bool = param(True, "NHWC tensors on CUDA")
+    compile: bool = param(False, "torch.compile the training forward (eager if it fails)")
+    sync_bn: bool = param(False, "SyncBatchNorm across processes (CUDA/NCCL)")
+    backend: Literal["gloo", "nccl"] | None = param(None, "null: one process; gloo or nccl")
+    nproc_per_node: int | None = param(None, "spawn N processes (Ignite launcher)", min=1)
     # reproducibility and resumption
-    seed: int = 0
-    resume: bool = False  # continue from the newest checkpoint in out_dir/checkpoints
-    keep_checkpoints: int = 2
-    progress: bool = True  # Ignite progress bars
-    dvclive: bool = True  # log per-epoch metrics with DVCLive (rank 0)
+    seed: int = param(0, "seed of initialisation, data order and augmentation", min=0)
+    resume: bool = param(False, "continue from the newest checkpoint in out_dir/checkpoints")
+    keep_checkpoints: int = param(2, "newest checkpoints kept", min=1)
+    progress: bool = param(True, "Ignite progress bars")
+    dvclive: bool = param(True, "log per-epoch metrics with DVCLive (rank 0)")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], source: str = "params.yaml") -> TrainConfig:
-        names = {f.name: f for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - set(names))
-        if unknown:
-            raise ConfigError(
-                f"unknown train key(s) {unknown}; accepted: {sorted(names)}", path=source
-            )
-        cfg = cls(**d)
-        cfg.validate(source)
-        return cfg
+        """Validate a mapping of TrainConfig fields (messages start with ``source``)."""
+        return cls.parse(d, source=source)
 
-    def validate(self, source: str = "params.yaml") -> None:
-        def need(ok: bool, msg: str) -> None:
-            if not ok:
-                raise ConfigError(msg, path=source)
-
-        need(
-            isinstance(self.train_fraction, int | float)
-            and not isinstance(self.train_fraction, bool)
-            and 0.0 < float(self.train_fraction) <= 1.0,
-            f"train_fraction must lie in (0, 1], got {self.train_fraction!r}",
-        )
-        for name in ("input_size", "batch_size", "accumulate", "epochs", "keep_checkpoints"):
-            v = getattr(self, name)
-            need(
-                isinstance(v, int) and not isinstance(v, bool) and v >= 1,
-                f"train.{name} must be a positive integer, got {v!r}",
+    def check(self) -> None:
+        self.parse_nested("augmentation", AugmentationParams)
+        self.parse_nested("postprocess", PostprocessParams)
+        fixed = [k for k in NOT_OVERRIDES if k in self.model_overrides]
+        if fixed:
+            self.fail(
+                "model_overrides",
+                f"{fixed} are set by the data and input_size, not by overrides",
             )
-        need(
-            self.iterations is None or (isinstance(self.iterations, int) and self.iterations > 0),
-            f"train.iterations must be a positive integer or null, got {self.iterations!r}",
-        )
-        for name in ("lr", "momentum", "weight_decay", "lr_gamma"):
-            v = getattr(self, name)
-            need(
-                isinstance(v, int | float) and not isinstance(v, bool) and v >= 0,
-                f"train.{name} must be a non-negative number, got {v!r}",
-            )
-        need(
-            self.schedule in ("multistep", "cosine"),
-            f"train.schedule must be 'multistep' or 'cosine', got {self.schedule!r}",
-        )
-        need(self.optimizer == "sgd", f"train.optimizer must be 'sgd', got {self.optimizer!r}")
-        need(
-            isinstance(self.lr_steps, list) and all(0 < s < 1 for s in self.lr_steps),
-            f"train.lr_steps must be a list of fractions in (0, 1), got {self.lr_steps!r}",
-        )
-        need(
-            self.device in ("auto", "cpu", "cuda"),
-            f"train.device must be auto, cpu or cuda, got {self.device!r}",
-        )
-        need(
-            self.backend in (None, "gloo", "nccl"),
-            f"train.backend must be null, gloo or nccl, got {self.backend!r}",
-        )
-        need(
-            self.threads is None or (isinstance(self.threads, int) and self.threads >= 1),
-            f"train.threads must be a positive integer or null, got {self.threads!r}",
-        )
-        need(
-            self.amp in (True, False, "auto", "bf16", "fp16", "off"),
-            f"train.amp must be true, false, auto, bf16, fp16 or off, got {self.amp!r}",
-        )
-        need(
-            isinstance(self.compile, bool),
-            f"train.compile must be true or false, got {self.compile!r}",
-        )
-        need(isinstance(self.augmentation, dict), "train.augmentation must be a mapping")
-        need(isinstance(self.model_overrides, dict), "train.model_overrides must be a mapping")
-        need(
-            self.grad_clip is None
-            or (isinstance(self.grad_clip, int | float) and self.grad_clip > 0),
-            f"train.grad_clip must be a positive number or null, got {self.grad_clip!r}",
-        )
+        from dsod_core.model.registry import list_variants
 
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        if self.variant not in list_variants():
+            self.fail(
+                "variant",
+                f"{self.variant!r} is not a known variant (known: {', '.join(list_variants())})",
+            )
+
+    @classmethod
+    def _message(cls, owner: str, err: ParamError) -> str:
+        if err.kind == "unknown" and len(err.key) == 1:  # a key of the run's own mapping
+            return (
+                f"unknown {owner or 'train'} key(s) {list(err.unknown)}{err.hint} "
+                f"(accepted: {', '.join(err.accepted)})"
+            )
+        return super()._message(owner, err)

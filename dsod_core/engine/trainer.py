@@ -1,8 +1,12 @@
 """Ignite training of DSOD on CPU, one GPU (AMP) or many (``ignite.distributed``).
 
 Structure (as Ignite's templates): small ``setup_*`` functions and ``run(local_rank, config)``,
-launched by :func:`train` through ``idist.Parallel``. One ``to_save`` dict (model, optimiser,
-scheduler, scaler, trainer state, history, RNG state) serves checkpointing and resuming.
+launched by :func:`train` through ``idist.Parallel``. ``run`` reads top to bottom: threads,
+device and store; model, optimiser, data, run length, LR schedule, loss, scaler and the update
+engine; checkpointing (and resuming), DVCLive logging, the validation run and the epoch
+handlers; then the run itself and the outputs (``model.pt``, ``history.json``). One
+``to_save`` dict (model, optimiser, scheduler, scaler, trainer state, history, RNG state)
+serves checkpointing and resuming.
 """
 
 from __future__ import annotations
@@ -11,6 +15,8 @@ import json
 import math
 import os
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -213,9 +219,79 @@ def setup_trainer(
     return trainer
 
 
-def _evaluate(
+def setup_threads(config: TrainConfig) -> None:
+    """CPU threads of this process: ``train.threads``, else the node's cores shared out.
+
+    Several processes each using every core oversubscribe the CPU, and OpenMP's spinning
+    threads then slow small-tensor work down by orders of magnitude.
+    """
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    elif idist.get_nproc_per_node() > 1:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // idist.get_nproc_per_node()))
+
+
+def setup_optimizer(config: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD with momentum and weight decay, made distributed-aware by Ignite."""
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+    return idist.auto_optim(optimizer)
+
+
+@dataclass(frozen=True)
+class RunLength:
+    """How long the run is: ``epochs`` over the loader, ``total_steps`` optimiser steps, and
+    ``total_micro`` engine iterations when ``train.iterations`` decides the length (one
+    optimiser step takes ``accumulate`` iterations, i.e. micro-batches; None otherwise)."""
+
+    epochs: int
+    total_steps: int
+    total_micro: int | None
+
+    def is_last(self, engine: Engine) -> bool:
+        """Whether the epoch that ``engine`` just completed is the run's last."""
+        if self.total_micro:
+            return engine.state.iteration >= self.total_micro
+        return engine.state.epoch == self.epochs
+
+    def ends_inside_epoch(self, engine: Engine, epoch_length: int) -> bool:
+        """Whether the run stopped, at its last iteration, inside an epoch (max_iters does
+        that without firing EPOCH_COMPLETED)."""
+        return bool(
+            self.total_micro
+            and engine.state.iteration == self.total_micro
+            and self.total_micro % epoch_length
+        )
+
+
+def setup_length(config: TrainConfig, steps_per_epoch: int) -> RunLength:
+    """The run's length from ``train.iterations`` (when set) or ``train.epochs``."""
+    if config.iterations:
+        epochs = math.ceil(config.iterations / steps_per_epoch)
+    else:
+        epochs = config.epochs
+    total_steps = config.iterations or epochs * steps_per_epoch
+    total_micro = config.iterations * config.accumulate if config.iterations else None
+    return RunLength(epochs=epochs, total_steps=total_steps, total_micro=total_micro)
+
+
+def setup_scheduler(
+    config: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """Per optimiser step: the warm-up and decay of :func:`lr_factor`."""
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, config))
+
+
+def setup_scaler(config: TrainConfig, device: torch.device) -> torch.amp.GradScaler:
+    """Loss scaling, enabled for float16 autocast only (see :func:`amp_dtype`)."""
+    return torch.amp.GradScaler("cuda", enabled=amp_dtype(config.amp, device) == torch.float16)
+
+
+def evaluate_split(
     config: TrainConfig, model: nn.Module, reader: StoreReader, device: torch.device, split: str
 ) -> dict[str, Any] | None:
+    """Scores of ``model`` on ``split`` (on rank 0; None elsewhere or when it is empty)."""
     if len(reader.split_indices(split)) == 0:
         return None
     loader = eval_loader(reader, split, config.input_size, max(config.batch_size, 8))
@@ -231,81 +307,50 @@ def _evaluate(
     return scores
 
 
+def setup_evaluation(
+    config: TrainConfig, model: nn.Module, reader: StoreReader, device: torch.device
+) -> Callable[[], dict[str, Any] | None]:
+    """The validation run made during training: scores of the model as it is now."""
+
+    def evaluate() -> dict[str, Any] | None:
+        return evaluate_split(config, model, reader, device, config.val_split)
+
+    return evaluate
+
+
 class _RunState:
     """What a checkpoint keeps besides the Ignite objects: history, training time, RNG."""
 
-    def __init__(self, config: TrainConfig, clock: dict[str, float], history: list):
-        self.config, self.clock, self.history = config, clock, history
+    def __init__(self, config: TrainConfig) -> None:
+        self.config = config
+        self.history: list[dict[str, Any]] = []
+        self.train_seconds = 0.0  # before this process started (a resumed run)
+        self.started = time.perf_counter()
+
+    def seconds(self) -> float:
+        """Training time so far, the resumed runs' included."""
+        return self.train_seconds + time.perf_counter() - self.started
 
     def state_dict(self) -> dict[str, Any]:
-        elapsed = time.perf_counter() - self.clock["started"]
+        elapsed = time.perf_counter() - self.started
         return {
             "history": list(self.history),
-            "train_seconds": self.clock["train_seconds"] + elapsed,
+            "train_seconds": self.train_seconds + elapsed,
             "torch_rng": torch.get_rng_state(),
             "config": self.config.to_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history[:] = state["history"]
-        self.clock["train_seconds"] = float(state["train_seconds"])
-        self.clock["started"] = time.perf_counter()
+        self.train_seconds = float(state["train_seconds"])
+        self.started = time.perf_counter()
         torch.set_rng_state(state["torch_rng"])
 
 
-def run(local_rank: int, config: TrainConfig) -> dict[str, Any]:
-    """Train per ``config`` in this process; rank 0 writes ``model.pt`` and ``history.json``."""
-    rank = idist.get_rank()
-    # Several processes each using every core oversubscribe the CPU, and OpenMP's spinning
-    # threads then slow small-tensor work down by orders of magnitude: share the cores out.
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    elif idist.get_nproc_per_node() > 1:
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // idist.get_nproc_per_node()))
-    out_dir = Path(config.out_dir)
-    ckpt_dir = out_dir / "checkpoints"
-    device = select_device(config.device, "train.device")
-    reader = StoreReader(config.store).require_training(config.train_split)
-
-    model, transfer = setup_model(config, reader, device)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
-    )
-    optimizer = idist.auto_optim(optimizer)
-    loader, sampler = setup_data(config, reader)
-    steps_per_epoch = sampler.steps_per_epoch
-    if config.iterations:
-        epochs = math.ceil(config.iterations / steps_per_epoch)
-    else:
-        epochs = config.epochs
-    total_steps = config.iterations or epochs * steps_per_epoch
-    # One optimiser step takes `accumulate` engine iterations (micro-batches).
-    total_micro = config.iterations * config.accumulate if config.iterations else None
-
-    def _is_last(engine: Engine) -> bool:
-        if total_micro:
-            return engine.state.iteration >= total_micro
-        return engine.state.epoch == epochs
-
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total_steps, config)
-    )
-    criterion = MultiBoxLoss(unwrap(model).default_boxes)
-    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype(config.amp, device) == torch.float16)
-    trainer = setup_trainer(config, model, optimizer, criterion, scheduler, scaler, device)
-
-    history: list[dict[str, Any]] = []
-    clock = {"train_seconds": 0.0, "started": time.perf_counter()}
-
-    run_state = _RunState(config, clock, history)
-    to_save = {
-        "model": unwrap(model),
-        "optimizer": optimizer,
-        "scheduler": scheduler,
-        "scaler": scaler,
-        "trainer": trainer,
-        "run": run_state,
-    }
+def setup_checkpointing(config: TrainConfig, to_save: dict[str, Any]) -> Checkpoint | None:
+    """Resume ``to_save`` from the newest checkpoint when ``train.resume`` (and one exists);
+    return the per-epoch checkpoint handler (rank 0; None on the other ranks)."""
+    ckpt_dir = Path(config.out_dir) / "checkpoints"
     if config.resume:
         state = latest_checkpoint(ckpt_dir)
         if state is not None:
@@ -316,24 +361,64 @@ def run(local_rank: int, config: TrainConfig) -> dict[str, Any]:
                 raise CheckpointError(
                     f"checkpoint does not fit this run: {first}", path=ckpt_dir
                 ) from exc
-    saver = checkpointer(ckpt_dir, to_save, keep=config.keep_checkpoints) if rank == 0 else None
+    if idist.get_rank() != 0:
+        return None
+    return checkpointer(ckpt_dir, to_save, keep=config.keep_checkpoints)
 
-    live = None
-    if rank == 0 and config.dvclive:
-        from dvclive import Live
 
-        live = Live(
-            dir=str(out_dir / "dvclive"), resume=bool(history), save_dvc_exp=False, dvcyaml=False
-        )
+def setup_logging(config: TrainConfig, resumed: bool) -> Any | None:
+    """A DVCLive logger on rank 0 when ``train.dvclive`` (None otherwise); ``resumed``
+    continues the steps of a resumed run."""
+    if idist.get_rank() != 0 or not config.dvclive:
+        return None
+    from dvclive import Live
 
-    @trainer.on(Events.EPOCH_STARTED)
-    def _plan_epoch(engine: Engine) -> None:
-        epoch0 = engine.state.epoch - 1  # ignite counts from 1
-        sampler.set_epoch(epoch0)
-        loader.dataset.set_epoch(epoch0)
+    return Live(
+        dir=str(Path(config.out_dir) / "dvclive"),
+        resume=resumed,
+        save_dvc_exp=False,
+        dvcyaml=False,
+    )
 
-    @trainer.on(Events.EPOCH_COMPLETED)
-    def _end_epoch(engine: Engine) -> None:
+
+def log_epoch(live: Any | None, row: dict[str, Any]) -> None:
+    """One history row to DVCLive (loss and lr under ``train/``), then the next step."""
+    if live is None:
+        return
+    for k, v in row.items():
+        if k != "epoch" and v is not None:
+            live.log_metric(f"train/{k}" if k in ("loss", "lr") else k, v)
+    live.next_step()
+
+
+def close_logging(live: Any | None) -> None:
+    """End the DVCLive run (if any)."""
+    if live is None:
+        return
+    try:
+        live.end()
+    except FileNotFoundError:
+        # end() finishes by removing .dvc/tmp/exps/run/DVCLIVE_STEP_COMPLETED (a signal
+        # for the VS Code extension) with an exists-then-remove check; seeds training side
+        # by side in one `dvc exp run` race on it. Everything else end() does is done by
+        # then, so the lost race costs nothing.
+        pass
+
+
+def setup_epoch_end(
+    config: TrainConfig,
+    optimizer: torch.optim.Optimizer,
+    evaluate: Callable[[], dict[str, Any] | None],
+    length: RunLength,
+    history: list[dict[str, Any]],
+    live: Any | None,
+    saver: Checkpoint | None,
+) -> Callable[[Engine], None]:
+    """The end of an epoch: a history row (loss, lr, validation scores when due), logged
+    and checkpointed on rank 0; every rank waits for the others."""
+    rank = idist.get_rank()
+
+    def end_epoch(engine: Engine) -> None:
         epoch = engine.state.epoch
         row: dict[str, Any] = {
             "epoch": epoch,
@@ -341,33 +426,56 @@ def run(local_rank: int, config: TrainConfig) -> dict[str, Any]:
             "lr": float(optimizer.param_groups[0]["lr"]),
         }
         due = config.eval_every and epoch % config.eval_every == 0
-        if due or _is_last(engine):
-            scores = _evaluate(config, model, reader, device, config.val_split)
+        if due or length.is_last(engine):
+            scores = evaluate()
             if scores is not None:
                 row.update({"val_map50": scores["map50"], "val_coco_ap": scores["coco_ap"]})
         history.append(row)
         if rank == 0:
-            if live is not None:
-                for k, v in row.items():
-                    if k != "epoch" and v is not None:
-                        live.log_metric(f"train/{k}" if k in ("loss", "lr") else k, v)
-                live.next_step()
+            log_epoch(live, row)
             saver(engine)
         idist.barrier()
 
-    if config.progress and rank == 0:
+    return end_epoch
+
+
+def setup_handlers(
+    trainer: Engine,
+    config: TrainConfig,
+    loader: DataLoader,
+    sampler: StepBatchSampler,
+    length: RunLength,
+    end_epoch: Callable[[Engine], None],
+) -> None:
+    """The epoch's batch plan, the epoch end, the progress bar, and the closing of a last
+    epoch that ``iterations`` cut short."""
+
+    @trainer.on(Events.EPOCH_STARTED)
+    def _plan_epoch(engine: Engine) -> None:
+        epoch0 = engine.state.epoch - 1  # ignite counts from 1
+        sampler.set_epoch(epoch0)
+        loader.dataset.set_epoch(epoch0)
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, end_epoch)
+    if config.progress and idist.get_rank() == 0:
         ProgressBar(desc="train", persist=True).attach(trainer, metric_names=["loss"])
 
     @trainer.on(Events.COMPLETED)
     def _partial_last_epoch(engine: Engine) -> None:
         # max_iters stops inside an epoch without EPOCH_COMPLETED: close that epoch here.
-        if total_micro and engine.state.iteration == total_micro and total_micro % len(loader):
-            _end_epoch(engine)
+        if length.ends_inside_epoch(engine, len(loader)):
+            end_epoch(engine)
 
-    if total_micro:  # stop at exactly `iterations` optimiser steps
-        trainer.run(loader, max_iters=total_micro, epoch_length=len(loader))
+
+def run_trainer(
+    trainer: Engine, loader: DataLoader, length: RunLength, config: TrainConfig
+) -> None:
+    """Run to the end (exactly ``iterations`` optimiser steps when set); a loss that became
+    NaN/inf (TerminateOnNan stopped the run) raises."""
+    if length.total_micro:  # stop at exactly `iterations` optimiser steps
+        trainer.run(loader, max_iters=length.total_micro, epoch_length=len(loader))
     else:
-        trainer.run(loader, max_epochs=epochs, epoch_length=len(loader))
+        trainer.run(loader, max_epochs=length.epochs, epoch_length=len(loader))
     if trainer.state.output is not None and not math.isfinite(trainer.state.output["loss"]):
         raise ProjectError(
             f"training diverged: the loss became {trainer.state.output['loss']} "
@@ -375,28 +483,73 @@ def run(local_rank: int, config: TrainConfig) -> dict[str, Any]:
             "train.grad_clip",
             path=config.out_dir,
         )
-    seconds = clock["train_seconds"] + time.perf_counter() - clock["started"]
-    if live is not None:
-        try:
-            live.end()
-        except FileNotFoundError:
-            # end() finishes by removing .dvc/tmp/exps/run/DVCLIVE_STEP_COMPLETED (a signal
-            # for the VS Code extension) with an exists-then-remove check; seeds training side
-            # by side in one `dvc exp run` race on it. Everything else end() does is done by
-            # then, so the lost race costs nothing.
-            pass
-    result = {"epochs": epochs, "steps": total_steps, "train_seconds": seconds, "history": history}
-    if rank == 0:
-        weights = weights_dict(
-            model,
-            variant=config.variant,
-            input_size=config.input_size,
-            model_overrides=config.model_overrides,
-            reader=reader,
-            extra={"train_seconds": seconds, "history": history, "transfer": transfer},
-        )
-        save_atomic(weights, out_dir / "model.pt")
-        write_json(out_dir / "history.json", result, indent=1)
+
+
+def save_outputs(
+    config: TrainConfig,
+    model: nn.Module,
+    reader: StoreReader,
+    result: dict[str, Any],
+    transfer: dict[str, list[str]],
+) -> None:
+    """``model.pt`` (weights and what inference needs) and ``history.json``."""
+    out_dir = Path(config.out_dir)
+    weights = weights_dict(
+        model,
+        variant=config.variant,
+        input_size=config.input_size,
+        model_overrides=config.model_overrides,
+        reader=reader,
+        extra={
+            "train_seconds": result["train_seconds"],
+            "history": result["history"],
+            "transfer": transfer,
+        },
+    )
+    save_atomic(weights, out_dir / "model.pt")
+    write_json(out_dir / "history.json", result, indent=1)
+
+
+def run(local_rank: int, config: TrainConfig) -> dict[str, Any]:
+    """Train per ``config`` in this process; rank 0 writes ``model.pt`` and ``history.json``."""
+    setup_threads(config)
+    device = select_device(config.device, "train.device")
+    reader = StoreReader(config.store).require_training(config.train_split)
+    model, transfer = setup_model(config, reader, device)
+    optimizer = setup_optimizer(config, model)
+    loader, sampler = setup_data(config, reader)
+    length = setup_length(config, sampler.steps_per_epoch)
+    scheduler = setup_scheduler(config, optimizer, length.total_steps)
+    criterion = MultiBoxLoss(unwrap(model).default_boxes)
+    scaler = setup_scaler(config, device)
+    trainer = setup_trainer(config, model, optimizer, criterion, scheduler, scaler, device)
+
+    state = _RunState(config)
+    to_save = {
+        "model": unwrap(model),
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "scaler": scaler,
+        "trainer": trainer,
+        "run": state,
+    }
+    saver = setup_checkpointing(config, to_save)
+    live = setup_logging(config, resumed=bool(state.history))
+    evaluate = setup_evaluation(config, model, reader, device)
+    end_epoch = setup_epoch_end(config, optimizer, evaluate, length, state.history, live, saver)
+    setup_handlers(trainer, config, loader, sampler, length, end_epoch)
+
+    run_trainer(trainer, loader, length, config)
+    seconds = state.seconds()
+    close_logging(live)
+    result = {
+        "epochs": length.epochs,
+        "steps": length.total_steps,
+        "train_seconds": seconds,
+        "history": state.history,
+    }
+    if idist.get_rank() == 0:
+        save_outputs(config, model, reader, result, transfer)
     return result
 
 
@@ -409,8 +562,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
     the processes ``torchrun`` started (set ``backend``, leave ``nproc_per_node`` unset).
 
     The global batch is ``batch_size * accumulate * world_size``. Returns the run's
-    ``history.json`` content (written by rank 0).
+    ``history.json`` content (written by rank 0). The config is validated first (types,
+    ranges and choices of every field), however it was built.
     """
+    config.validate()
     if config.backend is None and not config.nproc_per_node:
         return run(0, config)
     with idist.Parallel(backend=config.backend, nproc_per_node=config.nproc_per_node) as par:

@@ -198,34 +198,7 @@ def _run_evaluator(
     # enough since nothing mutates the values inside (a deepcopy costs seconds at 500k boxes).
     quiet = io.StringIO()
     with contextlib.redirect_stdout(quiet):
-        if backend == "faster":
-            from faster_coco_eval import COCO, COCOeval_faster
-
-            coco_gt = COCO(gt)
-            coco_dt = coco_gt.loadRes(results)
-            evaluator = COCOeval_faster(
-                coco_gt, coco_dt, "bbox", print_function=lambda *args, **kwargs: None
-            )
-        elif backend == "pycocotools":
-            from pycocotools.coco import COCO as RefCOCO
-            from pycocotools.cocoeval import COCOeval
-
-            coco_gt = RefCOCO()
-            coco_gt.dataset = gt
-            coco_gt.createIndex()
-            if results:
-                coco_dt = coco_gt.loadRes(results)
-            else:  # pycocotools' loadRes indexes results[0]: build the empty result set here
-                coco_dt = RefCOCO()
-                coco_dt.dataset = {
-                    "images": list(gt["images"]),
-                    "categories": copy.deepcopy(gt["categories"]),
-                    "annotations": [],
-                }
-                coco_dt.createIndex()
-            evaluator = COCOeval(coco_gt, coco_dt, "bbox")
-        else:
-            raise ValueError(f"backend must be 'faster' or 'pycocotools', got {backend!r}")
+        evaluator = _make_evaluator(gt, results, backend)
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
@@ -233,6 +206,44 @@ def _run_evaluator(
     stats = [float(s) for s in np.asarray(evaluator.stats, dtype=np.float64)[:12]]
     out: dict[str, Any] = {name: _nan_if_missing(v) for name, v in zip(COCO_STAT_NAMES, stats)}
     out["stats"] = stats
+    out.update(_per_class_ap(evaluator))
+    out["backend"] = backend
+    return out
+
+
+def _make_evaluator(gt: dict[str, Any], results: list[dict[str, Any]], backend: Backend) -> Any:
+    """The backend's COCOeval (bbox) over the in-memory ground truth and results."""
+    if backend == "faster":
+        from faster_coco_eval import COCO, COCOeval_faster
+
+        coco_gt = COCO(gt)
+        coco_dt = coco_gt.loadRes(results)
+        return COCOeval_faster(
+            coco_gt, coco_dt, "bbox", print_function=lambda *args, **kwargs: None
+        )
+    if backend == "pycocotools":
+        from pycocotools.coco import COCO as RefCOCO
+        from pycocotools.cocoeval import COCOeval
+
+        coco_gt = RefCOCO()
+        coco_gt.dataset = gt
+        coco_gt.createIndex()
+        if results:
+            coco_dt = coco_gt.loadRes(results)
+        else:  # pycocotools' loadRes indexes results[0]: build the empty result set here
+            coco_dt = RefCOCO()
+            coco_dt.dataset = {
+                "images": list(gt["images"]),
+                "categories": copy.deepcopy(gt["categories"]),
+                "annotations": [],
+            }
+            coco_dt.createIndex()
+        return COCOeval(coco_gt, coco_dt, "bbox")
+    raise ValueError(f"backend must be 'faster' or 'pycocotools', got {backend!r}")
+
+
+def _per_class_ap(evaluator: Any) -> dict[str, list]:
+    """``category_ids``, ``per_class_ap`` and ``per_class_ap50`` of an evaluated COCOeval."""
     # precision: [T iou thresholds, R recall points, K categories, A area ranges, M maxDets];
     # per-class AP@[.5:.95] as summarize() computes it: area "all", maxDets 100, entries > -1.
     precision = np.asarray(evaluator.eval["precision"], dtype=np.float64)
@@ -245,11 +256,7 @@ def _run_evaluator(
         p_50 = precision[t50, :, k, 0, -1]
         per_class.append(float(p_all[p_all > -1].mean()) if (p_all > -1).any() else float("nan"))
         per_class50.append(float(p_50[p_50 > -1].mean()) if (p_50 > -1).any() else float("nan"))
-    out["category_ids"] = cat_ids
-    out["per_class_ap"] = per_class
-    out["per_class_ap50"] = per_class50
-    out["backend"] = backend
-    return out
+    return {"category_ids": cat_ids, "per_class_ap": per_class, "per_class_ap50": per_class50}
 
 
 def evaluate_coco(
@@ -338,6 +345,17 @@ def read_coco_files(
             detection naming an image or category the ground truth does not have.
     """
     gt = _read_json(gt_json)
+    image_set, cat_set = _check_ground_truth(gt, gt_json)
+    dets = _read_json(dets_json)
+    if isinstance(dets, dict) and isinstance(dets.get("annotations"), list):
+        dets = dets["annotations"]
+    _check_detections(dets, image_set, cat_set, dets_json)
+    return gt, dets
+
+
+def _check_ground_truth(gt: Any, gt_json: str | os.PathLike) -> tuple[set, set]:
+    """Validate a COCO ground-truth dict (see :func:`read_coco_files`); returns its image and
+    category ids."""
     if not isinstance(gt, dict):
         raise DataError(
             "ground truth must be a JSON object with images/annotations/categories", path=gt_json
@@ -353,8 +371,15 @@ def read_coco_files(
     if len(set(image_ids)) != len(image_ids) or len(set(cat_ids)) != len(cat_ids):
         raise DataError("duplicate image or category ids", path=gt_json)
     image_set, cat_set = set(image_ids), set(cat_ids)
+    _check_annotations(gt["annotations"], image_set, cat_set, gt_json)
+    return image_set, cat_set
+
+
+def _check_annotations(
+    annotations: list, image_set: set, cat_set: set, gt_json: str | os.PathLike
+) -> None:
     ann_ids = set()
-    for ann in gt["annotations"]:
+    for ann in annotations:
         if not isinstance(ann, dict):
             raise DataError("an annotation is not an object", path=gt_json)
         bbox = ann.get("bbox")
@@ -384,9 +409,11 @@ def read_coco_files(
             )
         ann_ids.add(ann["id"])
 
-    dets = _read_json(dets_json)
-    if isinstance(dets, dict) and isinstance(dets.get("annotations"), list):
-        dets = dets["annotations"]
+
+def _check_detections(
+    dets: Any, image_set: set, cat_set: set, dets_json: str | os.PathLike
+) -> None:
+    """Validate a COCO results list against the ground truth's image and category ids."""
     if not isinstance(dets, list):
         raise DataError("results must be a JSON list of detections", path=dets_json)
     for i, det in enumerate(dets):
@@ -411,7 +438,6 @@ def read_coco_files(
             raise DataError(
                 f"detection {i} names unknown category {det.get('category_id')}", path=dets_json
             )
-    return gt, dets
 
 
 def _prepare_gt_for_eval(gt: Mapping[str, Any], difficult: DifficultPolicy) -> dict[str, Any]:

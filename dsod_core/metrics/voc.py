@@ -128,83 +128,35 @@ def match_detections(
     class. Matching never looks across images, so these flags stay valid for any multiset of
     the images (:class:`ResampledVOC`). Arguments and errors as :func:`evaluate_voc`.
     """
-    if len(ground_truths) != len(detections):
-        raise DataError(
-            f"{len(ground_truths)} ground-truth entries but {len(detections)} detection entries"
-        )
-    if not 0.0 < iou_threshold <= 1.0:
-        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
-    if num_classes < 1:
-        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
-
+    _check_arguments(len(ground_truths), len(detections), num_classes, iou_threshold)
     # Per detection: image, label, score, best-overlap gt (global index, -1 when none), IoU.
     det_label, det_score, det_gt, det_iou, det_image = [], [], [], [], []
     gt_label_all, gt_difficult_all = [], []
     gt_offset = 0
     for index, (gt, det) in enumerate(zip(ground_truths, detections)):
-        sample = f"image {index}"
-        gt_boxes = _boxes(gt, "boxes", sample)
-        gt_labels = _labels(gt, len(gt_boxes), num_classes, sample)
-        if "difficult" in gt and gt["difficult"] is not None:
-            difficult = _vector(gt, "difficult", len(gt_boxes), bool, sample)
-        else:
-            difficult = np.zeros(len(gt_boxes), dtype=bool)
-        if (
-            len(gt_boxes)
-            and ((gt_boxes[:, 2] <= gt_boxes[:, 0]) | (gt_boxes[:, 3] <= gt_boxes[:, 1])).any()
-        ):
-            raise DataError("a ground-truth box has zero width or height", sample=sample)
-        det_boxes = _boxes(det, "boxes", sample)
-        scores = _vector(det, "scores", len(det_boxes), np.float64, sample)
-        if not np.isfinite(scores).all():
-            raise DataError("'scores' contains non-finite values", sample=sample)
-        labels = _labels(det, len(det_boxes), num_classes, sample)
-
-        best_gt = np.full(len(det_boxes), -1, dtype=np.int64)
-        best_iou = np.full(len(det_boxes), -np.inf)
-        if len(det_boxes) and len(gt_boxes):
-            iou = box_iou(det_boxes, gt_boxes)
-            same_class = labels[:, None] == gt_labels[None, :]
-            # Another class's gt must never win: put it below any real IoU (which is >= 0).
-            iou = np.where(same_class, iou, -1.0)
-            arg = iou.argmax(axis=1)  # first maximum, like the devkit's argmax
-            has_gt = same_class.any(axis=1)
-            best_gt[has_gt] = arg[has_gt] + gt_offset
-            best_iou[has_gt] = iou[has_gt, arg[has_gt]]
+        gt_boxes, gt_labels, difficult = _image_ground_truth(gt, num_classes, f"image {index}")
+        det_boxes, scores, labels = _image_detections(det, num_classes, f"image {index}")
+        best_gt, best_iou = _best_overlaps(det_boxes, labels, gt_boxes, gt_labels)
         det_label.append(labels)
         det_image.append(np.full(len(labels), index, dtype=np.int64))
         det_score.append(scores)
-        det_gt.append(best_gt)
+        det_gt.append(np.where(best_gt >= 0, best_gt + gt_offset, best_gt))
         det_iou.append(best_iou)
         gt_label_all.append(gt_labels)
         gt_difficult_all.append(difficult)
         gt_offset += len(gt_boxes)
 
-    det_label_a = np.concatenate(det_label) if det_label else np.zeros(0, np.int64)
-    det_score_a = np.concatenate(det_score) if det_score else np.zeros(0)
-    det_gt_a = np.concatenate(det_gt) if det_gt else np.zeros(0, np.int64)
-    det_iou_a = np.concatenate(det_iou) if det_iou else np.zeros(0)
-    det_image_a = np.concatenate(det_image) if det_image else np.zeros(0, np.int64)
-    gt_label_a = np.concatenate(gt_label_all) if gt_label_all else np.zeros(0, np.int64)
-    gt_difficult_a = np.concatenate(gt_difficult_all) if gt_difficult_all else np.zeros(0, bool)
+    det_label_a = _concat(det_label, np.int64)
+    det_score_a = _concat(det_score, np.float64)
+    det_gt_a = _concat(det_gt, np.int64)
+    det_iou_a = _concat(det_iou, np.float64)
+    gt_label_a = _concat(gt_label_all, np.int64)
+    gt_difficult_a = _concat(gt_difficult_all, bool)
 
     # Rank: by class, then score descending; lexsort is stable, so ties keep input order.
     order = np.lexsort((-det_score_a, det_label_a))
     det_label_a, det_gt_a, det_iou_a = det_label_a[order], det_gt_a[order], det_iou_a[order]
-
-    matched = det_iou_a >= iou_threshold
-    ignored = np.zeros_like(matched)
-    if len(gt_difficult_a):
-        ignored = matched & gt_difficult_a[np.where(matched, det_gt_a, 0)]
-    candidate = matched & ~ignored
-    # The first ranked candidate of each gt is its TP; later ones are duplicates (FP). gt
-    # indices are global and a gt is only ever matched by detections of its own class, so one
-    # pass over the class-sorted list gives the per-class answer.
-    tp = np.zeros(len(det_gt_a), dtype=bool)
-    cand_idx = np.flatnonzero(candidate)
-    _, first = np.unique(det_gt_a[cand_idx], return_index=True)
-    tp[cand_idx[first]] = True
-    fp = ~tp & ~ignored
+    tp, fp = _tp_fp(det_gt_a, det_iou_a, gt_difficult_a, iou_threshold)
 
     gt_image_a = np.repeat(np.arange(len(gt_label_all)), [len(g) for g in gt_label_all])
     counted = ~gt_difficult_a
@@ -212,12 +164,100 @@ def match_detections(
     np.add.at(gt_count, (gt_image_a[counted], gt_label_a[counted] - 1), 1)
     return {
         "label": det_label_a,
-        "image": det_image_a[order],
+        "image": _concat(det_image, np.int64)[order],
         "tp": tp,
         "fp": fp,
         "gt_count": gt_count,
         "num_classes": int(num_classes),
     }
+
+
+def _check_arguments(
+    num_gt_entries: int, num_det_entries: int, num_classes: int, iou_threshold: float
+) -> None:
+    if num_gt_entries != num_det_entries:
+        raise DataError(
+            f"{num_gt_entries} ground-truth entries but {num_det_entries} detection entries"
+        )
+    if not 0.0 < iou_threshold <= 1.0:
+        raise ValueError(f"iou_threshold must be in (0, 1], got {iou_threshold}")
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+
+
+def _concat(parts: list[np.ndarray], dtype: Any) -> np.ndarray:
+    """The per-image arrays end to end (an empty array of ``dtype`` for no image)."""
+    return np.concatenate(parts) if parts else np.zeros(0, dtype)
+
+
+def _image_ground_truth(
+    gt: Mapping[str, Any], num_classes: int, sample: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image's ground-truth boxes, labels and difficult flags, validated."""
+    gt_boxes = _boxes(gt, "boxes", sample)
+    gt_labels = _labels(gt, len(gt_boxes), num_classes, sample)
+    if "difficult" in gt and gt["difficult"] is not None:
+        difficult = _vector(gt, "difficult", len(gt_boxes), bool, sample)
+    else:
+        difficult = np.zeros(len(gt_boxes), dtype=bool)
+    if (
+        len(gt_boxes)
+        and ((gt_boxes[:, 2] <= gt_boxes[:, 0]) | (gt_boxes[:, 3] <= gt_boxes[:, 1])).any()
+    ):
+        raise DataError("a ground-truth box has zero width or height", sample=sample)
+    return gt_boxes, gt_labels, difficult
+
+
+def _image_detections(
+    det: Mapping[str, Any], num_classes: int, sample: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One image's detection boxes, scores and labels, validated."""
+    det_boxes = _boxes(det, "boxes", sample)
+    scores = _vector(det, "scores", len(det_boxes), np.float64, sample)
+    if not np.isfinite(scores).all():
+        raise DataError("'scores' contains non-finite values", sample=sample)
+    labels = _labels(det, len(det_boxes), num_classes, sample)
+    return det_boxes, scores, labels
+
+
+def _best_overlaps(
+    det_boxes: np.ndarray, labels: np.ndarray, gt_boxes: np.ndarray, gt_labels: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per detection of one image: the ground truth of its class it overlaps most (index in
+    the image, -1 when none) and that IoU (-inf when none)."""
+    best_gt = np.full(len(det_boxes), -1, dtype=np.int64)
+    best_iou = np.full(len(det_boxes), -np.inf)
+    if len(det_boxes) and len(gt_boxes):
+        iou = box_iou(det_boxes, gt_boxes)
+        same_class = labels[:, None] == gt_labels[None, :]
+        # Another class's gt must never win: put it below any real IoU (which is >= 0).
+        iou = np.where(same_class, iou, -1.0)
+        arg = iou.argmax(axis=1)  # first maximum, like the devkit's argmax
+        has_gt = same_class.any(axis=1)
+        best_gt[has_gt] = arg[has_gt]
+        best_iou[has_gt] = iou[has_gt, arg[has_gt]]
+    return best_gt, best_iou
+
+
+def _tp_fp(
+    det_gt: np.ndarray, det_iou: np.ndarray, gt_difficult: np.ndarray, iou_threshold: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """TP and FP flags of the ranked detections (an ignored detection is neither), from
+    their best ground truth (global index) and its IoU."""
+    matched = det_iou >= iou_threshold
+    ignored = np.zeros_like(matched)
+    if len(gt_difficult):
+        ignored = matched & gt_difficult[np.where(matched, det_gt, 0)]
+    candidate = matched & ~ignored
+    # The first ranked candidate of each gt is its TP; later ones are duplicates (FP). gt
+    # indices are global and a gt is only ever matched by detections of its own class, so one
+    # pass over the class-sorted list gives the per-class answer.
+    tp = np.zeros(len(det_gt), dtype=bool)
+    cand_idx = np.flatnonzero(candidate)
+    _, first = np.unique(det_gt[cand_idx], return_index=True)
+    tp[cand_idx[first]] = True
+    fp = ~tp & ~ignored
+    return tp, fp
 
 
 def evaluate_voc(
@@ -256,22 +296,13 @@ def evaluate_voc(
         DataError: naming the image index, for malformed or inconsistent inputs.
     """
     m = match_detections(ground_truths, detections, num_classes, iou_threshold)
-    det_label_a, tp, fp = m["label"], m["tp"], m["fp"]
     npos = m["gt_count"].sum(axis=0)
-    bounds = np.searchsorted(det_label_a, np.arange(1, num_classes + 2))
+    bounds = np.searchsorted(m["label"], np.arange(1, num_classes + 2))
     ap, precisions, recalls, num_det = [], [], [], []
     for c in range(num_classes):
         lo, hi = bounds[c], bounds[c + 1]
-        tp_cum = np.cumsum(tp[lo:hi], dtype=np.float64)
-        fp_cum = np.cumsum(fp[lo:hi], dtype=np.float64)
-        # Devkit: an ignored first detection gives 0/eps = 0 precision at recall 0.
-        prec = tp_cum / np.maximum(tp_cum + fp_cum, np.finfo(np.float64).eps)
-        if npos[c] > 0:
-            rec = tp_cum / float(npos[c])
-            ap.append(voc_ap(rec, prec, use_07_metric))
-        else:
-            rec = np.full(hi - lo, np.nan)
-            ap.append(float("nan"))
+        prec, rec = _pr_curve(m["tp"][lo:hi], m["fp"][lo:hi], int(npos[c]))
+        ap.append(voc_ap(rec, prec, use_07_metric) if npos[c] > 0 else float("nan"))
         precisions.append(prec)
         recalls.append(rec)
         num_det.append(int(hi - lo))
@@ -288,6 +319,18 @@ def evaluate_voc(
         "iou_threshold": float(iou_threshold),
         "use_07_metric": bool(use_07_metric),
     }
+
+
+def _pr_curve(tp: np.ndarray, fp: np.ndarray, npos: int) -> tuple[np.ndarray, np.ndarray]:
+    """Precision and recall after each ranked detection of one class (recall NaN-filled when
+    the class has no non-difficult ground truth)."""
+    tp_cum = np.cumsum(tp, dtype=np.float64)
+    fp_cum = np.cumsum(fp, dtype=np.float64)
+    # Devkit: an ignored first detection gives 0/eps = 0 precision at recall 0.
+    prec = tp_cum / np.maximum(tp_cum + fp_cum, np.finfo(np.float64).eps)
+    if npos > 0:
+        return prec, tp_cum / float(npos)
+    return prec, np.full(len(tp), np.nan)
 
 
 class ResampledVOC:

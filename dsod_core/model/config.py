@@ -6,24 +6,32 @@ Defaults are DSOD300, DS/64-192-48-1 with the dense prediction structure (docs/d
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
-from typing import Any
+import typing
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 from dsod_core.boxes.priors import check_dsod300_input_size
 from dsod_core.errors import ConfigError
 from dsod_core.model.norm import NORMS
+from dsod_core.params import Params, param
 
-STEMS = ("dsod", "densenet")
-PREDICTIONS = ("dense", "plain")
-PRIOR_LAYOUTS = ("auto", "dsod300", "generic")
-PRIOR_DATASETS = ("voc", "coco")
+Stem = Literal["dsod", "densenet"]
+Prediction = Literal["dense", "plain"]
+PriorLayout = Literal["auto", "dsod300", "generic"]
+PriorDataset = Literal["voc", "coco"]
+STEMS = typing.get_args(Stem)
+PREDICTIONS = typing.get_args(Prediction)
+PRIOR_LAYOUTS = typing.get_args(PriorLayout)
+PRIOR_DATASETS = typing.get_args(PriorDataset)
 
 # Six source maps is what the head, the default boxes and the paper all assume.
 NUM_SOURCES = 6
+# Below 32 px the stem and transition 1 already leave a 1x1 map for source 1.
+MIN_INPUT_SIZE = 32
 
 
 @dataclass(frozen=True)
-class DSODConfig:
+class DSODConfig(Params):
     """Architecture of one DSOD detector.
 
     Attributes:
@@ -65,82 +73,45 @@ class DSODConfig:
         prior_dataset: ``"voc"`` or ``"coco"`` min/max box sizes.
     """
 
-    in_channels: int
-    num_classes: int
-    input_size: int = 300
-    stem_channels: int = 64
-    bottleneck_width: int = 192
-    growth_rate: int = 48
-    compression: float = 1.0
-    block_layers: tuple[int, ...] = (6, 8, 8, 8)
-    stem: str = "dsod"
-    transition_wo_pool: bool = True
-    prediction: str = "dense"
-    learned_half_channels: int = 256
-    extra_channels: tuple[int, int, int, int] = (256, 128, 128, 128)
-    memory_efficient: bool = False
-    norm: str = "batch"
-    prior_layout: str = "auto"
-    prior_dataset: str = "voc"
+    section: ClassVar[str] = "model"
+    validate_on_init: ClassVar[bool] = True  # DSODConfig(...) is validated wherever it is built
 
-    def __post_init__(self) -> None:
-        # Lists from YAML become tuples so the config stays hashable and comparable.
-        object.__setattr__(self, "block_layers", tuple(self.block_layers))
-        object.__setattr__(self, "extra_channels", tuple(self.extra_channels))
-        self._validate()
+    in_channels: int = param(doc="channels of the input image", min=1)
+    num_classes: int = param(doc="K object classes, background excluded", min=1)
+    input_size: int = param(300, "side of the square input in pixels", min=MIN_INPUT_SIZE)
+    stem_channels: int = param(64, "A, width of the first stem conv", min=1)
+    bottleneck_width: int = param(192, "B, output width of each dense layer's 1x1 conv", min=1)
+    growth_rate: int = param(48, "k, channels each dense layer adds", min=1)
+    compression: float = param(
+        1.0, "theta, width factor of the compressing transitions", min=0, max=1, min_exclusive=True
+    )
+    block_layers: tuple[int, ...] = param(
+        (6, 8, 8, 8), "dense layers of each dense block (3 or 4 blocks)", min=1
+    )
+    stem: Stem = param("dsod", "dsod (3 convs + max pool) or densenet (7x7 conv + max pool)")
+    transition_wo_pool: bool = param(True, "1x1 transitions without pooling after blocks 2, 3")
+    prediction: Prediction = param("dense", "dense (DSOD) or plain (SSD-style) prediction")
+    learned_half_channels: int = param(256, "width of the learned half of source 2", min=1)
+    extra_channels: tuple[int, int, int, int] = param(
+        (256, 128, 128, 128), "n of sources 3..6 (each has 2n channels)", min=1
+    )
+    memory_efficient: bool = param(False, "recompute dense layers in backward (checkpointing)")
+    norm: str = param("batch", "norm layer of every conv unit", choices=NORMS)
+    prior_layout: PriorLayout = param("auto", "default boxes: auto, dsod300 or generic")
+    prior_dataset: PriorDataset = param("voc", "min/max box sizes of voc or coco")
 
-    def _validate(self) -> None:
-        def positive_int(name: str) -> None:
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"model.{name} must be a positive integer, got {value!r}")
-
-        for name in (
-            "in_channels",
-            "num_classes",
-            "input_size",
-            "stem_channels",
-            "bottleneck_width",
-            "growth_rate",
-            "learned_half_channels",
-        ):
-            positive_int(name)
-        if isinstance(self.compression, bool) or not isinstance(self.compression, int | float):
-            raise ConfigError(f"model.compression must be a number, got {self.compression!r}")
-        if not 0.0 < float(self.compression) <= 1.0:
-            raise ConfigError(f"model.compression must lie in (0, 1], got {self.compression}")
-        for name, lengths in (("block_layers", (3, 4)), ("extra_channels", (NUM_SOURCES - 2,))):
-            value = getattr(self, name)
-            if len(value) not in lengths or any(
-                isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in value
-            ):
-                count = " or ".join(str(n) for n in lengths)
-                raise ConfigError(
-                    f"model.{name} must be {count} positive integers, got {list(value)!r}"
-                )
-        for name, allowed in (
-            ("stem", STEMS),
-            ("prediction", PREDICTIONS),
-            ("prior_layout", PRIOR_LAYOUTS),
-            ("prior_dataset", PRIOR_DATASETS),
-            ("norm", NORMS),
-        ):
-            if getattr(self, name) not in allowed:
-                raise ConfigError(
-                    f"model.{name} must be one of {list(allowed)}, got {getattr(self, name)!r}"
-                )
-        for name in ("transition_wo_pool", "memory_efficient"):
-            if not isinstance(getattr(self, name), bool):
-                raise ConfigError(f"model.{name} must be true or false")
+    def check(self) -> None:
+        if len(self.block_layers) not in (3, 4):
+            self.fail(
+                "block_layers",
+                f"must be 3 or 4 positive integers, got {list(self.block_layers)!r}",
+            )
         if len(self.block_layers) == 3 and self.transition_wo_pool:
             raise ConfigError(
                 f"model.block_layers {list(self.block_layers)} has three dense blocks, which "
                 "leaves no transition without pooling (the paper's 3-block ablation): set "
                 "model.transition_wo_pool to false"
             )
-        # Below 32 px the stem and transition 1 already leave a 1×1 map for source 1.
-        if self.input_size < 32:
-            raise ConfigError(f"model.input_size must be at least 32 px, got {self.input_size}")
         check_dsod300_input_size(self.prior_layout, self.input_size)
 
     def notation(self) -> str:
@@ -148,21 +119,7 @@ class DSODConfig:
         theta = f"{self.compression:g}"
         return f"DS/{self.stem_channels}-{self.bottleneck_width}-{self.growth_rate}-{theta}"
 
-    def to_dict(self) -> dict[str, Any]:
-        """Plain dict of primitives (lists for tuples), safe for checkpoints and YAML."""
-        out = asdict(self)
-        out["block_layers"] = list(self.block_layers)
-        out["extra_channels"] = list(self.extra_channels)
-        return out
-
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> DSODConfig:
         """Build from a params/checkpoint dict; unknown keys raise ``ConfigError``."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ConfigError(f"unknown model config keys {unknown}; known: {sorted(known)}")
-        missing = [n for n in ("in_channels", "num_classes") if n not in values]
-        if missing:
-            raise ConfigError(f"model config lacks {missing}")
-        return cls(**values)
+        return cls.parse(values)

@@ -44,7 +44,7 @@ from dsod_core.data.sample import SPLITS, Sample
 from dsod_core.errors import ConfigError, DataError
 from dsod_core.io import write_json
 from modalities.base import ModalityAdapter, PrepareLog, SampleRef, assign_split
-from modalities.depth import annotations, intrinsics, npy, nyu, png, sunrgbd
+from modalities.depth import annotations, formats, intrinsics, npy, nyu, png, sunrgbd
 from modalities.depth.encodings import (
     ENCODING_CHANNELS,
     NEEDS_INTRINSICS,
@@ -69,6 +69,7 @@ class DepthAdapter(ModalityAdapter):
     Params = DepthParams
     world_units = "pixel"
     detect_module = "modalities.depth.detect"
+    output_suffixes = (*DEPTH_EXTENSIONS, ".mat")
     params: DepthParams
 
     def __init__(
@@ -125,16 +126,12 @@ class DepthAdapter(ModalityAdapter):
         return self._scenes
 
     def discover(self) -> list[SampleRef]:
-        """List frames with their split. Per frame (under ``self.log.guard``): its annotation
-        parses, its depth file exists and its header declares at most ``max_pixels``."""
+        """List frames with their split: ``discover`` of the layout's module
+        (:data:`modalities.depth.formats.FORMATS`). Per frame (under ``self.log.guard``): its
+        annotation parses, its depth file exists and its header declares at most
+        ``max_pixels``."""
         self._layout = self._resolve_layout()
-        if self._layout == "nyu":
-            return self._discover_nyu()
-        if self._layout == "voc":
-            return self._discover_voc()
-        if self._layout == "sunrgbd":
-            return self._discover_sunrgbd()
-        return self._discover_coco()
+        return formats.FORMATS[self._layout].discover(self)
 
     def _find_depth(self, stem: str, referenced_from: Path, sample: str) -> Path:
         depth_dir = self.resolve_inside_root(self.params.depth_dir, referenced_from)
@@ -201,87 +198,15 @@ class DepthAdapter(ModalityAdapter):
         return out
 
     def _hash_split(self, key: str) -> str:
+        """The split of a frame by the stable hash of ``key`` (:func:`assign_split`)."""
         p = self.params
         return assign_split(key, p.val_fraction, p.test_fraction, p.seed)
-
-    def _discover_voc(self) -> list[SampleRef]:
-        ann_dir = self.root / self.params.annotation_dir
-        xmls = sorted(ann_dir.glob("*.xml"))
-        if not xmls:
-            raise DataError("no VOC XML annotations (*.xml) found", path=ann_dir)
-        lists = self._split_lists()
-        refs, names = [], set()
-        for xml in xmls:
-            # With split lists, an id in no list is not part of the dataset.
-            split = lists.get(xml.stem) if lists else self._hash_split(xml.stem)
-            if split is None:
-                continue
-            with self.log.guard(xml, unit="image"):
-                ann = annotations.parse_voc(xml)
-                stem = Path(ann["filename"]).stem if ann["filename"] else xml.stem
-                objects, left_out = annotations.keep_known(ann["objects"], self.params.class_names)
-                refs.append(self._ref(xml.stem, split, stem, xml, objects))
-                names.update(o["name"] for o in objects)
-                self._note_left_out(left_out, xml, xml.stem)
-        self._class_names = list(self.params.class_names or sorted(names))
-        return refs
-
-    def _discover_coco(self) -> list[SampleRef]:
-        path = self.root / self.params.coco_file
-        coco = annotations.parse_coco(path)
-        cat_name = dict(coco["categories"])
-        refs = []
-        for im in sorted(coco["images"], key=lambda im: im["id"]):
-            stem = Path(im["file_name"]).stem
-            with self.log.guard(path, unit="image"):
-                objects = []
-                for o in im["objects"]:
-                    if o["category_id"] not in cat_name:
-                        raise DataError(
-                            f"image {im['file_name']!r}: unknown category_id {o['category_id']}",
-                            path=path,
-                            sample=stem,
-                        )
-                    objects.append({**o, "name": cat_name[o["category_id"]]})
-                objects, left_out = annotations.keep_known(objects, self.params.class_names)
-                refs.append(self._ref(stem, self._hash_split(stem), stem, path, objects))
-                self._note_left_out(left_out, path, stem)
-        self._class_names = list(self.params.class_names or [n for _, n in coco["categories"]])
-        return refs
 
     def _nyu_need(self) -> tuple[str, ...]:
         need = (*nyu.REQUIRED, self.params.nyu_depth_key)
         if self.params.encoding == "rgbd":
             need = (*need, "images")
         return tuple(dict.fromkeys(need))
-
-    def _discover_nyu(self) -> list[SampleRef]:
-        p = self.params
-        path = self.resolve_inside_root(p.nyu_file, self.root)
-        with nyu.open_labelled(path, self._nyu_need()) as f:
-            file_names = nyu.class_names(f, path)
-            n, w, h = nyu.frame_count_and_size(
-                f, p.nyu_depth_key, path, with_rgb=p.encoding == "rgbd"
-            )
-        self.check_declared_size(path, w * h, p.max_pixels, f"{w} x {h} px frames", "max_pixels")
-        self._class_names = list(p.class_names or nyu.DEFAULT_CLASSES)
-        return [
-            SampleRef(
-                f"nyu_{i:04d}",
-                self._hash_split(f"nyu_{i:04d}"),
-                {"nyu": path},
-                {"index": i, "file_names": file_names},
-            )
-            for i in range(n)
-        ]
-
-    def _discover_sunrgbd(self) -> list[SampleRef]:
-        """One ref per scene folder (:func:`.sunrgbd.discover_scenes`)."""
-        scenes, unannotated = self._sunrgbd_scenes()
-        refs, self._class_names = sunrgbd.discover_scenes(
-            self, scenes, unannotated, self._split_lists, self._hash_split
-        )
-        return refs
 
     # --- reading ----------------------------------------------------------------------------
     def _intrinsics(self, ref: SampleRef) -> Intrinsics | None:
@@ -380,25 +305,13 @@ class DepthAdapter(ModalityAdapter):
             validity_channel=p.validity_channel,
             smoothing_px=float(p.normal_smoothing_px),
         )
-        if "nyu" in ref.paths:
-            boxes, labels, left_out = nyu.targets(extras, ref.meta["file_names"], self.class_names)
-            difficult = crowd = None
-            self._note_left_out(left_out, source, ref.ref_id)
-        else:
-            boxes, labels, difficult, crowd = annotations.targets(
-                ref.meta["objects"], self.class_names, w, h, ref.paths["annotation"], ref.ref_id
-            )
+        boxes, labels, difficult, crowd = self._targets(ref, extras, w, h, source)
         meta = {
             "depth_units": "m",
             "encoding": p.encoding,
             "valid_fraction": float(valid.mean()),
             "intrinsics": k.as_dict() if k else None,
-            "ref": {
-                "ref_id": ref.ref_id,
-                "paths": {a: str(b) for a, b in ref.paths.items()},
-                "index": ref.meta.get("index"),
-                "depth_codec": ref.meta.get("depth_codec"),
-            },
+            "ref": _ref_meta(ref),
             **enc_meta,
         }
         sample = Sample(
@@ -417,16 +330,41 @@ class DepthAdapter(ModalityAdapter):
         sample.validate(num_channels=len(self.channel_names), num_classes=len(self.class_names))
         yield sample
 
+    def _targets(
+        self, ref: SampleRef, extras: dict[str, Any], w: int, h: int, source: Path | None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """``(boxes, labels, difficult, crowd)`` of one depth map: from the NYU labels (no
+        difficult/crowd flags; left-out objects noted) or from its annotation file."""
+        if "nyu" in ref.paths:
+            boxes, labels, left_out = nyu.targets(extras, ref.meta["file_names"], self.class_names)
+            difficult = crowd = None
+            self._note_left_out(left_out, source, ref.ref_id)
+        else:
+            boxes, labels, difficult, crowd = annotations.targets(
+                ref.meta["objects"], self.class_names, w, h, ref.paths["annotation"], ref.ref_id
+            )
+        return boxes, labels, difficult, crowd
+
     # --- back to the world ------------------------------------------------------------------
-    def export_predictions(self, items: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-        """Write ``predictions_depth.json``: per image, per detection, the box (px), score,
-        class, the median measured depth inside the box (m; the filled depth when the box holds
-        no reading, flagged ``depth_measured: false``) and, when intrinsics are known, the 3D
-        centre ``[X, Y, Z]`` in the camera frame (m; x right, y down, z forward): the box centre
-        back-projected at the median depth. The depth is re-read from the sample's source file
-        (``meta["ref"]``), so the figures come from measurements, not from the encoding."""
-        out_dir = Path(out_dir)
-        out_dir.mkdir(parents=True, exist_ok=True)
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Read with the classes of a store or a model (labels 1..K of its detections)."""
+        names = list(state["class_names"])
+        if self.params.class_names is None:
+            self.params = self.params.replace(class_names=names)
+        elif list(self.params.class_names) != names:
+            raise ConfigError(
+                f"adapter class_names {list(self.params.class_names)} differ from the model's "
+                f"{names}"
+            )
+
+    def world_rows(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Per image, per detection: the box (px), score, class, the median measured depth
+        inside the box (m; the filled depth when the box holds no reading, flagged
+        ``depth_measured: false``) and, when intrinsics are known, the 3D centre ``[X, Y, Z]``
+        in the camera frame (m; x right, y down, z forward): the box centre back-projected at
+        the median depth. The depth is re-read from the sample's source file (``meta["ref"]``),
+        so the figures come from measurements, not from the encoding. The evaluate stage and
+        ``dsod detect`` both write these rows."""
         rows = []
         for item in items:
             meta = item["meta"]
@@ -439,30 +377,12 @@ class DepthAdapter(ModalityAdapter):
             )
             depth, valid, _ = self.load_depth(ref)
             filled = fill_missing(depth, valid) if valid.any() else depth
-            k = meta.get("intrinsics")
             det = item["detections"]
             boxes = np.asarray(det["boxes"], dtype=np.float64).reshape(-1, 4)
-            out = []
-            for box, score, label in zip(boxes, det["scores"], det["labels"]):
-                z, measured = _median_depth(filled, valid, box)
-                row = {
-                    "box_xyxy_px": [float(v) for v in box],
-                    "score": float(score),
-                    "label": int(label),
-                    "class": self.class_names[int(label) - 1],
-                    "median_depth_m": z,
-                    "depth_measured": measured,
-                }
-                if k is not None and z is not None:
-                    # Continuous box centre -> OpenCV pixel index (centre of pixel i is i + 0.5).
-                    u = 0.5 * (box[0] + box[2]) - 0.5
-                    v = 0.5 * (box[1] + box[3]) - 0.5
-                    row["centre_camera_m"] = [
-                        (u - k["cx"]) * z / k["fx"],
-                        (v - k["cy"]) * z / k["fy"],
-                        z,
-                    ]
-                out.append(row)
+            out = [
+                self._world_detection(filled, valid, box, score, label, meta.get("intrinsics"))
+                for box, score, label in zip(boxes, det["scores"], det["labels"])
+            ]
             rows.append(
                 {
                     "sample_id": item["sample_id"],
@@ -472,8 +392,33 @@ class DepthAdapter(ModalityAdapter):
                     "detections": out,
                 }
             )
+        return rows
+
+    def _world_detection(self, filled, valid, box, score, label, k) -> dict[str, Any]:
+        z, measured = _median_depth(filled, valid, box)
+        row = {
+            "box_xyxy_px": [float(v) for v in box],
+            "score": float(score),
+            "label": int(label),
+            "class": self.class_names[int(label) - 1],
+            "median_depth_m": z,
+            "depth_measured": measured,
+        }
+        if k is not None and z is not None:
+            # Continuous box centre -> OpenCV pixel index (centre of pixel i is i + 0.5).
+            u = 0.5 * (box[0] + box[2]) - 0.5
+            v = 0.5 * (box[1] + box[3]) - 0.5
+            row["centre_camera_m"] = [(u - k["cx"]) * z / k["fx"], (v - k["cy"]) * z / k["fy"], z]
+        return row
+
+    def export_predictions(
+        self, items: list[dict[str, Any]], out_dir: Path, merged: list | None = None
+    ) -> list[Path]:
+        """Write ``predictions_depth.json``: :meth:`world_rows` of every image."""
+        out_dir = Path(out_dir)
+        out_dir.mkdir(parents=True, exist_ok=True)
         path = out_dir / "predictions_depth.json"
-        write_json(path, rows, indent=1)
+        write_json(path, self.world_rows(items), indent=1)
         return [path]
 
     def render(self, image: np.ndarray) -> np.ndarray:
@@ -496,6 +441,17 @@ class DepthAdapter(ModalityAdapter):
         from modalities.depth.demo import write_demo
 
         return write_demo(out_dir, num_images=num_images, image_size=image_size, seed=seed)
+
+
+def _ref_meta(ref: SampleRef) -> dict[str, Any]:
+    """The sample's ``ref`` meta: the id, the paths (as strings), the NYU index and the depth
+    codec."""
+    return {
+        "ref_id": ref.ref_id,
+        "paths": {a: str(b) for a, b in ref.paths.items()},
+        "index": ref.meta.get("index"),
+        "depth_codec": ref.meta.get("depth_codec"),
+    }
 
 
 def _median_depth(

@@ -1,14 +1,15 @@
-"""Box annotations of depth frames: VOC XML (one file per frame) and COCO JSON (one file per
-dataset), parsed into plain object lists, and the per-frame targets built from them.
+"""Box annotations of depth frames: the objects kept from a parsed file and the per-frame
+targets built from them.
 
-Boxes are continuous xyxy pixels throughout. Every parser raises :class:`DataError` naming the
-file on anything unusable.
+VOC XML and COCO JSON are parsed by the project's one parser of each format
+(:mod:`modalities.formats.voc`, :mod:`modalities.formats.coco`; the depth formats that use
+them are :mod:`.voc` and :mod:`.coco`), so a file is refused by the depth adapter exactly as by
+the rgb adapter. Boxes are continuous xyxy pixels throughout. Every function raises
+:class:`DataError` naming the file on anything unusable.
 """
 
 from __future__ import annotations
 
-import json
-import xml.etree.ElementTree as ET
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -16,74 +17,21 @@ from typing import Any
 import numpy as np
 
 from dsod_core.errors import DataError
+from modalities.formats.voc import parse_voc_xml
 
 
 def parse_voc(path: Path) -> dict[str, Any]:
-    """Parse a VOC XML annotation.
-
-    Returns ``{"filename": str | None, "objects": [{"name", "box", "difficult"}]}``; boxes are
-    continuous xyxy pixels: VOC's 1-based inclusive ``xmin..xmax`` becomes ``xmin-1 .. xmax``.
-    """
-    try:
-        root = ET.parse(path).getroot()
-    except (ET.ParseError, OSError) as exc:
-        raise DataError(f"cannot parse VOC XML: {exc}", path=path) from exc
-    objects = []
-    for obj in root.iter("object"):
-        name = (obj.findtext("name") or "").strip()
-        bb = obj.find("bndbox")
-        if not name or bb is None:
-            raise DataError("an <object> lacks <name> or <bndbox>", path=path)
-        try:
-            xmin, ymin, xmax, ymax = (
-                float(bb.findtext(t)) for t in ("xmin", "ymin", "xmax", "ymax")
-            )
-        except (TypeError, ValueError) as exc:
-            raise DataError(f"object {name!r} has a bad <bndbox>: {exc}", path=path) from exc
-        difficult = (obj.findtext("difficult") or "0").strip() == "1"
-        objects.append(
-            {"name": name, "box": [xmin - 1.0, ymin - 1.0, xmax, ymax], "difficult": difficult}
-        )
-    filename = root.findtext("filename")
-    return {"filename": filename.strip() if filename else None, "objects": objects}
+    """Parse a VOC XML annotation with the shared parser
+    (:func:`modalities.formats.voc.parse_voc_xml`): ``{"filename", "size", "objects":
+    [{"name", "box", "difficult", "truncated", "occluded"}]}``, boxes continuous xyxy pixels
+    (VOC's 1-based inclusive ``xmin..xmax`` becomes ``xmin-1 .. xmax``)."""
+    return parse_voc_xml(path)
 
 
-def parse_coco(path: Path) -> dict[str, Any]:
-    """Parse a COCO detection JSON: ``{"categories": [(id, name)], "images": [{"id",
-    "file_name", "objects": [{"category_id", "box", "difficult"}]}]}`` (boxes xyxy pixels;
-    ``iscrowd`` objects are kept as difficult)."""
-    try:
-        obj = json.loads(path.read_text())
-        cats = sorted((int(c["id"]), str(c["name"])) for c in obj["categories"])
-        images = {
-            int(im["id"]): {"id": int(im["id"]), "file_name": str(im["file_name"]), "objects": []}
-            for im in obj["images"]
-        }
-        for ann in obj.get("annotations", []):
-            x, y, w, h = (float(v) for v in ann["bbox"])
-            images[int(ann["image_id"])]["objects"].append(
-                {
-                    "category_id": int(ann["category_id"]),
-                    "box": [x, y, x + w, y + h],
-                    "difficult": False,
-                    "crowd": bool(ann.get("iscrowd", 0)),  # ignored in training and eval
-                }
-            )
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise DataError(f"cannot parse COCO JSON: {exc!r}", path=path) from exc
-    return {"categories": cats, "images": list(images.values())}
-
-
-def keep_known(
-    objects: list[dict[str, Any]], class_names: list[str] | None
-) -> tuple[list[dict[str, Any]], Counter]:
-    """The objects whose ``name`` is in ``class_names`` (all when it is None) and a count of
-    the names left out."""
-    if class_names is None:
-        return list(objects), Counter()
-    known = set(class_names)
-    kept = [o for o in objects if o["name"] in known]
-    return kept, Counter(o["name"] for o in objects if o["name"] not in known)
+def keep_difficult(params: Any) -> bool:
+    """The shared ``keep_difficult`` param of the depth params (True when they have none:
+    difficult objects are kept, flagged difficult, and ignored by the evaluation)."""
+    return bool(getattr(params, "keep_difficult", True))
 
 
 def left_out_note(counts: Counter) -> str:

@@ -33,34 +33,77 @@ mAP@0.5, COCO AP) into ``OUT/<input stem>.eval.json``, attached to the input's l
 
 from __future__ import annotations
 
-import json
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from dsod_core.detection import DetectResult, DetectRun, PredictorLike, batched, progress_bar
 from dsod_core.errors import ConfigError, DataError
-from dsod_core.inference import (
-    DetectOptions,
-    DetectResult,
-    Predictor,
-    batched,
-    output_stem,
-    progress_bar,
-)
 from dsod_core.io import write_json
 from dsod_core.metrics.scoring import score_detections
 from modalities.base import SampleRef
 from modalities.depth import annotations, intrinsics, nyu, png
 from modalities.depth.adapter import DEPTH_EXTENSIONS, DepthAdapter
+from modalities.formats.voc import select_objects
 
 
 def detect_inputs(
-    adapter: DepthAdapter, path: Path, predictor: Predictor, options: DetectOptions
+    adapter: DepthAdapter, path: Path, predictor: PredictorLike, run: DetectRun
 ) -> list[DetectResult]:
-    """Detect every frame of ``path`` (a depth file, a folder of them or an NYU ``.mat``)."""
+    """Detect every frame of ``path`` (a depth file, a folder of them or an NYU ``.mat``);
+    the adapter reads with the model's classes (labels 1..K of its detections)."""
     path = Path(path)
-    _agree_classes(adapter, predictor)
+    try:
+        adapter.restore({"class_names": list(predictor.class_names)})
+    except ConfigError as exc:
+        raise ConfigError(exc.reason, path=predictor.path) from None
+    output_stem = adapter.output_stem
+    frames = _frames(adapter, path)
+    left_out = _attach_labels(adapter, path, frames, run.labels) if run.labels else {}
+
+    results: list[DetectResult] = []
+    targets, predictions = [], []
+    bar = progress_bar(len(frames), f"detect {path.name}", "image", run)
+    try:
+        for batch in batched(frames, run.batch_size):
+            samples = [next(iter(adapter.read(ref))) for ref, _ in batch]
+            for sample in samples:
+                predictor.check_channels(int(sample.image.shape[0]), sample.source)
+            dets = predictor([s.image for s in samples])
+            rows = _export(adapter, samples, dets)
+            for (ref, stem), sample, det, row in zip(batch, samples, dets, rows):
+                doc = {
+                    "image": sample.source,
+                    **({"frame": ref.meta["index"]} if "nyu" in ref.paths else {}),
+                    "units": "m",
+                    "camera_frame": "x right, y down, z forward",
+                    "intrinsics": sample.meta.get("intrinsics"),
+                    "model": predictor.describe(),
+                    "detections": row["detections"],
+                }
+                out = write_json(run.out_dir / f"{stem}.json", doc, indent=1)
+                results.append(DetectResult(Path(sample.source), [out], len(det["scores"]), 1))
+                if run.labels is not None:
+                    targets.append(_target(sample))
+                    predictions.append(det)
+            bar.update(len(batch))
+    finally:
+        bar.close()
+    if run.labels is not None:
+        summary, _ = score_detections(targets, predictions, adapter.class_names)
+        summary = {"input": str(path), "labels": str(run.labels), **summary}
+        summary["num_ground_truth"] = int(sum(len(t["labels"]) for t in targets))
+        summary["left_out_objects"] = left_out  # labelled classes the model does not know
+        ev = write_json(run.out_dir / f"{output_stem(path)}.eval.json", summary, indent=1)
+        results[-1].outputs.append(ev)
+        results[-1].evaluation = summary
+    return results
+
+
+def _frames(adapter: DepthAdapter, path: Path) -> list[tuple[SampleRef, str]]:
+    """``(ref, output stem)`` of every frame of one input: a depth file, a folder of them or
+    an NYU ``.mat``."""
+    output_stem = adapter.output_stem
     if path.is_dir():
         files = sorted(
             p for p in path.iterdir() if p.is_file() and p.suffix.lower() in DEPTH_EXTENSIONS
@@ -83,58 +126,7 @@ def detect_inputs(
             f"not a depth input: expected {', '.join(DEPTH_EXTENSIONS)}, .mat or a folder",
             path=path,
         )
-    left_out = _attach_labels(adapter, path, frames, options.labels) if options.labels else {}
-
-    results: list[DetectResult] = []
-    targets, predictions = [], []
-    bar = progress_bar(len(frames), f"detect {path.name}", "image", options)
-    try:
-        for batch in batched(frames, options.batch_size):
-            samples = [next(iter(adapter.read(ref))) for ref, _ in batch]
-            for sample in samples:
-                predictor.check_channels(int(sample.image.shape[0]), sample.source)
-            dets = predictor([s.image for s in samples])
-            rows = _export(adapter, samples, dets)
-            for (ref, stem), sample, det, row in zip(batch, samples, dets, rows):
-                doc = {
-                    "image": sample.source,
-                    **({"frame": ref.meta["index"]} if "nyu" in ref.paths else {}),
-                    "units": "m",
-                    "camera_frame": "x right, y down, z forward",
-                    "intrinsics": sample.meta.get("intrinsics"),
-                    "model": predictor.describe(),
-                    "detections": row["detections"],
-                }
-                out = write_json(options.out_dir / f"{stem}.json", doc, indent=1)
-                results.append(DetectResult(Path(sample.source), [out], len(det["scores"]), 1))
-                if options.labels is not None:
-                    targets.append(_target(sample))
-                    predictions.append(det)
-            bar.update(len(batch))
-    finally:
-        bar.close()
-    if options.labels is not None:
-        summary, _ = score_detections(targets, predictions, adapter.class_names)
-        summary = {"input": str(path), "labels": str(options.labels), **summary}
-        summary["num_ground_truth"] = int(sum(len(t["labels"]) for t in targets))
-        summary["left_out_objects"] = left_out  # labelled classes the model does not know
-        ev = write_json(options.out_dir / f"{output_stem(path)}.eval.json", summary, indent=1)
-        results[-1].outputs.append(ev)
-        results[-1].evaluation = summary
-    return results
-
-
-def _agree_classes(adapter: DepthAdapter, predictor: Predictor) -> None:
-    """The adapter reads with the model's class names (labels 1..K of its detections)."""
-    names = list(predictor.class_names)
-    if adapter.params.class_names is None:
-        adapter.params = adapter.params.replace(class_names=names)
-    elif list(adapter.params.class_names) != names:
-        raise ConfigError(
-            f"adapter class_names {list(adapter.params.class_names)} differ from the model's "
-            f"{names}",
-            path=predictor.path,
-        )
+    return frames
 
 
 def _bases(adapter: DepthAdapter, file: Path) -> list[Path]:
@@ -179,7 +171,7 @@ def _nyu_refs(adapter: DepthAdapter, path: Path) -> list[tuple[SampleRef, str]]:
         file_names = nyu.class_names(f, path)
         n, w, h = nyu.frame_count_and_size(f, p.nyu_depth_key, path, with_rgb=p.encoding == "rgbd")
     adapter.check_declared_size(path, w * h, p.max_pixels, f"{w} x {h} px frames", "max_pixels")
-    stem = output_stem(path)
+    stem = adapter.output_stem(path)
     meta = {"file_names": file_names}
     return [
         (SampleRef(f"nyu_{i:04d}", "test", {"nyu": path}, {"index": i, **meta}), f"{stem}_{i:04d}")
@@ -215,7 +207,9 @@ def _attach_labels(
         ann = annotations.parse_voc(xml)
         if ann["filename"] and Path(ann["filename"]).stem != ref.ref_id and labels.is_dir():
             raise DataError(f"labels name frame {ann['filename']!r}, not {ref.ref_id!r}", path=xml)
-        objects, unknown = annotations.keep_known(ann["objects"], adapter.class_names)
+        objects, unknown = select_objects(
+            ann["objects"], adapter.class_names, keep_difficult=adapter.params.keep_difficult
+        )
         left_out.update(unknown)
         ref.meta["objects"] = objects
         ref.paths["annotation"] = xml
@@ -223,14 +217,13 @@ def _attach_labels(
 
 
 def _export(adapter: DepthAdapter, samples, dets) -> list[dict[str, Any]]:
-    """The rows of :meth:`DepthAdapter.export_predictions` (one per sample, in order)."""
+    """The rows of :meth:`DepthAdapter.world_rows` (one per sample, in order), as the
+    evaluate stage writes them."""
     items = [
         {"sample_id": s.sample_id, "source": s.source, "meta": s.meta, "detections": d}
         for s, d in zip(samples, dets)
     ]
-    with tempfile.TemporaryDirectory(prefix="dsod-depth-") as tmp:
-        (written,) = adapter.export_predictions(items, Path(tmp))
-        return json.loads(Path(written).read_text())
+    return adapter.world_rows(items)
 
 
 def _target(sample) -> dict[str, Any]:

@@ -13,8 +13,14 @@ from pathlib import Path
 import numpy as np
 
 from dsod_core.errors import DataError
+from modalities.formats import has_suffix, head
 
 EXTENSIONS = (".npy",)
+
+
+def claims(path: Path) -> bool:
+    """A ``.npy`` file starting with NumPy's magic string. Never raises."""
+    return has_suffix(path, EXTENSIONS) and head(path, 6) == b"\x93NUMPY"
 
 
 def _shape_2d(path: Path, shape: tuple[int, ...], dtype: np.dtype) -> tuple[int, int]:

@@ -17,11 +17,17 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from dsod_core.errors import DataError
+from modalities.base import SampleRef
 from modalities.depth.encodings import Intrinsics
+from modalities.formats import has_suffix, head
+
+if TYPE_CHECKING:
+    from modalities.depth.adapter import DepthAdapter
 
 # The datasets this adapter reads (``images`` only for the rgbd encoding).
 REQUIRED = ("depths", "instances", "labels", "names")
@@ -35,6 +41,42 @@ DEFAULT_CLASSES = [
 # Colour camera intrinsics of the NYU Depth v2 toolbox (camera_params.m); the labelled depth
 # maps are registered to the colour camera.
 INTRINSICS = Intrinsics(518.8579, 519.4696, 325.5824, 253.7362)
+
+
+# MATLAB v7.3 files are HDF5 files behind a 512-byte text header; h5py also writes them bare.
+_HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def claims(path: Path) -> bool:
+    """A ``.mat`` file: MATLAB's text header (``MATLAB 7.3 MAT-file``, ``MATLAB 5.0``, ...;
+    only v7.3, i.e. HDF5, is read) or an HDF5 file. Reads 520 bytes; never raises."""
+    if not has_suffix(path, (".mat",)):
+        return False
+    start = head(path, 520)
+    return start.startswith((b"MATLAB", _HDF5_MAGIC)) or start[512:520] == _HDF5_MAGIC
+
+
+def discover(adapter: DepthAdapter) -> list[SampleRef]:
+    """One ref per frame of the labelled file ``nyu_file`` (``nyu_<iiii>``, split by the stable
+    hash of that id); the file's datasets and frame size are checked from the header
+    (``max_pixels``), no frame is read. Classes: ``class_names``, else
+    :data:`DEFAULT_CLASSES`."""
+    p = adapter.params
+    path = adapter.resolve_inside_root(p.nyu_file, adapter.root)
+    with open_labelled(path, adapter._nyu_need()) as f:
+        file_names = class_names(f, path)
+        n, w, h = frame_count_and_size(f, p.nyu_depth_key, path, with_rgb=p.encoding == "rgbd")
+    adapter.check_declared_size(path, w * h, p.max_pixels, f"{w} x {h} px frames", "max_pixels")
+    adapter._class_names = list(p.class_names or DEFAULT_CLASSES)
+    return [
+        SampleRef(
+            f"nyu_{i:04d}",
+            adapter._hash_split(f"nyu_{i:04d}"),
+            {"nyu": path},
+            {"index": i, "file_names": file_names},
+        )
+        for i in range(n)
+    ]
 
 
 def open_labelled(path: Path, need: tuple[str, ...]):

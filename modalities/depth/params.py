@@ -73,6 +73,9 @@ class DepthParams(AdapterParams):
         "names of labels 1..K; null: VOC sorted names found, COCO categories, NYU and SUN RGB-D "
         "the 19 furniture classes",
     )
+    keep_difficult: bool = param(
+        True, "keep VOC difficult objects (flagged difficult) and COCO crowd regions (crowd)"
+    )
     depth_dir: str = param("depth", "folder of depth maps `<id>.{png,npy,tif,tiff}`")
     annotation_dir: str = param("Annotations", "folder of VOC XML annotations (voc layout)")
     rgb_dir: str = param("rgb", "folder of aligned colour images `<id>.{png,jpg,jpeg}`")

@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from dsod_core.errors import DataError
+from modalities.formats import has_suffix, image_mode
 
 EXTENSIONS = (".png", ".tif", ".tiff")
 RGB_EXTENSIONS = (".png", ".jpg", ".jpeg")
@@ -24,6 +25,26 @@ RGB_EXTENSIONS = (".png", ".jpg", ".jpeg")
 _INT_MODES = ("I;16", "I;16B", "I;16L", "I")
 # What Pillow raises on a truncated, corrupt or foreign file.
 _PIL_ERRORS = (OSError, UnidentifiedImageError, SyntaxError, ValueError, EOFError)
+
+
+# TIFF tags that georeference a raster (GeoTIFF): such a file is a map raster, not a depth map.
+_GEO_TAGS = (33550, 33922, 34264, 34735)
+
+
+def claims(path: Path) -> bool:
+    """A depth map Pillow reads: a PNG whose header declares 16-bit (integer) pixels, or a
+    single-channel 16-bit or float TIFF without GeoTIFF tags (an 8-bit PNG is an rgb image,
+    a georeferenced TIFF a multispectral raster). Header only; never raises."""
+    if has_suffix(path, (".png",)):
+        found = image_mode(path)
+        return found is not None and found[0] in _INT_MODES
+    if has_suffix(path, (".tif", ".tiff")):
+        found = image_mode(path)
+        if found is None:
+            return False
+        mode, tags = found
+        return (mode in _INT_MODES or mode == "F") and not any(t in tags for t in _GEO_TAGS)
+    return False
 
 
 def _bomb(path: Path, exc: Exception, max_pixels: float) -> DataError:

@@ -39,14 +39,42 @@ import numpy as np
 from dsod_core.errors import DataError
 from modalities.base import SampleRef
 from modalities.depth import annotations, intrinsics, nyu, png
+from modalities.formats import has_suffix
 
 if TYPE_CHECKING:
     from modalities.base import ModalityAdapter
+    from modalities.depth.adapter import DepthAdapter
 
 DEPTH_FOLDER = "depth"
 IMAGE_FOLDER = "image"
 INTRINSICS_FILE = "intrinsics.txt"
 UNNAMED = "(unnamed)"
+
+
+def claims(path: Path) -> bool:
+    """A SUN RGB-D scene folder (``depth/`` beside ``intrinsics.txt``) or a scene's 2D
+    annotation ``annotation2Dfinal/index.json``. Never raises."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            return (path / DEPTH_FOLDER).is_dir() and (path / INTRINSICS_FILE).is_file()
+        return (
+            has_suffix(path, (".json",))
+            and path.parent.name == "annotation2Dfinal"
+            and (path.parent.parent / INTRINSICS_FILE).is_file()
+        )
+    except OSError:
+        return False
+
+
+def discover(adapter: DepthAdapter) -> list[SampleRef]:
+    """One ref per scene folder under the root (:func:`find_scenes`, found once per adapter),
+    as :func:`discover_scenes` makes them; sets the adapter's class names."""
+    scenes, unannotated = adapter._sunrgbd_scenes()
+    refs, adapter._class_names = discover_scenes(
+        adapter, scenes, unannotated, adapter._split_lists, adapter._hash_split
+    )
+    return refs
 
 
 def unshift(raw: np.ndarray, path: Path) -> np.ndarray:
@@ -239,7 +267,6 @@ def discover_scenes(
         )
     classes = list(p.class_names or nyu.DEFAULT_CLASSES)
     lists = split_lists()
-    codec = "sunrgbd" if p.sunrgbd_unshift else None
     refs = []
     for scene in scenes:
         ref_id = scene.relative_to(root).as_posix()
@@ -248,29 +275,38 @@ def discover_scenes(
             continue
         ann = adapter.resolve_inside_root(scene / p.sunrgbd_annotation, scene)
         with log.guard(ann, unit="scene"):
-            polygons = parse_index(ann)
-            depth = scene_file(scene / DEPTH_FOLDER, (".png",), "depth PNG", required=True)
-            w, h = png.declared_size(depth, p.max_pixels)
-            adapter.check_declared_size(depth, w * h, p.max_pixels, f"{w} x {h} px", "max_pixels")
-            paths = {"depth": depth, "annotation": ann}
-            rgb = scene_file(scene / IMAGE_FOLDER, png.RGB_EXTENSIONS, "colour image", False)
-            if rgb is not None:
-                paths["rgb"] = rgb
-                if p.encoding == "rgbd":
-                    rw, rh = png.declared_size(rgb, p.max_pixels)
-                    adapter.check_declared_size(
-                        rgb, rw * rh, p.max_pixels, f"{rw} x {rh} px", "max_pixels"
-                    )
-            paths["intrinsics"] = scene / INTRINSICS_FILE
-            intrinsics.read_intrinsics(paths["intrinsics"])
-            objects, left_out, empty = select(polygons, classes, p.sunrgbd_name_map, w, h)
-            refs.append(SampleRef(ref_id, split, paths, {"objects": objects, "depth_codec": codec}))
-            if left_out:
-                log.warn(annotations.left_out_note(left_out), ann, ref_id)
-            if empty:
-                log.warn(
-                    f"left out {empty} polygon(s) whose box is empty inside the {w}x{h} image",
-                    ann,
-                    ref_id,
-                )
+            refs.append(_scene_ref(adapter, scene, ref_id, split, ann, classes))
     return refs, classes
+
+
+def _scene_ref(
+    adapter: ModalityAdapter, scene: Path, ref_id: str, split: str, ann: Path, classes: list[str]
+) -> SampleRef:
+    """One scene's ref: the annotation parsed, the depth PNG (and, for ``rgbd``, the colour
+    image) checked against ``max_pixels``, the intrinsics parsed, the objects of ``classes``
+    selected; what is left out is one warning each."""
+    p, log = adapter.params, adapter.log
+    polygons = parse_index(ann)
+    depth = scene_file(scene / DEPTH_FOLDER, (".png",), "depth PNG", required=True)
+    w, h = png.declared_size(depth, p.max_pixels)
+    adapter.check_declared_size(depth, w * h, p.max_pixels, f"{w} x {h} px", "max_pixels")
+    paths = {"depth": depth, "annotation": ann}
+    rgb = scene_file(scene / IMAGE_FOLDER, png.RGB_EXTENSIONS, "colour image", False)
+    if rgb is not None:
+        paths["rgb"] = rgb
+        if p.encoding == "rgbd":
+            rw, rh = png.declared_size(rgb, p.max_pixels)
+            adapter.check_declared_size(rgb, rw * rh, p.max_pixels, f"{rw} x {rh} px", "max_pixels")
+    paths["intrinsics"] = scene / INTRINSICS_FILE
+    intrinsics.read_intrinsics(paths["intrinsics"])
+    objects, left_out, empty = select(polygons, classes, p.sunrgbd_name_map, w, h)
+    if left_out:
+        log.warn(annotations.left_out_note(left_out), ann, ref_id)
+    if empty:
+        log.warn(
+            f"left out {empty} polygon(s) whose box is empty inside the {w}x{h} image",
+            ann,
+            ref_id,
+        )
+    codec = "sunrgbd" if p.sunrgbd_unshift else None
+    return SampleRef(ref_id, split, paths, {"objects": objects, "depth_codec": codec})

@@ -21,8 +21,6 @@ Conventions (``docs/modalities/medical.md`` has the long form):
 
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -34,9 +32,16 @@ import numpy as np
 from dsod_core.data.sample import Sample
 from dsod_core.errors import ConfigError, DataError
 from dsod_core.io import write_json
-from modalities.base import AdapterParams, ModalityAdapter, PrepareLog, SampleRef, assign_split
+from modalities.base import (
+    AdapterParams,
+    ModalityAdapter,
+    PrepareLog,
+    SampleRef,
+    assign_split,
+    split_hash,
+)
 from modalities.medical import datalist as dl
-from modalities.medical import dicom, volumes
+from modalities.medical import formats, volumes
 from modalities.medical.linking import (
     apply_affine,
     ellipsoid_slice_cuts,
@@ -45,11 +50,7 @@ from modalities.medical.linking import (
     slice_to_volume_affine,
 )
 from modalities.medical.nifti import ArrayVolumeReader, SliceReader
-from modalities.medical.params import MedicalParams, parse_windows
-
-
-def _unit_hash(key: str) -> float:
-    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2**64
+from modalities.medical.params import MedicalDetectParams, MedicalParams, parse_windows
 
 
 @contextmanager
@@ -84,6 +85,8 @@ class MedicalAdapter(ModalityAdapter):
     Params = MedicalParams
     world_units = "mm"
     detect_module = "modalities.medical.detect"
+    DetectParams = MedicalDetectParams
+    output_suffixes = (".nii.gz", ".nii", ".mhd", ".mha")
     params: MedicalParams
 
     def __init__(
@@ -123,13 +126,11 @@ class MedicalAdapter(ModalityAdapter):
 
     # --- discovery --------------------------------------------------------------------------
     def discover(self) -> list[SampleRef]:
-        """Parse the annotations (datalist or CSV), read each volume's header (declared size,
+        """Parse the annotations (datalist or CSV: ``discover`` of
+        :data:`modalities.medical.formats.FORMATS`), read each volume's header (declared size,
         dimensions, affine) and assign splits; no voxels are read. A bad entry or volume goes
         through ``self.log.guard`` (the prepare stage's ``on_error`` decides)."""
-        if self.params.datalist is not None:
-            refs = self._discover_datalist()
-        else:
-            refs = self._discover_csv()
+        refs = formats.FORMATS[formats.layout_of(self.params)].discover(self)
         if self.params.class_names is None:
             if self.params.datalist is None:
                 self._class_names = [self.params.csv_class]
@@ -170,82 +171,10 @@ class MedicalAdapter(ModalityAdapter):
                 path=path,
             )
 
-    def _discover_datalist(self) -> list[SampleRef]:
-        assert self.params.datalist is not None
-        path = self.resolve_inside_root(self.params.datalist, self.root)
-        raw_entries, has_splits = dl.read_datalist(path)
-        refs: list[SampleRef] = []
-        seen: set[str] = set()
-        for where, split, raw in raw_entries:
-            name = raw.get("image") if isinstance(raw, dict) else None
-            known = isinstance(name, str)
-            with (
-                self.log.guard(self.root / name if known else path, unit="volume"),
-                _naming(dl.volume_id(name) if known else None),
-            ):
-                entry = dl.parse_entry(raw, where, path)
-                self._check_labels(entry.labels, where, path)
-                self.resolve_inside_root(dicom.split_spec(entry.image)[0], path)
-                vid = dl.volume_id(entry.image)
-                if vid in seen:
-                    raise DataError(f"{where}: image {entry.image!r} listed twice", path=path)
-                seen.add(vid)
-                image, fmt = self._locate_volume(
-                    entry.image, path, f"{where}: image file {entry.image!r} not found"
-                )
-                sp = split if has_splits else self._split(vid)
-                refs.append(
-                    SampleRef(
-                        vid,
-                        sp,
-                        {"image": image, "annotation": path},
-                        {
-                            "image": entry.image,
-                            "boxes": entry.boxes,
-                            "labels": entry.labels,
-                            **fmt,
-                        },
-                    )
-                )
-        return refs
-
     def _split(self, key: str) -> str:
+        """The split of a volume or series by the stable hash of ``key``."""
         p = self.params
         return assign_split(key, p.val_fraction, p.test_fraction, p.seed)
-
-    def _discover_csv(self) -> list[SampleRef]:
-        assert self.params.annotations_csv is not None
-        path = self.resolve_inside_root(self.params.annotations_csv, self.root)
-        rows, bad = dl.read_lesion_csv(path, self.params.candidate_diameter_mm)
-        refs = []
-        for uid, rel in dl.iter_series(rows, self.params.series_map):
-            with (
-                self.log.guard(self.root / rel if rel else path, unit="volume"),
-                _naming(dl.volume_id(rel) if rel else uid),
-            ):
-                if uid in bad:
-                    raise DataError(f"series {uid!r}: {bad[uid]}", path=path)
-                if rel is None:
-                    raise DataError(f"series {uid!r} has no entry in series_map", path=path)
-                image, fmt = self._locate_volume(
-                    rel, path, f"image file {rel!r} of series {uid!r} not found"
-                )
-                boxes = rows.get(uid, [])
-                refs.append(
-                    SampleRef(
-                        dl.volume_id(rel),
-                        self._split(uid),
-                        {"image": image, "annotation": path},
-                        {
-                            "image": rel,
-                            "boxes": boxes,
-                            "labels": [0] * len(boxes),
-                            "seriesuid": uid,
-                            **fmt,
-                        },
-                    )
-                )
-        return refs
 
     # --- reading ----------------------------------------------------------------------------
     def read(self, ref: SampleRef) -> Iterator[Sample]:
@@ -307,7 +236,7 @@ class MedicalAdapter(ModalityAdapter):
         self, ref: SampleRef, reader: SliceReader | ArrayVolumeReader
     ) -> Iterator[Sample]:
         p = self.params
-        n_i, n_j, n_k = reader.shape
+        _, _, n_k = reader.shape
         out_ij, scale, volume_affine = volumes.slice_grid(reader, p.target_spacing)
         cuts = self._lesion_cuts(ref, reader, volume_affine, scale)
         # Slices whose every lesion section is dropped as too small are ambiguous (lesion
@@ -346,41 +275,8 @@ class MedicalAdapter(ModalityAdapter):
                 for j in needed:
                     channels.append(np.clip((cache[j] - lo) / (hi - lo), 0.0, 1.0))
             image = np.stack(channels).astype(np.float32)
-            boxes, labels, difficult = [], [], []
-            for box, lab, frac in cuts.get(k, []):
-                # cuts are already in stored pixels (volume_affine includes the resampling)
-                b = np.clip(box, 0, [w_out, h_out, w_out, h_out])
-                if b[2] - b[0] < 0.5 or b[3] - b[1] < 0.5:
-                    continue  # a sliver left after clipping at the image border
-                small = frac < p.min_cross_section
-                if small and small_dropped:
-                    continue
-                boxes.append(b)
-                labels.append(lab)
-                difficult.append(small)
-            meta = {
-                "units": "mm",
-                "world_frame": "RAS",
-                "annotation_world_frame": p.frame,
-                "format": ref.meta.get("format", "nifti"),
-                "volume_id": ref.ref_id,
-                "image": ref.meta["image"],
-                "slice_index": int(k),
-                "num_slices": int(n_k),
-                "volume_shape": [int(n_i), int(n_j), int(n_k)],
-                "spacing_mm": [float(s) for s in reader.spacing],
-                "pixel_spacing_mm": [
-                    float(reader.spacing[0] * scale[0]),
-                    float(reader.spacing[1] * scale[1]),
-                ],
-                "intensity": p.intensity,
-                "split": ref.split,
-                "datalist_key": dl.SPLIT_KEYS[ref.split],
-            }
-            if "dicom_series" in ref.meta:
-                meta["dicom_series"] = ref.meta["dicom_series"]
-            if mri_range is not None:
-                meta["mri_range"] = [float(mri_range[0]), float(mri_range[1])]
+            boxes, labels, difficult = self._slice_targets(cuts.get(k, []), w_out, h_out)
+            meta = self._slice_meta(ref, reader, int(k), scale, mri_range)
             yield Sample(
                 image=image,
                 boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
@@ -393,6 +289,63 @@ class MedicalAdapter(ModalityAdapter):
                 meta=meta,
             )
 
+    def _slice_targets(
+        self, slice_cuts: list[tuple[np.ndarray, int, float]], w_out: int, h_out: int
+    ) -> tuple[list[np.ndarray], list[int], list[bool]]:
+        """The boxes (clipped to the stored slice), labels and difficult flags of one slice's
+        lesion sections; slivers and, with ``small_section: drop``, small sections left out."""
+        p = self.params
+        small_dropped = p.small_section == "drop"
+        boxes, labels, difficult = [], [], []
+        for box, lab, frac in slice_cuts:
+            # cuts are already in stored pixels (volume_affine includes the resampling)
+            b = np.clip(box, 0, [w_out, h_out, w_out, h_out])
+            if b[2] - b[0] < 0.5 or b[3] - b[1] < 0.5:
+                continue  # a sliver left after clipping at the image border
+            small = frac < p.min_cross_section
+            if small and small_dropped:
+                continue
+            boxes.append(b)
+            labels.append(lab)
+            difficult.append(small)
+        return boxes, labels, difficult
+
+    def _slice_meta(
+        self,
+        ref: SampleRef,
+        reader: SliceReader | ArrayVolumeReader,
+        k: int,
+        scale: np.ndarray,
+        mri_range: tuple[float, float] | None,
+    ) -> dict[str, Any]:
+        """The :class:`Sample` meta of slice ``k`` of the volume ``ref``."""
+        p = self.params
+        n_i, n_j, n_k = reader.shape
+        meta = {
+            "units": "mm",
+            "world_frame": "RAS",
+            "annotation_world_frame": p.frame,
+            "format": ref.meta.get("format", "nifti"),
+            "volume_id": ref.ref_id,
+            "image": ref.meta["image"],
+            "slice_index": int(k),
+            "num_slices": int(n_k),
+            "volume_shape": [int(n_i), int(n_j), int(n_k)],
+            "spacing_mm": [float(s) for s in reader.spacing],
+            "pixel_spacing_mm": [
+                float(reader.spacing[0] * scale[0]),
+                float(reader.spacing[1] * scale[1]),
+            ],
+            "intensity": p.intensity,
+            "split": ref.split,
+            "datalist_key": dl.SPLIT_KEYS[ref.split],
+        }
+        if "dicom_series" in ref.meta:
+            meta["dicom_series"] = ref.meta["dicom_series"]
+        if mri_range is not None:
+            meta["mri_range"] = [float(mri_range[0]), float(mri_range[1])]
+        return meta
+
     def _slices_to_keep(
         self, ref: SampleRef, n_k: int, positive: set[int], crossing: set[int]
     ) -> set[int]:
@@ -401,26 +354,54 @@ class MedicalAdapter(ModalityAdapter):
             return set(range(n_k))
         keep = set(positive)
         for k in range(n_k):
-            if k not in crossing and _unit_hash(f"{p.seed}:{ref.ref_id}:{k}") < (
+            if k not in crossing and split_hash(f"{ref.ref_id}:{k}", p.seed) < (
                 p.negative_slice_rate
             ):
                 keep.add(k)
         return keep
 
+    # --- the file-level API (dsod detect reads volumes through it) --------------------------
+    def locate_volume(
+        self, spec: str, referenced_from: Path, not_found: str = "volume not found"
+    ) -> tuple[Path, dict[str, Any]]:
+        """A volume named by ``spec`` (a file, a DICOM folder or ``folder#<SeriesUID>``,
+        relative to ``root``), resolved and its header checked (``max_voxels``); no voxels."""
+        return self._locate_volume(spec, referenced_from, not_found)
+
+    def open_volume(self, ref: SampleRef) -> SliceReader | ArrayVolumeReader:
+        """The reader of one located volume (its canonical RAS grid: ``shape``, ``affine``)."""
+        return self._open_volume(ref)
+
     # --- back to the world ------------------------------------------------------------------
-    def export_predictions(self, items: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-        """Link per-slice detections of each volume into 3D lesions and write
-        ``predictions_3d.json`` in the datalist convention (``{key: [{"image", "box" cccwhd
-        mm in world_frame, "label" 0-based, "score"}]}``), plus the per-slice world boxes of
-        the base class (``predictions_world.json``)."""
-        out_dir = Path(out_dir)
-        paths = super().export_predictions(items, out_dir)
+    def state(self) -> dict[str, Any]:
+        return {"class_names": self.class_names}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        if self.params.class_names is None:
+            self._class_names = list(state["class_names"])
+
+    def unit_record(self, ref: SampleRef) -> dict[str, Any] | None:
+        """The volume's lesions for FROC: datalist ``key``, ``image``, cccwhd ``box`` mm in
+        ``world_frame``, 0-based ``label`` and the volume's ``split``."""
+        return {
+            "split": ref.split,
+            "image": ref.meta["image"],
+            "box": [list(map(float, b)) for b in ref.meta["boxes"]],
+            "label": [int(v) for v in ref.meta["labels"]],
+        }
+
+    def merge(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Per-slice detections -> the 3D candidates of each volume
+        (:func:`modalities.medical.linking.link_volume` with the ``link_*`` params), the rule
+        the evaluate stage and ``dsod detect`` share. One entry per volume: ``unit`` (the
+        volume id), ``image``, ``key`` (datalist key), ``slices`` and ``detections`` =
+        ``{"box": cccwhd mm in world_frame, "label": 0-based, "score"}``, best first."""
         p = self.params
-        volumes: dict[str, dict[str, Any]] = {}
+        volumes_: dict[str, dict[str, Any]] = {}
         for item in items:
             meta = item["meta"]
             k = int(meta["slice_index"])
-            vol = volumes.setdefault(
+            vol = volumes_.setdefault(
                 meta["volume_id"],
                 {
                     "image": meta["image"],
@@ -431,9 +412,9 @@ class MedicalAdapter(ModalityAdapter):
             )
             det = item["detections"]
             vol["dets"][k] = {key: np.asarray(det[key]) for key in ("boxes", "scores", "labels")}
-        doc: dict[str, list[dict[str, Any]]] = {}
-        for vid in sorted(volumes):
-            vol = volumes[vid]
+        merged = []
+        for vid in sorted(volumes_):
+            vol = volumes_[vid]
             lesions = link_volume(
                 vol["dets"],
                 vol["affine"],
@@ -447,29 +428,56 @@ class MedicalAdapter(ModalityAdapter):
             boxes = np.array([les.box for les in lesions]).reshape(-1, 6)
             if p.frame == "LPS":
                 boxes = lps_ras_flip(boxes)
-            doc.setdefault(vol["key"], []).append(
+            merged.append(
                 {
+                    "unit": vid,
                     "image": vol["image"],
-                    "box": boxes.round(4).tolist(),
-                    "label": [les.label - 1 for les in lesions],
-                    "score": [round(les.score, 6) for les in lesions],
+                    "key": vol["key"],
+                    "slices": len(vol["dets"]),
+                    "detections": {
+                        "box": boxes.round(4).tolist(),
+                        "label": [les.label - 1 for les in lesions],
+                        "score": [round(les.score, 6) for les in lesions],
+                    },
                 }
             )
+        return merged
+
+    def export_predictions(
+        self, items: list[dict[str, Any]], out_dir: Path, merged: list | None = None
+    ) -> list[Path]:
+        """``predictions_3d.json`` (the candidates of :meth:`merge` in the datalist
+        convention: ``{key: [{"image", "box" cccwhd mm in world_frame, "label" 0-based,
+        "score"}]}``), plus the per-slice world boxes of the base class
+        (``predictions_world.json``)."""
+        out_dir = Path(out_dir)
+        paths = super().export_predictions(items, out_dir)
+        doc: dict[str, list[dict[str, Any]]] = {}
+        for unit in merged if merged is not None else self.merge(items):
+            doc.setdefault(unit["key"], []).append({"image": unit["image"], **unit["detections"]})
         path = out_dir / "predictions_3d.json"
         write_json(path, doc, indent=1)
         return [*paths, path]
 
-    def extra_metrics(self, exported: list[Path], split: str) -> dict[str, Any]:
-        """FROC of the linked 3D lesions (LUNA16 rules; ``dsod_core.metrics.froc``)."""
+    def extra_metrics(
+        self, merged: list[dict[str, Any]], units: Mapping[str, Any], split: str
+    ) -> dict[str, Any]:
+        """FROC of the linked 3D lesions (LUNA16 rules; ``dsod_core.metrics.froc``) against
+        the stored lesions of the split's volumes (:meth:`unit_record`)."""
         from dsod_core.metrics.froc import froc_from_datalists
 
-        path = next((p for p in exported if Path(p).name == "predictions_3d.json"), None)
-        if path is None:
-            return {}
-        preds = json.loads(Path(path).read_text())
-        result = froc_from_datalists(
-            preds, self.reference_datalist(split), key=dl.SPLIT_KEYS[split]
-        )
+        if split not in dl.SPLIT_KEYS:
+            raise ConfigError(f"split must be one of {sorted(dl.SPLIT_KEYS)}, got {split!r}")
+        key = dl.SPLIT_KEYS[split]
+        preds = {key: [{"image": u["image"], **u["detections"]} for u in merged]}
+        reference = {
+            key: [
+                {"image": r["image"], "box": r["box"], "label": r["label"]}
+                for r in units.values()
+                if r and r.get("split") == split
+            ]
+        }
+        result = froc_from_datalists(preds, reference, key=key)
         return {
             "froc_cpm": float(result["cpm"]),
             "froc_sensitivities": {
@@ -480,8 +488,7 @@ class MedicalAdapter(ModalityAdapter):
     def reference_datalist(self, split: str = "test") -> dict[str, list[dict[str, Any]]]:
         """The annotations of one split in the datalist convention of
         :meth:`export_predictions` (key, ``image``, cccwhd ``box`` in ``world_frame``, 0-based
-        ``label``), for :func:`dsod_core.metrics.froc.froc_from_datalists`. Runs
-        :meth:`discover` (cheap)."""
+        ``label``). Runs :meth:`discover` (cheap)."""
         if split not in dl.SPLIT_KEYS:
             raise ConfigError(f"split must be one of {sorted(dl.SPLIT_KEYS)}, got {split!r}")
         entries = [

@@ -6,6 +6,10 @@ LUNA16-style CSV holds one sphere per row (``seriesuid, coordX, coordY, coordZ,
 diameter_mm``). Parsing is pure: whole-file problems raise :class:`DataError`, per-entry
 problems are raised by :func:`parse_entry` or returned per series by :func:`read_lesion_csv`,
 so that the adapter can route them through its prepare log one volume at a time.
+
+This module is also the medical modality's ``datalist`` format (:mod:`.formats`):
+:func:`discover` lists the volumes of the ``datalist`` param and :func:`claims` tells a
+datalist JSON by its keys. The CSV format is :mod:`.lesion_csv` (its parser stays here).
 """
 
 from __future__ import annotations
@@ -16,11 +20,16 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dsod_core.errors import DataError
+from modalities.base import SampleRef
+from modalities.formats import has_suffix, json_top_keys
+
+if TYPE_CHECKING:
+    from modalities.medical.adapter import MedicalAdapter
 
 #: Datalist keys <-> splits (MONAI / LUNA16 tutorial naming).
 DATALIST_KEYS = {"training": "train", "validation": "val", "test": "test"}
@@ -168,3 +177,56 @@ def iter_series(
             yield uid, (str(series_map[uid]) if uid in series_map else None)
         else:
             yield uid, series_map.format(seriesuid=uid)
+
+
+# --- the datalist format of the medical modality ----------------------------------------------
+def claims(path: Path) -> bool:
+    """A ``.json`` object holding one of the datalist keys (``training``, ``validation``,
+    ``test``). Never raises."""
+    if not has_suffix(path, (".json",)):
+        return False
+    keys = json_top_keys(path)
+    return keys is not None and bool(keys & set(DATALIST_KEYS))
+
+
+def discover(adapter: MedicalAdapter) -> list[SampleRef]:
+    """One ref per datalist entry: entry checked, labels within ``class_names``, the volume
+    located inside the root and its header checked (no voxels); the split is the datalist key
+    when the file names splits (``validation``/``test``), else the stable hash of the volume
+    id. Each entry is one unit of ``adapter.log.guard`` (``unit="volume"``)."""
+    from modalities.medical import dicom
+    from modalities.medical.adapter import _naming
+
+    assert adapter.params.datalist is not None
+    root = adapter.root
+    path = adapter.resolve_inside_root(adapter.params.datalist, root)
+    raw_entries, has_splits = read_datalist(path)
+    refs: list[SampleRef] = []
+    seen: set[str] = set()
+    for where, split, raw in raw_entries:
+        name = raw.get("image") if isinstance(raw, dict) else None
+        known = isinstance(name, str)
+        with (
+            adapter.log.guard(root / name if known else path, unit="volume"),
+            _naming(volume_id(name) if known else None),
+        ):
+            entry = parse_entry(raw, where, path)
+            adapter._check_labels(entry.labels, where, path)
+            adapter.resolve_inside_root(dicom.split_spec(entry.image)[0], path)
+            vid = volume_id(entry.image)
+            if vid in seen:
+                raise DataError(f"{where}: image {entry.image!r} listed twice", path=path)
+            seen.add(vid)
+            image, fmt = adapter._locate_volume(
+                entry.image, path, f"{where}: image file {entry.image!r} not found"
+            )
+            sp = split if has_splits else adapter._split(vid)
+            refs.append(
+                SampleRef(
+                    vid,
+                    sp,
+                    {"image": image, "annotation": path},
+                    {"image": entry.image, "boxes": entry.boxes, "labels": entry.labels, **fmt},
+                )
+            )
+    return refs

@@ -188,6 +188,22 @@ def _volume(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[dict[
         indexing="ij",
     )
     pts = np.stack([i * _SPACING[0], j * _SPACING[1], k * _SPACING[2]], axis=-1)
+    vol, lungs, lung_mask = _anatomy(rng, i, j, k, size)
+    excess, vessels = _vessels(rng, pts, lungs)
+    excess, lesions = _add_lesions(rng, (i, j, k), lungs, vessels, excess)
+    vol += excess * lung_mask
+    vol = gaussian_filter(vol, _BLUR, mode="nearest")
+    noise = gaussian_filter(rng.normal(size=vol.shape).astype(np.float32), (0.6, 0.6, 0.0))
+    vol += noise * (_NOISE_HU / max(float(noise.std()), 1e-6))
+    return vol, lesions
+
+
+def _anatomy(
+    rng: np.random.Generator, i: np.ndarray, j: np.ndarray, k: np.ndarray, size: int
+) -> tuple[np.ndarray, list[tuple[float, float, float, float]], np.ndarray]:
+    """The background volume (air, soft-tissue body, textured lungs, spine) on the voxel grid
+    ``i, j, k``, the two lungs' ``(cx, cy, semi_x, semi_y)`` and the lung mask."""
+    d = DEPTH
     c = (size - 1) / 2.0
     vol = np.full((size, size, d), -1000.0, dtype=np.float32)
     body = ((i - c) / (0.47 * size)) ** 2 + ((j - c) / (0.40 * size)) ** 2 <= 1
@@ -205,9 +221,21 @@ def _volume(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[dict[
     vol[lung_mask] = _LUNG_HU + texture[lung_mask]
     spine = (i - c) ** 2 + (j - (c + 0.29 * size)) ** 2 <= (0.07 * size) ** 2
     vol[spine] = 500.0
-    excess, vessels = _vessels(rng, pts, lungs)
+    return vol, lungs, lung_mask
 
-    lesions = []
+
+def _add_lesions(
+    rng: np.random.Generator,
+    grid: tuple[np.ndarray, np.ndarray, np.ndarray],
+    lungs: list[tuple[float, float, float, float]],
+    vessels: list[tuple[int, np.ndarray, np.ndarray, float]],
+    excess: np.ndarray,
+) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Place solid nodules and ground-glass opacities (alternating class and lung) in
+    ``excess`` (HU above background); return it and the lesions placed, in voxel units."""
+    i, j, k = grid
+    d = DEPTH
+    lesions: list[dict[str, Any]] = []
     n = int(rng.integers(*_LESIONS_PER_VOLUME))
     heights = np.linspace(0.25, 0.75, n) * (d - 1) + rng.uniform(-0.6, 0.6, size=n)
     first_class = int(rng.integers(0, 2))
@@ -236,11 +264,46 @@ def _volume(rng: np.random.Generator, size: int) -> tuple[np.ndarray, list[dict[
             weight = _sigmoid((1.0 - rr) / 0.12)
         excess = np.maximum(excess, hu * weight)
         lesions.append({"centre": centre, "semi": semi, "label": cls})
-    vol += excess * lung_mask
-    vol = gaussian_filter(vol, _BLUR, mode="nearest")
-    noise = gaussian_filter(rng.normal(size=vol.shape).astype(np.float32), (0.6, 0.6, 0.0))
-    vol += noise * (_NOISE_HU / max(float(noise.std()), 1e-6))
-    return vol, lesions
+    return excess, lesions
+
+
+def _demo_affine(image_size: int) -> np.ndarray:
+    """The demo's voxel -> world affine: LPS-like (x and y flipped), the scan roughly centred on
+    the world origin plus an offset."""
+    affine = np.diag([-_SPACING[0], -_SPACING[1], _SPACING[2], 1.0])
+    # Origin chosen so the scan is roughly centred on the world origin, plus an offset.
+    affine[:3, 3] = [
+        _SPACING[0] * (image_size - 1) / 2 + 3.2,
+        _SPACING[1] * (image_size - 1) / 2 - 12.4,
+        -_SPACING[2] * (DEPTH - 1) / 2 - 150.0,
+    ]
+    return affine
+
+
+def _save_volume(path: Path, vol: np.ndarray, affine: np.ndarray) -> None:
+    """Write ``vol`` rounded to int16 as NIfTI (mm units, qform and sform code 1)."""
+    img = nib.Nifti1Image(np.round(vol).astype(np.int16), affine)
+    img.header.set_xyzt_units("mm")
+    img.set_qform(affine, code=1)
+    img.set_sform(affine, code=1)
+    with atomic_path(path, suffix=".nii.gz") as tmp:
+        nib.save(img, str(tmp))
+
+
+def _lesion_boxes(
+    lesions: list[dict[str, Any]], affine: np.ndarray
+) -> tuple[list[np.ndarray], list[int], set[int]]:
+    """The lesions' boxes (cccwhd, LPS world mm), labels, and the slice indices they touch."""
+    boxes, labels = [], []
+    positive: set[int] = set()
+    for les in lesions:
+        centre_ras = apply_affine(affine, les["centre"][None])[0]
+        size_mm = 2.0 * les["semi"] * np.array(_SPACING)
+        boxes.append(lps_ras_flip(np.concatenate([centre_ras, size_mm])[None])[0])
+        labels.append(les["label"])
+        cz, hz = les["centre"][2], les["semi"][2]
+        positive |= {k for k in range(DEPTH) if abs(k - cz) < hz}
+    return boxes, labels, positive
 
 
 def write_medical_demo(
@@ -257,13 +320,7 @@ def write_medical_demo(
     out = Path(out_dir)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    affine = np.diag([-_SPACING[0], -_SPACING[1], _SPACING[2], 1.0])
-    # Origin chosen so the scan is roughly centred on the world origin, plus an offset.
-    affine[:3, 3] = [
-        _SPACING[0] * (image_size - 1) / 2 + 3.2,
-        _SPACING[1] * (image_size - 1) / 2 - 12.4,
-        -_SPACING[2] * (DEPTH - 1) / 2 - 150.0,
-    ]
+    affine = _demo_affine(image_size)
     doc: dict[str, list[dict[str, Any]]] = {"training": [], "validation": [], "test": []}
     expected = 0.0
     min_test = math.ceil(num_images * _TEST_VOLUMES_PER_IMAGE)
@@ -276,21 +333,8 @@ def write_medical_demo(
         split = _SPLIT_CYCLE[n % len(_SPLIT_CYCLE)]
         vol, lesions = _volume(rng, image_size)
         rel = f"images/ct_{n:03d}.nii.gz"
-        img = nib.Nifti1Image(np.round(vol).astype(np.int16), affine)
-        img.header.set_xyzt_units("mm")
-        img.set_qform(affine, code=1)
-        img.set_sform(affine, code=1)
-        with atomic_path(out / rel, suffix=".nii.gz") as tmp:
-            nib.save(img, str(tmp))
-        boxes, labels = [], []
-        positive: set[int] = set()
-        for les in lesions:
-            centre_ras = apply_affine(affine, les["centre"][None])[0]
-            size_mm = 2.0 * les["semi"] * np.array(_SPACING)
-            boxes.append(lps_ras_flip(np.concatenate([centre_ras, size_mm])[None])[0])
-            labels.append(les["label"])
-            cz, hz = les["centre"][2], les["semi"][2]
-            positive |= {k for k in range(DEPTH) if abs(k - cz) < hz}
+        _save_volume(out / rel, vol, affine)
+        boxes, labels, positive = _lesion_boxes(lesions, affine)
         doc[_KEYS[split]].append(
             {"image": rel, "box": np.round(boxes, 4).tolist(), "label": labels}
         )

@@ -12,13 +12,13 @@ Each volume is read by the adapter's own path, as the prepare stage reads a test
 declared size checked against ``max_voxels``), then :meth:`MedicalAdapter.read`, which checks
 the whole file first and yields every axial slice with its 2.5D context, intensity-mapped by
 the model's adapter params (``--adapter-params`` overrides them). The slices go through the
-:class:`~dsod_core.inference.Predictor` in batches and their detections are linked into 3D
-candidates by :meth:`MedicalAdapter.export_predictions` (the evaluate stage's code, with the
-adapter's ``link_*`` params), so a volume gives the same candidates here as in the evaluate
-stage for the same model and post-processing settings.
+predictor in batches and their detections are linked into 3D candidates by
+:meth:`MedicalAdapter.merge` (the evaluate stage's rule, with the adapter's ``link_*``
+params), so a volume gives the same candidates here as in the evaluate stage for the same
+model and post-processing settings.
 
 Outputs in ``--out`` (all written atomically), named after the input
-(:func:`~dsod_core.inference.output_stem`; ``folder#uid`` gives ``folder__uid``):
+(:meth:`MedicalAdapter.output_stem`; ``folder#uid`` gives ``folder__uid``):
 
 ``<stem>.json``: a MONAI-style detection datalist::
 
@@ -50,18 +50,15 @@ that datalist (the adapter's datalist format and ``world_frame``; any of its key
 
 from __future__ import annotations
 
-import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import nibabel as nib
 import numpy as np
-from tqdm import tqdm
 
+from dsod_core.detection import DetectResult, DetectRun, PredictorLike, batched, progress_bar
 from dsod_core.errors import DataError
-from dsod_core.inference import DetectOptions, DetectResult, Predictor, batched, output_stem
 from dsod_core.io import atomic_path, write_json
 from modalities.base import SampleRef
 from modalities.medical import datalist as dl
@@ -89,11 +86,11 @@ def expand_inputs(path: Path) -> list[Path]:
     return files or [path]
 
 
-def _stem(path: Path) -> str:
+def _stem(adapter, path: Path) -> str:
     folder, uid = dicom.split_spec(str(path))
     if uid is not None:
-        return f"{output_stem(os.path.abspath(folder))}__{uid}"
-    return output_stem(os.path.abspath(path))
+        return f"{adapter.output_stem(os.path.abspath(folder))}__{uid}"
+    return adapter.output_stem(os.path.abspath(path))
 
 
 def _adapter_for(adapter, path: Path, class_names: list[str]):
@@ -112,20 +109,20 @@ def sample_ref(adapter, path: Path) -> SampleRef:
     the adapter's checks (header, declared size) relative to ``adapter.root``."""
     folder, uid = dicom.split_spec(str(path))
     spec = Path(os.path.abspath(folder)).name + (f"#{uid}" if uid else "")
-    image, fmt = adapter._locate_volume(spec, path, "volume not found")
+    image, fmt = adapter.locate_volume(spec, path, "volume not found")
     meta = {"image": str(path), "boxes": [], "labels": [], **fmt}
     return SampleRef(dl.volume_id(spec), "test", {"image": image, "annotation": path}, meta)
 
 
 def _predict_slices(
-    adapter, ref: SampleRef, path: Path, predictor: Predictor, options: DetectOptions
+    adapter, ref: SampleRef, path: Path, predictor: PredictorLike, run: DetectRun
 ) -> list[dict[str, Any]]:
-    """The per-slice items of :meth:`MedicalAdapter.export_predictions` (detections in
-    stored-slice pixels), the slices streamed in batches of ``options.batch_size``."""
+    """The per-slice items of :meth:`MedicalAdapter.merge` (detections in stored-slice
+    pixels), the slices streamed in batches of ``run.batch_size``."""
     items: list[dict[str, Any]] = []
-    bar = tqdm(desc=f"detect {path.name}", unit="slice", disable=None if options.progress else True)
+    bar = progress_bar(None, f"detect {path.name}", "slice", run)
     try:
-        for batch in batched(adapter.read(ref), options.batch_size):
+        for batch in batched(adapter.read(ref), run.batch_size):
             if not items:
                 bar.total = int(batch[0].meta["num_slices"])
                 bar.refresh()
@@ -154,16 +151,14 @@ def _predict_slices(
 
 
 def link_candidates(adapter, items: list[dict[str, Any]]) -> dict[str, Any]:
-    """The 3D candidates of one volume's slice detections, by the evaluate stage's code
-    (:meth:`MedicalAdapter.export_predictions`): ``{"box", "label", "score"}`` lists, boxes
-    cccwhd mm in the adapter's ``world_frame``."""
-    with tempfile.TemporaryDirectory(prefix="dsod-detect-medical-") as tmp:
-        paths = adapter.export_predictions(items, Path(tmp))
-        doc = json.loads(next(p for p in paths if p.name == "predictions_3d.json").read_text())
-    entries = [e for key in doc for e in doc[key]]
-    if not entries:
+    """The 3D candidates of one volume's slice detections, by the evaluate stage's rule
+    (:meth:`MedicalAdapter.merge`): ``{"box", "label", "score"}`` lists, boxes cccwhd mm in
+    the adapter's ``world_frame``."""
+    merged = adapter.merge(items)
+    if not merged:
         return {"box": [], "label": [], "score": []}
-    return {k: entries[0][k] for k in ("box", "label", "score")}
+    (unit,) = merged
+    return dict(unit["detections"])
 
 
 def mask_grid(adapter, ref: SampleRef) -> tuple[tuple[int, int, int], np.ndarray]:
@@ -172,7 +167,7 @@ def mask_grid(adapter, ref: SampleRef) -> tuple[tuple[int, int, int], np.ndarray
     if ref.meta.get("format", "nifti") == "nifti":
         img = nib.load(str(image))
         return tuple(int(s) for s in img.shape[:3]), np.asarray(img.affine, dtype=np.float64)
-    reader = adapter._open_volume(ref)
+    reader = adapter.open_volume(ref)
     try:
         return tuple(int(s) for s in reader.shape), np.asarray(reader.affine, dtype=np.float64)
     finally:
@@ -262,18 +257,16 @@ def evaluate(
     }
 
 
-def detect_volume(
-    adapter, path: Path, predictor: Predictor, options: DetectOptions
-) -> DetectResult:
+def detect_volume(adapter, path: Path, predictor: PredictorLike, run: DetectRun) -> DetectResult:
     """One volume: slices -> detections -> 3D candidates -> the output files."""
     adapter, _ = _adapter_for(adapter, path, predictor.class_names)
     ref = sample_ref(adapter, path)
-    labels = Path(options.labels) if options.labels else None
+    labels = Path(run.labels) if run.labels else None
     truth = reference_entry(labels, path) if labels else None  # a bad file fails first
-    items = _predict_slices(adapter, ref, path, predictor, options)
+    items = _predict_slices(adapter, ref, path, predictor, run)
     candidates = link_candidates(adapter, items)
-    stem = _stem(path)
-    out_dir = Path(options.out_dir)
+    stem = _stem(adapter, path)
+    out_dir = Path(run.out_dir)
     evaluation = None
     if labels is not None and truth is not None:
         evaluation = evaluate(candidates, truth, labels, path)
@@ -286,7 +279,7 @@ def detect_volume(
         "test": [{"image": str(path), **candidates}],
     }
     outputs = [write_json(out_dir / f"{stem}.json", doc, indent=1)]
-    if options.volume_mask:
+    if run.modality.volume_mask:
         boxes = np.asarray(candidates["box"], dtype=np.float64).reshape(-1, 6)
         if adapter.params.frame == "LPS":
             boxes = lps_ras_flip(boxes)
@@ -307,7 +300,7 @@ def detect_volume(
 
 
 def detect_inputs(
-    adapter, path: Path, predictor: Predictor, options: DetectOptions
+    adapter, path: Path, predictor: PredictorLike, run: DetectRun
 ) -> list[DetectResult]:
     """``dsod detect`` on one ``INPUT`` (see the module docstring): one result per volume."""
-    return [detect_volume(adapter, p, predictor, options) for p in expand_inputs(Path(path))]
+    return [detect_volume(adapter, p, predictor, run) for p in expand_inputs(Path(path))]

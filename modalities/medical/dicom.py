@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -33,6 +34,7 @@ import pydicom
 from pydicom.errors import InvalidDicomError
 
 from dsod_core.errors import DataError
+from modalities.formats import head
 from modalities.medical.nifti import LPS_TO_RAS, ArrayVolumeReader
 
 #: Slice-spacing tolerance: a step may differ from the median step by this many mm ...
@@ -57,6 +59,42 @@ def split_spec(spec: str) -> tuple[str, str | None]:
     if sep and head and _UID.fullmatch(tail):
         return head, tail
     return spec, None
+
+
+#: How many files :func:`claims` looks at in a folder before giving up.
+CLAIM_SCAN_LIMIT = 10_000
+
+
+def is_dicom_file(path: Path) -> bool:
+    """Whether ``path`` is a file of the DICOM file format: ``DICM`` after the 128-byte
+    preamble (what pydicom requires too; files without it are ignored by
+    :func:`index_folder`). Never raises."""
+    return head(path, 132)[128:132] == b"DICM"
+
+
+def claims(path: Path) -> bool:
+    """A DICOM file (:func:`is_dicom_file`), a folder holding one anywhere below it (the first
+    :data:`CLAIM_SCAN_LIMIT` files, in sorted order, are looked at), or a series named
+    ``folder#<SeriesInstanceUID>`` of such a folder. Never raises."""
+    path = Path(path)
+    folder, uid = split_spec(str(path))
+    if uid is not None and not path.exists():
+        path = Path(folder)
+    try:
+        if not path.is_dir():
+            return uid is None and is_dicom_file(path)
+        seen = 0
+        for dirpath, dirnames, filenames in os.walk(path):
+            dirnames.sort()
+            for name in sorted(filenames):
+                if is_dicom_file(Path(dirpath) / name):
+                    return True
+                seen += 1
+                if seen >= CLAIM_SCAN_LIMIT:
+                    return False
+    except OSError:
+        return False
+    return False
 
 
 @dataclass(frozen=True)
@@ -175,6 +213,40 @@ def series_geometry(folder: Path, uid: str, headers: list[SliceHeader]) -> Serie
             "the positions)"
         )
     first = headers[0]
+    _check_slice_headers(headers, fail)
+    rows, cols, spacing, row_cos, col_cos = _in_plane_axes(first, fail)
+    normal = np.cross(row_cos, col_cos)
+    positions = np.array([h.position for h in headers], dtype=np.float64)
+    along = positions @ normal
+    order = np.argsort(along, kind="stable")
+    along, positions = along[order], positions[order]
+    names = [headers[i].path.name for i in order]
+    step, tol = _regular_step(along, names, fail)
+    deltas = np.diff(positions, axis=0)
+    across = np.linalg.norm(deltas - np.outer(deltas @ normal, normal), axis=1)
+    if across.max() > tol:
+        angle = float(np.degrees(np.arctan2(across.max(), step)))
+        fail(
+            f"slice positions move {across.max():.3f} mm across the slice normal per slice "
+            f"(gantry tilt of about {angle:.1f} degrees); refused, not resampled"
+        )
+    affine = np.eye(4)
+    # voxel (column c, row r, slice s): P = IPP_0 + row_cos * c * dc + col_cos * r * dr + s * d
+    # with dr = PixelSpacing[0] (between rows) and dc = PixelSpacing[1] (between columns).
+    affine[:3, 0] = row_cos * spacing[1]
+    affine[:3, 1] = col_cos * spacing[0]
+    affine[:3, 2] = (positions[-1] - positions[0]) / (len(positions) - 1)
+    affine[:3, 3] = positions[0]
+    return SeriesGeometry(
+        uid, [headers[i].path for i in order], (cols, rows, len(headers)), affine, step
+    )
+
+
+def _check_slice_headers(headers: list[SliceHeader], fail: Callable[..., None]) -> None:
+    """Refuse (through ``fail``) a slice that is multi-frame or not greyscale, lacks a valid
+    orientation, position or pixel spacing, or differs from the first slice in size, pixel
+    spacing or orientation."""
+    first = headers[0]
     for h in headers:
         if h.frames != 1:
             fail(f"multi-frame image ({h.frames} frames) is not supported", h.path)
@@ -209,6 +281,14 @@ def series_geometry(folder: Path, uid: str, headers: list[SliceHeader]) -> Serie
                 "needs one orientation for all slices",
                 h.path,
             )
+
+
+def _in_plane_axes(
+    first: SliceHeader, fail: Callable[..., None]
+) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray]:
+    """``(rows, cols, PixelSpacing, row direction, column direction)`` of the first slice,
+    the directions normalised; refuses (through ``fail``) an empty size, a non-positive
+    spacing or directions that are not orthonormal."""
     rows, cols = int(first.rows), int(first.columns)  # type: ignore[arg-type]
     if rows < 1 or cols < 1:
         fail(f"declares {rows} x {cols} pixels", first.path)
@@ -227,12 +307,15 @@ def series_geometry(folder: Path, uid: str, headers: list[SliceHeader]) -> Serie
         )
     row_cos = row_cos / np.linalg.norm(row_cos)
     col_cos = col_cos / np.linalg.norm(col_cos)
-    normal = np.cross(row_cos, col_cos)
-    positions = np.array([h.position for h in headers], dtype=np.float64)
-    along = positions @ normal
-    order = np.argsort(along, kind="stable")
-    along, positions = along[order], positions[order]
-    names = [headers[i].path.name for i in order]
+    return rows, cols, spacing, row_cos, col_cos
+
+
+def _regular_step(
+    along: np.ndarray, names: list[str], fail: Callable[..., None]
+) -> tuple[float, float]:
+    """The slice step (median, mm) of the sorted positions ``along`` the normal and its
+    tolerance; refuses (through ``fail``) two slices at one position, missing slices and
+    irregular spacing."""
     steps = np.diff(along)
     same = np.nonzero(steps <= SPACING_TOL_MM)[0]
     if same.size:
@@ -258,24 +341,7 @@ def series_geometry(folder: Path, uid: str, headers: list[SliceHeader]) -> Serie
             f"irregular slice spacing: {gap:.3f} mm between {names[i]} and {names[i + 1]}, "
             f"{step:.3f} mm elsewhere (tolerance {tol:.3f} mm); refused, not resampled"
         )
-    deltas = np.diff(positions, axis=0)
-    across = np.linalg.norm(deltas - np.outer(deltas @ normal, normal), axis=1)
-    if across.max() > tol:
-        angle = float(np.degrees(np.arctan2(across.max(), step)))
-        fail(
-            f"slice positions move {across.max():.3f} mm across the slice normal per slice "
-            f"(gantry tilt of about {angle:.1f} degrees); refused, not resampled"
-        )
-    affine = np.eye(4)
-    # voxel (column c, row r, slice s): P = IPP_0 + row_cos * c * dc + col_cos * r * dr + s * d
-    # with dr = PixelSpacing[0] (between rows) and dc = PixelSpacing[1] (between columns).
-    affine[:3, 0] = row_cos * spacing[1]
-    affine[:3, 1] = col_cos * spacing[0]
-    affine[:3, 2] = (positions[-1] - positions[0]) / (len(positions) - 1)
-    affine[:3, 3] = positions[0]
-    return SeriesGeometry(
-        uid, [headers[i].path for i in order], (cols, rows, len(headers)), affine, step
-    )
+    return step, tol
 
 
 class DicomSeriesReader(ArrayVolumeReader):

@@ -27,6 +27,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from dsod_core.errors import DataError
+from modalities.formats import has_suffix, head
 from modalities.medical.nifti import LPS_TO_RAS, ArrayVolumeReader
 
 SUFFIXES = (".mhd", ".mha")
@@ -47,6 +48,24 @@ _SCALAR_TYPES = {
 
 def is_metaimage(name: str) -> bool:
     return name.lower().endswith(SUFFIXES)
+
+
+#: Keys a MetaIO header may open with (its first ``Key = value`` line).
+_HEADER_KEYS = {
+    "objecttype", "objectsubtype", "ndims", "comment", "transformtype", "name", "id",
+    "parentid", "compresseddata", "binarydata", "binarydatabyteordermsb", "elementbyteordermsb",
+    "dimsize", "elementtype", "elementspacing", "offset", "transformmatrix", "headersize",
+}  # fmt: skip
+
+
+def claims(path: Path) -> bool:
+    """A ``.mhd`` / ``.mha`` file whose first line is a MetaIO ``Key = value`` header line
+    (``ObjectType = Image``, ``NDims = 3``, ...). Reads the first bytes only; never raises."""
+    if not has_suffix(path, SUFFIXES):
+        return False
+    text = head(path, 512).decode("latin-1").lstrip()
+    key, sep, _ = text.partition("\n")[0].partition("=")
+    return bool(sep) and key.strip().lower() in _HEADER_KEYS
 
 
 def _itk_reason(exc: RuntimeError) -> str:

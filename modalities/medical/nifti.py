@@ -31,6 +31,7 @@ from nibabel.orientations import apply_orientation, inv_ornt_aff, io_orientation
 from nibabel.spatialimages import HeaderDataError
 
 from dsod_core.errors import DataError
+from modalities.formats import has_suffix, head
 
 READ_ERRORS = (
     ImageFileError,
@@ -45,6 +46,30 @@ READ_ERRORS = (
 # Bytes decompressed / read per step of the integrity check (bounded memory).
 _CHUNK_BYTES = 1 << 22
 _F32_MAX = float(np.finfo(np.float32).max)
+
+
+#: File-name suffixes of NIfTI volumes.
+SUFFIXES = (".nii", ".nii.gz")
+#: ``sizeof_hdr``, the first field of a NIfTI header: 348 (NIfTI-1) or 540 (NIfTI-2).
+_HEADER_SIZES = (348, 540)
+
+
+def claims(path: Path) -> bool:
+    """A ``.nii`` / ``.nii.gz`` file whose first header field (``sizeof_hdr``, either byte
+    order; decompressed for ``.nii.gz``) is 348 or 540. Reads 4 bytes; never raises."""
+    if not has_suffix(path, SUFFIXES):
+        return False
+    if has_suffix(path, (".nii.gz",)):
+        try:
+            with gzip.open(path, "rb") as fh:
+                first = fh.read(4)
+        except (OSError, EOFError, zlib.error):
+            return False
+    else:
+        first = head(path, 4)
+    if len(first) < 4:
+        return False
+    return any(int.from_bytes(first, order) in _HEADER_SIZES for order in ("little", "big"))
 
 
 def load_header(path: Path) -> Any:
@@ -94,6 +119,15 @@ def _read_full(f: BinaryIO, view: memoryview) -> int:
             break
         got += n
     return got
+
+
+def _values_need_check(dtype: np.dtype, slope: float, inter: float) -> bool:
+    """Whether stored voxels of ``dtype`` may be non-finite (float) or overflow float32 after
+    the header's scaling, so each one must be checked."""
+    if dtype.kind == "f":
+        return True
+    info = np.iinfo(dtype)
+    return max(abs(int(info.min)), int(info.max)) * abs(slope) + abs(inter) > _F32_MAX
 
 
 class SliceReader:
@@ -160,29 +194,13 @@ class SliceReader:
         offset = int(proxy.offset)
         n_items = math.prod(shape)
         need = offset + n_items * dtype.itemsize
-        slope = 1.0 if proxy.slope is None else float(proxy.slope)
-        inter = 0.0 if proxy.inter is None else float(proxy.inter)
-        if not (math.isfinite(slope) and math.isfinite(inter)):
-            raise DataError(
-                f"the header's scaling (slope {slope}, intercept {inter}) is not finite",
-                path=self.path,
-            )
-        if dtype.kind == "f":
-            check_values = True
-        else:
-            info = np.iinfo(dtype)
-            check_values = max(abs(int(info.min)), int(info.max)) * abs(slope) + abs(inter) > (
-                _F32_MAX
-            )
+        slope, inter = self._finite_scaling(proxy)
+        check_values = _values_need_check(dtype, slope, inter)
         compressed = self.path.name.lower().endswith(".gz")
         if not compressed:
             size = os.path.getsize(self.path)
             if size < need:
-                raise DataError(
-                    f"data ends at byte {size:,}, header declares {need:,} "
-                    f"({offset:,} + {n_items:,} voxels x {dtype.itemsize} bytes; file truncated?)",
-                    path=self.path,
-                )
+                raise self._truncated(size, need, offset, n_items, dtype.itemsize)
             if not check_values:
                 return
         pos = 0
@@ -213,12 +231,7 @@ class SliceReader:
                         )
                     done += want // dtype.itemsize
                 if pos < need:
-                    raise DataError(
-                        f"data ends at byte {pos:,}, header declares {need:,} "
-                        f"({offset:,} + {n_items:,} voxels x {dtype.itemsize} bytes; "
-                        "file truncated?)",
-                        path=self.path,
-                    )
+                    raise self._truncated(pos, need, offset, n_items, dtype.itemsize)
                 if compressed:  # the rest, so the gzip trailer (CRC, length) is checked
                     while f.readinto(buf):  # type: ignore[attr-defined]
                         pass
@@ -228,6 +241,27 @@ class SliceReader:
                 f"header declares {need:,}",
                 path=self.path,
             ) from exc
+
+    def _finite_scaling(self, proxy: Any) -> tuple[float, float]:
+        """The header's ``(slope, intercept)`` (1 and 0 when unset); refuses non-finite ones."""
+        slope = 1.0 if proxy.slope is None else float(proxy.slope)
+        inter = 0.0 if proxy.inter is None else float(proxy.inter)
+        if not (math.isfinite(slope) and math.isfinite(inter)):
+            raise DataError(
+                f"the header's scaling (slope {slope}, intercept {inter}) is not finite",
+                path=self.path,
+            )
+        return slope, inter
+
+    def _truncated(
+        self, end: int, need: int, offset: int, n_items: int, itemsize: int
+    ) -> DataError:
+        """The error for data that ends at byte ``end`` before the ``need`` bytes declared."""
+        return DataError(
+            f"data ends at byte {end:,}, header declares {need:,} "
+            f"({offset:,} + {n_items:,} voxels x {itemsize} bytes; file truncated?)",
+            path=self.path,
+        )
 
     def _check_values(
         self, arr: np.ndarray, start: int, shape: tuple[int, ...], slope: float, inter: float

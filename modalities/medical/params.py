@@ -191,3 +191,10 @@ class MedicalParams(AdapterParams):
         cn = self.class_names
         if cn is not None and (not cn or not all(cn) or len(set(cn)) != len(cn)):
             self.fail("class_names", f"must be a list of distinct non-empty names, got {cn!r}")
+
+
+@dataclass(frozen=True)
+class MedicalDetectParams(AdapterParams):
+    """Options of ``dsod detect`` on volumes (flag ``--volume-mask``)."""
+
+    volume_mask: bool = param(False, "also write the candidates as a NIfTI label volume")

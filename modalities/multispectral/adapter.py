@@ -9,7 +9,6 @@ checks that the whole raster decodes, then yields its chips. See
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,23 +19,22 @@ from rasterio.crs import CRS
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
-from dsod_core.data.sample import Sample, pixel_to_world
+from dsod_core.data.sample import Sample
 from dsod_core.errors import ConfigError, DataError
-from modalities.base import ModalityAdapter, PrepareLog, SampleRef, assign_split
-from modalities.multispectral import bandstack, geojson, geotiff
+from modalities.base import ModalityAdapter, PrepareLog, SampleRef, assign_split, split_hash
+from modalities.multispectral import bandstack, formats, geotiff
 from modalities.multispectral import labels as label_files
+from modalities.multispectral import scene as scene_io
 from modalities.multispectral.geotiff import RasterInfo
-from modalities.multispectral.params import DERIVED, MultispectralParams
-from modalities.multispectral.tiling import boxes_in_chip, chip_windows, class_wise_nms
+from modalities.multispectral.params import (
+    DERIVED,
+    MultispectralDetectParams,
+    MultispectralParams,
+)
+from modalities.multispectral.tiling import boxes_in_chip, chip_windows
 
 _Feature = tuple[str, np.ndarray, bool]  # (class name, raster-pixel box xyxy, difficult)
 _Entry = label_files.Entry
-
-
-def _unit_hash(key: str, seed: int) -> float:
-    """A stable pseudo-random number in [0, 1) from ``key`` (same on every machine)."""
-    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
 
 
 class MultispectralAdapter(ModalityAdapter):
@@ -54,6 +52,8 @@ class MultispectralAdapter(ModalityAdapter):
     Params = MultispectralParams
     world_units = "crs"
     detect_module = "modalities.multispectral.detect"
+    DetectParams = MultispectralDetectParams
+    output_suffixes = (".tif", ".tiff", ".vrt", ".jp2", ".img")
     params: MultispectralParams
 
     def __init__(
@@ -139,15 +139,10 @@ class MultispectralAdapter(ModalityAdapter):
         return bandstack.stack_bands(p.bands, p.derived, p.roles, DERIVED)
 
     def _units(self) -> list[tuple[Path, str, bandstack.Scene | None]]:
-        """(path, id under root, scene or None) of every raster file or band-stack scene."""
-        p = self.params
-        if p.stack == "none":
-            paths = sorted(q for q in self.root.glob(p.raster_glob) if q.is_file())
-            if not paths:
-                raise DataError(f"no rasters match {p.raster_glob!r}", path=self.root)
-            return [(q, q.relative_to(self.root).as_posix(), None) for q in paths]
-        scenes = bandstack.require_scenes(self.root, p.stack, p.band_files)
-        return [(self.root / sc.folder, sc.rel, sc) for sc in scenes]
+        """(path, id under root, scene or None) of every raster file or band-stack scene:
+        ``units`` of the raster format (:func:`modalities.multispectral.formats.raster_format`:
+        ``geotiff.units`` or ``bandstack.units``)."""
+        return formats.FORMATS[formats.raster_format(self.params)].units(self)
 
     def _unit_info(self, path: Path, rel: str, scene: bandstack.Scene | None) -> RasterInfo:
         if scene is None:
@@ -155,15 +150,24 @@ class MultispectralAdapter(ModalityAdapter):
         return self._open_info(path, rel, bandstack.scene_stack(scene, self._stack_bands(), path))
 
     def discover(self) -> list[SampleRef]:
-        """One :class:`SampleRef` per raster matching ``raster_glob`` (headers and labels only;
-        no pixels). ``meta["chips"]`` lists its kept chips: id, window, split, boxes, labels.
+        """One :class:`SampleRef` per raster matching ``raster_glob`` (or band-stack scene;
+        ``discover`` of the raster format in :data:`modalities.multispectral.formats.FORMATS`),
+        headers and labels only, no pixels. ``meta["chips"]`` lists its kept chips: id,
+        window, split, boxes, labels.
 
         Each raster is one unit of ``self.log.guard``: a bad header (unreadable, over
         ``max_pixels``, missing bands, another band layout) or a bad label file refuses that
         raster alone, as the prepare stage's ``on_error`` decides.
         """
+        return formats.FORMATS[formats.raster_format(self.params)].discover(self)
+
+    def _discover_units(
+        self, units: list[tuple[Path, str, bandstack.Scene | None]]
+    ) -> list[SampleRef]:
+        """The refs of ``units`` (``(path, id under root, scene or None)`` listed by a raster
+        format module): header, band layout and labels of each under ``self.log.guard``, then
+        the class names and each raster's chips (:meth:`_raster_ref`)."""
         p = self.params
-        units = self._units()
         skipped_before = len(self.log.skipped)
         kept: list[tuple[RasterInfo, list[_Feature]]] = []
         for path, rel, scene in units:
@@ -272,7 +276,7 @@ class MultispectralAdapter(ModalityAdapter):
                 boxes, np.arange(len(labels)), win, (info.width, info.height), p.min_visible
             )
             # Deterministic keep/drop of empty chips: a stable hash, not a global RNG.
-            if not len(chip_boxes) and _unit_hash(f"empty:{key}", p.seed) >= p.empty_chip_rate:
+            if not len(chip_boxes) and split_hash(f"empty:{key}", p.seed) >= p.empty_chip_rate:
                 continue
             split = (
                 raster_split
@@ -393,86 +397,94 @@ class MultispectralAdapter(ModalityAdapter):
                 )
                 yield sample
 
-    # --- back to the map ---------------------------------------------------------------
-    def export_predictions(self, items: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-        """Merge chip detections per raster and write GeoJSON.
+    # --- the file-level API (dsod detect reads scenes through it) ------------------------
+    def raster_units(self, path: Path) -> list[tuple[Path, str, bandstack.Scene | None]]:
+        """``(path, id, scene or None)`` of the rasters of one detect input: a raster, a
+        folder of rasters (``raster_glob``) or, with ``stack``, a scene folder."""
+        p = self.params
+        path = Path(path)
+        if p.stack != "none":
+            if not path.is_dir():
+                msg = f"the model reads band stacks (stack: {p.stack}): give the scene's folder"
+                raise DataError(msg, path=path)
+            return type(self)(path, p)._units()
+        if path.is_file():
+            return [(path, path.name, None)]
+        found = sorted(
+            q for q in path.glob(p.raster_glob) if q.is_file() and formats.claims_raster(q)
+        )
+        if not found:
+            raise DataError(f"no rasters match {p.raster_glob!r}", path=path)
+        return [(q, q.relative_to(path).as_posix(), None) for q in found]
 
-        ``items``: per chip ``sample_id``, ``source``, ``meta`` (as :meth:`read` wrote it:
-        ``raster``, ``crs``, ``raster_transform``), ``affine`` (chip px -> map) and
-        ``detections`` (``boxes`` chip px ``[N, 4]``, ``scores`` ``[N]``, ``labels`` ``[N]``).
-        Chip boxes go to raster pixels through ``affine`` and the raster's inverse transform,
-        overlapping duplicates are removed by class-wise NMS (``merge_iou``), and each raster
-        gets ``<stem>.predictions.geojson`` in its CRS (legacy ``crs`` member unless WGS84) and,
-        with ``export_wgs84``, ``<stem>.predictions.wgs84.geojson`` (RFC 7946). Features are
-        Polygons with properties ``class``, ``label``, ``score``, ``source``.
-        """
+    def open_raster(self, path: Path, rel: str, scene: bandstack.Scene | None) -> RasterInfo:
+        return self._unit_info(path, rel, scene)  # the header: max_pixels, CRS, bands
+
+    @contextmanager
+    def open_pixels(self, info: RasterInfo) -> Iterator[Any]:
+        """The open raster (or band stack) of ``info``, read window by window."""
+        with self._open_source(info.path, info.stack) as ds:
+            yield ds
+
+    def scene_stats(self, ds: Any, info: RasterInfo) -> tuple[np.ndarray, ...]:
+        """Per-band clip range and fill of a raster, as prepare scales chips by them."""
+        p = self.params
+        return geotiff.raster_stats(ds, info, p.derived, p.stats_size, p.clip_percentiles)
+
+    def read_window(
+        self, ds: Any, info: RasterInfo, window: Window, stats: tuple[np.ndarray, ...]
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One window as a chip: (image float32 ``[C, S, S]``, valid bool ``[S, S]``)."""
+        return self._read_chip(ds, info, window, stats)
+
+    def scene_labels(
+        self, info: RasterInfo, labels: Path, class_names: list[str]
+    ) -> dict[str, np.ndarray]:
+        """A label file's objects on one raster in raster pixels (``boxes``, ``labels``
+        1..K of ``class_names``, ``difficult``); classes not in ``class_names`` are left out."""
+        crs, entries = self._parse_labels(labels) if labels.is_file() else (None, None)
+        if entries is None:
+            raise DataError("labels file not found", path=labels)
+        if self.params.shared_labels or self.params.image_key:
+            groups = label_files.by_image(entries)
+            entries = label_files.entries_of_image(groups, info.rel, self._stem(info)) or entries
+        return scene_io.labels_on_raster(entries, crs, info, labels, class_names)
+
+    # --- back to the map ---------------------------------------------------------------
+    def state(self) -> dict[str, Any]:
+        return {"class_names": self.class_names, "channel_names": self.channel_names}
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        self._class_names = list(state["class_names"])
+        if state.get("channel_names") is not None:
+            self._channel_names = list(state["channel_names"])
+
+    def merge(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Chip detections -> one set per raster in raster pixels (:func:`scene.merge_chips`:
+        the house's tile merge, ``dsod_core.tiling.merge_tiles``, at ``merge_iou``): the same
+        rule for a prepared store's chips (the evaluate stage) and for the windows of
+        ``dsod detect``."""
+        return scene_io.merge_chips(items, self.params.merge_iou)
+
+    def write_scene(
+        self, unit: Mapping[str, Any], out_dir: Path, stem: str, wgs84: bool
+    ) -> list[Path]:
+        """The GeoJSON outputs of one merged raster (:func:`scene.write_scene`): the evaluate
+        stage and ``dsod detect`` both write through here."""
+        return scene_io.write_scene(unit, self.class_names, out_dir, stem, wgs84)
+
+    def export_predictions(
+        self, items: list[dict[str, Any]], out_dir: Path, merged: list | None = None
+    ) -> list[Path]:
+        """The evaluate stage's world outputs: per raster the merged detections of
+        :meth:`merge` written by :meth:`write_scene` as ``<raster id>.geojson`` (``/`` in
+        the id as ``__``), with the WGS84 copy when ``export_wgs84``."""
         out_dir = Path(out_dir)
         out_dir.mkdir(parents=True, exist_ok=True)
-        groups: dict[str, list[dict[str, Any]]] = {}
-        for item in items:
-            groups.setdefault(item["meta"]["raster"], []).append(item)
         written = []
-        for rel, group in sorted(groups.items()):
-            meta = group[0]["meta"]
-            crs = CRS.from_user_input(meta["crs"])
-            transform = Affine(*meta["raster_transform"])
-            inverse = ~transform
-            boxes, scores, labels = [], [], []
-            for item in group:
-                det = item["detections"]
-                b = np.asarray(det["boxes"], dtype=np.float64).reshape(-1, 4)
-                if not len(b):
-                    continue
-                corners = pixel_to_world(item["affine"], np.concatenate([b[:, :2], b[:, 2:]]))
-                cols, rows = inverse @ (corners[:, 0], corners[:, 1])
-                cols, rows = np.asarray(cols).reshape(2, -1), np.asarray(rows).reshape(2, -1)
-                boxes.append(np.stack([cols.min(0), rows.min(0), cols.max(0), rows.max(0)], 1))
-                scores.append(np.asarray(det["scores"], dtype=np.float64).reshape(-1))
-                labels.append(np.asarray(det["labels"], dtype=np.int64).reshape(-1))
-            if boxes:
-                boxes_a, scores_a, labels_a = (
-                    np.concatenate(boxes),
-                    np.concatenate(scores),
-                    np.concatenate(labels),
-                )
-                keep = class_wise_nms(boxes_a, scores_a, labels_a, self.params.merge_iou)
-            else:
-                boxes_a, scores_a, labels_a = np.zeros((0, 4)), np.zeros(0), np.zeros(0, int)
-                keep = np.zeros(0, dtype=np.int64)
-            source = group[0]["source"]
-            names = self._class_names
-            features = [
-                {
-                    "type": "Feature",
-                    "geometry": {
-                        "type": "Polygon",
-                        "coordinates": [geojson.box_polygon(boxes_a[k], transform)],
-                    },
-                    "properties": {
-                        "class": names[labels_a[k] - 1] if names else str(int(labels_a[k])),
-                        "label": int(labels_a[k]),
-                        "score": float(scores_a[k]),
-                        "source": str(source),
-                        "raster": rel,
-                    },
-                }
-                for k in keep
-            ]
-            stem = Path(rel).with_suffix("").as_posix().replace("/", "__")
-            written.append(
-                geojson.write_feature_collection(
-                    out_dir / f"{stem}.predictions.geojson", features, crs, stem
-                )
-            )
-            if self.params.export_wgs84:
-                written.append(
-                    geojson.write_feature_collection(
-                        out_dir / f"{stem}.predictions.wgs84.geojson",
-                        geojson.to_wgs84(features, crs),
-                        geojson.WGS84,
-                        stem,
-                    )
-                )
+        for unit in merged if merged is not None else self.merge(items):
+            stem = Path(unit["unit"]).with_suffix("").as_posix().replace("/", "__")
+            written += self.write_scene(unit, out_dir, stem, self.params.export_wgs84)
         return written
 
     # --- pictures ----------------------------------------------------------------------

@@ -29,7 +29,7 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rasterio
@@ -38,7 +38,11 @@ from rasterio.errors import RasterioError
 from rasterio.vrt import WarpedVRT
 
 from dsod_core.errors import DataError
+from modalities.base import SampleRef
 from modalities.multispectral.geotiff import gdal_reason
+
+if TYPE_CHECKING:
+    from modalities.multispectral.adapter import MultispectralAdapter
 
 # Band ids of MTD_MSIL2A.xml when it has no Spectral_Information_List (the published order).
 S2_BAND_IDS = [
@@ -144,6 +148,47 @@ def require_scenes(root: Path, kind: str, band_files: str | None) -> list[Scene]
         what = f"'{band_files}'" if kind == "pattern" else f"{kind} band file names"
         raise DataError(f"no band files matching {what} under root", path=root)
     return scenes
+
+
+def units(adapter: MultispectralAdapter) -> list[tuple[Path, str, Scene]]:
+    """``(scene folder, scene id under root, scene)`` of every scene of the ``stack`` kind."""
+    p, root = adapter.params, adapter.root
+    scenes = require_scenes(root, p.stack, p.band_files)
+    return [(root / sc.folder, sc.rel, sc) for sc in scenes]
+
+
+def discover(adapter: MultispectralAdapter) -> list[SampleRef]:
+    """One ref per band-stack scene (:func:`units`), chips and labels as
+    :meth:`MultispectralAdapter._discover_units` makes them."""
+    return adapter._discover_units(units(adapter))
+
+
+#: How many files :func:`claims` looks at in a folder before giving up.
+CLAIM_SCAN_LIMIT = 10_000
+
+
+def is_band_file(name: str) -> bool:
+    """Whether a file name is a Sentinel-2 or Landsat Collection 2 band file's."""
+    return bool(_S2_RE.match(name) or _LANDSAT_RE.match(name))
+
+
+def claims(path: Path) -> bool:
+    """A Sentinel-2 or Landsat band file (by its name), or a folder holding one anywhere below
+    it or a Sentinel-2 ``MTD_MSIL2A.xml`` (a scene, a SAFE product). A ``pattern`` stack's
+    names are the params' (not knowable from the file alone): its files are claimed as
+    rasters (:func:`modalities.multispectral.geotiff.claims`). Never raises."""
+    path = Path(path)
+    try:
+        if not path.is_dir():
+            return path.is_file() and is_band_file(path.name)
+        for n, q in enumerate(path.rglob("*")):
+            if n >= CLAIM_SCAN_LIMIT:
+                return False
+            if q.name == MTD_NAME or (is_band_file(q.name) and q.is_file()):
+                return True
+    except OSError:
+        return False
+    return False
 
 
 def stack_bands(
@@ -272,6 +317,32 @@ def _pixel_area(transform: Any) -> float:
     return abs(transform.a * transform.e - transform.b * transform.d)
 
 
+def _on_grid(ds: Any, ref: Any) -> tuple[Any, Resampling | None]:
+    """``ds`` as seen on ``ref``'s grid and the resampling used: ``ds`` itself (None) when the
+    grids match, else a :class:`WarpedVRT` (bilinear from a coarser band, average from a finer
+    one)."""
+    same = (
+        ds.crs == ref.crs
+        and ds.transform == ref.transform
+        and (ds.width, ds.height) == (ref.width, ref.height)
+    )
+    if same:
+        return ds, None
+    coarser = _pixel_area(ds.transform) > _pixel_area(ref.transform)
+    how = Resampling.bilinear if coarser else Resampling.average
+    view = WarpedVRT(
+        ds,
+        crs=ref.crs,
+        transform=ref.transform,
+        width=ref.width,
+        height=ref.height,
+        resampling=how,
+        src_nodata=ds.nodata,
+        nodata=ds.nodata,
+    )
+    return view, how
+
+
 class BandStack:
     """One scene's band files as one dataset on the reference band's grid (module docstring).
 
@@ -291,21 +362,7 @@ class BandStack:
         self.names = list(files)
         self.paths = [Path(files[b]) for b in self.names]
         try:
-            for path in self.paths:
-                try:
-                    ds = rasterio.open(path)
-                except RasterioError as exc:
-                    raise DataError(
-                        f"cannot open band file ({gdal_reason(exc)})", path=path
-                    ) from exc
-                self._srcs.append(ds)
-                if ds.count != 1:
-                    raise DataError(
-                        f"band file has {ds.count} bands; a band stack needs one per file",
-                        path=path,
-                    )
-                if ds.crs is None or ds.transform.is_identity:
-                    raise DataError("band file has no CRS or geotransform", path=path)
+            self._open_bands()
             ref_i = (
                 self.names.index(reference)
                 if reference is not None
@@ -317,30 +374,9 @@ class BandStack:
             self.crs, self.transform = ref.crs, ref.transform
             self.resampling: list[Resampling | None] = []
             for ds in self._srcs:
-                same = (
-                    ds.crs == ref.crs
-                    and ds.transform == ref.transform
-                    and (ds.width, ds.height) == (ref.width, ref.height)
-                )
-                if same:
-                    self._views.append(ds)
-                    self.resampling.append(None)
-                    continue
-                coarser = _pixel_area(ds.transform) > _pixel_area(ref.transform)
-                how = Resampling.bilinear if coarser else Resampling.average
+                view, how = _on_grid(ds, ref)
+                self._views.append(view)
                 self.resampling.append(how)
-                self._views.append(
-                    WarpedVRT(
-                        ds,
-                        crs=ref.crs,
-                        transform=ref.transform,
-                        width=ref.width,
-                        height=ref.height,
-                        resampling=how,
-                        src_nodata=ds.nodata,
-                        nodata=ds.nodata,
-                    )
-                )
         except BaseException:
             self.close()
             raise
@@ -356,6 +392,24 @@ class BandStack:
         self.dtypes = tuple(v.dtypes[0] for v in self._views)
         self.block_shapes = [v.block_shapes[0] for v in self._views]
         self.mask_flag_enums = tuple(v.mask_flag_enums[0] for v in self._views)
+
+    def _open_bands(self) -> None:
+        """Open every band file into ``self._srcs`` (kept there as soon as open, so
+        :meth:`close` closes it); refuses a file that is not one band with a CRS and a
+        geotransform."""
+        for path in self.paths:
+            try:
+                ds = rasterio.open(path)
+            except RasterioError as exc:
+                raise DataError(f"cannot open band file ({gdal_reason(exc)})", path=path) from exc
+            self._srcs.append(ds)
+            if ds.count != 1:
+                raise DataError(
+                    f"band file has {ds.count} bands; a band stack needs one per file",
+                    path=path,
+                )
+            if ds.crs is None or ds.transform.is_identity:
+                raise DataError("band file has no CRS or geotransform", path=path)
 
     def _read(self, what: str, indexes: Sequence[int] | int, **kw: Any) -> np.ndarray:
         one = isinstance(indexes, int)

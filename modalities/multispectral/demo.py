@@ -291,6 +291,59 @@ def _scene(
     return refl, roofs
 
 
+def _write_scene_tif(path: Path, dn: np.ndarray, transform: Any, block: int) -> None:
+    """Write ``dn`` (``[8, size, size]`` uint16, 0 = no-data) as a tiled, deflate-compressed
+    UTM GeoTIFF with band names and the 1e-4 reflectance scale."""
+    size = dn.shape[-1]
+    with (
+        atomic_path(path, suffix=".tif") as tmp,
+        rasterio.open(
+            tmp,
+            "w",
+            driver="GTiff",
+            width=size,
+            height=size,
+            count=8,
+            dtype="uint16",
+            crs=f"EPSG:{EPSG}",
+            transform=transform,
+            nodata=0,
+            tiled=True,
+            blockxsize=block,
+            blockysize=block,
+            compress="deflate",
+            predictor=2,
+            zlevel=1,
+        ) as dst,
+    ):
+        dst.write(dn)
+        dst.descriptions = tuple(BANDS)
+        dst.scales = (1e-4,) * 8
+        dst.offsets = (0.0,) * 8
+
+
+def _write_scene_labels(path: Path, roofs: list[tuple[str, _Shape]], transform: Any) -> None:
+    """Write the roofs' footprints as a WGS84 GeoJSON FeatureCollection (one Polygon feature
+    with property ``class`` per roof)."""
+    polys = []
+    for _, shape in roofs:
+        ring = [list(transform @ (float(x), float(y))) for x, y in shape.outline[::-1]]
+        # Pixel rows grow southwards: reversing the local order makes the ring
+        # counter-clockwise on the map (RFC 7946 exterior rings).
+        polys.append({"type": "Polygon", "coordinates": [[*ring, ring[0]]]})
+    wgs = transform_geom(f"EPSG:{EPSG}", "EPSG:4326", polys) if polys else []
+    features = [
+        {"type": "Feature", "properties": {"class": cls}, "geometry": geom}
+        for (cls, _), geom in zip(roofs, wgs)
+    ]
+    write_json(
+        path,
+        {"type": "FeatureCollection", "features": features},
+        indent=None,
+        allow_nan=False,
+    )
+
+
 def write_demo(
     out_dir: str | Path, *, num_images: int = 240, image_size: int = 96, seed: int = 0
 ) -> dict[str, Any]:
@@ -326,48 +379,8 @@ def write_demo(
         transform = from_origin(
             420000.0 + 3000.0 * (r % 20), 5040000.0 - 3000.0 * (r // 20), PIXEL_M, PIXEL_M
         )
-        with (
-            atomic_path(out / f"{name}.tif", suffix=".tif") as tmp,
-            rasterio.open(
-                tmp,
-                "w",
-                driver="GTiff",
-                width=size,
-                height=size,
-                count=8,
-                dtype="uint16",
-                crs=f"EPSG:{EPSG}",
-                transform=transform,
-                nodata=0,
-                tiled=True,
-                blockxsize=block,
-                blockysize=block,
-                compress="deflate",
-                predictor=2,
-                zlevel=1,
-            ) as dst,
-        ):
-            dst.write(dn)
-            dst.descriptions = tuple(BANDS)
-            dst.scales = (1e-4,) * 8
-            dst.offsets = (0.0,) * 8
-        polys = []
-        for _, shape in roofs:
-            ring = [list(transform @ (float(x), float(y))) for x, y in shape.outline[::-1]]
-            # Pixel rows grow southwards: reversing the local order makes the ring
-            # counter-clockwise on the map (RFC 7946 exterior rings).
-            polys.append({"type": "Polygon", "coordinates": [[*ring, ring[0]]]})
-        wgs = transform_geom(f"EPSG:{EPSG}", "EPSG:4326", polys) if polys else []
-        features = [
-            {"type": "Feature", "properties": {"class": cls}, "geometry": geom}
-            for (cls, _), geom in zip(roofs, wgs)
-        ]
-        write_json(
-            out / f"{name}.geojson",
-            {"type": "FeatureCollection", "features": features},
-            indent=None,
-            allow_nan=False,
-        )
+        _write_scene_tif(out / f"{name}.tif", dn, transform, block)
+        _write_scene_labels(out / f"{name}.geojson", roofs, transform)
         r += 1
     return {
         "bands": None,

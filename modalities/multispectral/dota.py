@@ -17,8 +17,48 @@ from pathlib import Path
 import numpy as np
 
 from dsod_core.errors import DataError
+from modalities.formats import has_suffix, head
 
 _HEADERS = ("imagesource:", "gsd:")
+
+
+def _is_object_line(text: str) -> bool:
+    toks = text.split()
+    if len(toks) not in (9, 10):
+        return False
+    try:
+        pts = [float(v) for v in toks[:8]]
+    except ValueError:
+        return False
+    return all(np.isfinite(pts)) and (len(toks) == 9 or toks[9] in ("0", "1"))
+
+
+def claims(path: Path) -> bool:
+    """A ``.txt`` file whose first line after the optional ``imagesource:``/``gsd:`` headers
+    is a DOTA object line (8 numbers, a category, an optional 0/1), or that holds only those
+    headers (an image without objects). Never raises."""
+    if not has_suffix(path, (".txt",)):
+        return False
+    lines = head(path).decode("utf-8-sig", "replace").splitlines()
+    headers = 0
+    for line in lines[:-1] if len(lines) > 1 else lines:  # the last one may be cut short
+        text = line.strip()
+        if not text:
+            continue
+        if text.lower().startswith(_HEADERS):
+            headers += 1
+            continue
+        return _is_object_line(text)
+    return headers > 0
+
+
+def read_labels(
+    path: Path, class_property: str, image_key: str | None, shared: bool
+) -> tuple[None, list[tuple[str, None, str, np.ndarray, bool]]]:
+    """The label entries of one DOTA file (:data:`modalities.multispectral.labels.Entry`:
+    ``line <n>``, no image, category, enclosing pixel box, difficult); no CRS."""
+    rows = read_dota(path)
+    return None, [(f"line {n}", None, cls, box, diff) for n, cls, box, diff in rows]
 
 
 def read_dota(path: Path) -> list[tuple[int, str, np.ndarray, bool]]:

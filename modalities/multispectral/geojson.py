@@ -23,6 +23,7 @@ from rasterio.warp import transform_geom
 
 from dsod_core.errors import DataError
 from dsod_core.io import write_json
+from modalities.formats import has_suffix, json_top_keys
 
 WGS84 = CRS.from_epsg(4326)
 _AREAL = ("Polygon", "MultiPolygon")
@@ -60,6 +61,43 @@ def _rings(geometry: dict[str, Any]) -> list[np.ndarray]:
     return [np.asarray(poly[0], dtype=np.float64)[:, :2] for poly in polys if len(poly)]
 
 
+def _feature_geometry(feat: dict[str, Any], i: int, path: Path) -> dict[str, Any]:
+    """Feature ``i``'s Polygon/MultiPolygon geometry (a null geometry with a ``bbox`` member
+    becomes its box polygon); other geometries raise :class:`DataError`."""
+    geom = feat.get("geometry")
+    if geom is None and isinstance(feat.get("bbox"), list) and len(feat["bbox"]) >= 4:
+        b = [float(v) for v in feat["bbox"]]
+        xmin, ymin, xmax, ymax = (b[0], b[1], b[3], b[4]) if len(b) == 6 else b[:4]
+        ring = [[xmin, ymin], [xmax, ymin], [xmax, ymax], [xmin, ymax], [xmin, ymin]]
+        geom = {"type": "Polygon", "coordinates": [ring]}
+    if not isinstance(geom, dict) or geom.get("type") not in _AREAL:
+        kind = geom.get("type") if isinstance(geom, dict) else geom
+        raise DataError(
+            f"feature {i} has geometry {kind!r}; labels must be Polygon, MultiPolygon or "
+            "a null geometry with a bbox",
+            path=path,
+        )
+    return geom
+
+
+def _check_coordinates(geom: dict[str, Any], i: int, crs: CRS, path: Path) -> None:
+    """Refuse feature ``i``'s outer rings when malformed, empty, non-finite or (in a
+    geographic ``crs``) outside the longitude/latitude range."""
+    try:
+        rings = _rings(geom)
+    except (KeyError, TypeError, ValueError, IndexError) as exc:
+        raise DataError(f"feature {i} has malformed coordinates ({exc})", path=path) from exc
+    pts = np.concatenate(rings) if rings else np.zeros((0, 2))
+    if len(pts) == 0 or not np.isfinite(pts).all():
+        raise DataError(f"feature {i} has empty or non-finite coordinates", path=path)
+    if crs.is_geographic and (np.abs(pts[:, 0]).max() > 180 or np.abs(pts[:, 1]).max() > 90):
+        raise DataError(
+            f"feature {i} has coordinates {pts[0].tolist()} outside longitude/latitude range "
+            f"of {crs.to_string()}; projected coordinates need a 'crs' member",
+            path=path,
+        )
+
+
 def read_label_features(
     path: Path, class_property: str, image_property: str | None = None
 ) -> tuple[CRS, list[tuple[int, str, dict[str, Any], str | None]]]:
@@ -92,35 +130,35 @@ def read_label_features(
             raise DataError(f"feature {i} has no {class_property!r} property", path=path)
         if image_property is not None and image_property not in props:
             raise DataError(f"feature {i} has no {image_property!r} property", path=path)
-        geom = feat.get("geometry")
-        if geom is None and isinstance(feat.get("bbox"), list) and len(feat["bbox"]) >= 4:
-            b = [float(v) for v in feat["bbox"]]
-            xmin, ymin, xmax, ymax = (b[0], b[1], b[3], b[4]) if len(b) == 6 else b[:4]
-            ring = [[xmin, ymin], [xmax, ymin], [xmax, ymax], [xmin, ymax], [xmin, ymin]]
-            geom = {"type": "Polygon", "coordinates": [ring]}
-        if not isinstance(geom, dict) or geom.get("type") not in _AREAL:
-            kind = geom.get("type") if isinstance(geom, dict) else geom
-            raise DataError(
-                f"feature {i} has geometry {kind!r}; labels must be Polygon, MultiPolygon or "
-                "a null geometry with a bbox",
-                path=path,
-            )
-        try:
-            rings = _rings(geom)
-        except (KeyError, TypeError, ValueError, IndexError) as exc:
-            raise DataError(f"feature {i} has malformed coordinates ({exc})", path=path) from exc
-        pts = np.concatenate(rings) if rings else np.zeros((0, 2))
-        if len(pts) == 0 or not np.isfinite(pts).all():
-            raise DataError(f"feature {i} has empty or non-finite coordinates", path=path)
-        if crs.is_geographic and (np.abs(pts[:, 0]).max() > 180 or np.abs(pts[:, 1]).max() > 90):
-            raise DataError(
-                f"feature {i} has coordinates {pts[0].tolist()} outside longitude/latitude range "
-                f"of {crs.to_string()}; projected coordinates need a 'crs' member",
-                path=path,
-            )
+        geom = _feature_geometry(feat, i, path)
+        _check_coordinates(geom, i, crs, path)
         image = None if image_property is None else str(props[image_property])
         out.append((i, str(props[class_property]), geom, image))
     return crs, out
+
+
+# --- the geojson label format of the multispectral modality ----------------------------------
+SUFFIXES = (".geojson", ".json")
+
+
+def claims(path: Path) -> bool:
+    """A ``.geojson`` / ``.json`` object with a ``type`` and ``features`` (a FeatureCollection)
+    or ``geometry`` (one Feature) at the top. Never raises."""
+    if not has_suffix(path, SUFFIXES):
+        return False
+    keys = json_top_keys(path)
+    return keys is not None and "type" in keys and bool({"features", "geometry"} & keys)
+
+
+def read_labels(
+    path: Path, class_property: str, image_key: str | None, shared: bool
+) -> tuple[CRS, list[tuple[str, str | None, str, Any, bool]]]:
+    """The label entries of one GeoJSON file (:data:`modalities.multispectral.labels.Entry`:
+    where, image or None, class, map geometry, difficult False) and the CRS of the
+    geometries; ``image_key`` is read only from a ``shared`` label file."""
+    key = image_key if shared else None
+    crs, feats = read_label_features(path, class_property, key)
+    return crs, [(f"feature {i}", img, cls, geom, False) for i, cls, geom, img in feats]
 
 
 def geometries_to_pixel_boxes(

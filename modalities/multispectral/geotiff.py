@@ -13,6 +13,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import rasterio
@@ -23,11 +24,58 @@ from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from dsod_core.errors import DataError
+from modalities.base import SampleRef
+from modalities.formats import has_suffix, head
 from modalities.multispectral.params import DERIVED
+
+if TYPE_CHECKING:
+    from modalities.multispectral.adapter import MultispectralAdapter
 
 _EPS = 1e-6
 # Bytes one read of the integrity pass may hold (all bands of a few block rows).
 _VERIFY_BYTES = 64 << 20
+
+
+#: File-name suffixes of the raster files the adapter opens through GDAL.
+SUFFIXES = (".tif", ".tiff", ".vrt", ".jp2", ".img")
+# The first bytes of each: TIFF and BigTIFF (both byte orders), JPEG 2000 (JP2 box or raw
+# codestream), a GDAL VRT (XML), an ERDAS Imagine file.
+_MAGIC = {
+    ".tif": (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"),
+    ".jp2": (b"\x00\x00\x00\x0cjP  \r\n\x87\n", b"\xff\x4f\xff\x51"),
+    ".vrt": (b"<VRTDataset",),
+    ".img": (b"EHFA_HEADER_TAG",),
+}
+_MAGIC[".tiff"] = _MAGIC[".tif"]
+
+
+def claims(path: Path) -> bool:
+    """A raster file GDAL opens for this adapter: a ``.tif``/``.tiff``/``.vrt``/``.jp2``/
+    ``.img`` name whose first bytes are those of that format (TIFF byte-order mark, JPEG 2000
+    signature, ``<VRTDataset``, ERDAS header). Georeferencing is not looked at here (a raster
+    without one is refused, with the reason, when it is opened). Never raises."""
+    suffix = Path(path).suffix.lower()
+    if suffix not in _MAGIC or not has_suffix(path, SUFFIXES):
+        return False
+    start = head(path, 64)
+    if suffix == ".vrt":
+        start = start.lstrip(b"\xef\xbb\xbf \t\r\n")
+    return start.startswith(_MAGIC[suffix])
+
+
+def units(adapter: MultispectralAdapter) -> list[tuple[Path, str, None]]:
+    """``(path, id under root, None)`` of every raster file matching ``raster_glob``."""
+    p, root = adapter.params, adapter.root
+    paths = sorted(q for q in root.glob(p.raster_glob) if q.is_file())
+    if not paths:
+        raise DataError(f"no rasters match {p.raster_glob!r}", path=root)
+    return [(q, q.relative_to(root).as_posix(), None) for q in paths]
+
+
+def discover(adapter: MultispectralAdapter) -> list[SampleRef]:
+    """One ref per raster file (:func:`units`), chips and labels as
+    :meth:`MultispectralAdapter._discover_units` makes them."""
+    return adapter._discover_units(units(adapter))
 
 
 def gdal_reason(exc: BaseException) -> str:

@@ -1,8 +1,10 @@
 """Label files of the multispectral adapter: which reader a ``label_format`` picks, one shared
 label file split by image, and label geometries to raster-pixel boxes.
 
-The format readers themselves live in :mod:`geojson`, :mod:`xview` and :mod:`dota`; this module
-only joins them to one entry shape the adapter filters (classes, difficult, outside boxes).
+The format readers themselves live in :mod:`geojson`, :mod:`xview` and :mod:`dota` (each with
+``read_labels`` giving one entry shape, listed in :mod:`.formats`); this module picks one by
+``label_format`` and holds what the adapter does with the entries (classes, difficult,
+outside boxes).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import numpy as np
 from rasterio.crs import CRS
 from rasterio.transform import Affine
 
-from modalities.multispectral import dota, geojson, xview
+from modalities.multispectral import formats, geojson
 
 # A parsed label: (where, e.g. "feature 3" / "line 7"; image id or None; class name;
 # map geometry (geojson) or raster-pixel box xyxy (xview, dota); difficult).
@@ -37,17 +39,11 @@ def parse_labels(
     image_key: str | None,
     shared: bool,
 ) -> tuple[CRS | None, list[Entry]]:
-    """The entries of one label file in ``label_format``; the CRS of map geometries
+    """The entries of one label file in ``label_format`` (``read_labels`` of that format's
+    module, :data:`modalities.multispectral.formats.FORMATS`); the CRS of map geometries
     (geojson) or None for pixel boxes (xview, dota)."""
-    if label_format == "geojson":
-        key = image_key if shared else None
-        crs, feats = geojson.read_label_features(lpath, class_property, key)
-        return crs, [(f"feature {i}", img, cls, geom, False) for i, cls, geom, img in feats]
-    if label_format == "xview":
-        rows = xview.read_xview(lpath, image_key or "image_id")
-        return None, [(f"feature {i}", img, cls, box, False) for i, img, cls, box in rows]
-    rows = dota.read_dota(lpath)
-    return None, [(f"line {n}", None, cls, box, diff) for n, cls, box, diff in rows]
+    reader = formats.FORMATS[label_format]
+    return reader.read_labels(lpath, class_property, image_key, shared)
 
 
 def by_image(entries: list[Entry]) -> dict[str, list[Entry]]:

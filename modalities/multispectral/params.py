@@ -231,3 +231,15 @@ class MultispectralParams(AdapterParams):
     def roles(self) -> dict[str, int | str]:
         """Every spectral role -> its band (``band_roles`` over the defaults)."""
         return {**DEFAULT_ROLES, **self.band_roles}
+
+
+@dataclass(frozen=True)
+class MultispectralDetectParams(AdapterParams):
+    """Options of ``dsod detect`` on multispectral scenes (flags ``--chip-size``,
+    ``--overlap``, ``--wgs84``)."""
+
+    chip_size: int | None = param(
+        None, "window side in px (default: the model's training chip_size)", min=1
+    )
+    overlap: int | None = param(None, "window overlap in px (default: half a window)", min=0)
+    wgs84: bool = param(False, "also write an RFC 7946 (WGS84) copy of each GeoJSON")

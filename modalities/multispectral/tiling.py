@@ -15,33 +15,21 @@ import torch
 from rasterio.windows import Window
 
 from dsod_core.boxes import batched_nms
+from dsod_core.tiling import tile_grid, tile_starts
 
 
 def chip_starts(length: int, chip_size: int, overlap: int) -> list[int]:
-    """Start offsets (px) of the chips along one axis of ``length`` pixels.
-
-    Consecutive chips overlap by exactly ``overlap`` px, except the last one, which is moved
-    back to end at the raster edge (overlap >= ``overlap``). ``length <= chip_size`` -> ``[0]``.
-    """
-    if chip_size < 1 or not 0 <= overlap < chip_size:
-        raise ValueError(
-            f"need chip_size >= 1 and 0 <= overlap < chip_size, got {chip_size}, {overlap}"
-        )
-    if length <= chip_size:
-        return [0]
-    stride = chip_size - overlap
-    starts = list(range(0, length - chip_size, stride))
-    starts.append(length - chip_size)
-    return starts
+    """Start offsets (px) of the chips along one axis of ``length`` pixels: the house's tiling
+    (:func:`dsod_core.tiling.tile_starts`; see the module docstring for the coverage rule)."""
+    return tile_starts(length, chip_size, overlap)
 
 
 def chip_windows(width: int, height: int, chip_size: int, overlap: int) -> list[Window]:
     """All chip windows of a ``width`` x ``height`` raster, row-major, each
-    ``chip_size`` x ``chip_size`` (see the module docstring for the coverage rule)."""
+    ``chip_size`` x ``chip_size`` (:func:`dsod_core.tiling.tile_grid`)."""
     return [
         Window(col, row, chip_size, chip_size)
-        for row in chip_starts(height, chip_size, overlap)
-        for col in chip_starts(width, chip_size, overlap)
+        for col, row in tile_grid(width, height, chip_size, overlap)
     ]
 
 

@@ -14,6 +14,28 @@ from pathlib import Path
 import numpy as np
 
 from dsod_core.errors import DataError
+from modalities.formats import has_suffix, head
+
+SUFFIXES = (".geojson", ".json")
+
+
+def claims(path: Path) -> bool:
+    """A ``.geojson`` / ``.json`` file starting as a JSON object whose first 64 KiB hold a
+    ``bounds_imcoords`` property (xView's pixel boxes). Never raises."""
+    if not has_suffix(path, SUFFIXES):
+        return False
+    start = head(path, 1 << 16)
+    return start.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"{") and b'"bounds_imcoords"' in start
+
+
+def read_labels(
+    path: Path, class_property: str, image_key: str | None, shared: bool
+) -> tuple[None, list[tuple[str, str, str, np.ndarray, bool]]]:
+    """The label entries of one xView file (:data:`modalities.multispectral.labels.Entry`:
+    where, image id, class, pixel box, difficult False); no CRS (pixel boxes). The image id is
+    the ``image_key`` property (``image_id`` by default)."""
+    rows = read_xview(path, image_key or "image_id")
+    return None, [(f"feature {i}", img, cls, box, False) for i, img, cls, box in rows]
 
 
 def read_xview(

@@ -28,8 +28,8 @@ from dsod_core.data.sample import Sample, pixel_to_world
 from dsod_core.errors import ConfigError, DataError
 from dsod_core.io import write_atomic, write_json
 from modalities.base import AdapterParams, ModalityAdapter, PrepareLog, SampleRef, assign_split
-from modalities.rgb import coco, demo, voc
-from modalities.rgb.params import COCO_JSON_PARAM, SPLIT_PARAM, RGBParams
+from modalities.rgb import coco, demo, formats, voc
+from modalities.rgb.params import RGBParams
 
 BOX_TOLERANCE_PX = 1.0
 """How far (pixels) a box may extend beyond the image before it is an error; it is clipped."""
@@ -67,6 +67,7 @@ class RGBAdapter(ModalityAdapter):
     Params: ClassVar[type[AdapterParams]] = RGBParams
     world_units: ClassVar[str] = "pixel"
     detect_module: ClassVar[str] = "modalities.rgb.detect"
+    output_suffixes: ClassVar[tuple[str, ...]] = (".jpg", ".jpeg", ".png")
     params: RGBParams
 
     def __init__(
@@ -104,7 +105,10 @@ class RGBAdapter(ModalityAdapter):
 
     # --- discovery ----------------------------------------------------------------------
     def discover(self) -> list[SampleRef]:
-        refs = self._discover_voc() if self.params.format == "voc" else self._discover_coco()
+        """The units of the ``format`` param's module (:data:`modalities.rgb.formats.FORMATS`:
+        ``voc.discover`` or ``coco.discover``); with ``val_fraction`` > 0, train images go to
+        val by the stable split hash of their id."""
+        refs = formats.FORMATS[self.params.format].discover(self)
         fraction = self.params.val_fraction
         if fraction > 0:
             for ref in refs:
@@ -119,131 +123,6 @@ class RGBAdapter(ModalityAdapter):
         except ValueError:
             return Path(path)
 
-    def _discover_voc(self) -> list[SampleRef]:
-        refs: list[SampleRef] = []
-        root_file = self.root  # blamed when a configured (not annotated) path escapes
-        for year in self.params.years:
-            year_dir = self.resolve_inside_root(year, root_file)
-            if not year_dir.is_dir():
-                raise DataError("VOC folder listed in 'years' does not exist", path=year_dir)
-            split_of: dict[str, tuple[str, Path]] = {}
-            for split, key in SPLIT_PARAM.items():
-                for entry in getattr(self.params, key):
-                    entry_year, _, name = entry.rpartition("/")
-                    if entry_year and entry_year != year:
-                        continue
-                    list_path = self.resolve_inside_root(
-                        Path(year) / "ImageSets" / "Main" / f"{name}.txt", root_file
-                    )
-                    shown = self._display(list_path)
-                    for image_id in voc.read_image_set(list_path, shown=shown):
-                        seen = split_of.get(image_id)
-                        if seen is not None and seen[0] != split:
-                            raise DataError(
-                                f"image {image_id!r} is listed for split {split!r} here and "
-                                f"for {seen[0]!r} in {self._display(seen[1])}",
-                                path=shown,
-                            )
-                        split_of[image_id] = (split, list_path)
-            for image_id, (split, list_path) in split_of.items():
-                xml_rel = Path(year) / "Annotations" / f"{image_id}.xml"
-                sample_id = image_id if year == "." else f"{year}/{image_id}"
-                with self.log.guard(self.root / xml_rel, unit="image"):
-                    try:
-                        xml_path = self.resolve_inside_root(xml_rel, self._display(list_path))
-                        refs.append(self._voc_ref(year, image_id, sample_id, split, xml_path))
-                    except DataError as exc:
-                        raise _with_sample(exc, sample_id) from None
-        return refs
-
-    def _voc_ref(
-        self, year: str, image_id: str, sample_id: str, split: str, xml_path: Path
-    ) -> SampleRef:
-        shown = self._display(xml_path)
-        ann = voc.parse_voc_xml(xml_path, shown=shown)
-
-        filename = ann["filename"] or f"{image_id}.jpg"
-        image_path = self.resolve_inside_root(Path(year) / "JPEGImages" / filename, shown)
-        if not image_path.is_file():
-            # The devkit itself loads JPEGImages/<id>.jpg; tools such as labelImg sometimes
-            # write the name of the file before it was renamed into <filename>.
-            fallback = self.resolve_inside_root(
-                Path(year) / "JPEGImages" / f"{image_id}.jpg", shown
-            )
-            if not fallback.is_file():
-                raise DataError(f"image {self._display(image_path)} not found", path=shown)
-            image_path, filename = fallback, f"{image_id}.jpg"
-
-        index = {name: i + 1 for i, name in enumerate(self.class_names)}
-        boxes, labels, difficult, unknown = [], [], [], []
-        for obj in ann["objects"]:
-            if obj["name"] not in index:
-                if self.params.unknown_class == "error":
-                    raise DataError(
-                        f"unknown class {obj['name']!r} (class_names: {self.class_names})",
-                        path=shown,
-                    )
-                unknown.append(obj["name"])
-                continue
-            if obj["difficult"] and not self.params.keep_difficult:
-                continue
-            boxes.append(obj["box"])
-            labels.append(index[obj["name"]])
-            difficult.append(obj["difficult"])
-        if unknown:
-            self.log.warn(
-                f"{len(unknown)} object(s) of unknown class {sorted(set(unknown))} skipped "
-                "(unknown_class: skip)",
-                shown,
-                sample_id,
-            )
-        return SampleRef(
-            ref_id=sample_id,
-            split=split,
-            paths={"image": image_path, "annotation": xml_path},
-            meta={
-                "image_id": image_id,
-                "year": year,
-                "file_name": filename,
-                "declared_size": ann["size"],
-                "boxes": boxes,
-                "labels": labels,
-                "difficult": difficult,
-                "skipped_unknown": len(unknown),
-            },
-        )
-
-    def _discover_coco(self) -> list[SampleRef]:
-        refs: list[SampleRef] = []
-        categories: list[tuple[int, str]] | None = None
-        category_file: Path | None = None
-        owner: dict[int, tuple[str, Path]] = {}
-        for split, key in COCO_JSON_PARAM.items():
-            rel = getattr(self.params, key)
-            if not rel:
-                continue
-            json_path = self.resolve_inside_root(rel, self.root)
-            data, cats = coco.load_coco_json(json_path, shown=self._display(json_path))
-            if categories is None:
-                categories, category_file = cats, json_path
-                self._set_categories(cats, json_path)
-            elif cats != categories:
-                raise DataError(
-                    f"categories differ from those of {self._display(category_file)}",
-                    path=self._display(json_path),
-                )
-            for ref in self._coco_refs(data, split, json_path):
-                image_id = ref.meta["image_id"]
-                if image_id in owner:
-                    raise DataError(
-                        f"image id {image_id} also appears in the {owner[image_id][0]!r} split "
-                        f"({self._display(owner[image_id][1])})",
-                        path=self._display(json_path),
-                    )
-                owner[image_id] = (split, json_path)
-                refs.append(ref)
-        return refs
-
     def _set_categories(self, cats: list[tuple[int, str]], json_path: Path) -> None:
         names = [name for _, name in cats]
         wanted = self.params.class_names
@@ -254,87 +133,6 @@ class RGBAdapter(ModalityAdapter):
             )
         self._class_names = names
         self._label_to_category = {i + 1: cid for i, (cid, _) in enumerate(cats)}
-
-    def _coco_refs(self, data: dict[str, Any], split: str, json_path: Path) -> list[SampleRef]:
-        shown = self._display(json_path)
-        label_of = {cid: lab for lab, cid in self.label_to_category_id.items()}
-        image_dir = Path(self.params.image_dirs[split])
-
-        listed = [img.get("id") for img in data["images"] if isinstance(img, dict)]
-        listed = [i for i in listed if isinstance(i, int) and not isinstance(i, bool)]
-        seen: set[int] = set()
-        for image_id in listed:  # which of two entries is the right one: the file's fault
-            if image_id in seen:
-                raise DataError(f"duplicate image id {image_id}", path=shown)
-            seen.add(image_id)
-
-        images: dict[int, dict[str, Any]] = {}
-        for img in data["images"]:
-            with self.log.guard(shown, unit="image"):
-                entry = coco.parse_image_entry(img, shown)
-                sample = coco.coco_sample_id(entry["id"])
-                try:
-                    image_path = self.resolve_inside_root(image_dir / entry["file_name"], shown)
-                except DataError as exc:
-                    raise _with_sample(exc, sample) from None
-                if not image_path.is_file():
-                    raise DataError(
-                        f"image {self._display(image_path)} not found", path=shown, sample=sample
-                    )
-                images[entry["id"]] = {
-                    "path": image_path,
-                    "file_name": entry["file_name"],
-                    "declared_size": entry["declared_size"],
-                    "boxes": [],
-                    "labels": [],
-                    "difficult": [],
-                    "crowd": [],
-                    "dropped_degenerate": 0,
-                }
-
-        for ann in data["annotations"]:
-            image_id = ann.get("image_id") if isinstance(ann, dict) else None
-            if not isinstance(image_id, int) or isinstance(image_id, bool):
-                raise DataError(f"malformed annotation {str(ann)[:200]}", path=shown)
-            if image_id not in seen:
-                raise DataError(
-                    f"annotation {ann.get('id')} refers to unknown image id {image_id}",
-                    path=shown,
-                )
-            entry = images.get(image_id)
-            if entry is None:  # that image's own entry was refused (and recorded) above
-                continue
-            with self.log.guard(shown, unit="image"):
-                try:
-                    parsed = coco.parse_annotation(ann, shown)
-                    label = label_of.get(parsed["category_id"])
-                    if label is None:
-                        raise DataError(
-                            f"annotation {ann.get('id')} has unknown category id "
-                            f"{parsed['category_id']}",
-                            path=shown,
-                            sample=coco.coco_sample_id(image_id),
-                        )
-                except DataError:
-                    del images[image_id]  # the image goes, whatever the log decides
-                    raise
-                if parsed["box"] is None:
-                    entry["dropped_degenerate"] += 1
-                elif not parsed["crowd"] or self.params.keep_difficult:
-                    entry["boxes"].append(parsed["box"])
-                    entry["labels"].append(label)
-                    entry["difficult"].append(False)
-                    entry["crowd"].append(parsed["crowd"])
-
-        return [
-            SampleRef(
-                ref_id=coco.coco_sample_id(image_id),
-                split=split,
-                paths={"image": entry.pop("path"), "annotation": json_path},
-                meta={"image_id": image_id, **entry},
-            )
-            for image_id, entry in images.items()
-        ]
 
     # --- reading ------------------------------------------------------------------------
     def read(self, ref: SampleRef) -> Iterator[Sample]:
@@ -427,8 +225,32 @@ class RGBAdapter(ModalityAdapter):
             raise DataError(f"cannot decode image: {exc}", path=shown, sample=sample_id) from None
         return np.asarray(rgb, dtype=np.uint8)
 
+    # --- what a store or a model brings back ---------------------------------------------
+    def use_categories(self, cats: list[tuple[int, str]], json_path: Path) -> None:
+        """Take the categories ``[(id, name)]`` (sorted by id) of a COCO JSON as classes
+        1..K and their original ids (refused when they are not the ``class_names`` param)."""
+        self._set_categories(cats, json_path)
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "class_names": self.class_names,
+            "category_ids": [
+                self.label_to_category_id[i + 1] for i in range(len(self.class_names))
+            ],
+        }
+
+    def restore(self, state: Mapping[str, Any]) -> None:
+        """Classes (and, when given, their category ids) of a store or a model; without ids
+        the labels 1..K stand for them."""
+        names = list(state["class_names"])
+        ids = state.get("category_ids") or list(range(1, len(names) + 1))
+        self._class_names = names
+        self._label_to_category = {i + 1: int(c) for i, c in enumerate(ids)}
+
     # --- back to the world --------------------------------------------------------------
-    def export_predictions(self, items: list[dict[str, Any]], out_dir: Path) -> list[Path]:
+    def export_predictions(
+        self, items: list[dict[str, Any]], out_dir: Path, merged: list | None = None
+    ) -> list[Path]:
         """Write ``coco_results.json`` (list for ``COCO.loadRes``: original category ids for
         COCO, labels 1..K for VOC, bbox xywh in original-image pixels), ``categories.json``
         (``[{id, name}]`` of those ids) and the world JSON of the base class; for VOC also

@@ -1,197 +1,189 @@
-"""MS COCO instances JSON: reading annotation files and reading/writing results files.
+"""The rgb modality's ``coco`` format: MS COCO instances JSON files, one per split
+(``train_json``/``val_json``/``test_json``), images under ``image_dirs[split]``.
 
-Reading is split along the error policy: :func:`load_coco_json` checks what concerns the
-whole file (it parses, has ``images``/``annotations``/``categories`` lists, well-formed
-categories) and raises; :func:`parse_image_entry` and :func:`parse_annotation` check one
-entry and raise a :class:`DataError` the caller can blame on one image.
-
-Coordinates: COCO ``bbox`` is ``[x, y, w, h]``, already continuous and 0-based, so the box is
-``(x, y, x + w, y + h)``. :func:`to_coco_results` writes detections back as the results list
-``COCO.loadRes`` reads; :func:`from_coco_results` inverts it.
+The JSON itself is read by the project's one COCO parser, :mod:`modalities.formats.coco`,
+whose names this module re-exports (``modalities.rgb.coco.load_coco_json`` etc. stay
+importable). What is the rgb adapter's own is here: :func:`discover` (its units: one image per
+``images`` entry of each split's file) and :func:`claims`.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
-from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
-from dsod_core.data.sample import pixel_to_world
 from dsod_core.errors import DataError
+from modalities.base import SampleRef
+from modalities.formats.coco import (
+    COCO_KEYS,
+    coco_sample_id,
+    from_coco_results,
+    is_coco_json,
+    load_coco_json,
+    parse_annotation,
+    parse_image_entry,
+    to_coco_results,
+)
+from modalities.rgb.params import COCO_JSON_PARAM
+
+if TYPE_CHECKING:
+    from modalities.rgb.adapter import RGBAdapter
+
+__all__ = [
+    "COCO_KEYS",
+    "claims",
+    "coco_sample_id",
+    "discover",
+    "from_coco_results",
+    "is_coco_json",
+    "load_coco_json",
+    "parse_annotation",
+    "parse_image_entry",
+    "to_coco_results",
+]
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+def claims(path: Path) -> bool:
+    """A COCO instances JSON (:func:`modalities.formats.coco.is_coco_json`)."""
+    return is_coco_json(path)
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
-
-
-def coco_sample_id(image_id: Any) -> str:
-    """The sample id of a COCO image: ``coco/<image id>``."""
-    return f"coco/{image_id}"
-
-
-def load_coco_json(
-    path: str | os.PathLike, *, shown: str | os.PathLike | None = None
-) -> tuple[dict[str, Any], list[tuple[int, str]]]:
-    """Load an instances JSON; returns ``(data, categories)`` with ``categories`` the
-    ``(id, name)`` pairs sorted by id. Raises :class:`DataError` naming ``shown`` for what
-    no single image can be blamed for: a missing, unreadable or malformed file, a missing
-    ``images``/``annotations``/``categories`` list, a malformed or duplicate category."""
-    shown = path if shown is None else shown
-    try:
-        with open(path, "rb") as fh:
-            data = json.load(fh)
-    except FileNotFoundError:
-        raise DataError("annotation file not found", path=shown) from None
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError) as exc:
-        raise DataError(f"malformed COCO JSON: {exc}", path=shown) from None
-    if not isinstance(data, dict):
-        raise DataError("COCO JSON must be an object", path=shown)
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise DataError(f"COCO JSON lacks a {key!r} list", path=shown)
-    cats = []
-    for cat in data["categories"]:
-        if not (
-            isinstance(cat, dict) and _is_int(cat.get("id")) and isinstance(cat.get("name"), str)
-        ):
-            raise DataError(f"malformed category {str(cat)[:200]}", path=shown)
-        cats.append((int(cat["id"]), cat["name"]))
-    cats.sort()
-    ids = [c for c, _ in cats]
-    if len(set(ids)) != len(ids):
-        raise DataError("duplicate category ids", path=shown)
-    if not cats:
-        raise DataError("no categories", path=shown)
-    return data, cats
-
-
-def parse_image_entry(img: Any, shown: str | os.PathLike) -> dict[str, Any]:
-    """One ``images`` entry: ``{"id", "file_name", "declared_size": [w, h] | None}``.
-
-    ``file_name`` must be a non-empty relative path; ``width``/``height`` are taken when they
-    are positive integers. Raises :class:`DataError` naming ``shown`` (and the sample, once
-    the entry has an id)."""
-    image_id = img.get("id") if isinstance(img, dict) else None
-    if not _is_int(image_id):
-        raise DataError(f"malformed image entry {str(img)[:200]}: no integer 'id'", path=shown)
-    sample = coco_sample_id(image_id)
-    file_name = img.get("file_name")
-    if not (isinstance(file_name, str) and file_name):
-        raise DataError(
-            f"image {image_id}: 'file_name' must be a non-empty string", path=shown, sample=sample
-        )
-    if Path(file_name).is_absolute():
-        raise DataError(
-            f"image file_name {file_name!r} must be relative", path=shown, sample=sample
-        )
-    w, h = img.get("width"), img.get("height")
-    declared = [int(w), int(h)] if _is_int(w) and _is_int(h) and w > 0 and h > 0 else None
-    return {"id": int(image_id), "file_name": file_name, "declared_size": declared}
-
-
-def parse_annotation(ann: Mapping[str, Any], shown: str | os.PathLike) -> dict[str, Any]:
-    """One ``annotations`` entry whose ``image_id`` the caller has checked:
-    ``{"category_id", "box": [x1, y1, x2, y2] | None, "crowd": bool}``; ``box`` is ``None``
-    for a zero-width or zero-height bbox (COCO 2017 holds a few). Raises :class:`DataError`
-    naming ``shown`` and the image for a missing category id or a malformed, inverted or
-    non-finite bbox."""
-    sample = coco_sample_id(ann.get("image_id"))
-    if not _is_int(ann.get("category_id")):
-        raise DataError(
-            f"annotation {ann.get('id')}: 'category_id' must be an integer",
-            path=shown,
-            sample=sample,
-        )
-    bbox = ann.get("bbox")
-    if not (isinstance(bbox, list) and len(bbox) == 4 and all(_is_number(v) for v in bbox)):
-        raise DataError(
-            f"annotation {ann.get('id')}: bbox must be [x, y, w, h]", path=shown, sample=sample
-        )
-    x, y, w, h = (float(v) for v in bbox)
-    if w < 0 or h < 0 or not all(math.isfinite(v) for v in (x, y, w, h)):
-        raise DataError(
-            f"annotation {ann.get('id')}: inverted or non-finite bbox {bbox}",
-            path=shown,
-            sample=sample,
-        )
-    box = None if w == 0 or h == 0 else [x, y, x + w, y + h]
-    return {
-        "category_id": int(ann["category_id"]),
-        "box": box,
-        "crowd": bool(ann.get("iscrowd", 0)),
-    }
-
-
-def to_coco_results(
-    items: Sequence[Mapping[str, Any]], label_to_category_id: Mapping[int, int]
-) -> list[dict[str, Any]]:
-    """Detections of many images as a COCO results list (what ``COCO.loadRes`` reads).
-
-    Args:
-        items: per image, ``meta["image_id"]`` (the COCO image id, or the VOC image id string),
-            ``affine`` (stored pixel -> original pixel, ``[4, 4]``) and ``detections`` with
-            ``boxes`` float ``[N, 4]`` xyxy in stored-image pixels, ``scores`` ``[N]`` and
-            ``labels`` ``[N]`` in ``1..K``.
-        label_to_category_id: contiguous label -> category id written to the file.
-
-    Returns:
-        One dict per detection: ``image_id``, ``category_id``, ``bbox`` ``[x, y, w, h]`` in
-        original-image pixels (continuous, 0-based) and ``score``.
-    """
-    rows: list[dict[str, Any]] = []
-    for item in items:
-        det = item["detections"]
-        boxes = np.asarray(det["boxes"], dtype=np.float64).reshape(-1, 4)
-        affine = np.asarray(item.get("affine", np.eye(4)), dtype=np.float64)
-        image_id = item["meta"]["image_id"]
-        for box, score, label in zip(boxes, det["scores"], det["labels"]):
-            corners = pixel_to_world(affine, np.array([[box[0], box[1]], [box[2], box[3]]]))
-            x1, y1 = np.minimum(corners[0, :2], corners[1, :2])
-            x2, y2 = np.maximum(corners[0, :2], corners[1, :2])
-            try:
-                category_id = label_to_category_id[int(label)]
-            except KeyError:
-                raise DataError(
-                    f"predicted label {int(label)} has no category id",
-                    sample=str(item.get("sample_id")),
-                ) from None
-            rows.append(
-                {
-                    "image_id": image_id,
-                    "category_id": int(category_id),
-                    "bbox": [round(float(v), 3) for v in (x1, y1, x2 - x1, y2 - y1)],
-                    "score": round(float(score), 5),
-                }
+def discover(adapter: RGBAdapter) -> list[SampleRef]:
+    """The refs of every split's JSON; categories from the first file (every other file must
+    list the same), an image id in two files is refused. Sets the adapter's classes and
+    category ids (:meth:`RGBAdapter._set_categories`)."""
+    refs: list[SampleRef] = []
+    categories: list[tuple[int, str]] | None = None
+    category_file: Path | None = None
+    owner: dict[int, tuple[str, Path]] = {}
+    for split, key in COCO_JSON_PARAM.items():
+        rel = getattr(adapter.params, key)
+        if not rel:
+            continue
+        json_path = adapter.resolve_inside_root(rel, adapter.root)
+        data, cats = load_coco_json(json_path, shown=adapter._display(json_path))
+        if categories is None:
+            categories, category_file = cats, json_path
+            adapter._set_categories(cats, json_path)
+        elif cats != categories:
+            raise DataError(
+                f"categories differ from those of {adapter._display(category_file)}",
+                path=adapter._display(json_path),
             )
-    return rows
+        for ref in _refs(adapter, data, split, json_path):
+            image_id = ref.meta["image_id"]
+            if image_id in owner:
+                raise DataError(
+                    f"image id {image_id} also appears in the {owner[image_id][0]!r} split "
+                    f"({adapter._display(owner[image_id][1])})",
+                    path=adapter._display(json_path),
+                )
+            owner[image_id] = (split, json_path)
+            refs.append(ref)
+    return refs
 
 
-def from_coco_results(
-    rows: Sequence[Mapping[str, Any]], label_to_category_id: Mapping[int, int]
-) -> dict[Any, dict[str, np.ndarray]]:
-    """Inverse of :func:`to_coco_results`: ``image_id -> {boxes [N,4] xyxy, scores, labels}``."""
-    category_to_label = {int(c): int(lab) for lab, c in label_to_category_id.items()}
-    grouped: dict[Any, list[tuple[list[float], float, int]]] = {}
-    for row in rows:
-        x, y, w, h = (float(v) for v in row["bbox"])
-        label = category_to_label[int(row["category_id"])]
-        grouped.setdefault(row["image_id"], []).append(
-            ([x, y, x + w, y + h], float(row["score"]), label)
+def _refs(
+    adapter: RGBAdapter, data: dict[str, Any], split: str, json_path: Path
+) -> list[SampleRef]:
+    """The refs of one JSON file: an image entry or annotation that cannot be used refuses
+    that image through ``adapter.log.guard``; what no image can be blamed for raises."""
+    shown = adapter._display(json_path)
+    listed = [img.get("id") for img in data["images"] if isinstance(img, dict)]
+    listed = [i for i in listed if isinstance(i, int) and not isinstance(i, bool)]
+    seen: set[int] = set()
+    for image_id in listed:  # which of two entries is the right one: the file's fault
+        if image_id in seen:
+            raise DataError(f"duplicate image id {image_id}", path=shown)
+        seen.add(image_id)
+    images = _images(adapter, data, Path(adapter.params.image_dirs[split]), shown)
+    _add_annotations(adapter, data, images, seen, shown)
+    return [
+        SampleRef(
+            ref_id=coco_sample_id(image_id),
+            split=split,
+            paths={"image": entry.pop("path"), "annotation": json_path},
+            meta={"image_id": image_id, **entry},
         )
-    return {
-        image_id: {
-            "boxes": np.array([d[0] for d in dets], dtype=np.float64).reshape(-1, 4),
-            "scores": np.array([d[1] for d in dets], dtype=np.float64),
-            "labels": np.array([d[2] for d in dets], dtype=np.int64),
-        }
-        for image_id, dets in grouped.items()
-    }
+        for image_id, entry in images.items()
+    ]
+
+
+def _images(
+    adapter: RGBAdapter, data: dict[str, Any], image_dir: Path, shown: Path
+) -> dict[int, dict[str, Any]]:
+    """Image id -> its entry (path, file name, declared size, empty targets) of every usable
+    ``images`` entry; a bad entry or a missing image goes through ``adapter.log.guard``."""
+    from modalities.rgb.adapter import _with_sample
+
+    images: dict[int, dict[str, Any]] = {}
+    for img in data["images"]:
+        with adapter.log.guard(shown, unit="image"):
+            entry = parse_image_entry(img, shown)
+            sample = coco_sample_id(entry["id"])
+            try:
+                image_path = adapter.resolve_inside_root(image_dir / entry["file_name"], shown)
+            except DataError as exc:
+                raise _with_sample(exc, sample) from None
+            if not image_path.is_file():
+                raise DataError(
+                    f"image {adapter._display(image_path)} not found", path=shown, sample=sample
+                )
+            images[entry["id"]] = {
+                "path": image_path,
+                "file_name": entry["file_name"],
+                "declared_size": entry["declared_size"],
+                "boxes": [],
+                "labels": [],
+                "difficult": [],
+                "crowd": [],
+                "dropped_degenerate": 0,
+            }
+    return images
+
+
+def _add_annotations(
+    adapter: RGBAdapter,
+    data: dict[str, Any],
+    images: dict[int, dict[str, Any]],
+    seen: set[int],
+    shown: Path,
+) -> None:
+    """Add every annotation to its image's targets: an annotation without an integer image
+    id, or of an id not listed, raises; a bad one refuses its image (removed from ``images``)
+    through ``adapter.log.guard``. Zero-size boxes are counted, crowd regions kept only with
+    ``keep_difficult``."""
+    label_of = {cid: lab for lab, cid in adapter.label_to_category_id.items()}
+    for ann in data["annotations"]:
+        image_id = ann.get("image_id") if isinstance(ann, dict) else None
+        if not isinstance(image_id, int) or isinstance(image_id, bool):
+            raise DataError(f"malformed annotation {str(ann)[:200]}", path=shown)
+        if image_id not in seen:
+            raise DataError(
+                f"annotation {ann.get('id')} refers to unknown image id {image_id}",
+                path=shown,
+            )
+        entry = images.get(image_id)
+        if entry is None:  # that image's own entry was refused (and recorded) above
+            continue
+        with adapter.log.guard(shown, unit="image"):
+            try:
+                parsed = parse_annotation(ann, shown)
+                label = label_of.get(parsed["category_id"])
+                if label is None:
+                    raise DataError(
+                        f"annotation {ann.get('id')} has unknown category id "
+                        f"{parsed['category_id']}",
+                        path=shown,
+                        sample=coco_sample_id(image_id),
+                    )
+            except DataError:
+                del images[image_id]  # the image goes, whatever the log decides
+                raise
+            if parsed["box"] is None:
+                entry["dropped_degenerate"] += 1
+            elif not parsed["crowd"] or adapter.params.keep_difficult:
+                entry["boxes"].append(parsed["box"])
+                entry["labels"].append(label)
+                entry["difficult"].append(False)
+                entry["crowd"].append(parsed["crowd"])

@@ -87,7 +87,30 @@ def write_demo(
 def demo_image(rng: np.random.Generator, size: int) -> tuple[Image.Image, list[dict[str, Any]]]:
     """One cluttered RGB image and its objects (``name``, continuous xyxy ``box``,
     ``difficult``, ``occluded``)."""
-    # Background: linear gradient between two muted colours, plus noise and clutter.
+    canvas = _demo_background(rng, size)
+    objects: list[dict[str, Any]] = []
+    boxes: list[np.ndarray] = []
+    for _ in range(rng.integers(1, 4)):
+        box = _place_box(rng, size, boxes)
+        if box is None:
+            continue
+        name = DEMO_CLASSES[int(rng.integers(len(DEMO_CLASSES)))]
+        canvas, difficult = _draw_object(rng, canvas, name, box)
+        for prev, prev_box in zip(objects, boxes):  # drawn on top of earlier objects
+            prev["occluded"] = prev["occluded"] or _overlap_fraction(prev_box, box) > 0
+        boxes.append(box)
+        objects.append(
+            {"name": name, "box": box.tolist(), "difficult": difficult, "occluded": False}
+        )
+
+    arr = np.asarray(canvas.convert("RGB"), dtype=np.float64)
+    arr += rng.normal(0, 6, arr.shape)  # modest sensor noise
+    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB"), objects
+
+
+def _demo_background(rng: np.random.Generator, size: int) -> Image.Image:
+    """The RGBA background: a linear gradient between two muted colours plus blurred clutter
+    (soft blobs and thin strokes)."""
     c0, c1 = rng.uniform(60, 190, 3), rng.uniform(60, 190, 3)
     angle = rng.uniform(0, 2 * np.pi)
     yy, xx = np.mgrid[0:size, 0:size] / max(size - 1, 1)
@@ -107,48 +130,44 @@ def demo_image(rng: np.random.Generator, size: int) -> tuple[Image.Image, list[d
         colour = tuple(int(v) for v in rng.uniform(30, 230, 3)) + (110,)
         draw.line(pts, fill=colour, width=max(1, size // 48))
     clutter = clutter.filter(ImageFilter.GaussianBlur(radius=size / 64))
-    canvas = Image.alpha_composite(canvas.convert("RGBA"), clutter)
+    return Image.alpha_composite(canvas.convert("RGBA"), clutter)
 
-    # Objects drawn at 4x and downsampled for anti-aliased edges.
+
+def _place_box(rng: np.random.Generator, size: int, boxes: list[np.ndarray]) -> np.ndarray | None:
+    """A square box (xyxy) with side 30-55 % of ``size`` that covers at most ~10 % of each of
+    ``boxes``, or ``None`` after 20 failed attempts."""
+    for _attempt in range(20):
+        side = rng.uniform(0.3, 0.55) * size
+        x1, y1 = rng.uniform(0, size - side, 2)
+        box = np.array([x1, y1, x1 + side, y1 + side])
+        # Limit occlusion: a new object covers at most ~10 % of an earlier one.
+        if all(_overlap_fraction(b, box) <= 0.10 for b in boxes):
+            return box
+    return None
+
+
+def _draw_object(
+    rng: np.random.Generator, canvas: Image.Image, name: str, box: np.ndarray
+) -> tuple[Image.Image, bool]:
+    """``canvas`` with one ``name`` shape composited into ``box`` (drawn at 4x and downsampled
+    for anti-aliased edges), and whether it was drawn faint (``difficult``)."""
     scale = 4
-    objects: list[dict[str, Any]] = []
-    boxes: list[np.ndarray] = []
-    for _ in range(rng.integers(1, 4)):
-        for _attempt in range(20):
-            side = rng.uniform(0.3, 0.55) * size
-            x1, y1 = rng.uniform(0, size - side, 2)
-            box = np.array([x1, y1, x1 + side, y1 + side])
-            # Limit occlusion: a new object covers at most ~10 % of an earlier one.
-            if all(_overlap_fraction(b, box) <= 0.10 for b in boxes):
-                break
-        else:
-            continue
-        name = DEMO_CLASSES[int(rng.integers(len(DEMO_CLASSES)))]
-        base = np.array(DEMO_COLOURS[DEMO_PALETTES[name][int(rng.integers(3))]], float)
-        colour = np.clip(base + rng.normal(0, 18, 3), 0, 255)
-        difficult = bool(rng.random() < 0.06)
-        alpha = 90 if difficult else 255  # faint objects are the "difficult" ones
-        layer = Image.new("RGBA", (size * scale, size * scale), (0, 0, 0, 0))
-        ld = ImageDraw.Draw(layer)
-        fill = tuple(int(v) for v in colour) + (alpha,)
-        sb = (box * scale).tolist()
-        if name == "circle":
-            ld.ellipse(sb, fill=fill)
-        elif name == "square":
-            ld.rectangle(sb, fill=fill)
-        else:
-            ld.polygon([(sb[0], sb[3]), (sb[2], sb[3]), ((sb[0] + sb[2]) / 2, sb[1])], fill=fill)
-        canvas = Image.alpha_composite(canvas, layer.reduce(scale))
-        for prev, prev_box in zip(objects, boxes):  # drawn on top of earlier objects
-            prev["occluded"] = prev["occluded"] or _overlap_fraction(prev_box, box) > 0
-        boxes.append(box)
-        objects.append(
-            {"name": name, "box": box.tolist(), "difficult": difficult, "occluded": False}
-        )
-
-    arr = np.asarray(canvas.convert("RGB"), dtype=np.float64)
-    arr += rng.normal(0, 6, arr.shape)  # modest sensor noise
-    return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB"), objects
+    size = canvas.size[0]
+    base = np.array(DEMO_COLOURS[DEMO_PALETTES[name][int(rng.integers(3))]], float)
+    colour = np.clip(base + rng.normal(0, 18, 3), 0, 255)
+    difficult = bool(rng.random() < 0.06)
+    alpha = 90 if difficult else 255  # faint objects are the "difficult" ones
+    layer = Image.new("RGBA", (size * scale, size * scale), (0, 0, 0, 0))
+    ld = ImageDraw.Draw(layer)
+    fill = tuple(int(v) for v in colour) + (alpha,)
+    sb = (box * scale).tolist()
+    if name == "circle":
+        ld.ellipse(sb, fill=fill)
+    elif name == "square":
+        ld.rectangle(sb, fill=fill)
+    else:
+        ld.polygon([(sb[0], sb[3]), (sb[2], sb[3]), ((sb[0] + sb[2]) / 2, sb[1])], fill=fill)
+    return Image.alpha_composite(canvas, layer.reduce(scale)), difficult
 
 
 def _overlap_fraction(earlier: np.ndarray, later: np.ndarray) -> float:

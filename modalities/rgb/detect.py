@@ -33,15 +33,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+from dsod_core.detection import DetectResult, DetectRun, PredictorLike, batched, progress_bar
 from dsod_core.errors import ConfigError, DataError
-from dsod_core.inference import (
-    DetectOptions,
-    DetectResult,
-    Predictor,
-    batched,
-    output_stem,
-    progress_bar,
-)
 from dsod_core.io import write_json
 from dsod_core.metrics.coco import evaluate_coco_dicts
 from dsod_core.metrics.scoring import score_detections
@@ -53,24 +46,13 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
 
 def detect_inputs(
-    adapter: RGBAdapter, path: Path, predictor: Predictor, options: DetectOptions
+    adapter: RGBAdapter, path: Path, predictor: PredictorLike, run: DetectRun
 ) -> list[DetectResult]:
     """Detect every image of ``path`` (an image or a folder of images): one results file."""
     path = Path(path)
     folder = path if path.is_dir() else path.parent
-    if path.is_dir():
-        files = sorted(
-            p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-        )
-        if not files:
-            raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder", path=path)
-    elif path.suffix.lower() in IMAGE_EXTENSIONS:
-        files = [path]
-    else:
-        raise DataError(
-            f"not an rgb input: expected {', '.join(IMAGE_EXTENSIONS)} or a folder", path=path
-        )
-    labels = options.labels
+    files = _image_files(path)
+    labels = run.labels
     coco_labels = labels is not None and labels.is_file() and labels.suffix.lower() == ".json"
     source = _categories(adapter, predictor, folder, labels if coco_labels else None)
     names = [f.relative_to(folder).as_posix() for f in files]
@@ -82,11 +64,34 @@ def detect_inputs(
         refs = _voc_refs(adapter, files, names, labels)
 
     mapping = adapter.label_to_category_id
+    rows, images, targets, predictions = _predict(adapter, refs, predictor, run, path.name)
+    stem = adapter.output_stem(path)
+    out = write_json(run.out_dir / f"{stem}.json", rows, indent=None)
+    cats = [{"id": mapping[i + 1], "name": n} for i, n in enumerate(adapter.class_names)]
+    index = {"images": images, "categories": cats, "category_ids": source}
+    outputs = [out, write_json(run.out_dir / f"{stem}.images.json", index, indent=1)]
+    evaluation = None
+    if labels is not None:
+        evaluation, _ = score_detections(
+            targets, predictions, adapter.class_names, with_coco=not coco_labels
+        )
+        if coco_labels:  # COCO AP of the written results against the file's own annotations
+            evaluation.update(_coco_file_ap(labels, rows, {im["id"] for im in images}, cats))
+        evaluation = {"input": str(path), "labels": str(labels), **evaluation}
+        evaluation["num_ground_truth"] = int(sum(len(t["labels"]) for t in targets))
+        outputs.append(write_json(run.out_dir / f"{stem}.eval.json", evaluation, indent=1))
+    return [DetectResult(path, outputs, len(rows), len(refs), evaluation=evaluation)]
+
+
+def _predict(adapter: RGBAdapter, refs, predictor: PredictorLike, run: DetectRun, name: str):
+    """Every image through the model in batches: COCO result rows, the image entries, the
+    targets and the detections, in input order."""
+    mapping = adapter.label_to_category_id
     rows: list[dict[str, Any]] = []
     images, targets, predictions = [], [], []
-    bar = progress_bar(len(refs), f"detect {path.name}", "image", options)
+    bar = progress_bar(len(refs), f"detect {name}", "image", run)
     try:
-        for batch in batched(refs, options.batch_size):
+        for batch in batched(refs, run.batch_size):
             samples = [next(iter(adapter.read(ref))) for ref in batch]
             for ref, sample in zip(batch, samples):
                 predictor.check_channels(int(sample.image.shape[0]), ref.paths["image"])
@@ -112,22 +117,23 @@ def detect_inputs(
     finally:
         bar.close()
 
-    stem = output_stem(path)
-    out = write_json(options.out_dir / f"{stem}.json", rows, indent=None)
-    cats = [{"id": mapping[i + 1], "name": n} for i, n in enumerate(adapter.class_names)]
-    index = {"images": images, "categories": cats, "category_ids": source}
-    outputs = [out, write_json(options.out_dir / f"{stem}.images.json", index, indent=1)]
-    evaluation = None
-    if labels is not None:
-        evaluation, _ = score_detections(
-            targets, predictions, adapter.class_names, with_coco=not coco_labels
+    return rows, images, targets, predictions
+
+
+def _image_files(path: Path) -> list[Path]:
+    """The images of one input: itself, or the images directly in a folder (sorted)."""
+    if path.is_dir():
+        files = sorted(
+            p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
         )
-        if coco_labels:  # COCO AP of the written results against the file's own annotations
-            evaluation.update(_coco_file_ap(labels, rows, {im["id"] for im in images}, cats))
-        evaluation = {"input": str(path), "labels": str(labels), **evaluation}
-        evaluation["num_ground_truth"] = int(sum(len(t["labels"]) for t in targets))
-        outputs.append(write_json(options.out_dir / f"{stem}.eval.json", evaluation, indent=1))
-    return [DetectResult(path, outputs, len(rows), len(refs), evaluation=evaluation)]
+        if not files:
+            raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder", path=path)
+        return files
+    if path.suffix.lower() in IMAGE_EXTENSIONS:
+        return [path]
+    raise DataError(
+        f"not an rgb input: expected {', '.join(IMAGE_EXTENSIONS)} or a folder", path=path
+    )
 
 
 def _ref(file: Path, name: str, image_id: Any, annotation: Path | None = None, **gt: Any):
@@ -147,7 +153,7 @@ def _ref(file: Path, name: str, image_id: Any, annotation: Path | None = None, *
 
 
 def _categories(
-    adapter: RGBAdapter, predictor: Predictor, folder: Path, labels: Path | None
+    adapter: RGBAdapter, predictor: PredictorLike, folder: Path, labels: Path | None
 ) -> str:
     """Give the adapter the model's classes and their category ids; returns where the ids
     come from (``labels`` / a COCO JSON path / ``"labels"`` meaning the 1-based label)."""
@@ -182,11 +188,10 @@ def _categories(
                     f"classes {names}",
                     path=json_path,
                 )
-            adapter._set_categories(cats, json_path)
+            adapter.use_categories(cats, json_path)
             return str(json_path)
     # No categories file: the model's labels stand for the ids.
-    adapter._class_names = names
-    adapter._label_to_category = {i + 1: i + 1 for i in range(len(names))}
+    adapter.restore({"class_names": names})
     return "labels"
 
 
@@ -266,19 +271,20 @@ def _voc_refs(
         if hit is None:
             raise DataError(f"no VOC XML for image {file.name!r}", path=labels)
         xml, ann = hit
-        boxes, labs, difficult = [], [], []
-        for obj in ann["objects"]:
-            if obj["name"] not in index:
-                if adapter.params.unknown_class == "error":
-                    raise DataError(
-                        f"unknown class {obj['name']!r} (the model's: {adapter.class_names})",
-                        path=xml,
-                    )
-                continue
-            boxes.append(obj["box"])
-            labs.append(index[obj["name"]])
-            difficult.append(obj["difficult"])
-        gt = {"boxes": boxes, "labels": labs, "difficult": difficult}
+        # The one VOC object rule of the house (unknown classes, keep_difficult).
+        kept, unknown = voc.select_objects(
+            ann["objects"], adapter.class_names, keep_difficult=adapter.params.keep_difficult
+        )
+        if unknown and adapter.params.unknown_class == "error":
+            name = next(iter(unknown))
+            raise DataError(
+                f"unknown class {name!r} (the model's: {adapter.class_names})", path=xml
+            )
+        gt = {
+            "boxes": [obj["box"] for obj in kept],
+            "labels": [index[obj["name"]] for obj in kept],
+            "difficult": [obj["difficult"] for obj in kept],
+        }
         refs.append(_ref(file, name, xml.stem, declared_size=ann["size"], annotation=xml, **gt))
     return refs
 

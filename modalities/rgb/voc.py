@@ -1,195 +1,143 @@
-"""Pascal VOC annotation files: reading and writing ``Annotations/<id>.xml`` and
-``ImageSets/Main/<list>.txt``.
+"""The rgb modality's ``voc`` format: a Pascal VOC devkit tree
+``root/<year>/{Annotations,JPEGImages,ImageSets/Main}``.
 
-Nothing here knows about adapters: :func:`parse_voc_xml` turns one XML file into plain data,
-:func:`voc_xml` writes one, :func:`read_image_set` reads one image list. Any modality whose
-boxes come as VOC XML (RGB, depth, ...) can use them.
-
-Coordinates: VOC ``<bndbox>`` values are 1-based *inclusive* pixel indices (pixel columns
-``xmin..xmax`` are covered). In the project's continuous, 0-based coordinates with exclusive
-``x2``/``y2`` edges that is ``[xmin - 1, xmax)``, so a parsed box is
-``(xmin - 1, ymin - 1, xmax, ymax)``; :func:`voc_xml` writes the inverse (the smallest
-inclusive pixel range covering a continuous box).
-
-XML is parsed with ``defusedxml``, which refuses entity-expansion and external-entity tricks
-in untrusted files.
+The XML itself is read by the project's one VOC parser, :mod:`modalities.formats.voc`, whose
+names this module re-exports (``modalities.rgb.voc.parse_voc_xml`` etc. stay importable).
+What is the rgb adapter's own is here: :func:`discover` (its units: one image per id of the
+image lists named by the ``train_sets``/``val_sets``/``test_sets`` params) and :func:`claims`.
 """
 
 from __future__ import annotations
 
-import math
-import os
 from pathlib import Path
-from typing import Any
-from xml.etree.ElementTree import Element, ParseError
-from xml.sax.saxutils import escape
+from typing import TYPE_CHECKING
 
 from dsod_core.errors import DataError
+from modalities.base import SampleRef
+from modalities.formats.voc import (
+    VOC_CLASSES,
+    is_voc_xml,
+    parse_voc_xml,
+    read_image_set,
+    select_objects,
+    voc_xml,
+)
+from modalities.rgb.params import SPLIT_PARAM
 
-try:
-    from defusedxml import ElementTree as SafeET
-    from defusedxml.common import DefusedXmlException
-except ImportError:  # pragma: no cover - defusedxml is a declared dependency
-    # The stdlib parser (expat >= 2.4.1 as bundled with Python 3.11) already limits billion-
-    # laughs amplification and never fetches external entities.
-    import xml.etree.ElementTree as SafeET  # noqa: N813
+if TYPE_CHECKING:
+    from modalities.rgb.adapter import RGBAdapter
 
-    class DefusedXmlException(ValueError):  # type: ignore[no-redef]
-        """Placeholder so the except clause below stays valid without defusedxml."""
-
-
-VOC_CLASSES: tuple[str, ...] = (
-    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
-    "train", "tvmonitor",
-)  # fmt: skip
-"""The 20 Pascal VOC classes in the devkit's standard order (labels 1..20)."""
-
-
-def _flag(obj: Element, tag: str) -> bool:
-    """A VOC 0/1 flag (``difficult``, ``truncated``, ``occluded``); absent or empty is 0."""
-    return (obj.findtext(tag) or "0").strip() not in ("0", "")
-
-
-def _number(parent: Element, tag: str, shown: str | os.PathLike) -> float:
-    text = parent.findtext(tag)
-    try:
-        value = float((text or "").strip())
-    except ValueError:
-        value = math.nan
-    if not math.isfinite(value):
-        raise DataError(f"<{parent.tag}><{tag}> is {text!r}, not a number", path=shown)
-    return value
+__all__ = [
+    "VOC_CLASSES",
+    "claims",
+    "discover",
+    "is_voc_xml",
+    "parse_voc_xml",
+    "read_image_set",
+    "select_objects",
+    "voc_xml",
+]
 
 
-def parse_voc_xml(
-    path: str | os.PathLike, *, shown: str | os.PathLike | None = None
-) -> dict[str, Any]:
-    """Parse one VOC annotation file into plain data.
+def claims(path: Path) -> bool:
+    """A VOC annotation XML (root ``<annotation>``), or a VOC year folder (``Annotations/``
+    beside ``JPEGImages/``)."""
+    path = Path(path)
+    if path.is_dir():
+        return (path / "Annotations").is_dir() and (path / "JPEGImages").is_dir()
+    return is_voc_xml(path)
 
-    Args:
-        path: the XML file.
-        shown: the path error messages name (e.g. relative to the dataset root as the user
-            wrote it); ``path`` itself by default.
 
-    Returns:
-        ``{"filename": str | None, "size": [width, height] | None, "objects": [...]}`` where
-        ``size`` is ``None`` when ``<size>`` is absent or declares 0 (some tools write 0 for
-        "unknown") and each object is ``{"name": str, "box": [x1, y1, x2, y2],
-        "difficult": bool, "truncated": bool, "occluded": bool}`` with ``box`` in continuous
-        0-based pixels (``[xmin - 1, ymin - 1, xmax, ymax]``). Only an object's own
-        ``<bndbox>`` is read (person-layout ``<part>`` boxes are not objects).
+def discover(adapter: RGBAdapter) -> list[SampleRef]:
+    """One ref per image id of the image lists of every ``years`` folder, with the split its
+    list gives. A problem of one image (its XML, its image file, a path escaping the root)
+    goes through ``adapter.log.guard`` (``unit="image"``); a missing year folder or image
+    list, or an id listed for two splits, raises."""
+    from modalities.rgb.adapter import _with_sample
 
-    Raises:
-        DataError: naming ``shown``: file missing or unreadable, malformed XML, a root other
-            than ``<annotation>``, an object without ``<name>`` or ``<bndbox>``, a coordinate
-            that is not a number, an inverted box (``xmax < xmin``; ``xmin == xmax`` is one
-            pixel and valid).
-    """
-    shown = path if shown is None else shown
-    try:
-        root = SafeET.parse(path).getroot()
-    except FileNotFoundError:
-        raise DataError("annotation file not found", path=shown) from None
-    except (ParseError, DefusedXmlException, OSError) as exc:
-        raise DataError(f"malformed VOC XML: {exc}", path=shown) from None
-    if root.tag != "annotation":
-        raise DataError(f"root element is <{root.tag}>, expected <annotation>", path=shown)
+    p = adapter.params
+    refs: list[SampleRef] = []
+    root_file = adapter.root  # blamed when a configured (not annotated) path escapes
+    for year in p.years:
+        year_dir = adapter.resolve_inside_root(year, root_file)
+        if not year_dir.is_dir():
+            raise DataError("VOC folder listed in 'years' does not exist", path=year_dir)
+        split_of: dict[str, tuple[str, Path]] = {}
+        for split, key in SPLIT_PARAM.items():
+            for entry in getattr(p, key):
+                entry_year, _, name = entry.rpartition("/")
+                if entry_year and entry_year != year:
+                    continue
+                list_path = adapter.resolve_inside_root(
+                    Path(year) / "ImageSets" / "Main" / f"{name}.txt", root_file
+                )
+                shown = adapter._display(list_path)
+                for image_id in read_image_set(list_path, shown=shown):
+                    seen = split_of.get(image_id)
+                    if seen is not None and seen[0] != split:
+                        raise DataError(
+                            f"image {image_id!r} is listed for split {split!r} here and "
+                            f"for {seen[0]!r} in {adapter._display(seen[1])}",
+                            path=shown,
+                        )
+                    split_of[image_id] = (split, list_path)
+        for image_id, (split, list_path) in split_of.items():
+            xml_rel = Path(year) / "Annotations" / f"{image_id}.xml"
+            sample_id = image_id if year == "." else f"{year}/{image_id}"
+            with adapter.log.guard(adapter.root / xml_rel, unit="image"):
+                try:
+                    xml_path = adapter.resolve_inside_root(xml_rel, adapter._display(list_path))
+                    refs.append(_ref(adapter, year, image_id, sample_id, split, xml_path))
+                except DataError as exc:
+                    raise _with_sample(exc, sample_id) from None
+    return refs
 
-    filename = (root.findtext("filename") or "").strip() or None
-    size = None
-    size_el = root.find("size")
-    if size_el is not None:
-        w, h = (_number(size_el, tag, shown) for tag in ("width", "height"))
-        if w > 0 and h > 0:
-            size = [int(w), int(h)]
 
-    objects = []
-    for obj in root.iter("object"):
-        name = (obj.findtext("name") or "").strip()
-        if not name:
-            raise DataError("an <object> has no <name>", path=shown)
-        bnd = obj.find("bndbox")  # direct child only
-        if bnd is None:
-            raise DataError(f"object {name!r} has no <bndbox>", path=shown)
-        xmin, ymin, xmax, ymax = (_number(bnd, t, shown) for t in ("xmin", "ymin", "xmax", "ymax"))
-        if xmax < xmin or ymax < ymin:
-            raise DataError(
-                f"inverted box of {name!r}: xmin={xmin:g} ymin={ymin:g} "
-                f"xmax={xmax:g} ymax={ymax:g}",
-                path=shown,
-            )
-        objects.append(
-            {
-                "name": name,
-                "box": [xmin - 1.0, ymin - 1.0, xmax, ymax],
-                "difficult": _flag(obj, "difficult"),
-                "truncated": _flag(obj, "truncated"),
-                "occluded": _flag(obj, "occluded"),
-            }
+def _ref(
+    adapter: RGBAdapter, year: str, image_id: str, sample_id: str, split: str, xml_path: Path
+) -> SampleRef:
+    """One image's ref: its XML parsed, its image file found, its objects kept as the params
+    say (``class_names``, ``unknown_class``, ``keep_difficult``)."""
+    p = adapter.params
+    shown = adapter._display(xml_path)
+    ann = parse_voc_xml(xml_path, shown=shown)
+
+    filename = ann["filename"] or f"{image_id}.jpg"
+    image_path = adapter.resolve_inside_root(Path(year) / "JPEGImages" / filename, shown)
+    if not image_path.is_file():
+        # The devkit itself loads JPEGImages/<id>.jpg; tools such as labelImg sometimes
+        # write the name of the file before it was renamed into <filename>.
+        fallback = adapter.resolve_inside_root(Path(year) / "JPEGImages" / f"{image_id}.jpg", shown)
+        if not fallback.is_file():
+            raise DataError(f"image {adapter._display(image_path)} not found", path=shown)
+        image_path, filename = fallback, f"{image_id}.jpg"
+
+    class_names = adapter.class_names
+    kept, unknown = select_objects(ann["objects"], class_names, keep_difficult=p.keep_difficult)
+    if unknown and p.unknown_class == "error":
+        raise DataError(
+            f"unknown class {next(iter(unknown))!r} (class_names: {class_names})", path=shown
         )
-    return {"filename": filename, "size": size, "objects": objects}
-
-
-def voc_xml(
-    filename: str,
-    width: int,
-    height: int,
-    objects: list[dict[str, Any]],
-    *,
-    depth: int = 3,
-    folder: str = "VOCdemo",
-) -> str:
-    """The text of a VOC annotation file.
-
-    ``objects`` hold ``name`` and ``box`` (continuous xyxy pixels) and optionally
-    ``difficult``, ``truncated``, ``occluded`` (default False). A box is written as the
-    1-based inclusive pixel range that covers it, clipped to the image:
-    ``xmin = floor(x1) + 1``, ``xmax = min(ceil(x2), width)``.
-    """
-    parts = [
-        "<annotation>",
-        f"  <folder>{escape(folder)}</folder>",
-        f"  <filename>{escape(filename)}</filename>",
-        f"  <size><width>{width}</width><height>{height}</height><depth>{depth}</depth></size>",
-        "  <segmented>0</segmented>",
-    ]
-    for obj in objects:
-        x1, y1, x2, y2 = obj["box"]
-        xmin, ymin = math.floor(x1) + 1, math.floor(y1) + 1
-        xmax, ymax = min(math.ceil(x2), width), min(math.ceil(y2), height)
-        parts += [
-            "  <object>",
-            f"    <name>{escape(obj['name'])}</name>",
-            "    <pose>Unspecified</pose>",
-            f"    <truncated>{int(bool(obj.get('truncated', False)))}</truncated>",
-            f"    <occluded>{int(bool(obj.get('occluded', False)))}</occluded>",
-            f"    <difficult>{int(bool(obj.get('difficult', False)))}</difficult>",
-            f"    <bndbox><xmin>{xmin}</xmin><ymin>{ymin}</ymin>"
-            f"<xmax>{xmax}</xmax><ymax>{ymax}</ymax></bndbox>",
-            "  </object>",
-        ]
-    parts.append("</annotation>")
-    return "\n".join(parts) + "\n"
-
-
-def read_image_set(path: str | os.PathLike, *, shown: str | os.PathLike | None = None) -> list[str]:
-    """The image ids of an ``ImageSets/Main/<list>.txt`` file (one id per line), in order,
-    duplicates removed. Raises :class:`DataError` naming ``shown`` when the list is missing or
-    unreadable, or a line holds more than one token."""
-    shown = path if shown is None else shown
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        raise DataError("image list not found", path=shown) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"image list unreadable: {exc}", path=shown) from None
-    ids = []
-    for lineno, line in enumerate(text.splitlines(), 1):
-        tokens = line.split()
-        if not tokens:
-            continue
-        if len(tokens) != 1:
-            raise DataError(f"line {lineno}: expected one image id, got {line!r}", path=shown)
-        ids.append(tokens[0])
-    return list(dict.fromkeys(ids))
+    if unknown:
+        adapter.log.warn(
+            f"{sum(unknown.values())} object(s) of unknown class {sorted(unknown)} skipped "
+            "(unknown_class: skip)",
+            shown,
+            sample_id,
+        )
+    index = {name: i + 1 for i, name in enumerate(class_names)}
+    return SampleRef(
+        ref_id=sample_id,
+        split=split,
+        paths={"image": image_path, "annotation": xml_path},
+        meta={
+            "image_id": image_id,
+            "year": year,
+            "file_name": filename,
+            "declared_size": ann["size"],
+            "boxes": [obj["box"] for obj in kept],
+            "labels": [index[obj["name"]] for obj in kept],
+            "difficult": [obj["difficult"] for obj in kept],
+            "skipped_unknown": sum(unknown.values()),
+        },
+    )

@@ -40,6 +40,11 @@ class ThermalAdapter(ModalityAdapter):
             raise DataError("class_names are known after discover()", path=self.root)
         return list(self._classes)
 
+    def restore(self, state) -> None:
+        """Classes found in the labels, given back from a store or a model (evaluation and
+        ``dsod detect`` never list the raw data again)."""
+        self._classes = list(state["class_names"])
+
     def discover(self) -> list[SampleRef]:
         p = self.params
         refs, found = [], set()
