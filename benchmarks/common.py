@@ -139,6 +139,20 @@ FP32_PATHS = (
 LOWP_PATHS = ("onnx_int8", "openvino_int8", "bf16")
 
 
+def plan_model(plan: Any, **overrides: Any) -> torch.nn.Module:
+    """The random-weight model of a benchmark plan (seed 0)."""
+    from dsod_core.model import build_model
+
+    torch.manual_seed(0)
+    return build_model(
+        plan.variant,
+        in_channels=plan.in_channels,
+        num_classes=plan.num_classes,
+        input_size=plan.input_size,
+        **overrides,
+    )
+
+
 def native_bf16() -> bool:
     """Whether this CPU computes bfloat16 natively (AVX-512 BF16 or AMX)."""
     try:

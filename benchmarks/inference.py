@@ -28,6 +28,7 @@ from benchmarks.common import (
     Report,
     markdown_table,
     native_bf16,
+    plan_model,
     run_worker,
     timed,
 )
@@ -55,18 +56,10 @@ def compile_worker(plan: Plan) -> None:
     """torch.compile (inductor, weights frozen as constants) latency; prints JSON lines."""
     import torch._inductor.config as inductor_config
 
-    from dsod_core.model import build_model
-
     # Freezing turns weights into constants, which lets inductor fold them and pre-pack the
     # convolution weights once: the documented setting for CPU inference.
     inductor_config.freezing = True
-    torch.manual_seed(0)
-    model = build_model(
-        plan.variant,
-        in_channels=plan.in_channels,
-        num_classes=plan.num_classes,
-        input_size=plan.input_size,
-    ).eval()
+    model = plan_model(plan).eval()
     compiled = torch.compile(model)
     size = plan.input_size
     start = time.perf_counter()
@@ -293,15 +286,8 @@ def bench_inference(
     plan: Plan, threads: int, tmp: Path, mm_gflops: float, report: Report
 ) -> dict[str, Any]:
     """Every inference path's latency on a random-weight ``plan.variant``."""
-    from dsod_core.model import build_model
 
-    torch.manual_seed(0)
-    model = build_model(
-        plan.variant,
-        in_channels=plan.in_channels,
-        num_classes=plan.num_classes,
-        input_size=plan.input_size,
-    ).eval()
+    model = plan_model(plan).eval()
     flops = count_flops(model, plan)
     size = plan.input_size
     inputs = {b: torch.randn(b, plan.in_channels, size, size) for b in plan.infer_batches}

@@ -19,6 +19,7 @@ from benchmarks.common import (
     Report,
     markdown_table,
     peak_rss_mib,
+    plan_model,
     rss_mib,
     run_worker,
     synthetic_targets,
@@ -29,16 +30,8 @@ from benchmarks.common import (
 def train_worker(plan: Plan, mode: str) -> dict[str, Any]:
     """One mode's training steps in this (fresh) process: time per image and peak memory."""
     from dsod_core.loss import MultiBoxLoss
-    from dsod_core.model import build_model
 
-    torch.manual_seed(0)
-    model = build_model(
-        plan.variant,
-        in_channels=plan.in_channels,
-        num_classes=plan.num_classes,
-        input_size=plan.input_size,
-        memory_efficient=mode.startswith("memory_efficient"),
-    ).train()
+    model = plan_model(plan, memory_efficient=mode.startswith("memory_efficient")).train()
     default_boxes = model.default_boxes
     if mode == "naive":
         from benchmarks.naive import build_naive

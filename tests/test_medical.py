@@ -400,7 +400,8 @@ def test_export_predictions_round_trip(tmp_path: Path) -> None:
         },
     )
     items = []
-    for ref in ad.discover():
+    refs = ad.discover()
+    for ref in refs:
         for s in ad.read(ref):
             items.append(
                 {
@@ -447,7 +448,7 @@ def test_export_predictions_round_trip(tmp_path: Path) -> None:
                     assert d.max() < 1e-3, (box, p)
                     fitted += 1
     assert fitted >= 3  # the exact case is exercised
-    reference = ad.reference_datalist("test")
+    reference = ad.reference_datalist({r.ref_id: ad.unit_record(r) for r in refs}, "test")
     assert reference["test"] and [e["image"] for e in reference["test"]] == [
         e["image"] for e in truth["test"]
     ]

@@ -26,7 +26,6 @@ from modalities.multispectral import (
     MultispectralParams,
     chip_starts,
     chip_windows,
-    class_wise_nms,
     geojson,
     geotiff,
 )
@@ -438,31 +437,6 @@ def test_chip_predictions_merge_and_map_back_to_features(tmp_path):
         assert area2 > 0
 
 
-def test_class_wise_nms_against_loop_reference():
-    rng = np.random.default_rng(10)
-    for _ in range(20):
-        n = int(rng.integers(1, 30))
-        xy = rng.uniform(0, 50, (n, 2))
-        boxes = np.concatenate([xy, xy + rng.uniform(5, 30, (n, 2))], 1)
-        scores = rng.permutation(n).astype(float) + 0.5  # distinct
-        labels = rng.integers(1, 3, n)
-        keep = class_wise_nms(boxes, scores, labels, 0.4)
-
-        def iou(a, b):
-            iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-            ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-            inter = iw * ih
-            area = lambda q: (q[2] - q[0]) * (q[3] - q[1])  # noqa: E731
-            return inter / (area(a) + area(b) - inter)
-
-        ref = []
-        for i in sorted(range(n), key=lambda i: -scores[i]):
-            if all(labels[j] != labels[i] or iou(boxes[i], boxes[j]) <= 0.4 for j in ref):
-                ref.append(i)
-        assert list(keep) == ref
-
-
-# --- errors --------------------------------------------------------------------------------
 def test_fewer_bands_than_requested(tmp_path):
     rng = np.random.default_rng(11)
     write_raster(tmp_path / "four.tif", random_raster(rng), names=NAMES4)

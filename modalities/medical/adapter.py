@@ -463,20 +463,12 @@ class MedicalAdapter(ModalityAdapter):
         self, merged: list[dict[str, Any]], units: Mapping[str, Any], split: str
     ) -> dict[str, Any]:
         """FROC of the linked 3D lesions (LUNA16 rules; ``dsod_core.metrics.froc``) against
-        the stored lesions of the split's volumes (:meth:`unit_record`)."""
+        the stored lesions of the split's volumes (:meth:`reference_datalist`)."""
         from dsod_core.metrics.froc import froc_from_datalists
 
-        if split not in dl.SPLIT_KEYS:
-            raise ConfigError(f"split must be one of {sorted(dl.SPLIT_KEYS)}, got {split!r}")
-        key = dl.SPLIT_KEYS[split]
+        reference = self.reference_datalist(units, split)
+        (key,) = reference
         preds = {key: [{"image": u["image"], **u["detections"]} for u in merged]}
-        reference = {
-            key: [
-                {"image": r["image"], "box": r["box"], "label": r["label"]}
-                for r in units.values()
-                if r and r.get("split") == split
-            ]
-        }
         result = froc_from_datalists(preds, reference, key=key)
         return {
             "froc_cpm": float(result["cpm"]),
@@ -485,16 +477,19 @@ class MedicalAdapter(ModalityAdapter):
             },
         }
 
-    def reference_datalist(self, split: str = "test") -> dict[str, list[dict[str, Any]]]:
-        """The annotations of one split in the datalist convention of
-        :meth:`export_predictions` (key, ``image``, cccwhd ``box`` in ``world_frame``, 0-based
-        ``label``). Runs :meth:`discover` (cheap)."""
+    @staticmethod
+    def reference_datalist(
+        units: Mapping[str, Any], split: str = "test"
+    ) -> dict[str, list[dict[str, Any]]]:
+        """The lesions of one split's volumes (unit records, :meth:`unit_record`, as a store
+        holds them) in the datalist convention of :meth:`export_predictions` (key, ``image``,
+        cccwhd ``box`` in ``world_frame``, 0-based ``label``)."""
         if split not in dl.SPLIT_KEYS:
             raise ConfigError(f"split must be one of {sorted(dl.SPLIT_KEYS)}, got {split!r}")
         entries = [
-            {"image": r.meta["image"], "box": r.meta["boxes"], "label": r.meta["labels"]}
-            for r in self.discover()
-            if r.split == split
+            {"image": r["image"], "box": r["box"], "label": r["label"]}
+            for r in units.values()
+            if r and r.get("split") == split
         ]
         return {dl.SPLIT_KEYS[split]: entries}
 

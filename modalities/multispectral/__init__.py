@@ -13,7 +13,6 @@ from modalities.multispectral.tiling import (
     boxes_in_chip,
     chip_starts,
     chip_windows,
-    class_wise_nms,
 )
 
 __all__ = [
@@ -24,5 +23,4 @@ __all__ = [
     "boxes_in_chip",
     "chip_starts",
     "chip_windows",
-    "class_wise_nms",
 ]

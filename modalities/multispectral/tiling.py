@@ -1,5 +1,6 @@
-"""Cutting a raster into overlapping chips, boxes into the chips that see them, and merging
-the chips' predictions back (class-wise NMS).
+"""Cutting a raster into overlapping chips (the house's tiling, :mod:`dsod_core.tiling`) and
+boxes into the chips that see them; the chips' predictions are merged back by
+:func:`dsod_core.tiling.merge_tiles` (``MultispectralAdapter.merge``).
 
 Coverage rule: along each axis chips start every ``chip_size - overlap`` pixels; the last chip
 is aligned to the raster edge (its overlap with the previous chip is then >= ``overlap``), so
@@ -11,10 +12,8 @@ no-data (``Sample.valid`` False). All coordinates are continuous pixels (no +1).
 from __future__ import annotations
 
 import numpy as np
-import torch
 from rasterio.windows import Window
 
-from dsod_core.boxes import batched_nms
 from dsod_core.tiling import tile_grid, tile_starts
 
 
@@ -60,18 +59,3 @@ def boxes_in_chip(
     keep = (seen > 0) & (seen >= min_visible * area - 1e-9)
     out = np.stack([cx1 - x0, cy1 - y0, cx2 - x0, cy2 - y0], axis=1)[keep]
     return out.astype(np.float32).reshape(-1, 4), labels[keep]
-
-
-def class_wise_nms(
-    boxes: np.ndarray, scores: np.ndarray, labels: np.ndarray, iou_threshold: float
-) -> np.ndarray:
-    """Indices (int64 ``[K]``) of boxes (``[N, 4]`` xyxy) kept by per-class greedy NMS, by
-    decreasing score: a thin numpy wrapper of the project's NMS,
-    :func:`dsod_core.boxes.batched_nms` (suppression when IoU > ``iou_threshold``)."""
-    keep = batched_nms(
-        torch.as_tensor(np.asarray(boxes, dtype=np.float64)).reshape(-1, 4),
-        torch.as_tensor(np.asarray(scores, dtype=np.float64)).reshape(-1),
-        torch.as_tensor(np.asarray(labels, dtype=np.int64)).reshape(-1),
-        float(iou_threshold),
-    )
-    return keep.numpy().astype(np.int64)
