@@ -124,6 +124,13 @@ def _lowp_accuracy(c: Context) -> dict[str, Any]:
     return bench_lowp_accuracy(c.plan, c.threads, c.tmp, c.report, latency, c.retrain)
 
 
+def _store(c: Context) -> dict[str, Any]:
+    from benchmarks.store import bench_store
+
+    quick = c.plan.name == "quick"
+    return bench_store(c.tmp, c.report, 3 if quick else 40, reps=1 if quick else 3)
+
+
 def _gpu(c: Context) -> dict[str, Any]:
     from benchmarks.gpu_throughput import bench_gpu
 
@@ -144,6 +151,7 @@ SECTIONS: dict[str, Section] = {
     "data_path": Section(_data_path, "data path", needs=("training",)),
     "evaluation": Section(_evaluation, "evaluation"),
     "lowp_accuracy": Section(_lowp_accuracy, "reduced-precision accuracy", needs=("inference",)),
+    "store": Section(_store, "store layouts"),
     "gpu": Section(_gpu, None),
 }
 

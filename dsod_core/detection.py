@@ -10,12 +10,17 @@ arrive, validated, as ``DetectRun.modality``.
 
 from __future__ import annotations
 
+import os
+import sys
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+
+from dsod_core.errors import ConfigError
 
 
 class PredictorLike(Protocol):
@@ -81,9 +86,113 @@ def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield batch
 
 
-def progress_bar(total: int | None, desc: str, unit: str, run: DetectRun):
-    """The tqdm bar of a detect loop (none with ``--no-progress``, nor when stderr is not a
-    terminal, so an error stays one line)."""
+#: ``1``: bars even when stderr is not a terminal; ``0``: no progress output at all;
+#: ``lines``: plain lines even on a terminal. Unset: bars on a terminal, lines elsewhere.
+PROGRESS_ENV = "DSOD_PROGRESS"
+_ENV_MODES = {"1": "bar", "0": "off", "lines": "lines"}
+
+
+def progress_mode(requested: bool = True, stream: Any = None) -> str:
+    """How a loop shows its progress: ``"bar"`` (a tqdm bar redrawn in place), ``"lines"``
+    (:class:`ProgressLines`) or ``"off"``.
+
+    ``requested`` False (``--no-progress``, ``train.progress: false``) is ``"off"``. Else the
+    environment variable ``DSOD_PROGRESS`` decides when set (``1``, ``0``, ``lines``), and
+    otherwise the stream the bar would draw on (stderr): a terminal gets a bar, anything else
+    (a log file, a pipe, ``dvc repro`` captured) plain lines, since every redraw of a bar
+    would be kept there as text."""
+    if not requested:
+        return "off"
+    env = os.environ.get(PROGRESS_ENV, "").strip().lower()
+    if env:
+        if env not in _ENV_MODES:
+            raise ConfigError(f"{PROGRESS_ENV} must be 1, 0 or lines, got {env!r}")
+        return _ENV_MODES[env]
+    stream = sys.stderr if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    return "bar" if callable(isatty) and isatty() else "lines"
+
+
+class ProgressLines:
+    """A progress bar's stand-in where nothing can be redrawn: a plain line on stdout
+    (``desc: n/total unit (40%, 12 s)``) each time another tenth of ``total`` is done, at
+    most one per ``interval`` seconds, so a loop shorter than ``interval`` prints nothing and
+    a long one at most ten lines. Without a total: ``desc: n unit`` every ``interval``
+    seconds. Offers what the project's loops use of a tqdm bar (``update``, ``total``,
+    ``refresh``, ``close``, iteration, ``with``)."""
+
+    def __init__(
+        self,
+        iterable: Iterable[Any] | None = None,
+        total: int | None = None,
+        desc: str = "",
+        unit: str = "it",
+        interval: float = 10.0,
+        stream: Any = None,
+        clock: Any = time.monotonic,
+    ) -> None:
+        if total is None and iterable is not None and hasattr(iterable, "__len__"):
+            total = len(iterable)
+        self.iterable, self.total, self.desc, self.unit = iterable, total, desc, unit
+        self.interval, self.stream, self.clock = interval, stream, clock
+        self.n = 0
+        self._started = self._last = clock()
+        self._tenth = 0
+
+    def __iter__(self) -> Iterator[Any]:
+        for item in self.iterable or ():
+            yield item
+            self.update(1)
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = self.clock()
+        if now - self._last < self.interval:
+            return
+        if self.total:
+            tenth = min(10, self.n * 10 // self.total)
+            if tenth <= self._tenth:
+                return
+            self._tenth = tenth
+            done = f"{self.n}/{self.total} {self.unit} ({tenth * 10}%, "
+        else:
+            done = f"{self.n} {self.unit} ("
+        self._last = now
+        line = f"{self.desc}: {done}{now - self._started:.0f} s)"
+        print(line, file=self.stream or sys.stdout, flush=True)
+
+    def refresh(self) -> None:
+        """Nothing to redraw."""
+
+    def close(self) -> None:
+        """Nothing to clear (the stage prints its own summary)."""
+
+    def __enter__(self) -> ProgressLines:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def progress(
+    iterable: Iterable[Any] | None = None,
+    total: int | None = None,
+    desc: str = "",
+    unit: str = "it",
+    requested: bool = True,
+) -> Any:
+    """The project's one progress display of a loop (wrap ``iterable``, or call ``update``):
+    a tqdm bar, :class:`ProgressLines` or a silent one, by :func:`progress_mode`."""
+    mode = progress_mode(requested)
+    if mode == "lines":
+        return ProgressLines(iterable, total=total, desc=desc, unit=unit)
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=desc, unit=unit, disable=None if run.progress else True)
+    return tqdm(iterable, total=total, desc=desc, unit=unit, disable=mode == "off")
+
+
+def progress_bar(total: int | None, desc: str, unit: str, run: DetectRun):
+    """The progress display of a detect loop (:func:`progress`): none with ``--no-progress``,
+    a bar on a terminal, plain lines on stdout elsewhere (never on stderr, so an error stays
+    the only line there)."""
+    return progress(total=total, desc=desc, unit=unit, requested=run.progress)

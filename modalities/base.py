@@ -87,6 +87,9 @@ class PrepareLog:
     on_error: Literal["error", "skip"] = "error"
     skipped: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[dict[str, Any]] = field(default_factory=list)
+    #: Named counts the adapters and the shared label layer keep (background images, quirks
+    #: such as crowd boxes read as objects, unmatched COCO ids); the prepare report's ``counts``.
+    counts: dict[str, int] = field(default_factory=dict)
 
     @contextmanager
     def guard(self, path: str | os.PathLike, unit: str = "file") -> Iterator[None]:
@@ -240,6 +243,14 @@ class ModalityAdapter(ABC):
         except ModuleNotFoundError:
             return False
         return bool(module.claims(Path(path)))
+
+    @classmethod
+    def accepts(cls, path: str | os.PathLike) -> bool:
+        """Whether a model of this modality may be given ``path`` although another modality
+        claims it (``dsod detect`` refuses an input another modality claims unless this says
+        yes). Default: :meth:`claims`. A modality whose files are often stored in another's
+        container (grey thermal frames saved as RGB) widens it."""
+        return cls.claims(path)
 
     @classmethod
     def output_stem(cls, path: str | os.PathLike) -> str:

@@ -80,7 +80,7 @@ def check_input(path: Path, modality: str, model: Path) -> None:
     if not path.exists():
         raise DataError("input not found", path=path)
     kind = input_kind(path)
-    if kind is not None and kind != modality:
+    if kind is not None and kind != modality and not get_adapter(modality).accepts(path):
         raise DataError(
             f"looks like a {kind} input, but the model {model} is a {modality} detector",
             path=path,

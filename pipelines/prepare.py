@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import re
 from pathlib import Path
 from typing import Any
 
-from tqdm import tqdm
-
 from dsod_core.data.store import StoreWriter
+from dsod_core.detection import progress
 from dsod_core.errors import ConfigError, DataError, ProjectError
 from dsod_core.io import write_json
 from modalities import PrepareLog, SampleRef, get_adapter
@@ -81,6 +81,64 @@ def _unit_file(ref: SampleRef) -> str:
     return str(main) if main is not None else ref.ref_id
 
 
+def _own_text(entry: dict[str, Any]) -> str:
+    """A skip's or warning's reason without the ``<file>: `` and ``sample <id>: `` that
+    :class:`DataError` puts in front."""
+    text = str(entry.get("reason") or "")
+    for prefix in (entry.get("file"), entry.get("sample") and f"sample {entry['sample']}"):
+        if prefix and text.startswith(f"{prefix}: "):
+            text = text[len(prefix) + 2 :]
+    return text
+
+
+def reason_kind(entry: dict[str, Any]) -> str:
+    """What makes two skips "the same reason": the reason with the file's own parts (its
+    path, name and stem where the text repeats them) and every number replaced, so that
+    ``im3.xml: sample im3: box [19.0, 4.0, 45.0, 12.0] lies outside the 32x24 image`` and the
+    same fault of another file group together."""
+    text = _own_text(entry)
+    file = entry.get("file")
+    if file:  # whole words only: the stem "a" of a.tif is not the "a" of "cannot read"
+        for part in sorted({file, Path(file).name, Path(file).stem} - {""}, key=len, reverse=True):
+            text = re.sub(rf"(?<!\w){re.escape(part)}(?!\w)", "<file>", text)
+    return re.sub(r"\d+(\.\d+)?", "N", text)
+
+
+def _ranked(entries: list[dict[str, Any]]) -> list[tuple[int, dict[str, Any]]]:
+    """``(count, first entry)`` of each :func:`reason_kind`, most frequent first (ties in the
+    order met)."""
+    groups: dict[str, list[Any]] = {}
+    for entry in entries:
+        groups.setdefault(reason_kind(entry), [0, entry])[0] += 1
+    return sorted(((n, first) for n, first in groups.values()), key=lambda g: -g[0])
+
+
+def by_reason(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Skips (or warnings) grouped by :func:`reason_kind`, most frequent first:
+    ``{"reason", "count", "first_file"}``, ``reason`` the first one's text without its file."""
+    return [
+        {"reason": _own_text(first), "count": n, "first_file": first.get("file")}
+        for n, first in _ranked(entries)
+    ]
+
+
+def reasons_text(entries: list[dict[str, Any]], shown: int = 2) -> str:
+    """``(1020 x VOC/Annotations/x.xml: object 'target' has no <bndbox>; 4 x ...; 2 more
+    reason(s) in the report)``: the ``shown`` most frequent reasons, each with its count and
+    the full message of its first file."""
+    ranked = _ranked(entries)
+    parts = []
+    for n, first in ranked[:shown]:
+        own, file = _own_text(first), first.get("file")
+        message = str(first.get("reason"))
+        if own == message and file:  # a warning: its file is not in its text
+            message = f"{file}: {message}"
+        parts.append(f"{n} x {message}")
+    if len(ranked) > shown:
+        parts.append(f"{len(ranked) - shown} more reason(s) in the report")
+    return f"({'; '.join(parts)})"
+
+
 def _as_data_error(exc: Exception, ref: SampleRef) -> DataError:
     """An adapter bug or an unforeseen library error on a bad file still names the file."""
     if isinstance(exc, DataError):
@@ -100,7 +158,9 @@ def _discover(adapter: Any, entry: dict[str, Any], log: PrepareLog) -> list[Samp
             f"listing the dataset failed ({type(exc).__name__}: {exc})", path=entry["root"]
         ) from exc
     if not refs:
-        found = f"; {len(log.skipped)} skipped" if log.skipped else ""
+        found = ""
+        if log.skipped:
+            found = f"; {len(log.skipped)} unit(s) skipped {reasons_text(log.skipped)}"
         raise DataError(f"the adapter found no data{found}", path=entry["root"])
     return refs
 
@@ -112,19 +172,23 @@ def _write_units(
     log: PrepareLog,
     name: str,
     on_error: str,
-) -> dict[str, int]:
+) -> tuple[dict[str, int], dict[str, int]]:
     """Stream every unit's samples into the store (a failing unit is rolled back whole and
     skipped, or stops the stage, by ``on_error``), record each kept unit's world-level
-    ground truth and the adapter's state; returns the samples per split."""
+    ground truth and the adapter's state; returns the samples and the background samples
+    (no box: negatives) per split."""
     counts = {"train": 0, "val": 0, "test": 0}
-    # disable=None: no bar when stderr is not a terminal, so an error stays one line.
-    for ref in tqdm(refs, desc=f"prepare {name}", unit="unit", disable=None):
+    background = dict(counts)
+    # A bar on a terminal only: elsewhere plain lines on stdout, so an error stays one line.
+    for ref in progress(refs, desc=f"prepare {name}", unit="unit"):
         mark = writer.mark()
         added = {"train": 0, "val": 0, "test": 0}
+        empty = dict(added)
         try:
             for s in adapter.read(ref):  # streamed: chips/slices never all in memory
                 writer.add(s)
                 added[s.split] += 1
+                empty[s.split] += len(s.boxes) == 0
         except Exception as exc:
             err = _as_data_error(exc, ref)
             if on_error != "skip":
@@ -136,21 +200,40 @@ def _write_units(
             continue
         for k, v in added.items():
             counts[k] += v
+            background[k] += empty[k]
         writer.units[ref.ref_id] = adapter.unit_record(ref)
     writer.adapter_state = adapter.state()
-    return counts
+    return counts, background
 
 
-def _check_written(counts: dict[str, int], log: PrepareLog, out: Path) -> None:
-    """Refuse a store with no samples, naming the first unit skipped."""
+def _check_written(counts: dict[str, int], log: PrepareLog, out: Path, root: str) -> None:
+    """Refuse a store with no samples, naming the commonest reasons units were skipped; warn
+    about a store with no training samples."""
     if sum(counts.values()) == 0:
-        first = log.skipped[0] if log.skipped else None
-        why = (
-            f"; {len(log.skipped)} unit(s) skipped, first {first['file']}: {first['reason']}"
-            if first
-            else ""
+        why = f"; {len(log.skipped)} unit(s) skipped {reasons_text(log.skipped)}"
+        raise DataError(f"no samples were written{why if log.skipped else ''}", path=out)
+    if counts["train"] == 0:
+        log.warn(
+            f"no training samples ({counts['val']} val, {counts['test']} test): an "
+            "evaluation-only store, to score a trained model "
+            "(`python -m pipelines.evaluate --dataset ...`); it cannot be trained on",
+            path=root,
         )
-        raise DataError(f"no samples were written{why}", path=out)
+
+
+def _finish(report: dict[str, Any], log: PrepareLog, status: str, **extra: Any) -> dict:
+    """The report with the outcome, the skips and warnings (each also grouped by reason) and
+    the adapters' named counts (background images, quirks met)."""
+    report.update(
+        status=status,
+        skipped=log.skipped,
+        skipped_by_reason=by_reason(log.skipped),
+        warnings=log.warnings,
+        warnings_by_reason=by_reason(log.warnings),
+        counts=dict(sorted(log.counts.items())),
+        **extra,
+    )
+    return report
 
 
 def prepare(
@@ -174,8 +257,7 @@ def prepare(
     }
 
     def finish(status: str, **extra: Any) -> dict[str, Any]:
-        report.update(status=status, skipped=log.skipped, warnings=log.warnings, **extra)
-        return report
+        return _finish(report, log, status, **extra)
 
     try:
         refs = _discover(adapter, entry, log)
@@ -188,15 +270,8 @@ def prepare(
             compression=compression,
             allow_no_train=True,  # a test-only dataset scores a trained model on new data
         ) as writer:
-            counts = _write_units(writer, adapter, refs, log, name, on_error)
-            _check_written(counts, log, out)
-            if counts["train"] == 0:
-                log.warn(
-                    f"no training samples ({counts['val']} val, {counts['test']} test): an "
-                    "evaluation-only store, to score a trained model "
-                    "(`python -m pipelines.evaluate --dataset ...`); it cannot be trained on",
-                    path=entry["root"],
-                )
+            counts, background = _write_units(writer, adapter, refs, log, name, on_error)
+            _check_written(counts, log, out, entry["root"])
     except ProjectError as exc:
         if on_error == "skip" or log.skipped or log.warnings:
             write_json(failure_path, finish("failed", error=str(exc)))
@@ -205,11 +280,33 @@ def prepare(
     finish(
         "ok",
         samples=counts,
+        background=background,
+        storage={
+            "float32_fallbacks": writer.native_fallbacks,  # samples not stored natively
+            "first_fallback": writer.fallback_reason,
+        },
         classes=adapter.class_names,
         channels=adapter.channel_names,
     )
     write_json(report_path, report)
     return report
+
+
+def summary_line(report: dict[str, Any]) -> str:
+    """The stage's closing line: samples and background samples (no box) per split, then the
+    skips and warnings, each with its commonest reasons."""
+    samples, background = report["samples"], report["background"]
+    line = (
+        f"prepare {report['dataset']}: {sum(samples.values())} samples (train / val / test "
+        f"{' / '.join(str(samples[s]) for s in samples)}), of them background "
+        f"{' / '.join(str(background[s]) for s in samples)}"
+    )
+    for key, what in (("skipped", "unit(s) skipped"), ("warnings", "warning(s)")):
+        entries = report[key]
+        line += f"; {len(entries)} {what}"
+        if entries:
+            line += f" {reasons_text(entries)}"
+    return line
 
 
 @stage_main
@@ -233,10 +330,7 @@ def main(argv: list[str] | None = None) -> int:
         compression=sec.get("compression", "gzip"),
         source=args.params,
     )
-    print(
-        f"prepare {args.dataset}: {report['samples']} samples, {len(report['skipped'])} "
-        f"skipped, {len(report['warnings'])} warnings"
-    )
+    print(summary_line(report))
     return 0
 
 

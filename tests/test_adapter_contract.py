@@ -2,7 +2,7 @@
 
 Each adapter's demo data is generated small in its native format, discovered, read, written
 to a store and read back. Besides the built-ins, the suite covers the example adapter of
-``docs/adding_a_modality.md`` (``docs/examples/thermal``) installed as a third-party package
+``docs/adding_a_modality.md`` (``docs/examples/heightmap``) installed as a third-party package
 would be: through a real ``dsod.modalities`` entry point of a distribution on ``sys.path``.
 """
 
@@ -23,17 +23,17 @@ from dsod_core.errors import ConfigError
 from modalities import available, get_adapter
 
 ROOT = Path(__file__).resolve().parents[1]
-BUILTIN = {"rgb", "depth", "medical", "multispectral"}
+BUILTIN = {"rgb", "depth", "medical", "multispectral", "thermal"}
 
 
 def _install_third_party() -> Path:
-    """A distribution ``thermal-example`` whose entry point names the example adapter."""
+    """A distribution ``heightmap-example`` whose entry point names the example adapter."""
     site = Path(tempfile.mkdtemp(prefix="dsod-third-party-"))
-    dist = site / "thermal_example-0.1.dist-info"
+    dist = site / "heightmap_example-0.1.dist-info"
     dist.mkdir()
-    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: thermal-example\nVersion: 0.1\n")
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: heightmap-example\nVersion: 0.1\n")
     (dist / "entry_points.txt").write_text(
-        "[dsod.modalities]\nthermal = thermal.adapter:ThermalAdapter\n"
+        "[dsod.modalities]\nheightmap = heightmap.adapter:HeightmapAdapter\n"
     )
     sys.path.append(str(ROOT / "docs/examples"))
     sys.path.append(str(site))
@@ -69,14 +69,15 @@ def prepared(request, tmp_path_factory):
 
 
 def test_builtin_and_third_party_adapters_all_load():
-    assert BUILTIN | {"thermal"} <= set(ADAPTERS)
+    assert BUILTIN | {"heightmap"} <= set(ADAPTERS)
 
 
 def test_one_registration_mechanism_records_version_and_code():
     from modalities.registry import adapter_code, adapter_version
 
-    assert adapter_version("thermal") == "0.1"
-    assert adapter_code("thermal") == (ROOT / "docs/examples/thermal").resolve()
+    assert adapter_version("heightmap") == "0.1"
+    assert adapter_code("heightmap") == (ROOT / "docs/examples/heightmap").resolve()
+    assert adapter_code("thermal") == (ROOT / "modalities/thermal").resolve()
     assert adapter_code("depth") == (ROOT / "modalities/depth").resolve()
     for name in BUILTIN:
         assert get_adapter(name).__module__ == f"modalities.{name}.adapter"
@@ -195,7 +196,7 @@ def test_fresh_adapter_evaluate_path(prepared, tmp_path):
 
 
 def test_evaluate_stage_with_classes_from_the_data(tmp_path, monkeypatch):
-    """prepare -> train -> evaluate through the stage functions for the third-party thermal
+    """prepare -> train -> evaluate through the stage functions for the third-party heightmap
     adapter, whose class names are known only after discover()."""
     from dsod_core.engine import TrainConfig, train
     from pipelines.evaluate import evaluate_run
@@ -203,23 +204,23 @@ def test_evaluate_stage_with_classes_from_the_data(tmp_path, monkeypatch):
     from pipelines.train import main as _unused  # noqa: F401 - the stage module imports
 
     monkeypatch.chdir(tmp_path)
-    cls = get_adapter("thermal")
-    root = tmp_path / "thermal_data"
+    cls = get_adapter("heightmap")
+    root = tmp_path / "heightmap_data"
     cls.write_demo(root, num_images=24, image_size=48, seed=0)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     entry = {
-        "modality": "thermal",
+        "modality": "heightmap",
         "root": str(root),
-        "code": str(ROOT / "docs/examples/thermal"),
+        "code": str(ROOT / "docs/examples/heightmap"),
         "adapter": {},
     }
-    params["datasets"] = {"th": entry}
-    params["sources"] = ["th"]
-    params["targets"] = ["th"]
-    store, report = tmp_path / "th.h5", tmp_path / "th.report.json"
-    prepare("th", entry, store, report)
-    assert json.loads(report.read_text())["classes"] == ["person", "vehicle"]
-    run = tmp_path / "models/th-scratch"
+    params["datasets"] = {"hm": entry}
+    params["sources"] = ["hm"]
+    params["targets"] = ["hm"]
+    store, report = tmp_path / "hm.h5", tmp_path / "hm.report.json"
+    prepare("hm", entry, store, report)
+    assert json.loads(report.read_text())["classes"] == ["building", "tree"]
+    run = tmp_path / "models/hm-scratch"
     train(
         TrainConfig(
             store=str(store),
@@ -233,7 +234,7 @@ def test_evaluate_stage_with_classes_from_the_data(tmp_path, monkeypatch):
             eval_every=0,
         )
     )
-    (run / "config.json").write_text(json.dumps({"dataset": "th", "init": "scratch"}))
-    metrics = evaluate_run(run, store, tmp_path / "reports/th-scratch", params)
-    assert metrics["dataset"] == "th" and 0.0 <= (metrics["map50"] or 0.0) <= 1.0
-    assert (tmp_path / "reports/th-scratch/world/predictions_world.json").is_file()
+    (run / "config.json").write_text(json.dumps({"dataset": "hm", "init": "scratch"}))
+    metrics = evaluate_run(run, store, tmp_path / "reports/hm-scratch", params)
+    assert metrics["dataset"] == "hm" and 0.0 <= (metrics["map50"] or 0.0) <= 1.0
+    assert (tmp_path / "reports/hm-scratch/world/predictions_world.json").is_file()

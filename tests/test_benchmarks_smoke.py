@@ -64,6 +64,10 @@ def test_quick_benchmark_run(tmp_path: Path) -> None:
     assert diffs["eager"] == 0.0
     assert diffs["bn_folded"] < 1e-4 and diffs["eager_channels_last"] < 1e-4
     assert set(results["data_path"]) >= {"1", "4", "13"}
+    # Store layouts: every native layout is smaller than the float32 one of its case.
+    for case, layouts in results["store"].items():
+        native = {k: v for k, v in layouts.items() if k.startswith("native")}
+        assert native and all(0 < v["size_vs_today"] < 1 for v in native.values()), case
 
     text = (tmp_path / "RESULTS.md").read_text()
     for heading in ("Training step", "Inference", "Data path", "Evaluation", "GPU", "Targets"):
@@ -92,7 +96,7 @@ def test_sections_run_in_order_after_what_they_need() -> None:
     from benchmarks.run import SECTIONS, with_needs
 
     assert list(SECTIONS) == [
-        "training", "inference", "data_path", "evaluation", "lowp_accuracy", "gpu"
+        "training", "inference", "data_path", "evaluation", "lowp_accuracy", "store", "gpu"
     ]  # fmt: skip
     assert with_needs(["lowp_accuracy"]) == ["inference", "lowp_accuracy"]
     assert with_needs(["evaluation", "data_path"]) == ["training", "data_path", "evaluation"]

@@ -260,8 +260,15 @@ def test_every_format_module_has_claims_and_layouts_have_discover():
     assert _choices(RGBParams, "format") == set(rgb_formats.LAYOUTS)
     assert _choices(DepthParams, "layout") - {"auto"} == set(depth_formats.LAYOUTS)
     assert _choices(MultispectralParams, "label_format") == set(multispectral_formats.LABEL_FORMATS)
-    for fmt in multispectral_formats.LABEL_FORMATS:
+    for fmt in multispectral_formats.PER_FILE_LABEL_FORMATS:
         assert callable(multispectral_formats.FORMATS[fmt].read_labels)
+    from modalities.multispectral import coco as ms_coco
+    from modalities.multispectral import yolo as ms_yolo
+
+    assert set(multispectral_formats.LABEL_FORMATS) == {
+        *multispectral_formats.PER_FILE_LABEL_FORMATS, "coco", "yolo"
+    }  # fmt: skip
+    assert callable(ms_coco.read_coco) and callable(ms_yolo.read_yolo)
 
 
 def test_adapters_discover_through_their_table(tmp_path):

@@ -138,11 +138,15 @@ def test_dicom_series_order_rescale_and_geometry(tmp_path: Path) -> None:
     (tmp_path / "ct" / "README.txt").write_text("not a DICOM file\n")
     (tmp_path / "ct" / "junk.dcm").write_bytes(np.random.default_rng(1).bytes(300))
     _datalist(tmp_path, "ct")
-    ad = MedicalAdapter(
-        tmp_path,
-        {"datalist": "datalist.json", "world_frame": "LPS", "negative_slice_rate": 1.0, **WIDE},
-    )
+    params = {"datalist": "datalist.json", "world_frame": "LPS", "negative_slice_rate": 1.0}
+    # the files that are not DICOM are named (default), or left out with one warning (skip)
+    with pytest.raises(DataError, match=r"ct/README\.txt: sample ct: not a DICOM file"):
+        MedicalAdapter(tmp_path, {**params, **WIDE}).discover()
+    ad = MedicalAdapter(tmp_path, {**params, **WIDE, "dicom_stray_files": "skip"})
     samples = _samples(ad)
+    (warning,) = ad.warnings
+    assert warning["reason"].startswith("2 file(s) that are not DICOM left out")
+    assert "README.txt" in warning["reason"] and "junk.dcm" in warning["reason"]
     assert len(samples) == 7 and samples[0].image.shape == (1, 6, 5)
     assert samples[0].meta["format"] == "dicom"
     for sample in samples:
@@ -384,9 +388,11 @@ def test_truncated_raw_is_refused_naming_the_file(tmp_path: Path) -> None:
         f.truncate(1000)
     _datalist(tmp_path, "t.mhd")
     ad = MedicalAdapter(tmp_path, {"datalist": "datalist.json", "world_frame": "LPS", **WIDE})
-    (ref,) = ad.discover()
-    with pytest.raises(DataError, match=r"t\.mhd: sample t: cannot read the MetaImage voxels"):
-        list(ad.read(ref))
+    # the data file's size is checked against the header at discovery (no voxels read)
+    with pytest.raises(
+        DataError, match=r"t\.raw: sample t: holds 1,000 bytes of voxel data .* shorter"
+    ):
+        ad.discover()
 
 
 def test_datalist_without_world_frame_explains_both_conventions(tmp_path: Path) -> None:

@@ -521,6 +521,7 @@ def test_labels_missing_the_raster(tmp_path):
     assert chips and all(not c["boxes"] for c in chips)
     assert len(ad.warnings) == 1 and ad.warnings[0]["file"].endswith("a.geojson")
     assert "none of the 2 label features overlaps" in ad.warnings[0]["reason"]
+    assert ad.log.counts["multispectral_background_units"] == 1  # a count, not a warning
     # Some features outside, some inside: always a warning, the inside ones are used.
     write_labels(tmp_path / "a.geojson", [("x", far), ("x", lonlat_ring([5, 5, 20, 20]))])
     ad = MultispectralAdapter(tmp_path, {"chip_size": 256})

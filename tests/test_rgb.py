@@ -287,9 +287,21 @@ def test_voc_box_tolerance_and_size_checks(tmp_path):
     a = RGBAdapter(tmp_path, params)
     with pytest.raises(DataError, match=r"Annotations/a\.xml.*outside the 20x16 image"):
         _read_all(a)
-    # declared size differs from the image
-    _voc_xml(tmp_path / "Annotations" / "a.xml", "a.png", (w + 1, h), [])
-    with pytest.raises(DataError, match=r"Annotations/a\.xml.*declares image size 21x16"):
+    # declared size differs from the image: a warning naming the XML, the image wins and the
+    # boxes are still checked against the real image
+    _voc_xml(
+        tmp_path / "Annotations" / "a.xml", "a.png", (w + 1, h), [("cat", False, (2, 2, 9, 9))]
+    )
+    a = RGBAdapter(tmp_path, params)
+    (s,) = _read_all(a).values()
+    assert s.image.shape == (3, h, w) and s.meta["width"] == w
+    (warning,) = [x for x in a.log.warnings if "declares image size" in x["reason"]]
+    assert warning["file"].endswith("Annotations/a.xml")
+    assert "21x16 but the image is 20x16; the image's size is used" in warning["reason"]
+    _voc_xml(
+        tmp_path / "Annotations" / "a.xml", "a.png", (w + 5, h), [("cat", False, (2, 2, 24, 9))]
+    )
+    with pytest.raises(DataError, match=r"Annotations/a\.xml.*outside the 20x16 image"):
         _read_all(RGBAdapter(tmp_path, params))
 
 
@@ -304,7 +316,6 @@ def test_voc_box_tolerance_and_size_checks(tmp_path):
         "truncated",
         "bomb",
         "not_a_number",
-        "no_bndbox",
     ],
 )
 def test_voc_errors_name_the_file(tmp_path, case):
@@ -338,10 +349,6 @@ def test_voc_errors_name_the_file(tmp_path, case):
         culprit = year / "JPEGImages" / "a.png"
     elif case == "not_a_number":
         xml.write_text(xml.read_text().replace("<xmin>2</xmin>", "<xmin>two</xmin>"))
-    elif case == "no_bndbox":
-        xml.write_text(
-            "<annotation><filename>a.png</filename><object><name>cat</name></object></annotation>"
-        )
     with pytest.raises(DataError) as info:
         _read_all(RGBAdapter(root, params))
     msg = str(info.value)
@@ -359,7 +366,6 @@ VOC_REASONS = {
     "truncated": "cannot decode image",
     "bomb": "over the limit max_pixels=100",
     "not_a_number": "not a number",
-    "no_bndbox": "no <bndbox>",
 }
 
 
@@ -682,8 +688,9 @@ def test_coco_errors_name_the_file(coco_tree, tmp_path, case):
         train["images"][0]["file_name"] = str(tmp_path / "secret.png")
     elif case == "unknown_category":
         train["annotations"][0]["category_id"] = 2
-    elif case == "unknown_image":
+    elif case == "unknown_image":  # refused with unmatched: error (default skip: counted)
         train["annotations"][0]["image_id"] = 777
+        params = {**params, "unmatched": "error"}
     elif case == "no_images_key":
         del train["images"]
     if case != "malformed_json":
@@ -835,10 +842,11 @@ def test_parse_voc_xml_plain_data_and_writer_round_trip(tmp_path):
     assert [o["occluded"] for o in ann["objects"]] == [False, True]
     # size 0 ("unknown") and absent <filename>; messages name the shown path
     path.write_text("<annotation><size><width>0</width><height>0</height></size></annotation>")
-    assert parse_voc_xml(path) == {"filename": None, "size": None, "objects": []}
+    assert parse_voc_xml(path) == {"filename": None, "size": None, "objects": [], "no_box": []}
+    # an object without <bndbox> (labelImg/CVAT points, tags) is no object, not an error
     path.write_text("<annotation><object><name>cat</name></object></annotation>")
-    with pytest.raises(DataError, match=r"^shown/x\.xml: object 'cat' has no <bndbox>$"):
-        parse_voc_xml(path, shown="shown/x.xml")
+    assert parse_voc_xml(path, shown="shown/x.xml")["no_box"] == ["cat"]
+    assert parse_voc_xml(path)["objects"] == []
     path.write_text("<notvoc/>")
     with pytest.raises(DataError, match="expected <annotation>"):
         parse_voc_xml(path)
@@ -936,8 +944,18 @@ def test_file_level_problems_raise_even_in_skip_mode(tmp_path, coco_tree):
     train["images"].pop()
     train["annotations"][0]["image_id"] = 777
     (root / "annotations" / "train.json").write_text(json.dumps(train))
+    strict = {**coco_params, "unmatched": "error"}
     with pytest.raises(DataError, match="unknown image id 777"):
-        RGBAdapter(root, coco_params, log=PrepareLog(on_error="skip")).discover()
+        RGBAdapter(root, strict, log=PrepareLog(on_error="skip")).discover()
+    # unmatched: skip (the default): counted in one warning naming the JSON, nothing refused
+    log = PrepareLog(on_error="skip")
+    refs = RGBAdapter(root, coco_params, log=log).discover()
+    assert refs and not log.skipped
+    (w,) = [
+        w for w in log.warnings if "do not list" in w["reason"] or "does not list" in w["reason"]
+    ]
+    assert w["file"].endswith("annotations/train.json")
+    assert w["reason"].startswith("1 annotation(s) refer to image ids") and "[777]" in w["reason"]
 
 
 @pytest.mark.parametrize("case", ["bad_entry", "missing_image", "bad_annotation", "unknown_cat"])

@@ -99,6 +99,13 @@ class TrainConfig(Params):
         doc="training augmentation (dsod_core.data.transforms.AugmentationParams)",
         schema=AugmentationParams,
     )
+    negative_fraction: float = param(
+        1.0,
+        "share of the background-only train samples (no box) drawn into each epoch, a new "
+        "draw per epoch from `seed`; 1.0: all of them, 0: none",
+        min=0,
+        max=1,
+    )
     num_workers: int = param(0, "DataLoader worker processes", min=0)
     # evaluation during training
     eval_every: int = param(1, "validation mAP every N epochs; 0: only at the end", min=0)
@@ -126,7 +133,9 @@ class TrainConfig(Params):
     seed: int = param(0, "seed of initialisation, data order and augmentation", min=0)
     resume: bool = param(False, "continue from the newest checkpoint in out_dir/checkpoints")
     keep_checkpoints: int = param(2, "newest checkpoints kept", min=1)
-    progress: bool = param(True, "Ignite progress bars")
+    progress: bool = param(
+        True, "progress bars on a terminal, a line per epoch elsewhere (DSOD_PROGRESS overrides)"
+    )
     dvclive: bool = param(True, "log per-epoch metrics with DVCLive (rank 0)")
 
     @classmethod

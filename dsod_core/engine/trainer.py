@@ -32,6 +32,7 @@ from dsod_core.data.collate import detection_collate
 from dsod_core.data.dataset import DetectionDataset
 from dsod_core.data.store import StoreReader
 from dsod_core.data.transforms import build_train_transform
+from dsod_core.detection import progress_mode
 from dsod_core.engine.checkpoint import checkpointer, latest_checkpoint, save_atomic
 from dsod_core.engine.config import TrainConfig
 from dsod_core.engine.evaluator import (
@@ -41,7 +42,7 @@ from dsod_core.engine.evaluator import (
     score_predictions,
     select_device,
 )
-from dsod_core.engine.sampler import StepBatchSampler
+from dsod_core.engine.sampler import StepBatchSampler, background_positions
 from dsod_core.engine.weights import load_weights, weights_dict
 from dsod_core.errors import CheckpointError, ConfigError, ProjectError
 from dsod_core.io import write_json
@@ -68,6 +69,9 @@ def setup_data(config: TrainConfig, reader: StoreReader) -> tuple[DataLoader, St
     dataset = DetectionDataset(
         reader, config.train_split, transform, seed=config.seed, fraction=config.train_fraction
     )
+    negatives = None
+    if config.negative_fraction < 1.0:  # read from the store's box shapes only
+        negatives = background_positions(reader.path, dataset.indices)
     sampler = StepBatchSampler(
         len(dataset),
         config.batch_size,
@@ -75,10 +79,14 @@ def setup_data(config: TrainConfig, reader: StoreReader) -> tuple[DataLoader, St
         idist.get_world_size(),
         idist.get_rank(),
         seed=config.seed,
+        negatives=negatives,
+        negative_fraction=config.negative_fraction,
     )
     if sampler.steps_per_epoch == 0:
+        kept = "" if not sampler.thinned else f" (negative_fraction {config.negative_fraction})"
         raise ConfigError(
-            f"{len(dataset)} training samples are fewer than one global batch "
+            f"{sampler.epoch_size} training samples per epoch{kept} are fewer than one "
+            "global batch "
             f"(batch_size {config.batch_size} x accumulate {config.accumulate} x "
             f"{idist.get_world_size()} processes)",
             path=config.store,
@@ -296,7 +304,7 @@ def evaluate_split(
         return None
     loader = eval_loader(reader, split, config.input_size, max(config.batch_size, 8))
     evaluator = create_evaluator(model, device, config.postprocess)
-    if config.progress and idist.get_rank() == 0:
+    if idist.get_rank() == 0 and progress_mode(config.progress) == "bar":
         ProgressBar(desc=f"eval {split}", persist=False).attach(evaluator)
     evaluator.run(loader)
     predictions = gather_predictions(evaluator.state.predictions)
@@ -405,6 +413,13 @@ def close_logging(live: Any | None) -> None:
         pass
 
 
+def epoch_line(row: dict[str, Any], epochs: int, where: str) -> str:
+    """The plain line of an epoch where no bar is drawn (``train <run>: epoch 3/16 loss
+    1.234 lr 0.05 val_map50 0.512``)."""
+    values = " ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch" and v is not None)
+    return f"train {where}: epoch {row['epoch']}/{epochs} {values}"
+
+
 def setup_epoch_end(
     config: TrainConfig,
     optimizer: torch.optim.Optimizer,
@@ -417,6 +432,7 @@ def setup_epoch_end(
     """The end of an epoch: a history row (loss, lr, validation scores when due), logged
     and checkpointed on rank 0; every rank waits for the others."""
     rank = idist.get_rank()
+    lines = rank == 0 and progress_mode(config.progress) == "lines"
 
     def end_epoch(engine: Engine) -> None:
         epoch = engine.state.epoch
@@ -434,6 +450,8 @@ def setup_epoch_end(
         if rank == 0:
             log_epoch(live, row)
             saver(engine)
+            if lines:
+                print(epoch_line(row, length.epochs, config.out_dir), flush=True)
         idist.barrier()
 
     return end_epoch
@@ -457,7 +475,9 @@ def setup_handlers(
         loader.dataset.set_epoch(epoch0)
 
     trainer.add_event_handler(Events.EPOCH_COMPLETED, end_epoch)
-    if config.progress and idist.get_rank() == 0:
+    # A bar on a terminal; elsewhere (a log, dvc repro) every redraw would stay in the
+    # file: one plain line per epoch instead (history row printed by the epoch end).
+    if idist.get_rank() == 0 and progress_mode(config.progress) == "bar":
         ProgressBar(desc="train", persist=True).attach(trainer, metric_names=["loss"])
 
     @trainer.on(Events.COMPLETED)

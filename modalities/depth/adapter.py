@@ -11,10 +11,16 @@ Layouts under ``root`` (param ``layout``; ``auto`` picks the first that exists):
   ``<intrinsics_dir>/<id>.{json,txt}`` (:mod:`.intrinsics`) and split lists
   ``<split_dir>/{train,val,test}.txt``.
 * ``coco``: ``<coco_file>`` COCO JSON; each image's ``file_name`` stem names the depth file.
+* ``collection``: depth maps under ``image_dir`` (null: ``depth_dir``) with VOC, COCO, YOLO or
+  mask labels (param ``labels``) through the shared labelled-image layer (:mod:`.collection`).
 * ``sunrgbd``: the SUN RGB-D release tree (:mod:`.sunrgbd`): every folder under ``root``
   holding ``depth/``, ``intrinsics.txt`` and ``<sunrgbd_annotation>`` is one frame (its
   ``depth/*.png`` un-shifted to mm, ``image/*.jpg``, polygons -> enclosing boxes); names are
   matched to ``class_names`` lower-case (``sunrgbd_name_map`` renames them first).
+
+A frame's files are found by :mod:`.frames`. Every layout takes split lists (``split_files``,
+else ``<split_dir>/{train,val,test}.txt``; :mod:`.split_lists`); frames without boxes are kept
+and counted (``log.counts["background_images"]``).
 
 Depth is converted to metres: ``metres = raw * unit * depth_scale`` with ``unit`` 0.001 for
 ``depth_unit: mm`` and 1 for ``m`` (``auto``: mm for integer images, m for float data). Pixels
@@ -22,7 +28,7 @@ with no reading (0, NaN, inf) or outside ``[min_depth_m, max_depth_m]`` are inva
 filled with the nearest valid depth, left out of the store's statistics (``Sample.valid``) and,
 with ``validity_channel: true``, flagged in an extra 0/1 channel. There is no world frame beyond
 the image, so ``Sample.affine`` is the identity (world = pixels of the depth map); the camera
-frame lives in :meth:`DepthAdapter.export_predictions`.
+frame lives in :meth:`DepthAdapter.export_predictions` (:mod:`.world`).
 
 Errors: ``discover()`` reads every frame's annotation and image headers under
 ``self.log.guard`` (one bad frame is refused or skipped whole, as ``prepare.on_error`` says) and
@@ -34,17 +40,27 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from dsod_core.data.sample import SPLITS, Sample
+from dsod_core.data.sample import NativeImage, Sample
 from dsod_core.errors import ConfigError, DataError
 from dsod_core.io import write_json
-from modalities.base import ModalityAdapter, PrepareLog, SampleRef, assign_split
-from modalities.depth import annotations, formats, intrinsics, npy, nyu, png, sunrgbd
+from modalities.base import ModalityAdapter, PrepareLog, SampleRef
+from modalities.depth import (
+    annotations,
+    formats,
+    frames,
+    intrinsics,
+    nyu,
+    png,
+    split_lists,
+    sunrgbd,
+    world,
+)
 from modalities.depth.encodings import (
     ENCODING_CHANNELS,
     NEEDS_INTRINSICS,
@@ -53,13 +69,26 @@ from modalities.depth.encodings import (
     encode,
     fill_missing,
 )
+from modalities.depth.frames import DEPTH_EXTENSIONS, DEPTH_READERS
 from modalities.depth.params import DepthParams
+from modalities.formats.collection import size_mismatch
 
-# Depth readers by file extension, in the order a stem's files are looked for; each module has
-# ``declared_size(path, max_pixels)`` (header only) and ``read_depth(path, max_pixels)``.
-DEPTH_READERS = {".png": png, ".npy": npy, ".tif": png, ".tiff": png}
-DEPTH_EXTENSIONS = tuple(DEPTH_READERS)
 _UNITS = {"mm": 0.001, "m": 1.0}
+
+
+def _native_depth(image: np.ndarray, encoding: str, scale: float) -> NativeImage | None:
+    """The uint16 codes of a ``depth`` or ``rgbd`` image (depth = code * ``scale``, colour =
+    code / 255, validity 0/1) for the store; None for the computed encodings. The store keeps
+    them only if they reproduce ``image`` exactly (a float depth source falls back)."""
+    if encoding not in ("depth", "rgbd"):
+        return None
+    n = image.shape[0]
+    colour = 3 if encoding == "rgbd" else 0
+    scales = np.ones(n)
+    scales[colour] = scale  # the depth channel; a validity channel after it stays 0/1
+    divisors = np.ones(n)
+    divisors[:colour] = 255.0
+    return NativeImage.from_image(image, np.uint16, scale=scales, divisor=divisors)
 
 
 class DepthAdapter(ModalityAdapter):
@@ -131,76 +160,41 @@ class DepthAdapter(ModalityAdapter):
         annotation parses, its depth file exists and its header declares at most
         ``max_pixels``."""
         self._layout = self._resolve_layout()
-        return formats.FORMATS[self._layout].discover(self)
-
-    def _find_depth(self, stem: str, referenced_from: Path, sample: str) -> Path:
-        depth_dir = self.resolve_inside_root(self.params.depth_dir, referenced_from)
-        for ext in DEPTH_EXTENSIONS:
-            cand = self.resolve_inside_root(depth_dir / f"{stem}{ext}", referenced_from)
-            if cand.is_file():
-                return cand
-        raise DataError(
-            f"names depth map {stem!r} but no {depth_dir / stem}"
-            f"{{{','.join(DEPTH_EXTENSIONS)}}} exists",
-            path=referenced_from,
-            sample=sample,
-        )
-
-    def _optional(
-        self, folder: str, stem: str, exts: tuple[str, ...], ref_from: Path
-    ) -> Path | None:
-        base = self.resolve_inside_root(folder, ref_from)
-        for ext in exts:
-            cand = base / f"{stem}{ext}"
-            if cand.is_file():
-                return self.resolve_inside_root(cand, ref_from)
-        return None
-
-    def _check_header(self, path: Path, reader=png) -> None:
-        """Refuse an image whose header declares more than ``max_pixels`` (no pixel read)."""
-        limit = self.params.max_pixels
-        w, h = reader.declared_size(path, limit)
-        self.check_declared_size(path, w * h, limit, f"{w} x {h} px", "max_pixels")
+        refs = formats.FORMATS[self._layout].discover(self)
+        if self._layout in ("voc", "coco", "sunrgbd"):  # collection counts its own
+            self._count_backgrounds(refs)
+        return refs
 
     def _ref(
         self, ref_id: str, split: str, stem: str, ref_from: Path, objects: list[dict[str, Any]]
     ) -> SampleRef:
-        """A frame's ref: its files found (depth required, colour and intrinsics optional) and
-        the headers of the images it will read checked against ``max_pixels``."""
-        p = self.params
-        depth = self._find_depth(stem, ref_from, ref_id)
-        paths = {"depth": depth, "annotation": ref_from}
-        self._check_header(depth, DEPTH_READERS[depth.suffix.lower()])
-        rgb = self._optional(p.rgb_dir, stem, png.RGB_EXTENSIONS, ref_from)
-        if rgb is not None:
-            paths["rgb"] = rgb
-            if p.encoding == "rgbd":
-                self._check_header(rgb)
-        intr = self._optional(p.intrinsics_dir, stem, intrinsics.EXTENSIONS, ref_from)
-        if intr is None:
-            intr = self._optional(".", "intrinsics", intrinsics.EXTENSIONS, ref_from)
-        if intr is not None:
-            paths["intrinsics"] = intr
-        return SampleRef(ref_id, split, paths, {"objects": objects})
+        """A frame's ref (:func:`modalities.depth.frames.frame_ref`)."""
+        return frames.frame_ref(self, ref_id, split, stem, ref_from, objects)
+
+    def _frame_paths(
+        self, depth: Path, annotation: Path | None, ref_from: Path, stems: tuple[str, ...]
+    ) -> dict[str, Path]:
+        """The files of one frame (:func:`modalities.depth.frames.frame_paths`)."""
+        return frames.frame_paths(self, depth, annotation, ref_from, stems)
 
     def _note_left_out(self, counts: Counter, path: Path, sample: str) -> None:
         if counts:
             self.log.warn(annotations.left_out_note(counts), path, sample)
 
-    def _split_lists(self) -> dict[str, str]:
-        split_dir = self.root / self.params.split_dir
-        out: dict[str, str] = {}
-        for split in SPLITS:
-            f = split_dir / f"{split}.txt"
-            if f.is_file():
-                for line in f.read_text().split():
-                    out[line.strip()] = split
-        return out
+    def _split_files(self) -> dict[str, Path]:
+        """Split -> list file (:func:`modalities.depth.split_lists.split_files`)."""
+        return split_lists.split_files(self)
 
-    def _hash_split(self, key: str) -> str:
-        """The split of a frame by the stable hash of ``key`` (:func:`assign_split`)."""
-        p = self.params
-        return assign_split(key, p.val_fraction, p.test_fraction, p.seed)
+    def _splits(self, units: Mapping[str, Iterable[str]]) -> dict[str, str]:
+        """Unit id -> split (:func:`modalities.depth.split_lists.splits`)."""
+        return split_lists.splits(self, units)
+
+    def _count_backgrounds(self, refs: list[SampleRef]) -> None:
+        """Frames without a box are kept as ordinary negatives: counted
+        (``background_images``, in the prepare report's counts), not warned about (as the
+        shared labelled-image layer does)."""
+        n = sum(not ref.meta.get("objects") for ref in refs if "nyu" not in ref.paths)
+        self.log.counts["background_images"] = n
 
     def _nyu_need(self) -> tuple[str, ...]:
         need = (*nyu.REQUIRED, self.params.nyu_depth_key)
@@ -296,6 +290,7 @@ class DepthAdapter(ModalityAdapter):
                 sample=ref.ref_id,
             )
         rgb = self._rgb(ref, extras, h, w, source) if p.encoding == "rgbd" else None
+        metres = _UNITS["mm" if p.depth_unit == "auto" else p.depth_unit] * float(p.depth_scale)
         image, enc_meta = encode(
             p.encoding,
             filled,
@@ -311,7 +306,7 @@ class DepthAdapter(ModalityAdapter):
             "encoding": p.encoding,
             "valid_fraction": float(valid.mean()),
             "intrinsics": k.as_dict() if k else None,
-            "ref": _ref_meta(ref),
+            "ref": world.ref_meta(ref),
             **enc_meta,
         }
         sample = Sample(
@@ -326,6 +321,7 @@ class DepthAdapter(ModalityAdapter):
             affine=np.eye(4),
             valid=valid,
             meta=meta,
+            native=None if "nyu" in ref.paths else _native_depth(image, p.encoding, metres),
         )
         sample.validate(num_channels=len(self.channel_names), num_classes=len(self.class_names))
         yield sample
@@ -335,13 +331,16 @@ class DepthAdapter(ModalityAdapter):
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
         """``(boxes, labels, difficult, crowd)`` of one depth map: from the NYU labels (no
         difficult/crowd flags; left-out objects noted) or from its annotation file."""
+        annotation = ref.paths.get("annotation", source)
+        # a size the label declares that is not the depth map's: a warning, the map wins
+        size_mismatch(self.log, ref.meta.get("declared_size"), (w, h), annotation, ref.ref_id)
         if "nyu" in ref.paths:
             boxes, labels, left_out = nyu.targets(extras, ref.meta["file_names"], self.class_names)
             difficult = crowd = None
             self._note_left_out(left_out, source, ref.ref_id)
         else:
             boxes, labels, difficult, crowd = annotations.targets(
-                ref.meta["objects"], self.class_names, w, h, ref.paths["annotation"], ref.ref_id
+                ref.meta["objects"], self.class_names, w, h, annotation, ref.ref_id
             )
         return boxes, labels, difficult, crowd
 
@@ -358,58 +357,10 @@ class DepthAdapter(ModalityAdapter):
             )
 
     def world_rows(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Per image, per detection: the box (px), score, class, the median measured depth
-        inside the box (m; the filled depth when the box holds no reading, flagged
-        ``depth_measured: false``) and, when intrinsics are known, the 3D centre ``[X, Y, Z]``
-        in the camera frame (m; x right, y down, z forward): the box centre back-projected at
-        the median depth. The depth is re-read from the sample's source file (``meta["ref"]``),
-        so the figures come from measurements, not from the encoding. The evaluate stage and
-        ``dsod detect`` both write these rows."""
-        rows = []
-        for item in items:
-            meta = item["meta"]
-            r = meta["ref"]
-            ref = SampleRef(
-                r["ref_id"],
-                "test",
-                {a: Path(b) for a, b in r["paths"].items()},
-                {"index": r.get("index"), "depth_codec": r.get("depth_codec")},
-            )
-            depth, valid, _ = self.load_depth(ref)
-            filled = fill_missing(depth, valid) if valid.any() else depth
-            det = item["detections"]
-            boxes = np.asarray(det["boxes"], dtype=np.float64).reshape(-1, 4)
-            out = [
-                self._world_detection(filled, valid, box, score, label, meta.get("intrinsics"))
-                for box, score, label in zip(boxes, det["scores"], det["labels"])
-            ]
-            rows.append(
-                {
-                    "sample_id": item["sample_id"],
-                    "source": item["source"],
-                    "units": "m",
-                    "camera_frame": "x right, y down, z forward",
-                    "detections": out,
-                }
-            )
-        return rows
-
-    def _world_detection(self, filled, valid, box, score, label, k) -> dict[str, Any]:
-        z, measured = _median_depth(filled, valid, box)
-        row = {
-            "box_xyxy_px": [float(v) for v in box],
-            "score": float(score),
-            "label": int(label),
-            "class": self.class_names[int(label) - 1],
-            "median_depth_m": z,
-            "depth_measured": measured,
-        }
-        if k is not None and z is not None:
-            # Continuous box centre -> OpenCV pixel index (centre of pixel i is i + 0.5).
-            u = 0.5 * (box[0] + box[2]) - 0.5
-            v = 0.5 * (box[1] + box[3]) - 0.5
-            row["centre_camera_m"] = [(u - k["cx"]) * z / k["fx"], (v - k["cy"]) * z / k["fy"], z]
-        return row
+        """Per image, per detection: box, score, class, median measured depth (m) and, with
+        intrinsics, the 3D centre in the camera frame (:func:`modalities.depth.world.world_rows`).
+        The evaluate stage and ``dsod detect`` both write these rows."""
+        return world.world_rows(self, items)
 
     def export_predictions(
         self, items: list[dict[str, Any]], out_dir: Path, merged: list | None = None
@@ -441,33 +392,3 @@ class DepthAdapter(ModalityAdapter):
         from modalities.depth.demo import write_demo
 
         return write_demo(out_dir, num_images=num_images, image_size=image_size, seed=seed)
-
-
-def _ref_meta(ref: SampleRef) -> dict[str, Any]:
-    """The sample's ``ref`` meta: the id, the paths (as strings), the NYU index and the depth
-    codec."""
-    return {
-        "ref_id": ref.ref_id,
-        "paths": {a: str(b) for a, b in ref.paths.items()},
-        "index": ref.meta.get("index"),
-        "depth_codec": ref.meta.get("depth_codec"),
-    }
-
-
-def _median_depth(
-    filled: np.ndarray, valid: np.ndarray, box: np.ndarray
-) -> tuple[float | None, bool]:  # noqa: E501
-    """Median depth (m) of the pixels whose centres lie in ``box`` (xyxy continuous px)."""
-    h, w = filled.shape
-    c0 = int(np.clip(np.ceil(box[0] - 0.5), 0, w))
-    c1 = int(np.clip(np.ceil(box[2] - 0.5), 0, w))
-    r0 = int(np.clip(np.ceil(box[1] - 0.5), 0, h))
-    r1 = int(np.clip(np.ceil(box[3] - 0.5), 0, h))
-    if c1 <= c0 or r1 <= r0:  # a box thinner than a pixel: take the pixel under its centre
-        cx = int(np.clip((box[0] + box[2]) / 2, 0, w - 1))
-        cy = int(np.clip((box[1] + box[3]) / 2, 0, h - 1))
-        c0, c1, r0, r1 = cx, cx + 1, cy, cy + 1
-    d, m = filled[r0:r1, c0:c1], valid[r0:r1, c0:c1]
-    if m.any():
-        return float(np.median(d[m])), True
-    return (float(np.median(d)), False) if d.size and valid.any() else (None, False)

@@ -23,6 +23,7 @@ from modalities.formats.coco import (
     parse_annotation,
     parse_image_entry,
 )
+from modalities.formats.splits import unit_aliases
 from modalities.formats.voc import select_objects
 
 if TYPE_CHECKING:
@@ -92,11 +93,24 @@ def _objects(
     return objects, dropped
 
 
+def _units(data: dict[str, Any], depth_dir: str) -> dict[str, list[str]]:
+    """The frames of the file for the split lists: ``file_name`` stem -> the names a list may
+    use for it (file name, stem, relative path, the path under ``depth_dir``)."""
+    units: dict[str, list[str]] = {}
+    for img in data["images"]:
+        name = img.get("file_name") if isinstance(img, dict) else None
+        if isinstance(name, str) and name:
+            units.setdefault(Path(name).stem, unit_aliases(name.replace("\\", "/"), depth_dir))
+    return units
+
+
 def discover(adapter: DepthAdapter) -> list[SampleRef]:
-    """One ref per ``images`` entry, in image id order, split by the stable hash of its stem.
-    Objects of classes outside ``class_names`` are left out with one warning per image, as
-    are zero-width or zero-height boxes. Without ``class_names`` the classes are the
-    categories sorted by id."""
+    """One ref per ``images`` entry, in image id order, split by the split lists
+    (:meth:`DepthAdapter._splits`; an image they leave out has no ref), else by the stable
+    hash of its stem. Objects of classes outside ``class_names`` are left out with one
+    warning per image, as are zero-width or zero-height boxes. The entry's ``width`` and
+    ``height`` are kept to be checked against the depth map when it is read (a disagreement
+    is a warning). Without ``class_names`` the classes are the categories sorted by id."""
     p = adapter.params
     path = adapter.root / p.coco_file
     data, cats = load_coco_json(path)
@@ -107,16 +121,21 @@ def discover(adapter: DepthAdapter) -> list[SampleRef]:
         data["images"],
         key=lambda im: (0, im["id"]) if isinstance(im, dict) and _is_id(im.get("id")) else (1, 0),
     )
+    split_of = adapter._splits(_units(data, p.depth_dir))
     refs = []
     for img in ordered:
         with adapter.log.guard(path, unit="image"):
             entry = parse_image_entry(img, path)
             stem = Path(entry["file_name"]).stem
+            if stem not in split_of:  # left out by the split lists
+                continue
             objects, dropped = _objects(
                 by_image.get(entry["id"], []), cat_name, entry["file_name"], path, stem, keep
             )
             objects, left_out = select_objects(objects, p.class_names)
-            refs.append(adapter._ref(stem, adapter._hash_split(stem), stem, path, objects))
+            ref = adapter._ref(stem, split_of[stem], stem, path, objects)
+            ref.meta["declared_size"] = entry["declared_size"]
+            refs.append(ref)
             adapter._note_left_out(left_out, path, stem)
             if dropped:
                 adapter.log.warn(

@@ -5,10 +5,12 @@ Layouts, each with ``discover(adapter)`` (the choices of the ``layout`` param;
 
 * ``voc``: VOC XML per frame beside a depth folder (:mod:`.voc`);
 * ``coco``: one COCO JSON for all frames (:mod:`.coco`);
+* ``collection``: a folder of depth maps with VOC, COCO, YOLO or mask labels through the
+  shared labelled-image layer (:mod:`.collection`, the ``labels`` param);
 * ``nyu``: the NYU Depth v2 labelled ``.mat`` (:mod:`.nyu`);
 * ``sunrgbd``: the SUN RGB-D release tree, one scene folder per frame (:mod:`.sunrgbd`).
 
-Depth file formats, read through :data:`modalities.depth.adapter.DEPTH_READERS`; here for
+Depth file formats, read through :data:`modalities.depth.frames.DEPTH_READERS`; here for
 ``claims``:
 
 * ``png``: 16-bit PNG, 16-bit or float TIFF (:mod:`.png`);
@@ -23,18 +25,19 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
-from modalities.depth import coco, npy, nyu, png, sunrgbd, voc
+from modalities.depth import coco, collection, npy, nyu, png, sunrgbd, voc
 
 FORMATS: dict[str, ModuleType] = {
     "voc": voc,
     "coco": coco,
+    "collection": collection,
     "nyu": nyu,
     "sunrgbd": sunrgbd,
     "png": png,
     "npy": npy,
 }
 #: The formats with a ``discover``: the choices of the ``layout`` param (besides ``auto``).
-LAYOUTS = ("voc", "coco", "nyu", "sunrgbd")
+LAYOUTS = ("voc", "coco", "collection", "nyu", "sunrgbd")
 #: The depth map file formats (``claims`` only).
 FILE_FORMATS = ("png", "npy")
 

@@ -57,10 +57,11 @@ def claims(path: Path) -> bool:
 
 
 def discover(adapter: DepthAdapter) -> list[SampleRef]:
-    """One ref per frame of the labelled file ``nyu_file`` (``nyu_<iiii>``, split by the stable
-    hash of that id); the file's datasets and frame size are checked from the header
-    (``max_pixels``), no frame is read. Classes: ``class_names``, else
-    :data:`DEFAULT_CLASSES`."""
+    """One ref per frame of the labelled file ``nyu_file`` (``nyu_<iiii>``, 0-based), split by
+    the split lists (which name a frame by that id or by its 1-based index, as NYU's
+    ``splits.mat`` does), else by the stable hash of the id; the file's datasets and frame
+    size are checked from the header (``max_pixels``), no frame is read. Classes:
+    ``class_names``, else :data:`DEFAULT_CLASSES`."""
     p = adapter.params
     path = adapter.resolve_inside_root(p.nyu_file, adapter.root)
     with open_labelled(path, adapter._nyu_need()) as f:
@@ -68,14 +69,13 @@ def discover(adapter: DepthAdapter) -> list[SampleRef]:
         n, w, h = frame_count_and_size(f, p.nyu_depth_key, path, with_rgb=p.encoding == "rgbd")
     adapter.check_declared_size(path, w * h, p.max_pixels, f"{w} x {h} px frames", "max_pixels")
     adapter._class_names = list(p.class_names or DEFAULT_CLASSES)
+    ids = [f"nyu_{i:04d}" for i in range(n)]
+    # split lists name a frame by its id or its 1-based index (as NYU's splits.mat does)
+    split_of = adapter._splits({u: [u, str(i + 1)] for i, u in enumerate(ids)})
     return [
-        SampleRef(
-            f"nyu_{i:04d}",
-            adapter._hash_split(f"nyu_{i:04d}"),
-            {"nyu": path},
-            {"index": i, "file_names": file_names},
-        )
-        for i in range(n)
+        SampleRef(u, split_of[u], {"nyu": path}, {"index": i, "file_names": file_names})
+        for i, u in enumerate(ids)
+        if u in split_of
     ]
 
 

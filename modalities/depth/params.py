@@ -2,6 +2,11 @@
 
 Types, choices and ranges are declared on the fields; rules that span fields (the valid depth
 range, intrinsics given all together, the split fractions) are in :meth:`DepthParams.check`.
+
+:class:`DepthParams` derives from the shared labelled-image layer's params
+(:class:`modalities.formats.collection.CollectionParams`): ``labels``, ``label_dir``,
+``coco_json``, ``class_map``, ``crowd``, ``unmatched``, ``keep_background``, ``mask_*`` are
+read by ``layout: collection``; ``split_files`` and ``unlisted`` by every layout.
 """
 
 from __future__ import annotations
@@ -9,7 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from modalities.base import AdapterParams, param
+from modalities.base import param
+from modalities.formats.collection import CollectionParams
 
 # The folder and file-name params: each must be a non-empty string.
 _NAMES = (
@@ -26,13 +32,26 @@ _NAMES = (
 
 
 @dataclass(frozen=True)
-class DepthParams(AdapterParams):
+class DepthParams(CollectionParams):
     """Params of :class:`modalities.depth.DepthAdapter` (``adapter:`` in ``params.yaml``)."""
 
-    layout: Literal["auto", "voc", "coco", "nyu", "sunrgbd"] = param(
+    layout: Literal["auto", "voc", "coco", "collection", "nyu", "sunrgbd"] = param(
         "auto",
         "dataset layout; auto: NYU `.mat`, else VOC `Annotations/`, else COCO JSON, "
-        "else SUN RGB-D scene folders",
+        "else SUN RGB-D scene folders; collection: the labels param (voc/coco/yolo/masks/none)",
+    )
+    image_dir: str | None = param(
+        None, "collection: folder of the depth maps relative to root (recursive); null: depth_dir"
+    )
+    label_dir: str | None = param(
+        None,
+        "collection: folder of the labels relative to root; null: annotation_dir (voc), "
+        "labels (yolo), masks (masks)",
+    )
+    coco_json: dict[str, str] = param(
+        default_factory=dict,
+        doc="collection, coco: split (train/val/test, or 'all') -> instances JSON relative to "
+        "root; empty: {all: <coco_file>}",
     )
     encoding: Literal["depth", "disparity", "normals", "hha", "rgbd"] = param(
         "depth", "channels the detector sees (normals and hha need intrinsics, rgbd colour)"
@@ -71,16 +90,21 @@ class DepthParams(AdapterParams):
     class_names: list[str] | None = param(
         None,
         "names of labels 1..K; null: VOC sorted names found, COCO categories, NYU and SUN RGB-D "
-        "the 19 furniture classes",
+        "the 19 furniture classes, collection the classes found (class_map applied)",
     )
     keep_difficult: bool = param(
-        True, "keep VOC difficult objects (flagged difficult) and COCO crowd regions (crowd)"
+        True,
+        "keep VOC difficult objects (flagged difficult) and, in the coco layout, COCO crowd "
+        "regions (crowd; collection: the crowd param)",
     )
     depth_dir: str = param("depth", "folder of depth maps `<id>.{png,npy,tif,tiff}`")
     annotation_dir: str = param("Annotations", "folder of VOC XML annotations (voc layout)")
     rgb_dir: str = param("rgb", "folder of aligned colour images `<id>.{png,jpg,jpeg}`")
     intrinsics_dir: str = param("intrinsics", "folder of per-image intrinsics `<id>.{json,txt}`")
-    split_dir: str = param("ImageSets/Main", "folder of split lists `{train,val,test}.txt`")
+    split_dir: str = param(
+        "ImageSets/Main",
+        "folder of split lists `{train,val,test}.txt` (every layout; split_files overrides)",
+    )
     coco_file: str = param("annotations.json", "COCO JSON of the coco layout")
     nyu_file: str = param("nyu_depth_v2_labeled.mat", "NYU Depth v2 labelled file (nyu layout)")
     nyu_depth_key: str = param(
@@ -141,3 +165,11 @@ class DepthParams(AdapterParams):
         for key in _NAMES:
             if not getattr(self, key):
                 self.fail(key, "must be a non-empty string")
+        # The shared layer's rules (split_files / coco_json keys, labels: coco or masks); the
+        # split fractions and class names were checked above with depth's own rules.
+        self.replace(
+            image_dir=self.image_dir or self.depth_dir,
+            coco_json=self.coco_json or {"all": self.coco_file},
+            val_fraction=0.0,
+            test_fraction=0.0,
+        ).check_collection()

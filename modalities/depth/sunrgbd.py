@@ -71,9 +71,7 @@ def discover(adapter: DepthAdapter) -> list[SampleRef]:
     """One ref per scene folder under the root (:func:`find_scenes`, found once per adapter),
     as :func:`discover_scenes` makes them; sets the adapter's class names."""
     scenes, unannotated = adapter._sunrgbd_scenes()
-    refs, adapter._class_names = discover_scenes(
-        adapter, scenes, unannotated, adapter._split_lists, adapter._hash_split
-    )
+    refs, adapter._class_names = discover_scenes(adapter, scenes, unannotated, adapter._splits)
     return refs
 
 
@@ -241,15 +239,15 @@ def discover_scenes(
     adapter: ModalityAdapter,
     scenes: list[Path],
     unannotated: list[Path],
-    split_lists: Callable[[], dict[str, str]],
-    hash_split: Callable[[str], str],
+    splits: Callable[[dict[str, list[str]]], dict[str, str]],
 ) -> tuple[list[SampleRef], list[str]]:
     """The refs of ``scenes`` (from :func:`find_scenes`) and the class names (``class_names``,
     else NYU's). A ref's id is its folder's path under ``adapter.root`` (posix); its split is
-    its entry in ``split_lists()`` (with lists, a folder in none is left out), else
-    ``hash_split(ref_id)``. Per scene (under ``adapter.log.guard``): the annotation parses, the
-    depth PNG (and, for ``rgbd``, the colour image) declares at most ``max_pixels``, the
-    intrinsics parse; objects are the polygons of the classes (:func:`select`)."""
+    ``splits({ref_id: aliases})[ref_id]`` (split lists naming the folder path or its name,
+    else the hash; a folder the lists leave out has no split and no ref). Per scene (under
+    ``adapter.log.guard``): the annotation parses, the depth PNG (and, for ``rgbd``, the
+    colour image) declares at most ``max_pixels``, the intrinsics parse; objects are the
+    polygons of the classes (:func:`select`)."""
     p, root, log = adapter.params, adapter.root, adapter.log
     if not scenes:
         raise DataError(
@@ -266,11 +264,11 @@ def discover_scenes(
             root,
         )
     classes = list(p.class_names or nyu.DEFAULT_CLASSES)
-    lists = split_lists()
+    ids = [scene.relative_to(root).as_posix() for scene in scenes]
+    split_of = splits({i: [i, i.rsplit("/", 1)[-1]] for i in ids})
     refs = []
-    for scene in scenes:
-        ref_id = scene.relative_to(root).as_posix()
-        split = lists.get(ref_id) if lists else hash_split(ref_id)
+    for scene, ref_id in zip(scenes, ids):
+        split = split_of.get(ref_id)
         if split is None:
             continue
         ann = adapter.resolve_inside_root(scene / p.sunrgbd_annotation, scene)

@@ -81,16 +81,20 @@ def parse_voc_xml(
             wrote it); ``path`` itself by default.
 
     Returns:
-        ``{"filename": str | None, "size": [width, height] | None, "objects": [...]}`` where
+        ``{"filename": str | None, "size": [width, height] | None, "objects": [...],
+        "no_box": [...]}`` where
         ``size`` is ``None`` when ``<size>`` is absent or declares 0 (some tools write 0 for
-        "unknown") and each object is ``{"name": str, "box": [x1, y1, x2, y2],
-        "difficult": bool, "truncated": bool, "occluded": bool}`` with ``box`` in continuous
-        0-based pixels (``[xmin - 1, ymin - 1, xmax, ymax]``). Only an object's own
-        ``<bndbox>`` is read (person-layout ``<part>`` boxes are not objects).
+        "unknown"), ``no_box`` lists the names of the objects without a ``<bndbox>`` (tools
+        such as labelImg and CVAT write them for point or tag annotations: they are not
+        objects, and not an error; the caller counts them) and each object of ``objects`` is
+        ``{"name": str, "box": [x1, y1, x2, y2], "difficult": bool, "truncated": bool,
+        "occluded": bool}`` with ``box`` in continuous 0-based pixels (``[xmin - 1,
+        ymin - 1, xmax, ymax]``). Only an object's own ``<bndbox>`` is read (person-layout
+        ``<part>`` boxes are not objects).
 
     Raises:
         DataError: naming ``shown``: file missing or unreadable, malformed XML, a root other
-            than ``<annotation>``, an object without ``<name>`` or ``<bndbox>``, a coordinate
+            than ``<annotation>``, an object without ``<name>``, a coordinate
             that is not a number, an inverted box (``xmax < xmin``; ``xmin == xmax`` is one
             pixel and valid).
     """
@@ -112,8 +116,14 @@ def parse_voc_xml(
         if w > 0 and h > 0:
             size = [int(w), int(h)]
 
-    objects = [_object(obj, shown) for obj in root.iter("object")]
-    return {"filename": filename, "size": size, "objects": objects}
+    objects, no_box = [], []
+    for obj in root.iter("object"):
+        parsed = _object(obj, shown)
+        if parsed["box"] is None:
+            no_box.append(parsed["name"])
+        else:
+            objects.append(parsed)
+    return {"filename": filename, "size": size, "objects": objects, "no_box": no_box}
 
 
 def _object(obj: Element, shown: str | os.PathLike) -> dict[str, Any]:
@@ -122,8 +132,8 @@ def _object(obj: Element, shown: str | os.PathLike) -> dict[str, Any]:
     if not name:
         raise DataError("an <object> has no <name>", path=shown)
     bnd = obj.find("bndbox")  # direct child only
-    if bnd is None:
-        raise DataError(f"object {name!r} has no <bndbox>", path=shown)
+    if bnd is None:  # labelImg/CVAT write such objects (points, tags): no box, not an error
+        return {"name": name, "box": None}
     xmin, ymin, xmax, ymax = (_number(bnd, t, shown) for t in ("xmin", "ymin", "xmax", "ymax"))
     if xmax < xmin or ymax < ymin:
         raise DataError(
@@ -237,3 +247,55 @@ def read_image_set(path: str | os.PathLike, *, shown: str | os.PathLike | None =
             raise DataError(f"line {lineno}: expected one image id, got {line!r}", path=shown)
         ids.append(tokens[0])
     return list(dict.fromkeys(ids))
+
+
+#: Image suffixes a VOC ``<filename>`` is resolved with when it names no existing file
+#: (:func:`find_image`), compared case-insensitively.
+IMAGE_SUFFIXES: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff")
+
+
+def find_image(
+    folder: str | os.PathLike,
+    filename: str | None,
+    stems: Sequence[str] = (),
+    suffixes: Sequence[str] = IMAGE_SUFFIXES,
+) -> Path | None:
+    """The image a VOC ``<filename>`` means inside ``folder``, or None.
+
+    Annotation tools write ``<filename>`` without its extension, with a different one (the
+    file was converted after labelling) or with another case (``X.JPG``); the devkit loads
+    ``<id>.jpg``. Tried in order: ``folder/filename`` itself, then every file of ``folder``
+    whose stem is the stem of ``filename`` or one of ``stems`` (e.g. the XML's own stem) and
+    whose suffix is one of ``suffixes`` (case-insensitive; the first suffix in that order
+    wins when several exist)."""
+    folder = Path(folder)
+    if filename:
+        direct = folder / filename
+        if direct.is_file():
+            return direct
+    wanted = (
+        [
+            Path(filename).stem
+            if filename and Path(filename).suffix.lower() in suffixes
+            else filename
+        ]
+        if filename
+        else []
+    )
+    wanted += [s for s in stems if s]
+    if not folder.is_dir() or not wanted:
+        return None
+    rank = {s.lower(): i for i, s in enumerate(suffixes)}
+    for stem in wanted:
+        sub = Path(stem).parent
+        base = Path(stem).name
+        where = folder / sub
+        if not where.is_dir():
+            continue
+        found = [
+            p for p in where.iterdir()
+            if p.stem == base and p.suffix.lower() in rank and p.is_file()
+        ]  # fmt: skip
+        if found:
+            return min(found, key=lambda p: (rank[p.suffix.lower()], p.name))
+    return None

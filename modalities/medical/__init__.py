@@ -1,11 +1,14 @@
-"""Medical modality: CT/MRI volumes (NIfTI, DICOM series, MetaImage) -> axial 2.5D slices;
+"""Medical modality: CT/MRI volumes (NIfTI, DICOM series, MetaImage, NRRD) -> axial 2.5D slices;
 linked 3D lesions in world mm.
 
 Modules: :mod:`~modalities.medical.adapter` (the adapter), :mod:`~modalities.medical.params`
 (its params and the CT window presets), :mod:`~modalities.medical.nifti` (NIfTI reading and
 the RAS reorientation every format shares), :mod:`~modalities.medical.dicom` (DICOM series,
 pydicom), :mod:`~modalities.medical.metaimage` (``.mhd``/``.mha``, SimpleITK),
-:mod:`~modalities.medical.volumes` (which reader opens a volume; slice grids),
+:mod:`~modalities.medical.nrrd` (``.nrrd``/``.nhdr``, SimpleITK), :mod:`~modalities.medical.itkio`
+(SimpleITK reading shared by both, library output captured), :mod:`~modalities.medical.volumes`
+(which reader opens a volume; slice grids), :mod:`~modalities.medical.split_files` (explicit
+splits),
 :mod:`~modalities.medical.datalist` (MONAI datalist / LUNA16 CSV annotations),
 :mod:`~modalities.medical.linking` (3D geometry and linking), :mod:`~modalities.medical.demo`
 (synthetic CT). See ``docs/modalities/medical.md``.

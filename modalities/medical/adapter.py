@@ -2,10 +2,10 @@
 
 Conventions (``docs/modalities/medical.md`` has the long form):
 
-* Volumes are NIfTI, MetaImage ``.mhd``/``.mha`` or DICOM series (a folder tree or
-  ``folder#<SeriesInstanceUID>``), opened by :mod:`modalities.medical.volumes`. All are
-  reoriented to RAS the same way. The 2D samples are the axial slices: canonical voxel axis ``k``
-  (towards Superior). A stored slice image is ``[C, H, W]`` with ``H`` along canonical voxel
+* Volumes are NIfTI, MetaImage ``.mhd``/``.mha``, NRRD ``.nrrd``/``.nhdr`` or DICOM series (a
+  folder tree or ``folder#<SeriesInstanceUID>``), opened by :mod:`modalities.medical.volumes`.
+  All are reoriented to RAS the same way. The 2D samples are the axial slices: canonical voxel axis
+  ``k`` (towards Superior). A stored slice image is ``[C, H, W]`` with ``H`` along canonical voxel
   axis ``j`` (towards Anterior) and ``W`` along ``i`` (towards Right): pixel ``(x, y)``
   (continuous, pixel centre at +0.5) is voxel ``(i, j) = (x - 0.5, y - 0.5)``.
 * ``Sample.affine`` = ``A_ras @ S @ T``: ``A_ras`` the canonical voxel->RAS mm affine, ``S``
@@ -38,13 +38,10 @@ from modalities.base import (
     PrepareLog,
     SampleRef,
     assign_split,
-    split_hash,
 )
 from modalities.medical import datalist as dl
-from modalities.medical import formats, volumes
+from modalities.medical import formats, slices, split_files, volumes
 from modalities.medical.linking import (
-    apply_affine,
-    ellipsoid_slice_cuts,
     link_volume,
     lps_ras_flip,
     slice_to_volume_affine,
@@ -64,14 +61,8 @@ def _naming(sample: str | None) -> Iterator[None]:
         raise
 
 
-def _translate_z(k: int) -> np.ndarray:
-    t = np.eye(4)
-    t[2, 3] = float(k)
-    return t
-
-
 class MedicalAdapter(ModalityAdapter):
-    """CT/MRI volumes (NIfTI, MetaImage, DICOM) with world-mm lesion boxes -> axial 2.5D
+    """CT/MRI volumes (NIfTI, MetaImage, NRRD, DICOM) with world-mm lesion boxes -> axial 2.5D
     slice samples.
 
     Params: :class:`modalities.medical.params.MedicalParams` (``datalist`` or
@@ -86,7 +77,7 @@ class MedicalAdapter(ModalityAdapter):
     world_units = "mm"
     detect_module = "modalities.medical.detect"
     DetectParams = MedicalDetectParams
-    output_suffixes = (".nii.gz", ".nii", ".mhd", ".mha")
+    output_suffixes = (".nii.gz", ".nii", ".mhd", ".mha", ".nrrd", ".nhdr")
     params: MedicalParams
 
     def __init__(
@@ -102,6 +93,19 @@ class MedicalAdapter(ModalityAdapter):
         self._class_names: list[str] | None = None
         # DICOM folder -> its series (headers only): a tree is walked once (volumes.py).
         self._dicom_index: volumes.DicomIndex = {}
+        #: What was found and kept (volumes, lesion-free volumes, slices by kind), mirrored
+        #: into ``log.counts`` when the prepare log has one (the prepare report).
+        self.counts: dict[str, int] = {}
+
+    def _count(self, key: str, n: int = 1) -> None:
+        self.counts[key] = self.counts.get(key, 0) + n
+        shared = getattr(self.log, "counts", None)
+        if isinstance(shared, dict):
+            shared[key] = shared.get(key, 0) + n
+
+    @property
+    def _policy(self) -> volumes.Policy:
+        return volumes.Policy(self.params.dicom_stray_files, self.log.warn)
 
     # --- what the data looks like -----------------------------------------------------------
     @property
@@ -131,6 +135,15 @@ class MedicalAdapter(ModalityAdapter):
         dimensions, affine) and assign splits; no voxels are read. A bad entry or volume goes
         through ``self.log.guard`` (the prepare stage's ``on_error`` decides)."""
         refs = formats.FORMATS[formats.layout_of(self.params)].discover(self)
+        if self.params.split_files:
+            listed = split_files.read_split_files(
+                self.root, self.params.split_files, self.resolve_inside_root
+            )
+            refs = split_files.apply_split_files(
+                refs, listed, lambda why: self.log.warn(why, self.root)
+            )
+        self._count("volumes", len(refs))
+        self._count("background_volumes", sum(not r.meta["boxes"] for r in refs))
         if self.params.class_names is None:
             if self.params.datalist is None:
                 self._class_names = [self.params.csv_class]
@@ -160,6 +173,7 @@ class MedicalAdapter(ModalityAdapter):
             resolve=self.resolve_inside_root,
             check_size=self._check_size,
             index=self._dicom_index,
+            policy=self._policy,
         )
 
     def _check_labels(self, labels: list[int], where: str, path: Path) -> None:
@@ -185,11 +199,16 @@ class MedicalAdapter(ModalityAdapter):
         before any of its samples is yielded."""
         with _naming(ref.ref_id):
             reader = self._open_volume(ref)
+            kinds = [0, 0]  # lesion-free slices, slices with a box
             try:
                 reader.verify()
-                yield from self._read_slices(ref, reader)
+                for sample in self._read_slices(ref, reader):
+                    kinds[bool(len(sample.boxes))] += 1
+                    yield sample
             finally:
                 reader.close()
+            self._count("background_slices", kinds[0])
+            self._count("lesion_slices", kinds[1])
 
     def _open_volume(self, ref: SampleRef) -> SliceReader | ArrayVolumeReader:
         return volumes.open_volume(
@@ -197,40 +216,8 @@ class MedicalAdapter(ModalityAdapter):
             ref.meta,
             index=self._dicom_index,
             check_size=self._check_size,
+            policy=self._policy,
         )
-
-    def _lesion_cuts(
-        self,
-        ref: SampleRef,
-        reader: SliceReader | ArrayVolumeReader,
-        volume_affine: np.ndarray,
-        scale: np.ndarray,
-    ):
-        """Per slice: list of (box xyxy px in the stored image, label 1..K, fraction)."""
-        boxes = np.asarray(ref.meta["boxes"], dtype=np.float64).reshape(-1, 6)
-        frame = self.params.frame
-        if frame == "LPS":
-            boxes = lps_ras_flip(boxes)
-        n_i, n_j, n_k = reader.shape
-        inv = np.linalg.inv(volume_affine)
-        per_slice: dict[int, list[tuple[np.ndarray, int, float]]] = {}
-        for box, lab in zip(boxes, ref.meta["labels"]):
-            c = apply_affine(inv, box[:3][None])[0]  # (x, y, z) volume pixels
-            limits = np.array([n_i, n_j]) / scale  # stored image size (W, H)
-            if not (
-                0 <= c[0] <= limits[0] and 0 <= c[1] <= limits[1] and -0.5 <= c[2] <= n_k - 0.5
-            ):
-                as_given = box[:3] if frame == "RAS" else lps_ras_flip(box[:3])
-                raise DataError(
-                    f"box centred at {as_given.round(2).tolist()} mm ({frame}) lies outside "
-                    f"the volume {ref.meta['image']!r}",
-                    path=ref.paths["annotation"],
-                )
-            for cut in ellipsoid_slice_cuts(volume_affine, box, n_k):
-                per_slice.setdefault(cut.slice_index, []).append(
-                    (cut.box, int(lab) + 1, cut.fraction)
-                )
-        return per_slice
 
     def _read_slices(
         self, ref: SampleRef, reader: SliceReader | ArrayVolumeReader
@@ -238,7 +225,7 @@ class MedicalAdapter(ModalityAdapter):
         p = self.params
         _, _, n_k = reader.shape
         out_ij, scale, volume_affine = volumes.slice_grid(reader, p.target_spacing)
-        cuts = self._lesion_cuts(ref, reader, volume_affine, scale)
+        cuts = slices.lesion_cuts(ref, reader, volume_affine, scale, p.frame)
         # Slices whose every lesion section is dropped as too small are ambiguous (lesion
         # tissue without a box): kept neither as positives nor as negatives.
         small_dropped = p.small_section == "drop"
@@ -247,7 +234,7 @@ class MedicalAdapter(ModalityAdapter):
             for k, c in cuts.items()
             if not small_dropped or any(f >= p.min_cross_section for _, _, f in c)
         }
-        keep = self._slices_to_keep(ref, n_k, positive, set(cuts))
+        keep = slices.slices_to_keep(ref, n_k, positive, set(cuts), p)
         if not keep:
             return
         mri_range = (
@@ -275,8 +262,8 @@ class MedicalAdapter(ModalityAdapter):
                 for j in needed:
                     channels.append(np.clip((cache[j] - lo) / (hi - lo), 0.0, 1.0))
             image = np.stack(channels).astype(np.float32)
-            boxes, labels, difficult = self._slice_targets(cuts.get(k, []), w_out, h_out)
-            meta = self._slice_meta(ref, reader, int(k), scale, mri_range)
+            boxes, labels, difficult = slices.slice_targets(cuts.get(k, []), w_out, h_out, p)
+            meta = slices.slice_meta(ref, reader, int(k), scale, mri_range, p)
             yield Sample(
                 image=image,
                 boxes=np.asarray(boxes, dtype=np.float32).reshape(-1, 4),
@@ -285,80 +272,10 @@ class MedicalAdapter(ModalityAdapter):
                 sample_id=f"{ref.ref_id}_k{k:04d}",
                 source=str(ref.paths["image"]),
                 split=ref.split,
-                affine=volume_affine @ _translate_z(k),
+                affine=volume_affine @ slices.translate_z(k),
                 meta=meta,
+                native=volumes.native_slices([cache[j] for j in needed], self._windows, mri_range),
             )
-
-    def _slice_targets(
-        self, slice_cuts: list[tuple[np.ndarray, int, float]], w_out: int, h_out: int
-    ) -> tuple[list[np.ndarray], list[int], list[bool]]:
-        """The boxes (clipped to the stored slice), labels and difficult flags of one slice's
-        lesion sections; slivers and, with ``small_section: drop``, small sections left out."""
-        p = self.params
-        small_dropped = p.small_section == "drop"
-        boxes, labels, difficult = [], [], []
-        for box, lab, frac in slice_cuts:
-            # cuts are already in stored pixels (volume_affine includes the resampling)
-            b = np.clip(box, 0, [w_out, h_out, w_out, h_out])
-            if b[2] - b[0] < 0.5 or b[3] - b[1] < 0.5:
-                continue  # a sliver left after clipping at the image border
-            small = frac < p.min_cross_section
-            if small and small_dropped:
-                continue
-            boxes.append(b)
-            labels.append(lab)
-            difficult.append(small)
-        return boxes, labels, difficult
-
-    def _slice_meta(
-        self,
-        ref: SampleRef,
-        reader: SliceReader | ArrayVolumeReader,
-        k: int,
-        scale: np.ndarray,
-        mri_range: tuple[float, float] | None,
-    ) -> dict[str, Any]:
-        """The :class:`Sample` meta of slice ``k`` of the volume ``ref``."""
-        p = self.params
-        n_i, n_j, n_k = reader.shape
-        meta = {
-            "units": "mm",
-            "world_frame": "RAS",
-            "annotation_world_frame": p.frame,
-            "format": ref.meta.get("format", "nifti"),
-            "volume_id": ref.ref_id,
-            "image": ref.meta["image"],
-            "slice_index": int(k),
-            "num_slices": int(n_k),
-            "volume_shape": [int(n_i), int(n_j), int(n_k)],
-            "spacing_mm": [float(s) for s in reader.spacing],
-            "pixel_spacing_mm": [
-                float(reader.spacing[0] * scale[0]),
-                float(reader.spacing[1] * scale[1]),
-            ],
-            "intensity": p.intensity,
-            "split": ref.split,
-            "datalist_key": dl.SPLIT_KEYS[ref.split],
-        }
-        if "dicom_series" in ref.meta:
-            meta["dicom_series"] = ref.meta["dicom_series"]
-        if mri_range is not None:
-            meta["mri_range"] = [float(mri_range[0]), float(mri_range[1])]
-        return meta
-
-    def _slices_to_keep(
-        self, ref: SampleRef, n_k: int, positive: set[int], crossing: set[int]
-    ) -> set[int]:
-        p = self.params
-        if ref.split == "test" and p.test_all_slices:
-            return set(range(n_k))
-        keep = set(positive)
-        for k in range(n_k):
-            if k not in crossing and split_hash(f"{ref.ref_id}:{k}", p.seed) < (
-                p.negative_slice_rate
-            ):
-                keep.add(k)
-        return keep
 
     # --- the file-level API (dsod detect reads volumes through it) --------------------------
     def locate_volume(

@@ -39,7 +39,7 @@ CSV_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "diameter_mm")
 CANDIDATE_COLUMNS = ("seriesuid", "coordX", "coordY", "coordZ", "class")
 
 #: Suffixes dropped from a volume path to make its id (a DICOM folder has none).
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mhd", ".mha")
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mhd", ".mha", ".nrrd", ".nhdr")
 
 
 def volume_id(rel: str) -> str:

@@ -1,11 +1,11 @@
 """``dsod detect`` for the ``medical`` modality: CT/MRI volumes -> 3D lesion candidates.
 
-Inputs (``INPUT`` of ``dsod detect``): a volume file (``.nii``, ``.nii.gz``, ``.mhd``,
-``.mha``), a DICOM series folder (a tree holding one series, or ``folder#<SeriesInstanceUID>``
-as a datalist writes it), or a folder holding volume files (each is one input). A folder in
-which ``.dcm`` files lie (anywhere below it) is one DICOM series; a folder with neither
-``.dcm`` nor volume files directly in it is tried as a DICOM series too (DICOM files need not
-end in ``.dcm``).
+Inputs (``INPUT`` of ``dsod detect``): a volume file (``.nii``, ``.nii.gz``, ``.mhd``, ``.mha``,
+``.nrrd``, ``.nhdr``), a DICOM series folder (a tree holding one series, or
+``folder#<SeriesInstanceUID>`` as a datalist writes it), or a folder holding volume files (each is
+one input). A folder in which ``.dcm`` files lie (anywhere below it) is one DICOM series; a folder
+with neither ``.dcm`` nor volume files directly in it is tried as a DICOM series too (DICOM files
+need not end in ``.dcm``).
 
 Each volume is read by the adapter's own path, as the prepare stage reads a test volume with
 ``test_all_slices``: :func:`modalities.medical.volumes.locate_volume` (the header and the
@@ -37,8 +37,9 @@ more than 32767 candidates). Voxel value = the candidate's rank (1 = highest sco
 whose centre lies inside the candidate's world box (the box itself, not its inscribed
 ellipsoid), 0 elsewhere; where boxes overlap the higher-ranked candidate wins, so a candidate
 covered by better ones may not appear. The grid: for a NIfTI input the input file's own shape
-and affine (it overlays the input in ITK-SNAP or 3D Slicer); for DICOM and MetaImage inputs the
-reader's canonical RAS grid (voxel axes towards Right, Anterior, Superior) and its affine.
+and affine (it overlays the input in ITK-SNAP or 3D Slicer); for DICOM, MetaImage and NRRD
+inputs the reader's canonical RAS grid (voxel axes towards Right, Anterior, Superior) and its
+affine.
 
 ``<stem>.eval.json`` (``--labels DATALIST``): the FROC of the candidates against the entry of
 that datalist (the adapter's datalist format and ``world_frame``; any of its keys) whose
@@ -66,7 +67,7 @@ from modalities.medical import dicom
 from modalities.medical.linking import apply_affine, lps_ras_flip
 
 #: Files that are one volume each (a ``.mhd`` names its ``.raw`` data file itself).
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mhd", ".mha")
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".mhd", ".mha", ".nrrd", ".nhdr")
 
 
 def _is_volume_file(path: Path) -> bool:

@@ -2,9 +2,16 @@
 
 * :func:`index_folder` walks a folder tree and groups the DICOM image files by
   ``SeriesInstanceUID`` (headers only, ``stop_before_pixels``). Files without the ``DICM``
-  prefix of the DICOM file format (pydicom's :class:`~pydicom.errors.InvalidDicomError`) and
-  DICOM files that are not images (no ``Rows``: DICOMDIR, structured reports) are ignored; a
-  file with the ``DICM`` prefix that cannot be parsed is refused (it may be a slice).
+  prefix of the DICOM file format are listed apart (:attr:`FolderIndex.not_dicom`): the
+  adapter refuses the series naming the first of them, or leaves them out with one warning
+  (``dicom_stray_files``), so a stray or damaged file is never reported as a gap between two
+  slices. DICOM files that are not images (no ``Rows``: DICOMDIR, structured reports) are
+  ignored; a file with the ``DICM`` prefix that cannot be parsed is refused (it may be a
+  slice). pydicom's warnings and log lines are captured (:attr:`FolderIndex.notes`, then the
+  prepare report), never printed.
+* :func:`select_series` refuses a folder holding several series without a
+  ``folder#<SeriesInstanceUID>`` selection, naming a file, the modality and the file count of
+  each series; the files of one series must share one ``Modality``.
 * :func:`series_geometry` orders the slices by ``ImagePositionPatient`` projected on the slice
   normal (the cross product of the two ``ImageOrientationPatient`` direction cosines), never by
   file name or ``InstanceNumber``, and refuses what is not one regular grid: slices of
@@ -23,10 +30,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import re
-from collections.abc import Callable
-from dataclasses import dataclass
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -109,6 +119,51 @@ class SliceHeader:
     pixel_spacing: tuple[float, ...] | None
     frames: int
     samples_per_pixel: int
+    modality: str = ""
+    patient: str = ""
+
+
+@dataclass
+class FolderIndex:
+    """A walked DICOM folder tree: image headers by ``SeriesInstanceUID``, the files that are
+    not DICOM (no ``DICM`` prefix), and what pydicom warned about (``"<file>: <message>"``)."""
+
+    series: dict[str, list[SliceHeader]] = field(default_factory=dict)
+    not_dicom: list[Path] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    reported: bool = False
+
+
+class _Lines(logging.Handler):
+    def __init__(self, out: list[str]):
+        super().__init__(logging.DEBUG)
+        self.out = out
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.out.append(one_line(record.getMessage()))
+
+
+@contextmanager
+def pydicom_messages() -> Iterator[list[str]]:
+    """Capture pydicom's Python warnings and ``pydicom`` logger lines (warning and above)
+    while the block runs, instead of printing them."""
+    out: list[str] = []
+    logger = logging.getLogger("pydicom")
+    handler = _Lines(out)
+    handler.setLevel(logging.WARNING)
+    propagate = logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                yield out
+            finally:
+                out.extend(one_line(w.message) for w in caught)
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 def _floats(ds: pydicom.Dataset, keyword: str) -> tuple[float, ...] | None:
@@ -121,15 +176,20 @@ def _floats(ds: pydicom.Dataset, keyword: str) -> tuple[float, ...] | None:
         return None
 
 
-def read_slice_header(path: Path) -> tuple[str, SliceHeader] | None:
+def read_slice_header(path: Path, notes: list[str] | None = None) -> tuple[str, SliceHeader] | None:
     """``(SeriesInstanceUID, header)`` of a DICOM image file; ``None`` for a file that is not
-    DICOM (no ``DICM`` prefix) or not an image. A damaged DICOM file raises :class:`DataError`."""
+    DICOM (no ``DICM`` prefix) or not an image. A damaged DICOM file raises :class:`DataError`
+    (with pydicom's warnings); warnings of a file read well go to ``notes``."""
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True)
+        with pydicom_messages() as said:
+            ds = pydicom.dcmread(path, stop_before_pixels=True)
     except InvalidDicomError:
         return None
     except Exception as exc:  # noqa: BLE001 - pydicom's parser raises many types on bad input
-        raise DataError(f"damaged DICOM file ({one_line(exc)})", path=path) from exc
+        extra = f"; pydicom: {'; '.join(said)}" if said else ""
+        raise DataError(f"damaged DICOM file ({one_line(exc)}{extra})", path=path) from exc
+    if notes is not None:
+        notes.extend(f"{path.name}: {line}" for line in said)
     uid = ds.get("SeriesInstanceUID")
     if not uid or "Rows" not in ds:
         return None
@@ -148,19 +208,33 @@ def read_slice_header(path: Path) -> tuple[str, SliceHeader] | None:
         _floats(ds, "PixelSpacing"),
         frames,
         samples,
+        str(ds.get("Modality", "") or ""),
+        str(ds.get("PatientID", "") or ""),
     )
 
 
-def index_folder(folder: Path) -> dict[str, list[SliceHeader]]:
-    """Every DICOM image file under ``folder`` (recursively, in sorted order) by series UID."""
-    series: dict[str, list[SliceHeader]] = {}
+def index_folder(folder: Path) -> FolderIndex:
+    """Every DICOM image file under ``folder`` (recursively, in sorted order) by series UID,
+    and the files that are not DICOM."""
+    found_index = FolderIndex()
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames.sort()
         for name in sorted(filenames):
-            found = read_slice_header(Path(dirpath) / name)
+            path = Path(dirpath) / name
+            if not is_dicom_file(path):
+                found_index.not_dicom.append(path)
+                continue
+            found = read_slice_header(path, found_index.notes)
             if found is not None:
-                series.setdefault(found[0], []).append(found[1])
-    return series
+                found_index.series.setdefault(found[0], []).append(found[1])
+    return found_index
+
+
+def _describe(uid: str, headers: list[SliceHeader], folder: Path) -> str:
+    modalities = sorted({h.modality or "?" for h in headers})
+    first = headers[0].path
+    shown = first.relative_to(folder) if folder in first.parents else first.name
+    return f"{uid} ({'/'.join(modalities)}, {len(headers)} file(s), e.g. {shown})"
 
 
 def select_series(
@@ -168,16 +242,16 @@ def select_series(
 ) -> tuple[str, list[SliceHeader]]:
     """The series ``uid`` of the folder's index (or its only series when ``uid`` is None)."""
     if not index:
-        raise DataError(
-            "no DICOM image file in this folder tree (files without the DICM prefix are ignored)",
-            path=folder,
-        )
+        raise DataError("no DICOM image file in this folder tree", path=folder)
     if uid is None:
         if len(index) > 1:
-            shown = ", ".join(sorted(index)[:3]) + (", ..." if len(index) > 3 else "")
+            order = sorted(index, key=lambda u: -len(index[u]))
+            shown = "; ".join(_describe(u, index[u], folder) for u in order[:3])
+            more = ", ..." if len(index) > 3 else ""
             raise DataError(
-                f"holds {len(index)} DICOM series ({shown}); select one by writing the image "
-                f"path as '<folder>#<SeriesInstanceUID>'",
+                f"holds {len(index)} DICOM series: {shown}{more}; a file of another series "
+                "or modality does not belong in a series folder: move it out, or select one "
+                "series by writing the image path as '<folder>#<SeriesInstanceUID>'",
                 path=folder,
             )
         uid = next(iter(index))
@@ -198,6 +272,7 @@ class SeriesGeometry:
     shape: tuple[int, int, int]
     affine_lps: np.ndarray
     slice_step_mm: float
+    patient: str = ""
 
 
 def series_geometry(folder: Path, uid: str, headers: list[SliceHeader]) -> SeriesGeometry:
@@ -238,7 +313,12 @@ def series_geometry(folder: Path, uid: str, headers: list[SliceHeader]) -> Serie
     affine[:3, 2] = (positions[-1] - positions[0]) / (len(positions) - 1)
     affine[:3, 3] = positions[0]
     return SeriesGeometry(
-        uid, [headers[i].path for i in order], (cols, rows, len(headers)), affine, step
+        uid,
+        [headers[i].path for i in order],
+        (cols, rows, len(headers)),
+        affine,
+        step,
+        first.patient,
     )
 
 
@@ -248,6 +328,12 @@ def _check_slice_headers(headers: list[SliceHeader], fail: Callable[..., None]) 
     spacing or orientation."""
     first = headers[0]
     for h in headers:
+        if h.modality != first.modality:
+            fail(
+                f"Modality {h.modality or '(none)'} differs from {first.modality or '(none)'} "
+                f"of {first.path.name}; a series holds one modality",
+                h.path,
+            )
         if h.frames != 1:
             fail(f"multi-frame image ({h.frames} frames) is not supported", h.path)
         if h.samples_per_pixel != 1:
@@ -344,6 +430,31 @@ def _regular_step(
     return step, tol
 
 
+def _decode(path: Path) -> tuple[np.ndarray, pydicom.Dataset]:
+    """The pixel array and dataset of one slice; pydicom's warnings are captured, and named in
+    the error when decoding fails."""
+    try:
+        with pydicom_messages() as said:
+            ds = pydicom.dcmread(path)
+            ts = ds.file_meta.get("TransferSyntaxUID", "unknown")
+            try:
+                return ds.pixel_array, ds
+            except Exception as exc:  # noqa: BLE001 - decoder plugins raise many types
+                name = getattr(ts, "name", "")
+                raise DataError(
+                    f"cannot decode pixel data of transfer syntax {ts}"
+                    f"{f' ({name})' if name and name != str(ts) else ''}: {one_line(exc)}",
+                    path=path,
+                ) from exc
+    except DataError as exc:
+        if said:
+            raise DataError(f"{exc.reason}; pydicom: {'; '.join(said)}", path=path) from exc
+        raise
+    except Exception as exc:  # noqa: BLE001 - see read_slice_header
+        extra = f"; pydicom: {'; '.join(said)}" if said else ""
+        raise DataError(f"damaged DICOM file ({one_line(exc)}{extra})", path=path) from exc
+
+
 class DicomSeriesReader(ArrayVolumeReader):
     """One checked DICOM series as canonical (RAS) slices (decoded whole by :meth:`verify`)."""
 
@@ -355,20 +466,7 @@ class DicomSeriesReader(ArrayVolumeReader):
         cols, rows, _ = self.file_shape
         out = np.empty(self.file_shape, dtype=np.float32)
         for k, path in enumerate(self.geometry.files):
-            try:
-                ds = pydicom.dcmread(path)
-            except Exception as exc:  # noqa: BLE001 - see read_slice_header
-                raise DataError(f"damaged DICOM file ({one_line(exc)})", path=path) from exc
-            ts = ds.file_meta.get("TransferSyntaxUID", "unknown")
-            try:
-                arr = ds.pixel_array
-            except Exception as exc:  # noqa: BLE001 - decoder plugins raise many types
-                name = getattr(ts, "name", "")
-                raise DataError(
-                    f"cannot decode pixel data of transfer syntax {ts}"
-                    f"{f' ({name})' if name and name != str(ts) else ''}: {one_line(exc)}",
-                    path=path,
-                ) from exc
+            arr, ds = _decode(path)
             if arr.shape != (rows, cols):
                 raise DataError(
                     f"pixel data of shape {list(arr.shape)}, the series has {rows} x {cols}",

@@ -10,6 +10,7 @@ Volume formats, opened by :mod:`.volumes` as the annotations name them; here for
 
 * ``nifti``: ``.nii`` / ``.nii.gz`` (:mod:`.nifti`);
 * ``metaimage``: ``.mhd`` / ``.mha`` (:mod:`.metaimage`);
+* ``nrrd``: ``.nrrd`` / detached ``.nhdr`` header (:mod:`.nrrd`; 3D Slicer's format);
 * ``dicom``: a DICOM file, a folder tree of them or ``folder#<SeriesInstanceUID>``
   (:mod:`.dicom`).
 
@@ -22,19 +23,20 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
-from modalities.medical import datalist, dicom, lesion_csv, metaimage, nifti
+from modalities.medical import datalist, dicom, lesion_csv, metaimage, nifti, nrrd
 
 FORMATS: dict[str, ModuleType] = {
     "datalist": datalist,
     "csv": lesion_csv,
     "nifti": nifti,
     "metaimage": metaimage,
+    "nrrd": nrrd,
     "dicom": dicom,
 }
 #: The formats with a ``discover``: annotation files that list the volumes.
 LAYOUTS = ("datalist", "csv")
 #: The volume formats (``claims`` only; read through :mod:`.volumes`).
-VOLUME_FORMATS = ("nifti", "metaimage", "dicom")
+VOLUME_FORMATS = ("nifti", "metaimage", "nrrd", "dicom")
 
 
 def layout_of(params) -> str:

@@ -22,6 +22,7 @@ from modalities.medical.datalist import (
     read_lesion_csv,
     volume_id,
 )
+from modalities.medical.dicom import split_spec
 
 if TYPE_CHECKING:
     from modalities.medical.adapter import MedicalAdapter
@@ -43,9 +44,41 @@ def claims(path: Path) -> bool:
     return set(CSV_COLUMNS) <= fields or set(CANDIDATE_COLUMNS) <= fields
 
 
+def _absent(adapter: MedicalAdapter, rel: str | None) -> bool:
+    """Whether the series' volume is not there at all (no ``series_map`` entry, or no file
+    or folder at its path): a series of another LUNA16 subset."""
+    if rel is None:
+        return True
+    folder, _ = split_spec(rel)
+    return not (adapter.root / folder).exists()
+
+
+def _missing_series(
+    adapter: MedicalAdapter, path: Path, missing: list[str], rows: dict[str, list]
+) -> None:
+    """Report the series whose volume is absent: one warning with the count and the first
+    uids (``missing_series: skip``), or one error (``error``)."""
+    p = adapter.params
+    n_rows = sum(len(rows.get(uid, [])) for uid in missing)
+    shown = ", ".join(missing[:3]) + (", ..." if len(missing) > 3 else "")
+    what = (
+        f"{len(missing)} series ({n_rows} lesion row(s)) have no volume under the dataset root "
+        f"(series_map {p.series_map!r}" + (")" if isinstance(p.series_map, str) else " entries)")
+    )
+    adapter._count("missing_series", len(missing))
+    if p.missing_series == "error":
+        raise DataError(f"{what}: {shown} (missing_series: error)", path=path)
+    adapter.log.warn(
+        f"{what}, left out: {shown} (a subset of the data; set missing_series: error to "
+        "refuse this)",
+        path,
+    )
+
+
 def discover(adapter: MedicalAdapter) -> list[SampleRef]:
     """One ref per series (those with rows, and every series of a ``series_map`` mapping):
-    a series with an unusable row, or without a volume, is refused; the volume's header is
+    series whose volume is absent (another LUNA16 subset) are counted and reported once
+    (``missing_series``); a series with an unusable row is refused; the volume's header is
     checked (no voxels); the split is the stable hash of the series uid. Each series is one
     unit of ``adapter.log.guard`` (``unit="volume"``)."""
     from modalities.medical.adapter import _naming
@@ -54,16 +87,21 @@ def discover(adapter: MedicalAdapter) -> list[SampleRef]:
     assert p.annotations_csv is not None
     path = adapter.resolve_inside_root(p.annotations_csv, adapter.root)
     rows, bad = read_lesion_csv(path, p.candidate_diameter_mm)
+    series = list(iter_series(rows, p.series_map))
+    missing = [uid for uid, rel in series if _absent(adapter, rel)]
+    if missing:
+        _missing_series(adapter, path, missing, rows)
     refs = []
-    for uid, rel in iter_series(rows, p.series_map):
+    for uid, rel in series:
+        if uid in missing:
+            continue
         with (
             adapter.log.guard(adapter.root / rel if rel else path, unit="volume"),
             _naming(volume_id(rel) if rel else uid),
         ):
             if uid in bad:
                 raise DataError(f"series {uid!r}: {bad[uid]}", path=path)
-            if rel is None:
-                raise DataError(f"series {uid!r} has no entry in series_map", path=path)
+            assert rel is not None  # absent series are left out above
             image, fmt = adapter._locate_volume(
                 rel, path, f"image file {rel!r} of series {uid!r} not found"
             )

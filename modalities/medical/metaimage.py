@@ -3,47 +3,39 @@
 MetaImage (MetaIO) is LUNA16's native format. It is read through SimpleITK's ``MetaImageIO``
 (ITK's own MetaIO implementation: a well-kept library that reads the whole header,
 ``TransformMatrix``, ``Offset``, ``ElementSpacing``, ``ElementType``, ``ElementDataFile``,
-``CompressedData``/``CompressedDataSize``, byte order, header sizes), rather than a hand parser.
+``CompressedData``/``CompressedDataSize``, byte order, header sizes), rather than a hand parser
+(:mod:`modalities.medical.itkio`: header, voxels, and ITK's printed lines captured).
 
-* :func:`read_info` reads the header only (``ImageFileReader.ReadImageInformation``) and
-  refuses what is not a 3D scalar volume of integers or reals; :func:`data_file` names the
-  file the header points at (``ElementDataFile``), so the adapter can refuse one outside the
-  dataset root.
+* :func:`read_info` reads the header only and refuses what is not a 3D scalar volume of
+  integers or reals; :func:`data_file` names the file the header points at
+  (``ElementDataFile``), so the adapter can refuse one outside the dataset root.
+* :func:`check_data_size`: the voxel bytes the header declares (``DimSize`` x
+  ``ElementNumberOfChannels`` x the size of ``ElementType``) against the data: the ``.raw``
+  file's size (less ``HeaderSize``) at discovery, the decompressed length of a ``.zraw``
+  stream when the volume is read. Longer or shorter data is refused naming the data file and
+  both sizes (MetaIO itself reads a file that is too long silently, sheared).
 * Geometry: ITK's physical space is LPS; the physical point of continuous index ``v`` is
-  ``origin + direction @ (spacing * v)`` (``direction`` row-major from ``GetDirection``). That
-  voxel -> LPS affine is turned to RAS (``LPS_TO_RAS``) for
-  :class:`~modalities.medical.nifti.ArrayVolumeReader`, which reorients like the NIfTI path.
-  (``AnatomicalOrientation`` is informative; ITK, like this reader, ignores it.)
-* :class:`MetaImageReader` decodes the volume whole (``ImageFileReader.Execute``): a data
-  file shorter than declared, or a corrupt ``.zraw`` stream, is refused naming the file.
+  ``origin + direction @ (spacing * v)``. That voxel -> LPS affine is turned to RAS
+  (``LPS_TO_RAS``) for :class:`~modalities.medical.nifti.ArrayVolumeReader`, which reorients
+  like the NIfTI path. (``AnatomicalOrientation`` is informative; ITK, like this reader,
+  ignores it.)
+* :class:`MetaImageReader` decodes the volume whole (``ImageFileReader.Execute``).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import zlib
 from pathlib import Path
 
 import numpy as np
-import SimpleITK as sitk
 
 from dsod_core.errors import DataError
 from modalities.formats import has_suffix, head
+from modalities.medical.itkio import VolumeInfo, Warn, load_array
+from modalities.medical.itkio import read_info as itk_read_info
 from modalities.medical.nifti import LPS_TO_RAS, ArrayVolumeReader
 
 SUFFIXES = (".mhd", ".mha")
-
-_SCALAR_TYPES = {
-    sitk.sitkUInt8,
-    sitk.sitkInt8,
-    sitk.sitkUInt16,
-    sitk.sitkInt16,
-    sitk.sitkUInt32,
-    sitk.sitkInt32,
-    sitk.sitkUInt64,
-    sitk.sitkInt64,
-    sitk.sitkFloat32,
-    sitk.sitkFloat64,
-}
 
 
 def is_metaimage(name: str) -> bool:
@@ -68,61 +60,10 @@ def claims(path: Path) -> bool:
     return bool(sep) and key.strip().lower() in _HEADER_KEYS
 
 
-def _itk_reason(exc: RuntimeError) -> str:
-    """The ITK message of a SimpleITK exception, on one line (without the source location)."""
-    text = " ".join(str(exc).split())
-    if "ITK ERROR:" in text:
-        text = text.split("ITK ERROR:", 1)[1]
-        text = text.split("): ", 1)[-1]
-    return text
-
-
-def _reader(path: Path) -> sitk.ImageFileReader:
-    reader = sitk.ImageFileReader()
-    reader.SetImageIO("MetaImageIO")
-    reader.SetFileName(str(path))
-    return reader
-
-
-@dataclass
-class MetaInfo:
-    """Header of one MetaImage: size ``(x, y, z)`` (ITK index order) and voxel -> LPS mm."""
-
-    shape: tuple[int, int, int]
-    affine_lps: np.ndarray
-
-
-def read_info(path: Path) -> MetaInfo:
-    """Header-only read; raises :class:`DataError` naming the file and the problem."""
-    reader = _reader(path)
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as exc:
-        raise DataError(f"cannot read MetaImage header: {_itk_reason(exc)}", path=path) from exc
-    dim = reader.GetDimension()
-    size = tuple(int(s) for s in reader.GetSize())
-    if dim != 3:
-        raise DataError(f"expected a 3D volume, the header declares {dim}D {list(size)}", path=path)
-    if min(size) < 1:
-        raise DataError(f"the header declares dimensions {list(size)}", path=path)
-    if reader.GetNumberOfComponents() != 1 or reader.GetPixelID() not in _SCALAR_TYPES:
-        raise DataError(
-            f"unsupported voxel type {sitk.GetPixelIDValueAsString(reader.GetPixelID())} with "
-            f"{reader.GetNumberOfComponents()} component(s) (need one integer or real)",
-            path=path,
-        )
-    spacing = np.asarray(reader.GetSpacing(), dtype=np.float64)
-    direction = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(3, 3)
-    affine = np.eye(4)
-    affine[:3, :3] = direction @ np.diag(spacing)
-    affine[:3, 3] = reader.GetOrigin()
-    if not np.isfinite(affine).all() or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
-        raise DataError(
-            f"singular or non-finite geometry (ElementSpacing {spacing.tolist()}, "
-            f"TransformMatrix {direction.ravel().tolist()})",
-            path=path,
-        )
-    return MetaInfo((size[0], size[1], size[2]), affine)
+def read_info(path: Path, warn: Warn | None = None) -> VolumeInfo:
+    """Header-only read (:func:`modalities.medical.itkio.read_info`); raises
+    :class:`DataError` naming the file and the problem."""
+    return itk_read_info(path, "MetaImageIO", "MetaImage", warn)
 
 
 def data_file(path: Path) -> Path:
@@ -151,21 +92,109 @@ def data_file(path: Path) -> Path:
     raise DataError("the MetaImage header has no ElementDataFile", path=path)
 
 
+def header_fields(path: Path) -> tuple[dict[str, str], int]:
+    """The ``Key = Value`` lines of a MetaIO header up to ``ElementDataFile`` (keys as
+    written) and the byte offset just after that line (where ``LOCAL`` data starts)."""
+    try:
+        with path.open("rb") as f:
+            text = f.read(1 << 16)
+    except OSError as exc:
+        raise DataError(f"cannot read MetaImage header: {exc}", path=path) from exc
+    fields: dict[str, str] = {}
+    offset = 0
+    for raw in text.split(b"\n"):
+        offset += len(raw) + 1
+        key, sep, value = raw.decode("latin-1").partition("=")
+        if sep:
+            fields[key.strip()] = value.strip()
+            if key.strip() == "ElementDataFile":
+                return fields, offset
+    raise DataError("the MetaImage header has no ElementDataFile", path=path)
+
+
+def _declared(fields: dict[str, str], info: VolumeInfo) -> str:
+    dims = " x ".join(str(s) for s in info.shape)
+    channels = fields.get("ElementNumberOfChannels", "1")
+    return (
+        f"DimSize {dims} x {channels} channel(s) of {fields.get('ElementType', '?')} = "
+        f"{info.data_bytes:,} bytes"
+    )
+
+
+def _is_compressed(fields: dict[str, str]) -> bool:
+    return fields.get("CompressedData", "False").strip().lower() == "true"
+
+
+def check_data_size(path: Path, info: VolumeInfo) -> None:
+    """Uncompressed data: the data file's size (after ``HeaderSize``; ``LOCAL`` data after
+    the header) must be what the header declares, both ways. ``HeaderSize = -1`` (data at the
+    end of the file) can only be checked for being too short. Compressed data is checked
+    when read (:func:`check_compressed`)."""
+    fields, offset = header_fields(path)
+    if _is_compressed(fields):
+        return
+    data = data_file(path)
+    start = offset if data == path else 0
+    try:
+        skip = int(fields.get("HeaderSize", "0"))
+        size = data.stat().st_size
+    except (ValueError, OSError) as exc:
+        raise DataError(f"bad HeaderSize or unreadable data file ({exc})", path=path) from exc
+    have = size - start - max(skip, 0)
+    if have < info.data_bytes or (skip != -1 and have > info.data_bytes):
+        where = "after its header" if data == path else f"(the data file of {path.name})"
+        raise DataError(
+            f"holds {have:,} bytes of voxel data {where}, the header declares "
+            f"{_declared(fields, info)}; {'shorter' if have < info.data_bytes else 'longer'} "
+            "than declared (DimSize, ElementType or ElementNumberOfChannels disagree with the "
+            "data)",
+            path=data,
+        )
+
+
+def check_compressed(path: Path, info: VolumeInfo) -> None:
+    """A compressed (``.zraw`` or ``LOCAL``) zlib/gzip stream must decompress to exactly the
+    declared bytes; streamed in 4 MiB steps."""
+    fields, offset = header_fields(path)
+    if not _is_compressed(fields):
+        return
+    data = data_file(path)
+    inflate = zlib.decompressobj(47)  # zlib or gzip header
+    total = 0
+    try:
+        with data.open("rb") as f:
+            f.seek(offset if data == path else 0)
+            while chunk := f.read(1 << 22):
+                total += len(inflate.decompress(chunk))
+                if inflate.eof:
+                    break
+        total += len(inflate.flush())
+    except (OSError, zlib.error) as exc:
+        raise DataError(f"corrupt compressed voxel data ({exc})", path=data) from exc
+    if not inflate.eof:
+        raise DataError(
+            f"compressed voxel data ends early (stream cut after {total:,} bytes; the header "
+            f"declares {_declared(fields, info)})",
+            path=data,
+        )
+    if total != info.data_bytes:
+        raise DataError(
+            f"decompresses to {total:,} bytes of voxel data, the header declares "
+            f"{_declared(fields, info)}; {'shorter' if total < info.data_bytes else 'longer'} "
+            "than declared",
+            path=data,
+        )
+
+
 class MetaImageReader(ArrayVolumeReader):
     """One MetaImage volume as canonical (RAS) slices (decoded whole by :meth:`verify`)."""
 
-    def __init__(self, path: Path):
-        info = read_info(Path(path))
-        super().__init__(path, info.shape, LPS_TO_RAS @ info.affine_lps)
+    def __init__(self, path: Path, warn: Warn | None = None):
+        self.info = read_info(Path(path), warn)
+        self.warn = warn
+        super().__init__(path, self.info.shape, LPS_TO_RAS @ self.info.affine_lps)
 
     def _load(self) -> np.ndarray:
-        try:
-            image = _reader(self.path).Execute()
-        except RuntimeError as exc:
-            raise DataError(
-                f"cannot read the MetaImage voxels (data file truncated or corrupt?): "
-                f"{_itk_reason(exc)}",
-                path=self.path,
-            ) from exc
-        # GetArrayViewFromImage is [z, y, x]; the reader's index order is (x, y, z).
-        return np.asarray(sitk.GetArrayViewFromImage(image), dtype=np.float32).transpose(2, 1, 0)
+        check_data_size(self.path, self.info)
+        check_compressed(self.path, self.info)
+        return load_array(self.path, "MetaImageIO", "MetaImage", self.warn)

@@ -75,8 +75,13 @@ class MedicalParams(AdapterParams):
     )
     series_map: str | dict[str, str] = param(
         "{seriesuid}.nii.gz",
-        "CSV series uid -> volume (.nii/.nii.gz, .mhd/.mha, DICOM folder or folder#uid): "
-        "a template or a {uid: path} mapping",
+        "CSV series uid -> volume (.nii/.nii.gz, .mhd/.mha, .nrrd/.nhdr, DICOM folder or "
+        "folder#uid): a template or a {uid: path} mapping",
+    )
+    missing_series: Literal["skip", "error"] = param(
+        "skip",
+        "CSV rows whose series volume is absent (another LUNA16 subset): counted and left out "
+        "with one warning (skip), or refused (error)",
     )
     csv_class: str = param("nodule", "name of the one class of CSV annotations")
     candidate_diameter_mm: float | None = param(
@@ -127,6 +132,17 @@ class MedicalParams(AdapterParams):
         0.1, "fraction of lesion-free slices kept (stable per slice)", min=0.0, max=1.0
     )
     test_all_slices: bool = param(True, "keep every slice of test volumes (full-scan FROC)")
+    split_files: dict[str, str] = param(
+        default_factory=dict,
+        doc="split (train/val/test) -> text file relative to root listing its volumes, one a "
+        "line: volume id, image path, series uid or PatientID ('#' comments); overrides "
+        "datalist keys and the hash",
+    )
+    dicom_stray_files: Literal["error", "skip"] = param(
+        "error",
+        "files without the DICM prefix in a DICOM series folder: refuse the series naming the "
+        "file (error), or leave them out with one warning (skip)",
+    )
     val_fraction: float = param(
         0.15, "validation share when the annotations give no splits", min=0.0, max=1.0
     )
@@ -188,6 +204,9 @@ class MedicalParams(AdapterParams):
                     "series_map",
                     f"a template may only use {{seriesuid}}, got {self.series_map!r}",
                 )
+        bad_splits = sorted(set(self.split_files) - {"train", "val", "test"})
+        if bad_splits:
+            self.fail("split_files", f"keys must be train, val or test, got {bad_splits}")
         cn = self.class_names
         if cn is not None and (not cn or not all(cn) or len(set(cn)) != len(cn)):
             self.fail("class_names", f"must be a list of distinct non-empty names, got {cn!r}")

@@ -16,15 +16,22 @@ from typing import Any
 
 import numpy as np
 from rasterio.crs import CRS
-from rasterio.transform import Affine
 from rasterio.windows import Window
 
 from dsod_core.data.sample import Sample
 from dsod_core.errors import ConfigError, DataError
 from modalities.base import ModalityAdapter, PrepareLog, SampleRef, assign_split, split_hash
-from modalities.multispectral import bandstack, formats, geotiff
-from modalities.multispectral import labels as label_files
+from modalities.multispectral import (
+    background,
+    bandstack,
+    chips,
+    formats,
+    geotiff,
+    s2_metadata,
+    unit_labels,
+)
 from modalities.multispectral import scene as scene_io
+from modalities.multispectral import splits as split_lists
 from modalities.multispectral.geotiff import RasterInfo
 from modalities.multispectral.params import (
     DERIVED,
@@ -33,8 +40,8 @@ from modalities.multispectral.params import (
 )
 from modalities.multispectral.tiling import boxes_in_chip, chip_windows
 
-_Feature = tuple[str, np.ndarray, bool]  # (class name, raster-pixel box xyxy, difficult)
-_Entry = label_files.Entry
+_Feature = unit_labels.Feature
+_Entry = unit_labels.Entry
 
 
 class MultispectralAdapter(ModalityAdapter):
@@ -71,6 +78,9 @@ class MultispectralAdapter(ModalityAdapter):
         self._rasters: dict[str, RasterInfo] = {}
         # Shared label file (no '{stem}'): parsed once, (CRS or None, image id -> entries).
         self._shared: dict[Path, tuple[CRS | None, dict[str, list[_Entry]]]] = {}
+        self._noted: set[tuple[str, str]] = set()  # (file, GDAL message) already reported
+        self._background: dict[str, int] = background.new_counts()
+        self._coco_matched: set[str] = set()  # COCO file names matched to a raster/scene
 
     # --- names -------------------------------------------------------------------------
     @property
@@ -90,18 +100,38 @@ class MultispectralAdapter(ModalityAdapter):
     def _open_source(self, path: Path, stack: Mapping[str, Any] | None) -> Iterator[Any]:
         """A raster file (``geotiff.open_raster``) or, for a band stack's scene, its
         :class:`bandstack.BandStack` (same reading interface) on the reference grid."""
+        notes: list[str] = []
         if stack is None:
-            with geotiff.open_raster(path) as ds:
+            with geotiff.open_raster(path, notes) as ds:
+                self._gdal_notes(notes, path)
                 yield ds
             return
         p = self.params
         files = {b: self.resolve_inside_root(f, path) for b, f in stack["files"].items()}
         scene = bandstack.Scene(p.stack, stack["folder"], stack["scene_id"], dict(stack["files"]))
-        rad = bandstack.radiometry(
+        rad = s2_metadata.radiometry(
             self.root, scene, list(files), p.boa_add_offset, p.boa_quantification
         )
-        with bandstack.BandStack(files, p.stack_reference, rad) as ds:
+        nodata = s2_metadata.scene_nodata(self.root, scene, list(files), p.nodata)
+        with bandstack.BandStack(files, p.stack_reference, rad, nodata) as ds:
+            self._gdal_notes(ds.notes, path)
             yield ds
+
+    def _gdal_notes(self, notes: list[str], path: Path) -> None:
+        """GDAL's warnings about ``path`` (:func:`geotiff.capture_gdal`) into the report,
+        each distinct one once per file."""
+        for note in dict.fromkeys(notes):
+            key = (str(path), note)
+            if key not in self._noted:
+                self._noted.add(key)
+                self.log.warn(f"GDAL: {note}", path)
+
+    @contextmanager
+    def _gdal(self, path: Path) -> Iterator[None]:
+        """Capture GDAL's warnings of a block of reads into the report (:meth:`_gdal_notes`)."""
+        with geotiff.capture_gdal() as notes:
+            yield
+        self._gdal_notes(notes, path)
 
     def _open_info(
         self, path: Path, rel: str | None = None, stack: Mapping[str, Any] | None = None
@@ -119,7 +149,9 @@ class MultispectralAdapter(ModalityAdapter):
                 "max_pixels",
             )
             rel = rel or path.relative_to(self.root).as_posix()
-            info = geotiff.raster_info(ds, path, rel, p.bands, p.roles, p.derived)
+            info = geotiff.raster_info(
+                ds, path, rel, p.bands, p.roles, p.derived, p.pixel_labels, p.nodata
+            )
             if stack is not None:
                 ref_file = ds.paths[ds.names.index(ds.reference)]
                 info = dataclasses.replace(info, path=ref_file, stack=dict(stack))
@@ -127,11 +159,6 @@ class MultispectralAdapter(ModalityAdapter):
 
     def _stem(self, info: RasterInfo) -> str:
         return info.stack["scene_id"] if info.stack else Path(info.rel).stem
-
-    def _label_path(self, info: RasterInfo) -> Path:
-        p = self.params
-        rel = label_files.label_rel(info.rel, p.labels_pattern, self._stem(info), p.shared_labels)
-        return self.resolve_inside_root(rel, info.path)
 
     def _stack_bands(self) -> list[str]:
         """The band names a stack opens: ``bands``, then the role bands of ``derived``."""
@@ -179,7 +206,7 @@ class MultispectralAdapter(ModalityAdapter):
                         f"{self._channel_names}",
                         path=path,
                     )
-                feats = self._read_labels(info)
+                feats = unit_labels.read_labels(self, info)
                 self._channel_names = info.channel_names
                 self._rasters[info.rel] = info
                 kept.append((info, feats))
@@ -194,78 +221,33 @@ class MultispectralAdapter(ModalityAdapter):
             self._class_names = sorted({c for _, feats in kept for c, _, _ in feats})
             if not self._class_names:
                 raise DataError("no labelled features in any label file", path=self.root)
-        refs = [self._raster_ref(info, feats) for info, feats in kept]
+        splits = None
+        if p.split_files:
+            splits = split_lists.listed_splits(self, (info for info, _ in kept))
+            kept = [(info, feats) for info, feats in kept if info.rel in splits]
+        if p.label_format == "coco":
+            unit_labels.coco_unmatched(self, self.resolve_inside_root(p.labels_pattern, self.root))
+        refs = [
+            self._raster_ref(info, feats, None if splits is None else splits[info.rel])
+            for info, feats in kept
+        ]
+        background.report(self._background, self.log, self.root, p.empty_chip_rate)
         return [r for r in refs if r.meta["chips"]]
 
-    def _parse_labels(self, lpath: Path) -> tuple[CRS | None, list[_Entry]]:
-        """The entries of one label file in ``label_format``; the CRS of map geometries
-        (geojson) or None for pixel boxes (xview, dota)."""
-        p = self.params
-        return label_files.parse_labels(
-            lpath, p.label_format, p.class_property, p.image_key, p.shared_labels
-        )
-
-    def _label_entries(self, info: RasterInfo) -> tuple[Path, CRS | None, list[_Entry]]:
-        """The label file of a raster and its entries; from a shared label file, the entries
-        whose image property equals the raster's file name, stem or path under root."""
-        p = self.params
-        lpath = self._label_path(info)
-        if not lpath.is_file():
-            if p.require_labels:
-                raise DataError(f"label file {lpath.name} not found", path=info.path)
-            return lpath, None, []
-        if not p.shared_labels:
-            return (lpath, *self._parse_labels(lpath))
-        if lpath not in self._shared:
-            crs, entries = self._parse_labels(lpath)
-            self._shared[lpath] = (crs, label_files.by_image(entries))
-        crs, by_image = self._shared[lpath]
-        mine = label_files.entries_of_image(by_image, info.rel, self._stem(info))
-        if not mine:
-            self.log.warn(
-                f"no feature has {p.image_key}={Path(info.rel).name!r} (or the raster's stem or "
-                f"path); raster {info.rel} is read unlabelled",
-                lpath,
-            )
-        return lpath, crs, mine
-
-    def _read_labels(self, info: RasterInfo) -> list[_Feature]:
-        """(class name, raster-pixel box, difficult) of every label of the raster that
-        touches it."""
-        p = self.params
-        lpath, src_crs, entries = self._label_entries(info)
-        kept = []
-        for where, _, cls, geom, difficult in entries:
-            if self._class_names is not None and cls not in self._class_names:
-                if p.unknown_class == "error":
-                    raise DataError(
-                        f"{where} has class {cls!r}, not in class_names {self._class_names}",
-                        path=lpath,
-                    )
-                self.log.warn(f"{where} of unknown class {cls!r} skipped", lpath)
-                continue
-            if difficult and not p.keep_difficult:
-                continue
-            kept.append((cls, geom, difficult))
-        geoms = [g for _, g, _ in kept]
-        boxes = label_files.pixel_boxes(geoms, src_crs, info.crs, info.transform, lpath)
-        inside = label_files.inside_raster(boxes, info.width, info.height)
-        report = label_files.outside_report(inside, info.rel, info.width, info.height, info.crs)
-        if report is not None:
-            msg, none_inside = report
-            if none_inside and p.labels_outside == "error":
-                raise DataError(msg, path=lpath)
-            self.log.warn(msg, lpath)
-        return [(cls, box, diff) for (cls, _, diff), box, ok in zip(kept, boxes, inside) if ok]
-
-    def _raster_ref(self, info: RasterInfo, feats: list[_Feature]) -> SampleRef:
+    def _raster_ref(
+        self, info: RasterInfo, feats: list[_Feature], listed: str | None = None
+    ) -> SampleRef:
         """The raster's ref: its chips (windows with their boxes), empty ones kept at
-        ``empty_chip_rate`` by a stable hash, each with its split."""
+        ``empty_chip_rate`` by a stable hash, each with its split (``listed``: the raster's
+        split from ``split_files``, for all its chips; else the split hash)."""
         p = self.params
         boxes = np.array([b for _, b, _ in feats], dtype=np.float64).reshape(-1, 4)
         labels = np.array([self._class_names.index(c) + 1 for c, _, _ in feats], dtype=np.int64)
         difficult = np.array([d for _, _, d in feats], dtype=bool)
-        raster_split = assign_split(info.rel, p.val_fraction, p.test_fraction, p.seed)
+        raster_split = listed or assign_split(info.rel, p.val_fraction, p.test_fraction, p.seed)
+        bg = self._background
+        bg["units"] += 1
+        bg["background_units"] += not feats
         stem = info.rel if info.stack else Path(info.rel).with_suffix("").as_posix()
         chips = []
         for win in chip_windows(info.width, info.height, p.chip_size, p.overlap):
@@ -276,11 +258,15 @@ class MultispectralAdapter(ModalityAdapter):
                 boxes, np.arange(len(labels)), win, (info.width, info.height), p.min_visible
             )
             # Deterministic keep/drop of empty chips: a stable hash, not a global RNG.
-            if not len(chip_boxes) and split_hash(f"empty:{key}", p.seed) >= p.empty_chip_rate:
+            empty = not len(chip_boxes)
+            drop = empty and split_hash(f"empty:{key}", p.seed) >= p.empty_chip_rate
+            bg["empty_chips_dropped" if drop else "empty_chips_kept" if empty else
+               "chips_with_objects"] += 1  # fmt: skip
+            if drop:
                 continue
             split = (
                 raster_split
-                if p.split_by == "raster"
+                if p.split_by == "raster" or listed
                 else assign_split(key, p.val_fraction, p.test_fraction, p.seed)
             )
             chips.append(
@@ -319,28 +305,8 @@ class MultispectralAdapter(ModalityAdapter):
 
         The part of the window beyond the raster (only for rasters smaller than a chip) is
         padded as no-data."""
-        col, row, w, h = (
-            int(v) for v in (window.col_off, window.row_off, window.width, window.height)
-        )
-        rw, rh = min(w, info.width - col), min(h, info.height - row)
-        raw, masks = geotiff.read_window(ds, info, Window(col, row, rw, rh))
-        data, valid_in = geotiff.to_physical(info, raw, masks)
-        lo, hi, fill = stats
-        chans = geotiff.channels(info, data, self.params.derived)
-        chans = np.clip(chans, lo[:, None, None], hi[:, None, None])
-        chans = np.where(valid_in[None], chans, fill[:, None, None])
-        if self.params.rescale:
-            nb = len(info.selected)
-            span = np.maximum(hi[:nb] - lo[:nb], 1e-12)
-            chans[:nb] = (chans[:nb] - lo[:nb, None, None]) / span[:, None, None]
-            fill = fill.copy()
-            fill[:nb] = (fill[:nb] - lo[:nb]) / span
-        image = np.empty((len(fill), h, w), dtype=np.float32)
-        image[:] = fill[:, None, None]
-        image[:, :rh, :rw] = chans
-        valid = np.zeros((h, w), dtype=bool)
-        valid[:rh, :rw] = valid_in
-        return image, valid
+        p = self.params
+        return chips.read_chip(ds, info, window, stats, p.derived, p.rescale, self._gdal(info.path))
 
     def read(self, ref: SampleRef) -> Iterator[Sample]:
         """Read one raster (``ref`` from :meth:`discover`) into one :class:`Sample` per chip.
@@ -354,44 +320,16 @@ class MultispectralAdapter(ModalityAdapter):
         info = self._info_for(ref)
         p = self.params
         with self._open_source(info.path, info.stack) as ds:
-            geotiff.verify_readable(ds, info)
-            stats = geotiff.raster_stats(ds, info, p.derived, p.stats_size, p.clip_percentiles)
+            with self._gdal(info.path):
+                geotiff.verify_readable(ds, info)
+            stats = self.scene_stats(ds, info)
             units = "reflectance (percentile-clipped" + (
                 ", rescaled to [0, 1])" if p.rescale else ")"
             )
             for chip in ref.meta["chips"]:
                 col, row, w, h = chip["window"]
                 image, valid = self._read_chip(ds, info, Window(col, row, w, h), stats)
-                t = info.transform @ Affine.translation(col, row)
-                affine = np.array(
-                    [
-                        [t.a, t.b, 0.0, t.c],
-                        [t.d, t.e, 0.0, t.f],
-                        [0.0, 0.0, 1.0, 0.0],
-                        [0.0, 0.0, 0.0, 1.0],
-                    ]
-                )
-                sample = Sample(
-                    image=image,
-                    boxes=np.asarray(chip["boxes"], dtype=np.float32).reshape(-1, 4),
-                    labels=np.asarray(chip["labels"], dtype=np.int64),
-                    difficult=np.asarray(
-                        chip.get("difficult", [False] * len(chip["labels"])), dtype=bool
-                    ),
-                    sample_id=chip["id"],
-                    source=str(info.path),
-                    split=chip["split"],
-                    affine=affine,
-                    valid=valid,
-                    meta={
-                        "raster": info.rel,
-                        "window": [col, row, w, h],
-                        "crs": info.crs.to_string(),
-                        "raster_transform": list(info.transform)[:6],
-                        "raster_size": [info.width, info.height],
-                        "units": units,
-                    },
-                )
+                sample = chips.chip_sample(info, chip, image, valid, units)
                 sample.validate(
                     num_channels=len(self.channel_names), num_classes=len(self.class_names)
                 )
@@ -411,7 +349,10 @@ class MultispectralAdapter(ModalityAdapter):
         if path.is_file():
             return [(path, path.name, None)]
         found = sorted(
-            q for q in path.glob(p.raster_glob) if q.is_file() and formats.claims_raster(q)
+            q
+            for q in path.glob(p.raster_glob)
+            if q.is_file()
+            and (formats.claims_raster(q) or (p.pixel_labels and geotiff.claims_image(q)))
         )
         if not found:
             raise DataError(f"no rasters match {p.raster_glob!r}", path=path)
@@ -429,7 +370,8 @@ class MultispectralAdapter(ModalityAdapter):
     def scene_stats(self, ds: Any, info: RasterInfo) -> tuple[np.ndarray, ...]:
         """Per-band clip range and fill of a raster, as prepare scales chips by them."""
         p = self.params
-        return geotiff.raster_stats(ds, info, p.derived, p.stats_size, p.clip_percentiles)
+        with self._gdal(info.path):
+            return geotiff.raster_stats(ds, info, p.derived, p.stats_size, p.clip_percentiles)
 
     def read_window(
         self, ds: Any, info: RasterInfo, window: Window, stats: tuple[np.ndarray, ...]
@@ -442,13 +384,7 @@ class MultispectralAdapter(ModalityAdapter):
     ) -> dict[str, np.ndarray]:
         """A label file's objects on one raster in raster pixels (``boxes``, ``labels``
         1..K of ``class_names``, ``difficult``); classes not in ``class_names`` are left out."""
-        crs, entries = self._parse_labels(labels) if labels.is_file() else (None, None)
-        if entries is None:
-            raise DataError("labels file not found", path=labels)
-        if self.params.shared_labels or self.params.image_key:
-            groups = label_files.by_image(entries)
-            entries = label_files.entries_of_image(groups, info.rel, self._stem(info)) or entries
-        return scene_io.labels_on_raster(entries, crs, info, labels, class_names)
+        return unit_labels.scene_labels(self, info, labels, class_names)
 
     # --- back to the map ---------------------------------------------------------------
     def state(self) -> dict[str, Any]:

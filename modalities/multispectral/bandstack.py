@@ -13,19 +13,13 @@ uses ``Resampling.bilinear``; one with finer pixels (downsampling, 10 m -> 20 m)
 ``Resampling.average`` (the mean of the source pixels under each reference pixel, nodata left
 out). A band on the reference grid itself is read as is.
 
-Sentinel-2 radiometry (processing baseline 04.00 and later): reflectance = (DN +
-BOA_ADD_OFFSET) / BOA_QUANTIFICATION_VALUE, from ``MTD_MSIL2A.xml``
-(``General_Info/Product_Image_Characteristics``: ``QUANTIFICATION_VALUES_LIST/
-BOA_QUANTIFICATION_VALUE`` and ``BOA_ADD_OFFSET_VALUES_LIST/BOA_ADD_OFFSET[@band_id]``, band ids
-numbered by ``Spectral_Information_List/Spectral_Information[@bandId, @physicalBand]``). It is
-applied as the bands' scale (1/Q) and offset (BOA_ADD_OFFSET/Q); DN 0 stays no-data (the
-band files' nodata), masked before any offset matters.
+Sentinel-2 radiometry (BOA offsets and quantification) and no-data (``Special_Values``) come
+from the product's ``MTD_MSIL2A.xml``: :mod:`modalities.multispectral.s2_metadata`.
 """
 
 from __future__ import annotations
 
 import re
-import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,16 +33,13 @@ from rasterio.vrt import WarpedVRT
 
 from dsod_core.errors import DataError
 from modalities.base import SampleRef
-from modalities.multispectral.geotiff import gdal_reason
+from modalities.multispectral import s2_metadata
+from modalities.multispectral.geotiff import capture_gdal, gdal_reason
 
 if TYPE_CHECKING:
     from modalities.multispectral.adapter import MultispectralAdapter
 
-# Band ids of MTD_MSIL2A.xml when it has no Spectral_Information_List (the published order).
-S2_BAND_IDS = [
-    "B01", "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B09", "B10", "B11", "B12"
-]  # fmt: skip
-MTD_NAME = "MTD_MSIL2A.xml"
+MTD_NAME = s2_metadata.MTD_NAME
 
 # L2A: T33TWM_20230101T100021_B02_10m.jp2 (older products: L2A_T33TWM_..._B02_10m.jp2);
 # L1C-style names without the resolution suffix are accepted too; .tif for converted bands.
@@ -66,15 +57,21 @@ _LANDSAT_RE = re.compile(
 )
 
 
-def pattern_regex(band_files: str) -> re.Pattern[str]:
-    """The regex of a ``band_files`` pattern (``{scene}`` and ``{band}`` placeholders)."""
-    parts = re.split(r"(\{scene\}|\{band\})", band_files)
+def pattern_regex(band_files: str, bands: Sequence[str] | None = None) -> re.Pattern[str]:
+    """The regex of a ``band_files`` pattern (``{scene}`` and ``{band}`` placeholders).
+
+    With ``bands`` (the configured band names), ``{band}`` matches one of those names only, so
+    a scene id may hold the pattern's separator (``{scene}_{band}.tif`` reads
+    ``T33UUP_20230101T100000_B02.tif`` as scene ``T33UUP_20230101T100000``, band ``B02``);
+    without, any text (the scene the shortest prefix)."""
+    names = sorted(dict.fromkeys(bands or []), key=len, reverse=True)
+    band = "|".join(re.escape(b) for b in names) if names else "[^/]+?"
     out = []
-    for part in parts:
+    for part in re.split(r"(\{scene\}|\{band\})", band_files):
         if part == "{scene}":
             out.append(r"(?P<scene>.+?)")
         elif part == "{band}":
-            out.append(r"(?P<band>[^/]+?)")
+            out.append(f"(?P<band>{band})")
         else:
             out.append(re.escape(part))
     return re.compile("^" + "".join(out) + "$")
@@ -105,14 +102,17 @@ def _scene_folder(path: Path, kind: str) -> Path:
     return path.parent
 
 
-def find_scenes(root: Path, kind: str, band_files: str | None) -> list[Scene]:
-    """Every scene under ``root`` (recursively), sorted by id, with the band files found.
+def find_scenes(
+    root: Path, kind: str, band_files: str | None, bands: Sequence[str] | None = None
+) -> list[Scene]:
+    """Every scene under ``root`` (recursively), sorted by id, with the band files found
+    (for a ``pattern`` stack, the files of the band names ``bands``: :func:`pattern_regex`).
 
     For Sentinel-2, a band stored at several resolutions (L2A has B02 in R10m, R20m and R60m)
     keeps its finest. Two files of one band otherwise -> :class:`DataError` naming both.
     """
     regex = {"sentinel2": _S2_RE, "landsat": _LANDSAT_RE}.get(kind) or pattern_regex(
-        band_files or ""
+        band_files or "", bands
     )
     scenes: dict[tuple[str, str], Scene] = {}
     res_of: dict[tuple[str, str, str], int] = {}
@@ -141,9 +141,11 @@ def find_scenes(root: Path, kind: str, band_files: str | None) -> list[Scene]:
     return [scenes[k] for k in sorted(scenes)]
 
 
-def require_scenes(root: Path, kind: str, band_files: str | None) -> list[Scene]:
+def require_scenes(
+    root: Path, kind: str, band_files: str | None, bands: Sequence[str] | None = None
+) -> list[Scene]:
     """:func:`find_scenes`, or :class:`DataError` on ``root`` when there is none."""
-    scenes = find_scenes(root, kind, band_files)
+    scenes = find_scenes(root, kind, band_files, bands)
     if not scenes:
         what = f"'{band_files}'" if kind == "pattern" else f"{kind} band file names"
         raise DataError(f"no band files matching {what} under root", path=root)
@@ -153,7 +155,7 @@ def require_scenes(root: Path, kind: str, band_files: str | None) -> list[Scene]
 def units(adapter: MultispectralAdapter) -> list[tuple[Path, str, Scene]]:
     """``(scene folder, scene id under root, scene)`` of every scene of the ``stack`` kind."""
     p, root = adapter.params, adapter.root
-    scenes = require_scenes(root, p.stack, p.band_files)
+    scenes = require_scenes(root, p.stack, p.band_files, adapter._stack_bands())
     return [(root / sc.folder, sc.rel, sc) for sc in scenes]
 
 
@@ -224,103 +226,16 @@ def scene_stack(scene: Scene, needed: Sequence[str], path: Path) -> dict[str, An
     }
 
 
-# --- Sentinel-2 metadata -----------------------------------------------------------------------
-def _local(tag: str) -> str:
-    return tag.rsplit("}", 1)[-1]
-
-
-def _s2_name(physical: str) -> str:
-    """``B1`` (metadata) -> ``B01`` (file names); ``B8A`` unchanged."""
-    m = re.fullmatch(r"B(\d)", physical.strip().upper())
-    return f"B0{m[1]}" if m else physical.strip().upper()
-
-
-def read_s2_radiometry(path: Path) -> tuple[float, dict[str, float]]:
-    """(BOA_QUANTIFICATION_VALUE, band name -> BOA_ADD_OFFSET) of an ``MTD_MSIL2A.xml``.
-
-    Products before processing baseline 04.00 have no offsets list: every offset is 0.
-    Elements are matched by local name, so the product's namespace does not matter.
-    """
-    try:
-        tree = ET.parse(path)
-    except (OSError, ET.ParseError) as exc:
-        raise DataError(f"cannot read Sentinel-2 metadata ({exc})", path=path) from exc
-    quant = None
-    ids = dict(enumerate(S2_BAND_IDS))
-    offsets_by_id: dict[int, float] = {}
-    try:
-        for el in tree.getroot().iter():
-            name = _local(el.tag)
-            if name == "BOA_QUANTIFICATION_VALUE":
-                quant = float(el.text or "")
-            elif name == "Spectral_Information" and "bandId" in el.attrib:
-                ids[int(el.attrib["bandId"])] = _s2_name(el.attrib.get("physicalBand", ""))
-            elif name == "BOA_ADD_OFFSET":
-                offsets_by_id[int(el.attrib["band_id"])] = float(el.text or "")
-    except (KeyError, ValueError) as exc:
-        raise DataError(f"malformed BOA radiometry element ({exc})", path=path) from exc
-    if quant is None or not np.isfinite(quant) or quant <= 0:
-        raise DataError("no positive BOA_QUANTIFICATION_VALUE", path=path)
-    return quant, {ids[i]: off for i, off in offsets_by_id.items() if i in ids}
-
-
-def find_mtd(root: Path, folder: Path) -> Path | None:
-    """The nearest ``MTD_MSIL2A.xml`` in ``folder`` or its ancestors up to ``root`` (a SAFE
-    product keeps it two levels above the granule: ``<SAFE>/GRANULE/<id>``)."""
-    root = root.resolve()
-    here = folder.resolve()
-    while True:
-        cand = here / MTD_NAME
-        if cand.is_file():
-            return cand
-        if here == root or root not in here.parents:
-            return None
-        here = here.parent
-
-
-def radiometry(
-    root: Path,
-    scene: Scene,
-    bands: Sequence[str],
-    offset: float | None,
-    quantification: float | None,
-) -> dict[str, tuple[float, float]] | None:
-    """Per band ``(scale, offset)`` replacing the files' own, or None (use the files').
-
-    Sentinel-2: the 13 spectral bands get 1/Q and BOA_ADD_OFFSET/Q from the product metadata,
-    else from the ``boa_add_offset``/``boa_quantification`` params; neither -> DataError.
-    Other bands (SCL, AOT, WVP, TCI) keep scale 1, offset 0. Other stacks: None.
-    """
-    if scene.kind != "sentinel2":
-        return None
-    folder = root / scene.folder
-    mtd = find_mtd(root, folder)
-    if mtd is not None:
-        quant, offsets = read_s2_radiometry(mtd)
-    elif quantification is not None and offset is not None:
-        quant, offsets = quantification, dict.fromkeys(S2_BAND_IDS, offset)
-    else:
-        raise DataError(
-            f"Sentinel-2 scene {scene.scene_id}: no {MTD_NAME} in its folder or above it; set "
-            "the adapter params boa_add_offset and boa_quantification (e.g. -1000 and 10000 "
-            "since processing baseline 04.00) to read it",
-            path=folder,
-        )
-    out = {}
-    for b in bands:
-        out[b] = (1.0 / quant, offsets.get(b, 0.0) / quant) if b in S2_BAND_IDS else (1.0, 0.0)
-    return out
-
-
 # --- the stack as a dataset ----------------------------------------------------------------------
 def _pixel_area(transform: Any) -> float:
     return abs(transform.a * transform.e - transform.b * transform.d)
 
 
-def _on_grid(ds: Any, ref: Any) -> tuple[Any, Resampling | None]:
+def _on_grid(ds: Any, ref: Any, nodata: float | None) -> tuple[Any, Resampling | None]:
     """``ds`` as seen on ``ref``'s grid and the resampling used: ``ds`` itself (None) when the
     grids match, else a :class:`WarpedVRT` (bilinear from a coarser band, average from a finer
-    one)."""
+    one; ``nodata``, the band's no-data value, left out of both and written where no valid
+    source pixel is)."""
     same = (
         ds.crs == ref.crs
         and ds.transform == ref.transform
@@ -337,8 +252,8 @@ def _on_grid(ds: Any, ref: Any) -> tuple[Any, Resampling | None]:
         width=ref.width,
         height=ref.height,
         resampling=how,
-        src_nodata=ds.nodata,
-        nodata=ds.nodata,
+        src_nodata=nodata,
+        nodata=nodata,
     )
     return view, how
 
@@ -348,7 +263,9 @@ class BandStack:
 
     ``files``: band name -> path, in channel order; ``reference``: the band whose grid is used
     (None = the finest pixel, the first such band on ties); ``radiometry``: band -> (scale,
-    offset) replacing the files' GDAL scale/offset.
+    offset) replacing the files' GDAL scale/offset; ``nodata``: band -> no-data value for a
+    band file without a nodata tag (:func:`s2_metadata.scene_nodata`), exposed as ``extra_nodata``.
+    GDAL's warnings while opening are in ``notes``.
     """
 
     def __init__(
@@ -356,9 +273,11 @@ class BandStack:
         files: Mapping[str, Path],
         reference: str | None = None,
         radiometry: Mapping[str, tuple[float, float]] | None = None,
+        nodata: Mapping[str, float] | None = None,
     ):
         self._srcs: list[Any] = []
         self._views: list[Any] = []
+        self.notes: list[str] = []
         self.names = list(files)
         self.paths = [Path(files[b]) for b in self.names]
         try:
@@ -372,11 +291,19 @@ class BandStack:
             self.reference = self.names[ref_i]
             self.width, self.height = ref.width, ref.height
             self.crs, self.transform = ref.crs, ref.transform
+            self._check_crs(ref_i)
+            extra = nodata or {}
+            self.nodatavals = tuple(s.nodata for s in self._srcs)
+            self.extra_nodata = tuple(
+                extra.get(b) if s.nodata is None else None for b, s in zip(self.names, self._srcs)
+            )
             self.resampling: list[Resampling | None] = []
-            for ds in self._srcs:
-                view, how = _on_grid(ds, ref)
-                self._views.append(view)
-                self.resampling.append(how)
+            with capture_gdal() as notes:
+                for ds, more in zip(self._srcs, self.extra_nodata):
+                    view, how = _on_grid(ds, ref, ds.nodata if more is None else more)
+                    self._views.append(view)
+                    self.resampling.append(how)
+            self.notes += notes
         except BaseException:
             self.close()
             raise
@@ -399,7 +326,9 @@ class BandStack:
         geotransform."""
         for path in self.paths:
             try:
-                ds = rasterio.open(path)
+                with capture_gdal() as notes:
+                    ds = rasterio.open(path)
+                self.notes += [f"{path.name}: {n}" for n in notes]
             except RasterioError as exc:
                 raise DataError(f"cannot open band file ({gdal_reason(exc)})", path=path) from exc
             self._srcs.append(ds)
@@ -410,6 +339,19 @@ class BandStack:
                 )
             if ds.crs is None or ds.transform.is_identity:
                 raise DataError("band file has no CRS or geotransform", path=path)
+
+    def _check_crs(self, ref_i: int) -> None:
+        """Refuse a band whose CRS differs from the reference band's, naming that band's
+        file (resampling across CRSs would silently warp one band of a product)."""
+        ref = self._srcs[ref_i]
+        for name, path, ds in zip(self.names, self.paths, self._srcs):
+            if ds.crs != ref.crs:
+                raise DataError(
+                    f"band {name} is in {ds.crs.to_string()}, but the reference band "
+                    f"{self.reference} ({self.paths[ref_i].name}) is in {ref.crs.to_string()}; "
+                    "the bands of one scene must share a CRS",
+                    path=path,
+                )
 
     def _read(self, what: str, indexes: Sequence[int] | int, **kw: Any) -> np.ndarray:
         one = isinstance(indexes, int)

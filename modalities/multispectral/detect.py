@@ -22,7 +22,10 @@ Outputs, written atomically: ``<stem>.geojson``, a FeatureCollection of Polygons
 raster's CRS (named by the legacy ``crs`` member, as GDAL and QGIS read it; none for a WGS84
 raster), properties ``class``, ``label``, ``score``, ``source``, ``raster``
 (:meth:`MultispectralAdapter.write_scene`, as the evaluate stage writes); with ``--wgs84`` also
-``<stem>.wgs84.geojson`` (RFC 7946: WGS84 longitude/latitude, no ``crs`` member). With
+``<stem>.wgs84.geojson`` (RFC 7946: WGS84 longitude/latitude, no ``crs`` member). A
+pixel-only raster (no CRS; read when the model's labels were in pixels) gives pixel
+coordinates instead: no ``crs`` member, ``"units": "pixel"`` on the collection and on every
+feature, and no WGS84 copy. With
 ``--labels`` (a label file in the adapter's ``label_format``), ``<stem>.eval.json``: the
 merged scene detections scored against the scene's labels (VOC mAP@0.5 over the scene as one
 image, precision/recall at the score threshold) beside the chip-level mAP of the same windows
@@ -122,7 +125,7 @@ def _window_items(adapter, info, windows, predictor, run, stem, target):
     skipped = 0
     meta = {
         "raster": info.rel,
-        "crs": info.crs.to_string(),
+        "crs": info.crs_name,
         "raster_transform": list(info.transform)[:6],
         "raster_size": [info.width, info.height],
     }
@@ -163,7 +166,7 @@ def _empty_unit(info) -> dict[str, Any]:
     return {
         "unit": info.rel,
         "source": str(info.path),
-        "crs": info.crs.to_string(),
+        "crs": info.crs_name,
         "transform": list(info.transform)[:6],
         "size": [info.width, info.height],
         "detections": {
@@ -217,7 +220,7 @@ def detect_scene(
         seconds=time.perf_counter() - started,
         evaluation=evaluation,
         extra={
-            "crs": info.crs.to_string(),
+            "crs": info.crs_name,
             "size": [info.width, info.height],
             "chip_size": chip,
             "overlap": overlap,

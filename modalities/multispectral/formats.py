@@ -11,7 +11,15 @@ adapter reads a raster's label file through this table by the ``label_format`` p
 
 * ``geojson``: map geometries in a CRS (:mod:`.geojson`);
 * ``xview``: xView's pixel boxes in one GeoJSON for all images (:mod:`.xview`);
-* ``dota``: DOTA v1 oriented boxes, one text file per image (:mod:`.dota`).
+* ``dota``: DOTA v1 oriented boxes, one text file per image (:mod:`.dota`);
+* ``coco`` (:mod:`.coco`, one COCO JSON for all rasters/scenes) and ``yolo`` (:mod:`.yolo`,
+  normalised boxes, one txt per raster) are read by the adapter itself, since they need the
+  params' quirk policies and the raster's size; they are listed in :data:`LABEL_FORMATS` but
+  not in :data:`FORMATS`, so a COCO JSON or YOLO txt given to ``dsod detect`` is not claimed
+  by this modality (it is the rgb modality's as much as this one's).
+
+Every label format but ``geojson`` is in pixels: a raster without a CRS (PNG, JPEG, plain
+TIFF) is read with them, and its outputs are in pixels.
 
 Every module has ``claims(path)``. :func:`claims` answers for the whole modality (``dsod
 detect`` uses it to name the modality of an input); :func:`claims_raster` for the rasters
@@ -32,10 +40,13 @@ FORMATS: dict[str, ModuleType] = {
     "xview": xview,
     "dota": dota,
 }
+#: The label formats of :data:`FORMATS`, read with ``read_labels`` (``coco`` and ``yolo`` are
+#: read by the adapter's label glue: ``coco.read_coco``, ``yolo.read_yolo``).
+PER_FILE_LABEL_FORMATS = ("geojson", "xview", "dota")
 #: The formats with a ``discover``: how the rasters are stored.
 RASTER_FORMATS = ("geotiff", "bandstack")
 #: The formats with a ``read_labels``: the choices of the ``label_format`` param.
-LABEL_FORMATS = ("geojson", "xview", "dota")
+LABEL_FORMATS = ("geojson", "xview", "dota", "coco", "yolo")
 
 
 def raster_format(params) -> str:

@@ -218,11 +218,14 @@ def box_polygon(box: Sequence[float], transform: Affine) -> list[list[float]]:
 
 
 def write_feature_collection(
-    path: Path, features: list[dict[str, Any]], crs: CRS, name: str
+    path: Path, features: list[dict[str, Any]], crs: CRS | None, name: str
 ) -> Path:
-    """Write a FeatureCollection atomically (``crs`` member unless WGS84)."""
+    """Write a FeatureCollection atomically (``crs`` member unless WGS84). ``crs`` None:
+    pixel coordinates of a raster without CRS, said by ``"units": "pixel"`` (no ``crs``)."""
     doc: dict[str, Any] = {"type": "FeatureCollection", "name": name}
-    member = crs_member(crs)
+    member = None if crs is None else crs_member(crs)
+    if crs is None:
+        doc["units"] = "pixel"
     if member is not None:
         doc["crs"] = member
     doc["features"] = features

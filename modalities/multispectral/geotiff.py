@@ -5,10 +5,19 @@ Everything here goes through rasterio (GDAL). Header facts are gathered once per
 pass) or decimated (``out_shape``, for the statistics), so memory stays bounded whatever the
 raster's size. Every GDAL failure becomes a :class:`DataError` naming the raster and carrying
 GDAL's own message.
+
+Pixel-only rasters (a PNG, JPEG or TIFF without a CRS, as DOTA and many image datasets ship)
+are read when the labels are in pixels (every label format but ``geojson``): their
+:class:`RasterInfo` has ``crs`` None and the identity transform, and every output of theirs is
+in pixels. GDAL's warnings (rasterio's ``NotGeoreferencedWarning``, ``CPLE_*`` messages it logs)
+are captured by :func:`capture_gdal`, never printed: the adapter puts them in the prepare
+report.
 """
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -19,7 +28,7 @@ import numpy as np
 import rasterio
 from rasterio.crs import CRS
 from rasterio.enums import MaskFlags, Resampling
-from rasterio.errors import RasterioError
+from rasterio.errors import NotGeoreferencedWarning, RasterioError
 from rasterio.transform import Affine
 from rasterio.windows import Window
 
@@ -47,6 +56,11 @@ _MAGIC = {
     ".img": (b"EHFA_HEADER_TAG",),
 }
 _MAGIC[".tiff"] = _MAGIC[".tif"]
+#: Image files read as pixel-only rasters (no CRS) when the labels are in pixels.
+PIXEL_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+_PIXEL_MAGIC = {".png": (b"\x89PNG\r\n\x1a\n",), ".jpg": (b"\xff\xd8\xff",)}
+_PIXEL_MAGIC[".jpeg"] = _PIXEL_MAGIC[".jpg"]
+_PIXEL_MAGIC.update({".tif": _MAGIC[".tif"], ".tiff": _MAGIC[".tif"]})
 
 
 def claims(path: Path) -> bool:
@@ -61,6 +75,48 @@ def claims(path: Path) -> bool:
     if suffix == ".vrt":
         start = start.lstrip(b"\xef\xbb\xbf \t\r\n")
     return start.startswith(_MAGIC[suffix])
+
+
+def claims_image(path: Path) -> bool:
+    """A PNG, JPEG or TIFF file by its name and first bytes: what a folder given to ``dsod
+    detect`` holds when the model reads pixel-only rasters. Not a claim of the modality (an
+    RGB photo is the rgb modality's). Never raises."""
+    suffix = Path(path).suffix.lower()
+    return suffix in _PIXEL_MAGIC and head(path, 16).startswith(_PIXEL_MAGIC[suffix])
+
+
+class _Notes(logging.Handler):
+    def __init__(self, out: list[str]):
+        super().__init__(logging.WARNING)
+        self.out = out
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.out.append(" ".join(record.getMessage().split()))
+
+
+@contextmanager
+def capture_gdal() -> Iterator[list[str]]:
+    """Collect what rasterio/GDAL would print while the block runs: GDAL's ``CPLE_*``
+    warnings (logged by rasterio) and Python warnings, one line each, into the yielded list.
+    ``NotGeoreferencedWarning`` is dropped (a raster without CRS is handled, and said so, by
+    the adapter). Nothing reaches stderr."""
+    notes: list[str] = []
+    logger = logging.getLogger("rasterio")
+    handler, propagate = _Notes(notes), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield notes
+        notes.extend(
+            " ".join(str(w.message).split())
+            for w in caught
+            if not issubclass(w.category, NotGeoreferencedWarning)
+        )
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
 
 
 def units(adapter: MultispectralAdapter) -> list[tuple[Path, str, None]]:
@@ -93,8 +149,8 @@ class RasterInfo:
     rel: str  # path relative to the dataset root (posix)
     width: int
     height: int
-    crs: CRS
-    transform: Affine
+    crs: CRS | None  # None: a pixel-only raster (labels and outputs in pixels)
+    transform: Affine  # the identity for a pixel-only raster
     read_indexes: list[int]  # 1-based bands to read (selected + roles of derived)
     selected: list[int]  # positions in read_indexes of the selected bands
     role_pos: dict[str, int]  # role -> position in read_indexes
@@ -104,16 +160,29 @@ class RasterInfo:
     # A band stack's scene ({"folder", "scene_id", "files": band -> file under root}), or
     # None for a raster file; opened by the adapter as a bandstack.BandStack.
     stack: dict | None = None
+    # Per band read: the raw value that is no-data beside GDAL's mask (a band without a
+    # nodata tag: Sentinel-2 MTD NODATA or the nodata param), NaN for none.
+    nodata: np.ndarray | None = None
+
+    @property
+    def crs_name(self) -> str | None:
+        """The CRS as a string (``EPSG:32633``), None for a pixel-only raster."""
+        return None if self.crs is None else self.crs.to_string()
 
 
 @contextmanager
-def open_raster(path: Path) -> Iterator[rasterio.DatasetReader]:
+def open_raster(path: Path, notes: list[str] | None = None) -> Iterator[rasterio.DatasetReader]:
     """``rasterio.open(path)`` (reads the header only); a file GDAL cannot open raises
-    :class:`DataError` ("cannot open GeoTIFF") with GDAL's reason."""
+    :class:`DataError` ("cannot open GeoTIFF", or "raster" for other formats) with GDAL's
+    reason. GDAL's warnings while opening go to ``notes`` (:func:`capture_gdal`)."""
+    what = "GeoTIFF" if Path(path).suffix.lower() in (".tif", ".tiff") else "raster"
     try:
-        ds = rasterio.open(path)
+        with capture_gdal() as said:
+            ds = rasterio.open(path)
     except RasterioError as exc:
-        raise DataError(f"cannot open GeoTIFF ({gdal_reason(exc)})", path=path) from exc
+        raise DataError(f"cannot open {what} ({gdal_reason(exc)})", path=path) from exc
+    if notes is not None:
+        notes.extend(said)
     try:
         yield ds
     finally:
@@ -143,12 +212,25 @@ def raster_info(
     bands: Sequence[int | str] | None,
     roles: Mapping[str, int | str],
     derived: Sequence[str],
+    pixel_labels: bool = False,
+    nodata: float | None = None,
 ) -> RasterInfo:
-    """The :class:`RasterInfo` of an open raster: georeferencing checked, bands resolved."""
-    if ds.crs is None:
-        raise DataError("raster has no CRS; cannot place map labels or detections on it", path=path)
-    if ds.transform.is_identity:
-        raise DataError("raster has no geotransform", path=path)
+    """The :class:`RasterInfo` of an open raster: georeferencing checked, bands resolved.
+
+    ``pixel_labels``: the labels are in pixels, so a raster without a CRS (or without a
+    geotransform) is read as a pixel-only raster (``crs`` None, identity transform); else it
+    is refused. ``nodata``: the no-data value of every band without its own (``ds.nodatavals``;
+    a band stack gives Sentinel-2's MTD NODATA there)."""
+    crs, transform = ds.crs, ds.transform
+    if crs is None or transform.is_identity:
+        if not pixel_labels:
+            why = "no CRS" if crs is None else "no geotransform"
+            raise DataError(
+                f"raster has {why}; map (GeoJSON) labels cannot be placed on it (labels in "
+                "pixels, label_format dota/xview/coco/yolo, read rasters without one)",
+                path=path,
+            )
+        crs, transform = None, Affine.identity()
     selected_idx = [resolve_band(ds, b, path) for b in (bands or range(1, ds.count + 1))]
     read_indexes = list(dict.fromkeys(selected_idx))
     role_pos: dict[str, int] = {}
@@ -164,15 +246,27 @@ def raster_info(
         rel=rel,
         width=ds.width,
         height=ds.height,
-        crs=ds.crs,
-        transform=ds.transform,
+        crs=crs,
+        transform=transform,
         read_indexes=read_indexes,
         selected=[read_indexes.index(i) for i in selected_idx],
         role_pos=role_pos,
         scales=np.array([ds.scales[i - 1] for i in read_indexes], dtype=np.float64),
         offsets=np.array([ds.offsets[i - 1] for i in read_indexes], dtype=np.float64),
         channel_names=names + list(derived),
+        nodata=np.array([_nodata_of(ds, i, nodata) for i in read_indexes], dtype=np.float64),
     )
+
+
+def _nodata_of(ds: rasterio.DatasetReader, index: int, default: float | None) -> float:
+    """The extra no-data value of band ``index``: a band stack's ``extra_nodata`` (Sentinel-2
+    MTD NODATA or the param), else ``default`` when the band has no nodata of its own (a
+    tagged one is in GDAL's mask already); NaN for none."""
+    extra = getattr(ds, "extra_nodata", None)
+    if extra is not None:
+        return float("nan") if extra[index - 1] is None else float(extra[index - 1])
+    own = ds.nodatavals[index - 1]
+    return float("nan") if own is not None or default is None else float(default)
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -240,9 +334,12 @@ def to_physical(
     """Raw band values ``[B, h, w]`` -> (``raw * scale + offset`` float64, valid ``[h, w]``).
 
     A pixel is valid when GDAL's mask of every band read is set (nodata value, mask band or
-    alpha) and every value is finite."""
+    alpha), no raw value equals its band's extra no-data (``info.nodata``: a band without a
+    nodata tag) and every value is finite."""
     data = raw.astype(np.float64) * info.scales[:, None, None] + info.offsets[:, None, None]
     valid = (masks > 0).all(axis=0) & np.isfinite(data).all(axis=0)
+    if info.nodata is not None and np.isfinite(info.nodata).any():
+        valid &= ~(raw == info.nodata[:, None, None]).any(axis=0)
     return data, valid
 
 

@@ -85,7 +85,7 @@ def inside_raster(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
 
 
 def outside_report(
-    inside: np.ndarray, rel: str, width: int, height: int, crs: CRS
+    inside: np.ndarray, rel: str, width: int, height: int, crs: CRS | None
 ) -> tuple[str, bool] | None:
     """The warning about labels of raster ``rel`` that miss it (``inside`` from
     :func:`inside_raster`) and whether none is inside, or None when all are inside."""
@@ -93,7 +93,8 @@ def outside_report(
     if n and not inside.any():
         msg = (
             f"none of the {n} label features overlaps raster {rel} "
-            f"({width}x{height} px in {crs.to_string()}); wrong CRS or file?"
+            f"({width}x{height} px in {'pixels' if crs is None else crs.to_string()}); "
+            "wrong CRS or file?"
         )
         return msg, True
     if (~inside).any():

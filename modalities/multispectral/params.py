@@ -34,7 +34,11 @@ _DEFAULT_LABELS = {
     "geojson": "{stem}.geojson",
     "xview": "xView_train.geojson",
     "dota": "{stem}.txt",
+    "coco": "annotations.json",
+    "yolo": "{stem}.txt",
 }
+#: The label formats whose boxes are in pixels: their rasters need no CRS.
+PIXEL_LABELS = ("xview", "dota", "coco", "yolo")
 
 
 @dataclass(frozen=True)
@@ -70,16 +74,50 @@ class MultispectralParams(AdapterParams):
         min=0,
         min_exclusive=True,
     )
-    label_format: Literal["geojson", "xview", "dota"] = param(
+    label_format: Literal["geojson", "xview", "dota", "coco", "yolo"] = param(
         "geojson",
         "geojson: map-coordinate features; xview: xView GeoJSON pixel boxes "
-        "(bounds_imcoords, type_id, image_id); dota: DOTA v1 text, oriented quadrilaterals",
+        "(bounds_imcoords, type_id, image_id); dota: DOTA v1 text, oriented quadrilaterals; "
+        "coco: one COCO instances JSON, images matched to rasters/scenes by file name or stem; "
+        "yolo: one txt per raster, normalised boxes. All but geojson are pixel labels: "
+        "rasters without a CRS (PNG, JPEG, plain TIFF) are then read, outputs in pixels",
     )
     label_pattern: str | None = param(
         None,
         "label file: with '{stem}' one per raster, relative to its folder; without, one file "
         "for all rasters, relative to root; null = {stem}.geojson (geojson), "
-        "xView_train.geojson (xview), {stem}.txt (dota)",
+        "xView_train.geojson (xview), {stem}.txt (dota, yolo), annotations.json (coco)",
+    )
+    yolo_names: str | None = param(
+        None,
+        "yolo: data.yaml or classes.txt (relative to root) naming the class indices; "
+        "null = class_names",
+    )
+    class_map: dict[str, str | None] = param(
+        default_factory=dict,
+        doc="class name in the label files -> class name used (a COCO category named "
+        "otherwise than the docs say); '' or null drops that class",
+    )
+    crowd: Literal["auto", "ignore", "objects"] = param(
+        "auto",
+        "coco iscrowd boxes: ignore (COCO's rule), objects, or auto: objects when every box "
+        "of the file is crowd (with a warning), else ignore",
+    )
+    unmatched: Literal["skip", "error"] = param(
+        "skip",
+        "coco annotations whose image_id matches no image, and images matching no raster: "
+        "counted in one warning (skip) or refused (error)",
+    )
+    nodata: float | None = param(
+        None,
+        "raw no-data value of every band without a nodata tag of its own (Sentinel-2 stacks "
+        "take NODATA from MTD_MSIL2A.xml when it is there); null = none",
+    )
+    split_files: dict[str, str] = param(
+        default_factory=dict,
+        doc="split (train/val/test) -> text file (relative to root) listing rasters or scenes "
+        "(file name, stem or path), one a line; rasters in no list are left out. Replaces "
+        "the split hash (val_fraction, test_fraction)",
     )
     image_property: str | None = param(
         None,
@@ -160,12 +198,18 @@ class MultispectralParams(AdapterParams):
         if self.val_fraction + self.test_fraction > 1:
             # == 1 is an evaluation-only dataset (no train split; to score a trained model)
             self.fail("val_fraction", "val_fraction + test_fraction must be at most 1")
+        bad = sorted(set(self.split_files) - {"train", "val", "test"})
+        if bad:
+            self.fail("split_files", f"keys must be train, val, test; got {bad[0]!r}")
         pattern = self.labels_pattern
+        if self.label_format == "coco" and "{stem}" in pattern:
+            self.fail("label_pattern", f"coco labels are one file for all rasters: {pattern!r}")
         if "{stem}" not in pattern:
-            if self.label_format == "dota":
+            if self.label_format in ("dota", "yolo"):
                 self.fail(
                     "label_pattern",
-                    f"DOTA labels are one file per image: must contain '{{stem}}', got {pattern!r}",
+                    f"{self.label_format.upper()} labels are one file per image: must contain "
+                    f"'{{stem}}', got {pattern!r}",
                 )
             if self.label_format == "geojson" and not self.image_property:
                 self.fail(
@@ -214,6 +258,11 @@ class MultispectralParams(AdapterParams):
         if self.label_pattern is not None:
             return self.label_pattern
         return _DEFAULT_LABELS[self.label_format]
+
+    @property
+    def pixel_labels(self) -> bool:
+        """Whether the labels are in pixels (rasters without a CRS are then read)."""
+        return self.label_format in PIXEL_LABELS
 
     @property
     def shared_labels(self) -> bool:

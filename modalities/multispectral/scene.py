@@ -36,9 +36,10 @@ def labels_on_raster(
 def features(unit: Mapping[str, Any], class_names: list[str]) -> list[dict[str, Any]]:
     """GeoJSON Polygon features (raster CRS) of one merged raster
     (``MultispectralAdapter.merge``): properties ``class``, ``label``, ``score``, ``source``,
-    ``raster``."""
+    ``raster`` (and ``units: "pixel"`` for a pixel-only raster: coordinates are pixels)."""
     transform = Affine(*unit["transform"])
     det = unit["detections"]
+    extra = {"units": "pixel"} if unit.get("crs") is None else {}
     return [
         {
             "type": "Feature",
@@ -49,6 +50,7 @@ def features(unit: Mapping[str, Any], class_names: list[str]) -> list[dict[str, 
                 "score": round(float(sc), 6),
                 "source": unit["source"],
                 "raster": unit["unit"],
+                **extra,
             },
         }
         for b, sc, k in zip(det["boxes"], det["scores"], det["labels"])
@@ -59,10 +61,16 @@ def write_scene(
     unit: Mapping[str, Any], class_names: list[str], out_dir: Path, stem: str, wgs84: bool
 ) -> list[Path]:
     """``<stem>.geojson`` in the raster's CRS (legacy ``crs`` member unless WGS84) and, with
-    ``wgs84``, ``<stem>.wgs84.geojson`` (RFC 7946, no ``crs`` member), written atomically."""
-    crs = CRS.from_user_input(unit["crs"])
+    ``wgs84``, ``<stem>.wgs84.geojson`` (RFC 7946, no ``crs`` member), written atomically.
+
+    A pixel-only raster (``unit["crs"]`` None) gives ``<stem>.geojson`` in pixel coordinates
+    (x right, y down): no ``crs`` member, ``"units": "pixel"`` on the collection and on each
+    feature; no WGS84 copy (there is no map position)."""
     feats = features(unit, class_names)
     out_dir = Path(out_dir)
+    if unit.get("crs") is None:
+        return [geojson.write_feature_collection(out_dir / f"{stem}.geojson", feats, None, stem)]
+    crs = CRS.from_user_input(unit["crs"])
     written = [geojson.write_feature_collection(out_dir / f"{stem}.geojson", feats, crs, stem)]
     if wgs84:
         written.append(

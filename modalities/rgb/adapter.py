@@ -1,4 +1,6 @@
-"""The ``rgb`` adapter: 8-bit photographs with Pascal VOC (XML) or MS COCO (JSON) boxes.
+"""The ``rgb`` adapter: 8-bit photographs with Pascal VOC (XML), MS COCO (JSON), YOLO (txt) or
+mask labels (the last ones through the shared labelled-image layer,
+:mod:`modalities.formats.collection`).
 
 The RGB baselines of the paper (VOC 07+12, COCO) and the source domain for fine-tuning. Images
 are decoded with Pillow to 8-bit RGB and stored as float32 ``[3, H, W]`` in ``[0, 1]`` at their
@@ -24,10 +26,11 @@ from typing import Any, ClassVar
 import numpy as np
 from PIL import Image
 
-from dsod_core.data.sample import Sample, pixel_to_world
+from dsod_core.data.sample import NativeImage, Sample, pixel_to_world
 from dsod_core.errors import ConfigError, DataError
 from dsod_core.io import write_atomic, write_json
 from modalities.base import AdapterParams, ModalityAdapter, PrepareLog, SampleRef, assign_split
+from modalities.formats.collection import size_mismatch
 from modalities.rgb import coco, demo, formats, voc
 from modalities.rgb.params import RGBParams
 
@@ -48,19 +51,30 @@ class RGBAdapter(ModalityAdapter):
     :class:`modalities.rgb.params.RGBParams`.
 
     VOC (``root/<year>/{Annotations,JPEGImages,ImageSets/Main}``): the image is
-    ``JPEGImages/<filename>`` of the XML (``<id>.jpg`` when that file is absent, as the devkit
-    loads). COCO: categories are mapped to contiguous labels 1..K sorted by category id
+    ``JPEGImages/<filename>`` of the XML, resolved by stem when that file is absent (a
+    ``<filename>`` without extension or with another one, or ``<id>.<jpg|png|...>`` as the
+    devkit loads); an ``<object>`` without ``<bndbox>`` is no object (counted, one warning);
+    an image left without boxes is a background image (counted).
+
+    COCO: categories are mapped to contiguous labels 1..K sorted by category id
     (:attr:`label_to_category_id` maps back); ``iscrowd`` annotations become ``crowd=True``
-    boxes (not difficult: neither positives nor negatives in training, ignored ground truth in
-    evaluation), dropped with ``keep_difficult: false``; images without annotations are kept;
-    zero-width or -height boxes are dropped and counted in ``meta["dropped_degenerate"]``.
+    boxes (not difficult: neither positives nor negatives in training, ignored ground truth
+    in evaluation), dropped with ``keep_difficult: false``; images without annotations are
+    kept; zero-width or -height boxes are dropped and counted in
+    ``meta["dropped_degenerate"]``; ``class_map`` renames or drops categories by name,
+    ``crowd`` and ``unmatched`` handle crowd-only files and annotations of unlisted image ids
+    (one warning line each, with counts).
+
+    Collection (``format: collection``): YOLO, plain VOC folders, COCO and masks through the
+    shared layer (:mod:`modalities.rgb.collection`).
 
     Errors: a problem of one image found while listing (its XML, its COCO entry or
     annotations, its path) goes through ``self.log.guard`` (``unit="image"``); a problem of a
     whole file (an image list, a COCO JSON, a split conflict) raises. ``read`` raises for an
     image that does not decode completely, is larger than ``max_pixels`` (from its header,
-    before decoding) or does not match its annotation. Images are not EXIF-rotated: VOC and
-    COCO annotate the stored pixel grid.
+    before decoding) or whose boxes lie outside it; a size declared by the annotation that
+    differs from the decoded image is a warning (the image wins). Images are not
+    EXIF-rotated: VOC and COCO annotate the stored pixel grid.
     """
 
     name: ClassVar[str] = "rgb"
@@ -106,11 +120,12 @@ class RGBAdapter(ModalityAdapter):
     # --- discovery ----------------------------------------------------------------------
     def discover(self) -> list[SampleRef]:
         """The units of the ``format`` param's module (:data:`modalities.rgb.formats.FORMATS`:
-        ``voc.discover`` or ``coco.discover``); with ``val_fraction`` > 0, train images go to
-        val by the stable split hash of their id."""
+        ``voc.discover``, ``coco.discover`` or ``collection.discover``); with
+        ``val_fraction`` > 0, VOC and COCO train images go to val by the stable split hash of
+        their id (a collection applies it to its own hash-split images)."""
         refs = formats.FORMATS[self.params.format].discover(self)
         fraction = self.params.val_fraction
-        if fraction > 0:
+        if fraction > 0 and self.params.format != "collection":  # there: the layer's hash
             for ref in refs:
                 if ref.split == "train":
                     ref.split = assign_split(ref.ref_id, fraction, 0.0, seed=self.params.seed)
@@ -137,17 +152,12 @@ class RGBAdapter(ModalityAdapter):
     # --- reading ------------------------------------------------------------------------
     def read(self, ref: SampleRef) -> Iterator[Sample]:
         image_path = ref.paths["image"]
-        ann_shown = self._display(ref.paths["annotation"])
+        ann_shown = self._display(ref.paths.get("annotation", image_path))
         image = self._decode(image_path, ref.ref_id)  # [H, W, 3] uint8, fully decoded
         h, w = image.shape[:2]
-        declared = ref.meta.get("declared_size")
-        if declared is not None and list(declared) != [w, h]:
-            raise DataError(
-                f"declares image size {declared[0]}x{declared[1]} but "
-                f"{self._display(image_path)} is {w}x{h}",
-                path=ann_shown,
-                sample=ref.ref_id,
-            )
+        # A declared size that disagrees is a warning: the image wins, boxes are checked
+        # against it below.
+        size_mismatch(self.log, ref.meta.get("declared_size"), (w, h), ann_shown, ref.ref_id)
         boxes = np.asarray(ref.meta["boxes"], dtype=np.float64).reshape(-1, 4)
         tol = BOX_TOLERANCE_PX
         outside = (
@@ -176,11 +186,12 @@ class RGBAdapter(ModalityAdapter):
             "height": h,
             "format": self.params.format,
         }
-        for key in ("year", "skipped_unknown", "dropped_degenerate"):
+        for key in ("year", "skipped_unknown", "dropped_degenerate", "background"):
             if key in ref.meta:
                 meta[key] = ref.meta[key]
+        chw = np.ascontiguousarray(image.transpose(2, 0, 1))
         sample = Sample(
-            image=np.ascontiguousarray(image.transpose(2, 0, 1), dtype=np.float32) / 255.0,
+            image=chw.astype(np.float32) / 255.0,
             boxes=boxes,
             labels=np.asarray(ref.meta["labels"], dtype=np.int64),
             difficult=np.asarray(ref.meta["difficult"], dtype=bool),
@@ -190,6 +201,7 @@ class RGBAdapter(ModalityAdapter):
             split=ref.split,
             affine=np.eye(4),
             meta=meta,
+            native=NativeImage(chw, divisor=255.0),  # stored as uint8 (docs/store.md)
         )
         sample.validate(num_channels=3, num_classes=len(self.class_names))
         yield sample

@@ -1,6 +1,8 @@
 """The rgb modality's formats: format name -> the module that reads it.
 
-``FORMATS["voc"]`` and ``FORMATS["coco"]`` are the two layouts of the ``format`` param: each
+``FORMATS["voc"]``, ``FORMATS["coco"]`` and ``FORMATS["collection"]`` (YOLO, plain VOC
+folders, COCO, masks through :mod:`modalities.formats.collection`) are the layouts of the
+``format`` param: each
 module's ``discover(adapter)`` lists the units, and :meth:`RGBAdapter.discover` dispatches
 through this table. ``FORMATS["image"]`` (the 8-bit images both layouts hold) only answers
 ``claims``. :func:`claims` answers for the whole modality (``dsod detect`` uses it to name the
@@ -12,11 +14,16 @@ from __future__ import annotations
 from pathlib import Path
 from types import ModuleType
 
-from modalities.rgb import coco, images, voc
+from modalities.rgb import coco, collection, images, voc
 
-FORMATS: dict[str, ModuleType] = {"voc": voc, "coco": coco, "image": images}
+FORMATS: dict[str, ModuleType] = {
+    "voc": voc,
+    "coco": coco,
+    "collection": collection,
+    "image": images,
+}
 #: The formats with a ``discover``: the choices of the ``format`` param.
-LAYOUTS = ("voc", "coco")
+LAYOUTS = ("voc", "coco", "collection")
 
 
 def claims(path: Path) -> bool:

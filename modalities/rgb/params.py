@@ -1,12 +1,18 @@
-"""The params of the ``rgb`` adapter (VOC and COCO layouts), validated by
-:meth:`modalities.base.AdapterParams.parse`."""
+"""The params of the ``rgb`` adapter (VOC devkit, COCO and collection layouts), validated by
+:meth:`modalities.base.AdapterParams.parse`.
+
+The collection layout's params (``labels``, ``image_dir``, ``label_dir``, ``split_files``,
+``class_map``, ``crowd``, ``unmatched``, ...) are those of the shared labelled-image layer,
+:class:`modalities.formats.collection.CollectionParams`, from which :class:`RGBParams`
+derives; ``class_map``, ``crowd`` and ``unmatched`` apply to the ``coco`` layout too."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
 
-from modalities.base import AdapterParams, param
+from modalities.base import param
+from modalities.formats.collection import CollectionParams
 
 SPLIT_PARAM = {"train": "train_sets", "val": "val_sets", "test": "test_sets"}
 """Split -> the VOC param listing its ``ImageSets/Main`` lists."""
@@ -16,15 +22,19 @@ COCO_JSON_PARAM = {"train": "train_json", "val": "val_json", "test": "test_json"
 
 
 @dataclass(frozen=True)
-class RGBParams(AdapterParams):
+class RGBParams(CollectionParams):
     """Params of :class:`modalities.rgb.adapter.RGBAdapter`; ``root`` is a VOCdevkit folder
-    (``format: voc``) or a COCO folder (``format: coco``)."""
+    (``format: voc``), a COCO folder (``format: coco``) or a folder of images with labels in
+    any format of the shared layer (``format: collection``, the ``labels`` param)."""
 
-    format: Literal["voc", "coco"] = param("voc", "annotation format of the dataset")
+    format: Literal["voc", "coco", "collection"] = param(
+        "voc", "dataset layout: VOC devkit, COCO folder, or a collection (labels param)"
+    )
     class_names: list[str] | None = param(
         None,
-        "names of labels 1..K; null = the 20 VOC classes (voc) or the JSON's categories "
-        "sorted by id (coco, where a list given must equal those)",
+        "names of labels 1..K; null = the 20 VOC classes (voc), the JSON's categories "
+        "sorted by id (coco, where a list given must equal those after class_map) or the "
+        "classes found (collection)",
     )
     keep_difficult: bool = param(
         True, "keep VOC difficult objects (flagged difficult) and COCO crowd regions (crowd)"
@@ -38,8 +48,9 @@ class RGBParams(AdapterParams):
     val_fraction: float = param(
         0.0,
         "move this fraction (in [0, 1)) of the train images to val by a stable hash of the "
-        "sample id; 0 keeps the dataset's own splits",
+        "sample id; 0 keeps the dataset's own splits (collection: of hash-split images)",
         min=0,
+        max=1,
     )
     seed: int = param(0, "seed of the val_fraction split hash")
     # VOC
@@ -56,7 +67,9 @@ class RGBParams(AdapterParams):
         default_factory=lambda: ["VOC2007/test"], doc="voc: lists of the test split"
     )
     unknown_class: Literal["error", "skip"] = param(
-        "error", "voc: an object whose name is not in class_names is an error, or skipped"
+        "error",
+        "voc, collection: an object whose (mapped) class is not in class_names is an error, "
+        "or skipped (counted)",
     )
     # COCO
     train_json: str | None = param(
@@ -84,8 +97,10 @@ class RGBParams(AdapterParams):
             )
         if self.format == "voc":
             self._check_voc()
-        else:
+        elif self.format == "coco":
             self._check_coco()
+        else:
+            self.check_collection()
 
     def _check_voc(self) -> None:
         if not self.years or not all(self.years):

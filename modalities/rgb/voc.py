@@ -9,6 +9,7 @@ image lists named by the ``train_sets``/``val_sets``/``test_sets`` params) and :
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +17,7 @@ from dsod_core.errors import DataError
 from modalities.base import SampleRef
 from modalities.formats.voc import (
     VOC_CLASSES,
+    find_image,
     is_voc_xml,
     parse_voc_xml,
     read_image_set,
@@ -57,6 +59,7 @@ def discover(adapter: RGBAdapter) -> list[SampleRef]:
 
     p = adapter.params
     refs: list[SampleRef] = []
+    tally: Counter = Counter()  # objects without a box, background images
     root_file = adapter.root  # blamed when a configured (not annotated) path escapes
     for year in p.years:
         year_dir = adapter.resolve_inside_root(year, root_file)
@@ -87,14 +90,33 @@ def discover(adapter: RGBAdapter) -> list[SampleRef]:
             with adapter.log.guard(adapter.root / xml_rel, unit="image"):
                 try:
                     xml_path = adapter.resolve_inside_root(xml_rel, adapter._display(list_path))
-                    refs.append(_ref(adapter, year, image_id, sample_id, split, xml_path))
+                    refs.append(_ref(adapter, year, image_id, sample_id, split, xml_path, tally))
                 except DataError as exc:
                     raise _with_sample(exc, sample_id) from None
+    _summarise(adapter, tally)
     return refs
 
 
+def _summarise(adapter: RGBAdapter, tally: Counter) -> None:
+    """One report line per quirk met while listing, with its count."""
+    if tally["no_box"]:
+        adapter.log.warn(
+            f"{tally['no_box']} VOC object(s) without a <bndbox> ignored (no box: not objects)"
+        )
+    if tally["background"]:  # ordinary negatives: counted (the report's counts), not warned
+        adapter.log.counts["background_kept"] = (
+            adapter.log.counts.get("background_kept", 0) + tally["background"]
+        )
+
+
 def _ref(
-    adapter: RGBAdapter, year: str, image_id: str, sample_id: str, split: str, xml_path: Path
+    adapter: RGBAdapter,
+    year: str,
+    image_id: str,
+    sample_id: str,
+    split: str,
+    xml_path: Path,
+    tally: Counter,
 ) -> SampleRef:
     """One image's ref: its XML parsed, its image file found, its objects kept as the params
     say (``class_names``, ``unknown_class``, ``keep_difficult``)."""
@@ -105,12 +127,14 @@ def _ref(
     filename = ann["filename"] or f"{image_id}.jpg"
     image_path = adapter.resolve_inside_root(Path(year) / "JPEGImages" / filename, shown)
     if not image_path.is_file():
-        # The devkit itself loads JPEGImages/<id>.jpg; tools such as labelImg sometimes
-        # write the name of the file before it was renamed into <filename>.
-        fallback = adapter.resolve_inside_root(Path(year) / "JPEGImages" / f"{image_id}.jpg", shown)
-        if not fallback.is_file():
+        # The devkit itself loads JPEGImages/<id>.jpg; tools such as labelImg write
+        # <filename> without its extension, with another one, or the name of the file before
+        # it was renamed: resolved by stem (the <filename>'s, then the id's).
+        found = find_image(image_path.parent, None, [Path(filename).stem, image_id])
+        if found is None:
             raise DataError(f"image {adapter._display(image_path)} not found", path=shown)
-        image_path, filename = fallback, f"{image_id}.jpg"
+        image_path, filename = found, found.name
+    tally["no_box"] += len(ann["no_box"])
 
     class_names = adapter.class_names
     kept, unknown = select_objects(ann["objects"], class_names, keep_difficult=p.keep_difficult)
@@ -126,6 +150,7 @@ def _ref(
             sample_id,
         )
     index = {name: i + 1 for i, name in enumerate(class_names)}
+    tally["background"] += not kept
     return SampleRef(
         ref_id=sample_id,
         split=split,
