@@ -20,7 +20,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from dsod_core.errors import ConfigError
+from dsod_core.errors import ConfigError, DataError
 
 
 class PredictorLike(Protocol):
@@ -72,6 +72,25 @@ class DetectResult:
     seconds: float = 0.0
     evaluation: dict[str, Any] | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+
+
+def input_files(path: Path, suffixes: Sequence[str], modality: str, noun: str) -> list[Path]:
+    """The files of one ``dsod detect`` input: ``path`` itself when its suffix is one of
+    ``suffixes`` (lower case, with the dot), or those directly in the folder ``path``
+    (sorted). Raises :class:`DataError` naming ``path`` for a folder holding none and for a
+    file of another kind (``not a <modality> input``); ``noun`` names the files (images)."""
+    path = Path(path)
+    if path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in suffixes)
+        if not files:
+            raise DataError(f"no {noun} ({', '.join(suffixes)}) in this folder", path=path)
+        return files
+    if path.suffix.lower() in suffixes:
+        return [path]
+    article = "an" if modality[:1] in "aeiou" else "a"
+    raise DataError(
+        f"not {article} {modality} input: expected {', '.join(suffixes)} or a folder", path=path
+    )
 
 
 def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

@@ -64,6 +64,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
+
 from dsod_core.errors import DataError
 from modalities.base import AdapterParams, assign_split, param, split_hash
 from modalities.formats import coco as coco_format
@@ -202,6 +204,40 @@ def ref_meta(item: LabeledImage, class_names: Sequence[str], file_name: str | No
     }
 
 
+#: How far (pixels) a box may extend beyond its image before it is an error; it is clipped.
+#: Annotation tools and rounding produce such boxes (VOC ``xmin = 0``, COCO boxes ending at
+#: ``width + 0.5``).
+BOX_TOLERANCE_PX = 1.0
+
+
+def clip_boxes(
+    boxes: Any, w: int, h: int, shown: Any, sample: str, noun: str = "image"
+) -> np.ndarray:
+    """Boxes (continuous xyxy pixels) checked against a decoded ``w`` x ``h`` image and
+    clipped to it. A box further than :data:`BOX_TOLERANCE_PX` outside it, or empty once
+    clipped, is a :class:`DataError` naming ``shown`` (the label file) and ``sample``."""
+    boxes = np.asarray(boxes, dtype=np.float64).reshape(-1, 4)
+    tol = BOX_TOLERANCE_PX
+    outside = (
+        (boxes[:, 0] < -tol) | (boxes[:, 1] < -tol)
+        | (boxes[:, 2] > w + tol) | (boxes[:, 3] > h + tol)
+    )  # fmt: skip
+    if outside.any():
+        bad = boxes[np.argmax(outside)]
+        raise DataError(
+            f"box {np.round(bad, 2).tolist()} (continuous xyxy) lies outside the {w}x{h} "
+            f"{noun} beyond the {tol:g}-px tolerance",
+            path=shown,
+            sample=sample,
+        )
+    boxes = np.clip(boxes, 0, [w, h, w, h])
+    if ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])).any():
+        raise DataError(
+            f"a box is empty once clipped to the {w}x{h} {noun}", path=shown, sample=sample
+        )
+    return boxes
+
+
 def size_mismatch(
     log: Any, declared: Sequence[int] | None, actual: Sequence[int], path: Any, sample: str
 ) -> bool:
@@ -248,8 +284,11 @@ class _Raw:
     split: str | None = None
 
 
-class _Run:
-    """State of one :func:`discover_collection` call."""
+class CollectionRun:
+    """State of one :func:`discover_collection` call: the adapter, the params, the quirk
+    counts and the warnings they become. Public for readers of other layouts that apply the
+    same COCO rules (the multispectral COCO labels: :func:`coco_annotations`,
+    :func:`crowd_mode`)."""
 
     def __init__(self, adapter, params, image_suffixes, image_size, counts):
         self.adapter, self.p, self.log = adapter, params, adapter.log
@@ -316,7 +355,7 @@ def discover_collection(
 ) -> tuple[list[LabeledImage], list[str]]:
     """The labelled images of ``adapter.root`` as ``params`` describe them, and the class
     names (labels 1..K). See the module doc for layouts, classes, splits and reporting."""
-    run = _Run(adapter, params, image_suffixes, image_size, counts)
+    run = CollectionRun(adapter, params, image_suffixes, image_size, counts)
     reader = {
         "voc": _read_voc,
         "coco": _read_coco,
@@ -338,13 +377,13 @@ def discover_collection(
 
 
 # --- classes ---------------------------------------------------------------------------------
-def _mapped(run: _Run, name: str) -> str | None:
+def _mapped(run: CollectionRun, name: str) -> str | None:
     if name in run.p.class_map:
         return run.p.class_map[name] or None
     return name
 
 
-def _class_names(run: _Run) -> list[str]:
+def _class_names(run: CollectionRun) -> list[str]:
     if run.p.class_names is not None:
         return list(run.p.class_names)
     names = [_mapped(run, n) for n in run.found_order]
@@ -357,7 +396,7 @@ def _class_names(run: _Run) -> list[str]:
     return names
 
 
-def _classify(run: _Run, raw: _Raw, class_names: list[str]) -> LabeledImage:
+def _classify(run: CollectionRun, raw: _Raw, class_names: list[str]) -> LabeledImage:
     """Class map, unknown classes and difficult objects applied to one image's objects."""
     known = set(class_names)
     item = LabeledImage(
@@ -391,12 +430,12 @@ def _classify(run: _Run, raw: _Raw, class_names: list[str]) -> LabeledImage:
     return item
 
 
-def _per_name(run: _Run, key: str) -> list[str]:
+def _per_name(run: CollectionRun, key: str) -> list[str]:
     prefix = f"{key}:"
     return sorted(k[len(prefix) :] for k in run.counts if k.startswith(prefix))
 
 
-def _class_warnings(run: _Run) -> None:
+def _class_warnings(run: CollectionRun) -> None:
     n = run.counts["class_map_dropped"]
     if n:
         run.log.warn(
@@ -416,7 +455,7 @@ def _class_warnings(run: _Run) -> None:
 
 
 # --- splits and backgrounds --------------------------------------------------------------------
-def _assign_splits(run: _Run, items: list[LabeledImage]) -> list[LabeledImage]:
+def _assign_splits(run: CollectionRun, items: list[LabeledImage]) -> list[LabeledImage]:
     p = run.p
     if p.split_files:
         return _from_split_files(run, items)
@@ -430,7 +469,7 @@ def _assign_splits(run: _Run, items: list[LabeledImage]) -> list[LabeledImage]:
     return items
 
 
-def _from_split_files(run: _Run, items: list[LabeledImage]) -> list[LabeledImage]:
+def _from_split_files(run: CollectionRun, items: list[LabeledImage]) -> list[LabeledImage]:
     p = run.p
     files = {split: run.inside(rel) for split, rel in p.split_files.items()}
     listed = split_format.read_split_files(
@@ -471,7 +510,7 @@ def _from_split_files(run: _Run, items: list[LabeledImage]) -> list[LabeledImage
     return kept
 
 
-def _backgrounds(run: _Run, items: list[LabeledImage]) -> list[LabeledImage]:
+def _backgrounds(run: CollectionRun, items: list[LabeledImage]) -> list[LabeledImage]:
     fraction = run.p.keep_background
     kept, dropped = [], 0
     for item in items:
@@ -491,7 +530,7 @@ def _backgrounds(run: _Run, items: list[LabeledImage]) -> list[LabeledImage]:
 
 
 # --- VOC -------------------------------------------------------------------------------------
-def _voc_label_root(run: _Run) -> Path:
+def _voc_label_root(run: CollectionRun) -> Path:
     if run.p.label_dir:
         return run.inside(run.p.label_dir)
     lower = run.inside("annotations")
@@ -499,7 +538,7 @@ def _voc_label_root(run: _Run) -> Path:
     return upper if not lower.is_dir() and upper.is_dir() else lower
 
 
-def _read_voc(run: _Run) -> list[_Raw]:
+def _read_voc(run: CollectionRun) -> list[_Raw]:
     label_root = _voc_label_root(run)
     if not label_root.is_dir():
         raise DataError(
@@ -575,7 +614,7 @@ def _voc_image(run, filename, xml, label_root, images, by_stem) -> str:
 
 
 # --- YOLO ------------------------------------------------------------------------------------
-def _yolo_names(run: _Run, label_root: Path) -> list[str] | None:
+def _yolo_names(run: CollectionRun, label_root: Path) -> list[str] | None:
     if run.p.names_file:
         path = run.inside(run.p.names_file)
         return yolo_format.read_yolo_names(path, shown=run.display(path))
@@ -591,7 +630,7 @@ def _yolo_names(run: _Run, label_root: Path) -> list[str] | None:
     return None
 
 
-def _read_yolo(run: _Run) -> list[_Raw]:
+def _read_yolo(run: CollectionRun) -> list[_Raw]:
     label_root = run.label_root(yolo_format.default_label_dir(run.p.image_dir))
     names = _yolo_names(run, label_root) or (list(run.p.class_names) if run.p.class_names else None)
     if names is None:
@@ -619,7 +658,7 @@ def _read_yolo(run: _Run) -> list[_Raw]:
 
 
 # --- masks and none ----------------------------------------------------------------------------
-def _read_masks(run: _Run) -> list[_Raw]:
+def _read_masks(run: CollectionRun) -> list[_Raw]:
     p = run.p
     mask_root = run.label_root("masks")
     if not mask_root.is_dir():
@@ -677,13 +716,13 @@ def _mask_name(names: list[str], value: int, shown: Any) -> str:
     raise DataError(f"mask value {value} is no class index 1..{len(names)} ({names})", path=shown)
 
 
-def _read_none(run: _Run) -> list[_Raw]:
+def _read_none(run: CollectionRun) -> list[_Raw]:
     run.found_order = list(run.p.class_names or [])
     return [_Raw(i, path, rel, None) for i, (path, rel) in run.index_images(None).items()]
 
 
 # --- COCO ------------------------------------------------------------------------------------
-def _read_coco(run: _Run) -> list[_Raw]:
+def _read_coco(run: CollectionRun) -> list[_Raw]:
     images = run.index_images(exclude=None)
     by_stem: dict[str, list[str]] = {}
     for image_id in images:
@@ -706,7 +745,7 @@ def _read_coco(run: _Run) -> list[_Raw]:
     return list(raws.values())
 
 
-def _coco_image(run: _Run, entry, images, by_stem, shown) -> str:
+def _coco_image(run: CollectionRun, entry, images, by_stem, shown) -> str:
     """The image id of an ``images`` entry: ``file_name`` under image_dir, under root, or by
     its stem (the single image of that stem)."""
     name = entry["file_name"].replace("\\", "/")
@@ -744,10 +783,10 @@ def _coco_file(run, data, cats, json_path, images, by_stem) -> list[_Raw]:
             size = tuple(entry["declared_size"]) if entry["declared_size"] else None
             raws[entry["id"]] = _Raw(image_id, path, rel, json_path, declared_size=size)
     listed = {img.get("id") for img in data["images"] if isinstance(img, dict)}
-    anns, bad = _coco_annotations(run, data, listed, shown)
+    anns, bad = coco_annotations(run, data, listed, shown)
     for image_id in bad:
         raws.pop(image_id, None)
-    crowd_objects = _crowd_mode(run, anns, shown)
+    crowd_objects = crowd_mode(run, anns, shown)
     degenerate = 0
     for ann, parsed in anns:
         raw = raws.get(ann["image_id"])
@@ -773,7 +812,9 @@ def _coco_file(run, data, cats, json_path, images, by_stem) -> list[_Raw]:
     return list(raws.values())
 
 
-def _coco_annotations(run: _Run, data, listed, shown) -> tuple[list[tuple[dict, dict]], set]:
+def coco_annotations(
+    run: CollectionRun, data, listed, shown
+) -> tuple[list[tuple[dict, dict]], set]:
     """The annotations of listed images, parsed, and the image ids refused for a malformed
     annotation (through ``log.guard``); those of an image id the file does not list are
     counted and skipped (``unmatched: skip``) or refused (``unmatched: error``)."""
@@ -809,7 +850,7 @@ def _coco_annotations(run: _Run, data, listed, shown) -> tuple[list[tuple[dict, 
     return out, bad
 
 
-def _crowd_mode(run: _Run, anns, shown) -> bool:
+def crowd_mode(run: CollectionRun, anns, shown) -> bool:
     """Whether the crowd boxes of this file are read as objects (``crowd``)."""
     mode = run.p.crowd
     if mode != "auto":

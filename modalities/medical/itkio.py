@@ -179,3 +179,28 @@ def load_array(path: Path, io: str, what: str, warn: Warn | None = None) -> np.n
     _forward(captured, path, warn)
     # GetArrayViewFromImage is [z, y, x]; the reader's index order is (x, y, z).
     return np.asarray(sitk.GetArrayViewFromImage(image), dtype=np.float32).transpose(2, 1, 0)
+
+
+def inflated_length(data: Path, start: int, what: str = "compressed") -> int:
+    """How many bytes the zlib/gzip stream of ``data`` from byte ``start`` decompresses to,
+    streamed in 4 MiB steps (MetaImage ``.zraw``/``LOCAL`` and NRRD ``gzip`` data). Raises
+    :class:`DataError` naming ``data`` for a corrupt stream or one that ends early."""
+    import zlib
+
+    inflate = zlib.decompressobj(47)  # zlib or gzip header
+    total = 0
+    try:
+        with data.open("rb") as f:
+            f.seek(start)
+            while chunk := f.read(1 << 22):
+                total += len(inflate.decompress(chunk))
+                if inflate.eof:
+                    break
+        total += len(inflate.flush())
+    except (OSError, zlib.error) as exc:
+        raise DataError(f"corrupt {what} voxel data ({exc})", path=data) from exc
+    if not inflate.eof:
+        raise DataError(
+            f"{what} voxel data ends early (stream cut after {total:,} bytes)", path=data
+        )
+    return total

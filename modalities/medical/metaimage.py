@@ -24,14 +24,13 @@ MetaImage (MetaIO) is LUNA16's native format. It is read through SimpleITK's ``M
 
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 
 import numpy as np
 
 from dsod_core.errors import DataError
 from modalities.formats import has_suffix, head
-from modalities.medical.itkio import VolumeInfo, Warn, load_array
+from modalities.medical.itkio import VolumeInfo, Warn, inflated_length, load_array
 from modalities.medical.itkio import read_info as itk_read_info
 from modalities.medical.nifti import LPS_TO_RAS, ArrayVolumeReader
 
@@ -159,24 +158,12 @@ def check_compressed(path: Path, info: VolumeInfo) -> None:
     if not _is_compressed(fields):
         return
     data = data_file(path)
-    inflate = zlib.decompressobj(47)  # zlib or gzip header
-    total = 0
     try:
-        with data.open("rb") as f:
-            f.seek(offset if data == path else 0)
-            while chunk := f.read(1 << 22):
-                total += len(inflate.decompress(chunk))
-                if inflate.eof:
-                    break
-        total += len(inflate.flush())
-    except (OSError, zlib.error) as exc:
-        raise DataError(f"corrupt compressed voxel data ({exc})", path=data) from exc
-    if not inflate.eof:
+        total = inflated_length(data, offset if data == path else 0)
+    except DataError as exc:
         raise DataError(
-            f"compressed voxel data ends early (stream cut after {total:,} bytes; the header "
-            f"declares {_declared(fields, info)})",
-            path=data,
-        )
+            f"{exc.reason} (the header declares {_declared(fields, info)})", path=data
+        ) from None
     if total != info.data_bytes:
         raise DataError(
             f"decompresses to {total:,} bytes of voxel data, the header declares "

@@ -21,14 +21,13 @@ Read through SimpleITK's ``NrrdImageIO`` (ITK's own NRRD reader, teem's ``NrrdIO
 
 from __future__ import annotations
 
-import zlib
 from pathlib import Path
 
 import numpy as np
 
 from dsod_core.errors import DataError
 from modalities.formats import has_suffix, head
-from modalities.medical.itkio import VolumeInfo, Warn, load_array
+from modalities.medical.itkio import VolumeInfo, Warn, inflated_length, load_array
 from modalities.medical.itkio import read_info as itk_read_info
 from modalities.medical.nifti import LPS_TO_RAS, ArrayVolumeReader
 
@@ -130,27 +129,9 @@ def check_data_size(path: Path, info: VolumeInfo, *, decompress: bool) -> None:
         if have < info.data_bytes or (skip != -1 and have > info.data_bytes):
             _mismatch(have, info, fields, path, "holds")
     elif encoding in ("gzip", "gz") and decompress:
-        total = _inflated_length(data, start)
+        total = inflated_length(data, start, "gzip")
         if total != info.data_bytes:
             _mismatch(total, info, fields, path, "decompresses to")
-
-
-def _inflated_length(data: Path, start: int) -> int:
-    inflate = zlib.decompressobj(47)
-    total = 0
-    try:
-        with data.open("rb") as f:
-            f.seek(start)
-            while chunk := f.read(1 << 22):
-                total += len(inflate.decompress(chunk))
-                if inflate.eof:
-                    break
-        total += len(inflate.flush())
-    except (OSError, zlib.error) as exc:
-        raise DataError(f"corrupt gzip voxel data ({exc})", path=data) from exc
-    if not inflate.eof:
-        raise DataError(f"gzip voxel data ends early (cut after {total:,} bytes)", path=data)
-    return total
 
 
 class NrrdReader(ArrayVolumeReader):

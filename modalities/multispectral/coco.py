@@ -51,15 +51,15 @@ def read_coco(adapter: Any, path: Path) -> list[tuple[str, str, str, np.ndarray,
     background raster)."""
     data, cats = coco_format.load_coco_json(path, shown=path)
     names = dict(cats)
-    run = collection._Run(adapter, adapter.params, (), None, None)
+    run = collection.CollectionRun(adapter, adapter.params, (), None, None)
     files: dict[int, str] = {}
     for img in data["images"]:
         entry = coco_format.parse_image_entry(img, path)
         files[entry["id"]] = entry["file_name"]
-    anns, bad = collection._coco_annotations(run, data, set(files), path)
+    anns, bad = collection.coco_annotations(run, data, set(files), path)
     if bad:
         raise DataError(f"{len(bad)} image(s) with a malformed annotation", path=path)
-    crowd_objects = collection._crowd_mode(run, anns, path)
+    crowd_objects = collection.crowd_mode(run, anns, path)
     out, ignored, degenerate = [], 0, 0
     for ann, parsed in anns:
         if parsed["box"] is None:

@@ -30,12 +30,10 @@ from dsod_core.data.sample import NativeImage, Sample, pixel_to_world
 from dsod_core.errors import ConfigError, DataError
 from dsod_core.io import write_atomic, write_json
 from modalities.base import AdapterParams, ModalityAdapter, PrepareLog, SampleRef, assign_split
-from modalities.formats.collection import size_mismatch
+from modalities.formats.collection import BOX_TOLERANCE_PX as BOX_TOLERANCE_PX  # re-exported
+from modalities.formats.collection import clip_boxes, size_mismatch
 from modalities.rgb import coco, demo, formats, voc
 from modalities.rgb.params import RGBParams
-
-BOX_TOLERANCE_PX = 1.0
-"""How far (pixels) a box may extend beyond the image before it is an error; it is clipped."""
 
 
 def _with_sample(exc: DataError, sample: str) -> DataError:
@@ -158,27 +156,7 @@ class RGBAdapter(ModalityAdapter):
         # A declared size that disagrees is a warning: the image wins, boxes are checked
         # against it below.
         size_mismatch(self.log, ref.meta.get("declared_size"), (w, h), ann_shown, ref.ref_id)
-        boxes = np.asarray(ref.meta["boxes"], dtype=np.float64).reshape(-1, 4)
-        tol = BOX_TOLERANCE_PX
-        outside = (
-            (boxes[:, 0] < -tol) | (boxes[:, 1] < -tol)
-            | (boxes[:, 2] > w + tol) | (boxes[:, 3] > h + tol)
-        )  # fmt: skip
-        if outside.any():
-            bad = boxes[np.argmax(outside)]
-            raise DataError(
-                f"box {np.round(bad, 2).tolist()} (continuous xyxy) lies outside the {w}x{h} "
-                f"image beyond the {tol:g}-px tolerance",
-                path=ann_shown,
-                sample=ref.ref_id,
-            )
-        boxes = np.clip(boxes, 0, [w, h, w, h])
-        if ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])).any():
-            raise DataError(
-                f"a box is empty once clipped to the {w}x{h} image",
-                path=ann_shown,
-                sample=ref.ref_id,
-            )
+        boxes = clip_boxes(ref.meta["boxes"], w, h, ann_shown, ref.ref_id)
         meta = {
             "image_id": ref.meta["image_id"],
             "file_name": ref.meta["file_name"],

@@ -33,7 +33,14 @@ import math
 from pathlib import Path
 from typing import Any
 
-from dsod_core.detection import DetectResult, DetectRun, PredictorLike, batched, progress_bar
+from dsod_core.detection import (
+    DetectResult,
+    DetectRun,
+    PredictorLike,
+    batched,
+    input_files,
+    progress_bar,
+)
 from dsod_core.errors import ConfigError, DataError
 from dsod_core.io import write_json
 from dsod_core.metrics.coco import evaluate_coco_dicts
@@ -122,18 +129,7 @@ def _predict(adapter: RGBAdapter, refs, predictor: PredictorLike, run: DetectRun
 
 def _image_files(path: Path) -> list[Path]:
     """The images of one input: itself, or the images directly in a folder (sorted)."""
-    if path.is_dir():
-        files = sorted(
-            p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS
-        )
-        if not files:
-            raise DataError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in this folder", path=path)
-        return files
-    if path.suffix.lower() in IMAGE_EXTENSIONS:
-        return [path]
-    raise DataError(
-        f"not an rgb input: expected {', '.join(IMAGE_EXTENSIONS)} or a folder", path=path
-    )
+    return input_files(path, IMAGE_EXTENSIONS, "rgb", "images")
 
 
 def _ref(file: Path, name: str, image_id: Any, annotation: Path | None = None, **gt: Any):

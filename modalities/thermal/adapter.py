@@ -14,7 +14,8 @@ Labels and splits come from the shared labelled-image layer
 (:func:`modalities.formats.collection.discover_collection`: VOC, COCO, YOLO, masks or none);
 images without boxes are kept as negatives (``keep_background``). ``Sample.affine`` is the
 identity: the world is the frame's pixels. A declared size that differs from the decoded
-frame is a warning (the frame wins); a box further than :data:`BOX_TOLERANCE_PX` outside the
+frame is a warning (the frame wins); a box further than
+:data:`modalities.formats.collection.BOX_TOLERANCE_PX` outside the
 frame is a :class:`DataError` naming the label file.
 """
 
@@ -32,13 +33,10 @@ from dsod_core.errors import DataError
 from dsod_core.io import write_json
 from modalities.base import AdapterParams, ModalityAdapter, PrepareLog, SampleRef
 from modalities.formats.coco import to_coco_results
-from modalities.formats.collection import discover_collection, ref_meta, size_mismatch
+from modalities.formats.collection import clip_boxes, discover_collection, ref_meta, size_mismatch
 from modalities.thermal import demo, frames, radiometric
 from modalities.thermal.formats import IMAGE_SUFFIXES
 from modalities.thermal.params import ThermalParams
-
-BOX_TOLERANCE_PX = 1.0
-"""How far (pixels) a box may extend beyond the frame before it is an error; it is clipped."""
 
 
 class ThermalAdapter(ModalityAdapter):
@@ -188,28 +186,7 @@ class ThermalAdapter(ModalityAdapter):
         return radiometric.agc_window(values, *p.agc_percentiles)
 
     def _checked_boxes(self, ref: SampleRef, w: int, h: int, ann_shown: Path) -> np.ndarray:
-        boxes = np.asarray(ref.meta["boxes"], dtype=np.float64).reshape(-1, 4)
-        tol = BOX_TOLERANCE_PX
-        outside = (
-            (boxes[:, 0] < -tol) | (boxes[:, 1] < -tol)
-            | (boxes[:, 2] > w + tol) | (boxes[:, 3] > h + tol)
-        )  # fmt: skip
-        if outside.any():
-            bad = boxes[np.argmax(outside)]
-            raise DataError(
-                f"box {np.round(bad, 2).tolist()} (continuous xyxy) lies outside the {w}x{h} "
-                f"frame beyond the {tol:g}-px tolerance",
-                path=ann_shown,
-                sample=ref.ref_id,
-            )
-        boxes = np.clip(boxes, 0, [w, h, w, h])
-        if ((boxes[:, 2] <= boxes[:, 0]) | (boxes[:, 3] <= boxes[:, 1])).any():
-            raise DataError(
-                f"a box is empty once clipped to the {w}x{h} frame",
-                path=ann_shown,
-                sample=ref.ref_id,
-            )
-        return boxes
+        return clip_boxes(ref.meta["boxes"], w, h, ann_shown, ref.ref_id, noun="frame")
 
     # --- back to the world --------------------------------------------------------------
     def export_predictions(

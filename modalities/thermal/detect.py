@@ -22,7 +22,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from dsod_core.detection import DetectResult, DetectRun, PredictorLike, batched, progress_bar
+from dsod_core.detection import (
+    DetectResult,
+    DetectRun,
+    PredictorLike,
+    batched,
+    input_files,
+    progress_bar,
+)
 from dsod_core.errors import ConfigError, DataError
 from dsod_core.io import write_json
 from dsod_core.metrics.scoring import score_detections
@@ -95,18 +102,7 @@ def _predict(adapter: ThermalAdapter, refs, predictor: PredictorLike, run: Detec
 
 def image_files(path: Path) -> list[Path]:
     """The frames of one input: itself, or the frames directly in a folder (sorted)."""
-    if path.is_dir():
-        files = sorted(
-            p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-        )
-        if not files:
-            raise DataError(f"no frames ({', '.join(IMAGE_SUFFIXES)}) in this folder", path=path)
-        return files
-    if path.suffix.lower() in IMAGE_SUFFIXES:
-        return [path]
-    raise DataError(
-        f"not a thermal input: expected {', '.join(IMAGE_SUFFIXES)} or a folder", path=path
-    )
+    return input_files(path, IMAGE_SUFFIXES, "thermal", "frames")
 
 
 def read_labels(labels: Path, names: list[str], adapter: ThermalAdapter) -> dict[str, dict]:
