@@ -282,3 +282,17 @@ def test_collection_params_are_checked():
         CollectionParams.parse({"split_files": {"training": "t.txt"}}, owner="t")
     with pytest.raises(ConfigError, match="mask_class"):
         CollectionParams.parse({"labels": "masks"}, owner="t")
+
+
+def test_rgb_params_of_another_layout_are_refused_not_ignored():
+    from dsod_core.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'split_files': applies to format: collection"):
+        RGBAdapter(".", {"split_files": {"train": "train.txt"}})  # format: voc
+    with pytest.raises(ConfigError, match="'crowd': does not apply to format: voc"):
+        RGBAdapter(".", {"crowd": "objects"})
+    with pytest.raises(ConfigError, match="'years': does not apply to format: collection"):
+        RGBAdapter(".", {"format": "collection", "years": ["VOC2012"]})
+    with pytest.raises(ConfigError, match="'train_json': does not apply to format: voc"):
+        RGBAdapter(".", {"train_json": "a.json"})
+    RGBAdapter(".", {"format": "coco", "crowd": "objects", "class_map": {"boat": "ship"}})

@@ -287,3 +287,14 @@ def test_real_tum_frame_with_labelimg_voc_and_colour(tmp_path):
     assert s.valid.sum() == measured.sum() and s.image[4].sum() == measured.sum()
     assert a.class_names == ["chair", "globe"] and s.labels.tolist() == [1, 1, 2]
     assert not any("declares image size" in r for r in reasons(a))
+
+
+def test_collection_params_pick_the_collection_layout_or_are_refused():
+    from dsod_core.errors import ConfigError
+    from modalities.depth.adapter import DepthAdapter
+
+    assert DepthAdapter(".", {"labels": "yolo"})._resolve_layout() == "collection"
+    with pytest.raises(
+        ConfigError, match="'labels': applies to layout: collection, not layout: voc"
+    ):
+        DepthAdapter(".", {"layout": "voc", "labels": "yolo"})

@@ -70,7 +70,7 @@ from modalities.depth.encodings import (
     fill_missing,
 )
 from modalities.depth.frames import DEPTH_EXTENSIONS, DEPTH_READERS
-from modalities.depth.params import DepthParams
+from modalities.depth.params import COLLECTION_ONLY, DepthParams
 from modalities.formats.collection import size_mismatch
 
 _UNITS = {"mm": 0.001, "m": 1.0}
@@ -134,6 +134,9 @@ class DepthAdapter(ModalityAdapter):
         p = self.params
         if p.layout != "auto":
             return p.layout
+        defaults = type(p)()
+        if any(getattr(p, key) != getattr(defaults, key) for key in COLLECTION_ONLY):
+            return "collection"  # labels / label_dir / coco_json ... asked for
         if (self.root / p.nyu_file).is_file():
             return "nyu"
         if (self.root / p.annotation_dir).is_dir():

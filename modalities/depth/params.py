@@ -31,13 +31,22 @@ _NAMES = (
 )
 
 
+#: Params only the ``collection`` layout reads (the other layouts have their own folders and
+#: files); with ``layout: auto`` setting one of them picks ``collection``.
+COLLECTION_ONLY = (
+    "labels", "image_dir", "label_dir", "coco_json", "names_file", "mask_suffix",
+    "mask_min_pixels", "mask_class",
+)  # fmt: skip
+
+
 @dataclass(frozen=True)
 class DepthParams(CollectionParams):
     """Params of :class:`modalities.depth.DepthAdapter` (``adapter:`` in ``params.yaml``)."""
 
     layout: Literal["auto", "voc", "coco", "collection", "nyu", "sunrgbd"] = param(
         "auto",
-        "dataset layout; auto: NYU `.mat`, else VOC `Annotations/`, else COCO JSON, "
+        "dataset layout; auto: collection when a collection param (labels, label_dir, "
+        "coco_json, ...) is set, else NYU `.mat`, else VOC `Annotations/`, else COCO JSON, "
         "else SUN RGB-D scene folders; collection: the labels param (voc/coco/yolo/masks/none)",
     )
     image_dir: str | None = param(
@@ -165,6 +174,10 @@ class DepthParams(CollectionParams):
         for key in _NAMES:
             if not getattr(self, key):
                 self.fail(key, "must be a non-empty string")
+        if self.layout not in ("auto", "collection"):
+            for key in COLLECTION_ONLY:
+                if getattr(self, key) != getattr(type(self)(), key):
+                    self.fail(key, f"applies to layout: collection, not layout: {self.layout}")
         # The shared layer's rules (split_files / coco_json keys, labels: coco or masks); the
         # split fractions and class names were checked above with depth's own rules.
         self.replace(

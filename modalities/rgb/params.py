@@ -17,6 +17,13 @@ from modalities.formats.collection import CollectionParams
 SPLIT_PARAM = {"train": "train_sets", "val": "val_sets", "test": "test_sets"}
 """Split -> the VOC param listing its ``ImageSets/Main`` lists."""
 
+#: CollectionParams fields only the ``collection`` layout reads (the VOC devkit and COCO
+#: layouts have their own split and folder params).
+COLLECTION_ONLY = (
+    "labels", "image_dir", "label_dir", "coco_json", "names_file", "split_files", "unlisted",
+    "test_fraction", "keep_background", "mask_suffix", "mask_min_pixels", "mask_class",
+)  # fmt: skip
+
 COCO_JSON_PARAM = {"train": "train_json", "val": "val_json", "test": "test_json"}
 """Split -> the COCO param naming its instances JSON."""
 
@@ -101,6 +108,27 @@ class RGBParams(CollectionParams):
             self._check_coco()
         else:
             self.check_collection()
+        self._check_unused()
+
+    def _check_unused(self) -> None:
+        """A param of another layout, set away from its default, is refused rather than
+        silently ignored (``split_files`` with ``format: voc`` would not split anything)."""
+        unused = COLLECTION_ONLY if self.format != "collection" else ()
+        if self.format != "voc":
+            unused += ("years", *SPLIT_PARAM.values())
+        if self.format != "coco":
+            unused += (*COCO_JSON_PARAM.values(), "image_dirs")
+        if self.format == "voc":
+            unused += ("crowd", "unmatched", "class_map")
+        defaults = type(self)()
+        for name in unused:
+            if getattr(self, name) != getattr(defaults, name):
+                self.fail(
+                    name, f"applies to format: collection, not format: {self.format} (set "
+                    f"format: collection with labels: ... to use it)"
+                    if name in COLLECTION_ONLY
+                    else f"does not apply to format: {self.format}",
+                )
 
     def _check_voc(self) -> None:
         if not self.years or not all(self.years):
