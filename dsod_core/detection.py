@@ -215,3 +215,74 @@ def progress_bar(total: int | None, desc: str, unit: str, run: DetectRun):
     a bar on a terminal, plain lines on stdout elsewhere (never on stderr, so an error stays
     the only line there)."""
     return progress(total=total, desc=desc, unit=unit, requested=run.progress)
+
+
+class TiledPredictor:
+    """A predictor of a model trained on tiles (``datasets.<name>.tiling``, recorded in
+    ``model.pt`` as ``tiling``): each image (or slice) is cut into the same tiles
+    (:func:`dsod_core.tiling.tile_grid`, a part past a small image's edge padded with 0 as
+    prepare pads it), the tiles go through ``inner`` in batches of ``batch_size`` and their
+    detections are merged into the image's by :func:`dsod_core.tiling.merge_tiles` at the
+    tiling's ``merge_iou`` (the rule of the evaluate stage). Everything else is ``inner``'s,
+    so a detect module sees a :class:`PredictorLike` whose detections are in image pixels."""
+
+    def __init__(self, inner: Any, tiling: dict[str, Any], batch_size: int = 16) -> None:
+        self.inner = inner
+        self.tile = int(tiling["tile_size"])
+        self.overlap = int(tiling["overlap"])
+        self.iou = float(tiling.get("merge_iou", 0.45))
+        self.batch_size = max(1, int(batch_size))
+
+    def __getattr__(self, name: str) -> Any:
+        if name == "inner":  # not set yet (a copy being built): no recursion
+            raise AttributeError(name)
+        return getattr(self.inner, name)
+
+    def tiles(self, image: np.ndarray) -> list[tuple[tuple[int, int], np.ndarray]]:
+        """``((x0, y0), tile image)`` of every tile of one ``[C, H, W]`` image."""
+        from dsod_core.tiling import crop_tile, tile_grid
+
+        _, h, w = image.shape
+        return [
+            ((x0, y0), crop_tile(image, None, x0, y0, self.tile)[0])
+            for x0, y0 in tile_grid(w, h, self.tile, self.overlap)
+        ]
+
+    def calibrate(self, images: Sequence[np.ndarray]) -> None:
+        """The int8 ranges from the images' tiles (what the network is given)."""
+        self.inner.calibrate([t for im in images for _, t in self.tiles(np.asarray(im))])
+
+    def __call__(self, images: Sequence[np.ndarray]) -> list[dict[str, np.ndarray]]:
+        from dsod_core.tiling import TileDetections, merge_tiles
+
+        jobs = [(i, off, t) for i, im in enumerate(images) for off, t in self.tiles(np.asarray(im))]
+        found: list[list[TileDetections]] = [[] for _ in images]
+        for batch in batched(jobs, self.batch_size):
+            for (i, off, _), d in zip(batch, self.inner([t for _, _, t in batch])):
+                found[i].append(TileDetections(off, d["boxes"], d["scores"], d["labels"]))
+        cap = int((getattr(self.inner, "post", None) or {}).get("max_detections", 10**9))
+        out = []
+        for tiles in found:
+            m = merge_tiles(tiles, self.tile, self.iou)
+            out.append(
+                {
+                    "boxes": m["boxes"][:cap].astype(np.float32).reshape(-1, 4),
+                    "scores": m["scores"][:cap].astype(np.float32),
+                    "labels": m["labels"][:cap].astype(np.int64),
+                }
+            )
+        return out
+
+    def describe(self) -> dict[str, Any]:
+        tiling = {"tile_size": self.tile, "overlap": self.overlap, "merge_iou": self.iou}
+        return {**self.inner.describe(), "tiling": tiling}
+
+
+def tiled(predictor: Any, batch_size: int = 16) -> Any:
+    """``predictor`` itself, or a :class:`TiledPredictor` around it when its model was
+    trained on tiles (``predictor.meta["tiling"]``, from ``model.pt``): what every 2D detect
+    module calls its images through, so tiling needs nothing of the modality."""
+    tiling = (getattr(predictor, "meta", None) or {}).get("tiling")
+    if not tiling or isinstance(predictor, TiledPredictor):
+        return predictor
+    return TiledPredictor(predictor, tiling, batch_size)

@@ -15,12 +15,24 @@ import torch
 
 from dsod_core.data.store import StoreReader
 from dsod_core.engine.evaluator import create_evaluator, eval_loader
+from dsod_core.errors import DataError
 from dsod_core.io import atomic_path, write_json
 from dsod_core.metrics import build_coco_results, draw_detections, save_picture
 from dsod_core.metrics.scoring import voc_matches
+from dsod_core.tiling import FRAMES_UNIT, merge_frames
 
-# The run's metrics file: few, flat, numeric (what `dvc exp show` and `dvc metrics diff` list).
-HEADLINE = ("map50", "map50_area", "coco_ap", "coco_ap50", "coco_ap75", "train_seconds", "params")
+# The run's metrics file: few, flat, numeric (what `dvc exp show` and `dvc metrics diff` list);
+# `collapsed`: 1 when the model learnt nothing (dsod_core.diagnostics.collapse_check), else 0.
+HEADLINE = (
+    "map50",
+    "map50_area",
+    "coco_ap",
+    "coco_ap50",
+    "coco_ap75",
+    "train_seconds",
+    "params",
+    "collapsed",
+)
 
 
 def headline(metrics: dict[str, Any]) -> dict[str, float | int | None]:
@@ -28,7 +40,9 @@ def headline(metrics: dict[str, Any]) -> dict[str, float | int | None]:
     out: dict[str, float | int | None] = {}
     for key in HEADLINE:
         v = metrics.get(key)
-        if isinstance(v, float):
+        if isinstance(v, bool):  # numbers only: 1 / 0
+            v = int(v)
+        elif isinstance(v, float):
             v = round(v, 1 if key == "train_seconds" else 4)
         out[key] = v
     return out
@@ -59,6 +73,66 @@ def predict_split(
     predictions = sorted(evaluator.state.predictions, key=lambda p: p["index"])
     targets = [reader.read_targets(p["index"]) for p in predictions]  # once per image
     return predictions, targets
+
+
+def frame_level(
+    predictions: list[dict[str, Any]],
+    targets: list[dict[str, Any]],
+    reader: StoreReader,
+    split: str,
+    max_detections: int = 200,
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]] | None:
+    """The whole frames of a tiled store (its params record ``tiling``; None for a store of
+    whole images): the detections of each frame's tiles mapped to frame pixels and merged by
+    :func:`dsod_core.tiling.merge_frames` (the rule ``dsod detect`` and raster chips use;
+    at most ``max_detections``, best first), with the frame's own ground truth from
+    ``/units`` (:data:`dsod_core.tiling.FRAMES_UNIT`), in the shape of
+    :func:`predict_split`'s. Every frame of ``split`` is scored, ordered by its first tile's
+    store index (a prediction's ``index``; -1 for a frame none of whose tiles was kept)."""
+    tiling = reader.params.get("tiling")
+    if not tiling:
+        return None
+    frames = (reader.units.get(FRAMES_UNIT) or {}).get("frames")
+    if not frames:
+        raise DataError("tiled store without frame records in /units: re-run prepare", reader.path)
+    items = [{"meta": t["meta"], "detections": p} for p, t in zip(predictions, targets)]
+    merged = merge_frames(items, float(tiling.get("merge_iou", 0.45)))
+    first: dict[str, int] = {}
+    for p, t in zip(predictions, targets):
+        first.setdefault(t["meta"]["parent"], int(p["index"]))
+    rows = []
+    for parent, rec in frames.items():
+        if rec["split"] != split:
+            continue
+        det = merged.get(parent) or {"boxes": np.zeros((0, 4)), "scores": [], "labels": []}
+        n = min(len(det["scores"]), max_detections)
+        pred = {
+            "index": first.get(parent, -1),
+            "boxes": np.asarray(det["boxes"], dtype=np.float32).reshape(-1, 4)[:n],
+            "scores": np.asarray(det["scores"], dtype=np.float32)[:n],
+            "labels": np.asarray(det["labels"], dtype=np.int64)[:n],
+        }
+        rows.append((pred, _frame_target(parent, rec, reader.num_channels)))
+    rows.sort(key=lambda r: (r[0]["index"] < 0, r[0]["index"]))
+    return [r[0] for r in rows], [r[1] for r in rows]
+
+
+def _frame_target(parent: str, rec: dict[str, Any], channels: int) -> dict[str, Any]:
+    """A frame record (:func:`dsod_core.tiling.frame_record`) as ``StoreReader.read_targets``
+    gives a sample's."""
+    n = len(rec["labels"])
+    return {
+        "boxes": np.asarray(rec["boxes"], dtype=np.float32).reshape(-1, 4),
+        "labels": np.asarray(rec["labels"], dtype=np.int64).reshape(-1),
+        "difficult": np.asarray(rec["difficult"], dtype=bool).reshape(n),
+        "crowd": np.asarray(rec["crowd"], dtype=bool).reshape(n),
+        "shape": (channels, int(rec["size"][1]), int(rec["size"][0])),
+        "sample_id": parent,
+        "source": rec["source"],
+        "split": rec["split"],
+        "affine": np.asarray(rec["affine"], dtype=np.float64),
+        "meta": rec["meta"],
+    }
 
 
 def sample_items(

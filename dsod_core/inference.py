@@ -33,10 +33,25 @@ from dsod_core.data.transforms import build_eval_transform
 from dsod_core.engine.evaluator import select_device
 from dsod_core.engine.weights import load_trained_model
 from dsod_core.errors import ConfigError
+from dsod_core.operating_point import DEFAULT_SCORE_THRESHOLD, stored_threshold
 from dsod_core.postprocess import postprocess
 
 Backend = Literal["eager", "onnx", "int8", "openvino", "openvino_int8"]
 BACKENDS: tuple[str, ...] = ("eager", "onnx", "int8", "openvino", "openvino_int8")
+
+
+def threshold_choice(meta: dict[str, Any], given: float | None, fallback: float) -> dict[str, Any]:
+    """The score threshold a model is run at: ``given`` (source ``option``), else the one its
+    ``model.pt`` stores (source ``model``), else ``fallback`` (source ``default``), with a
+    note saying how it was chosen or why the model has none."""
+    if given is not None:
+        note = "given explicitly"
+        own = (meta.get("operating_point") or {}).get("threshold")
+        if own is not None:
+            note += f" (the model's own is {float(own):.4g})"
+        return {"score_threshold": float(given), "source": "option", "note": note}
+    value, source, note = stored_threshold(meta, fallback)
+    return {"score_threshold": float(value), "source": source, "note": note}
 
 
 class Predictor:
@@ -46,7 +61,10 @@ class Predictor:
         model_path: a run's ``model.pt``.
         backend: one of :data:`BACKENDS` (see the module docstring).
         device: ``auto``, ``cpu`` or ``cuda`` (eager only; the graph runtimes run on the CPU).
-        score_threshold, nms_iou, max_detections: :func:`dsod_core.postprocess.postprocess`.
+        score_threshold: keep detections scoring at least this; None (default): the
+            threshold ``model.pt`` stores (:mod:`dsod_core.operating_point`, chosen on the
+            validation split), else ``fallback_threshold``. :attr:`threshold` says which.
+        nms_iou, max_detections: :func:`dsod_core.postprocess.postprocess`.
         threads: intra-op threads of ONNX Runtime (default: torch's).
         calibration_count: images the int8 backend calibrates on before its first batch.
         amp, cuda_graph: on CUDA only (eager backend): autocast in bfloat16 where the GPU
@@ -60,7 +78,8 @@ class Predictor:
         *,
         backend: str = "eager",
         device: str = "auto",
-        score_threshold: float = 0.01,
+        score_threshold: float | None = None,
+        fallback_threshold: float = DEFAULT_SCORE_THRESHOLD,
         nms_iou: float = 0.45,
         max_detections: int = 200,
         threads: int | None = None,
@@ -84,8 +103,9 @@ class Predictor:
         self.channel_names: list[str] = list(self.meta["channel_names"])
         self.mean = self.meta["mean"].numpy().astype(np.float32)[:, None, None]
         self.std = self.meta["std"].numpy().astype(np.float32)[:, None, None]
+        self.threshold = threshold_choice(self.meta, score_threshold, fallback_threshold)
         self.post = {
-            "score_threshold": float(score_threshold),
+            "score_threshold": self.threshold["score_threshold"],
             "nms_iou": float(nms_iou),
             "max_detections": int(max_detections),
         }
@@ -239,6 +259,8 @@ class Predictor:
             "classes": self.class_names,
             "channels": self.channel_names,
             **self.post,
+            "threshold_source": self.threshold["source"],
+            "threshold_note": self.threshold["note"],
         }
 
     def __del__(self) -> None:  # pragma: no cover - interpreter shutdown order

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from pipelines._common import load_params, stage_main, write_json
 from pipelines.params import validate_params
@@ -61,11 +62,29 @@ def _yaml(value: object) -> str:
     return "null" if value is None else json.dumps(value)
 
 
+def write_settings(params: dict, folder: Path) -> None:
+    """``<folder>/<dataset>.json`` = :func:`pipelines.params.prepare_settings` for every
+    dataset, and nothing else in the folder (a removed dataset's file goes)."""
+    from pipelines.params import prepare_settings
+
+    folder.mkdir(parents=True, exist_ok=True)
+    names = sorted(params.get("datasets") or {})
+    for stale in folder.glob("*.json"):
+        if stale.stem not in names:
+            stale.unlink()
+    for name in names:
+        write_json(folder / f"{name}.json", prepare_settings(params, name))
+
+
 @stage_main
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--out", help="the marker file to write (required unless --describe)")
+    parser.add_argument(
+        "--settings-dir",
+        help="write each dataset's prepare settings here (<dataset>.json, a dep of its prepare)",
+    )
     parser.add_argument(
         "--describe", action="store_true", help="print every key of the params file and exit"
     )
@@ -75,7 +94,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.out:
         parser.error("--out is required")
-    validate_params(load_params(args.params), args.params)
+    params = load_params(args.params)
+    validate_params(params, args.params)
+    if args.settings_dir:
+        write_settings(params, Path(args.settings_dir))
     write_json(args.out, {"params": "valid"})
     print(f"check: {args.params} is valid")
     return 0

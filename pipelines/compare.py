@@ -12,7 +12,9 @@ each source model) from the evaluate stages' folders and writes:
   seeds, ``dsod_core.metrics.bootstrap``) and ``sources`` (the source models on their own
   test sets). The format is documented in docs/study.md.
 - ``reports/compare.md``: the same as tables, the target x source matrix and a sentence per
-  difference saying whether its interval contains 0.
+  difference saying whether its interval contains 0 or, when a seed of either arm learnt
+  nothing (``dsod_core.diagnostics.collapse_check``), which arm did not learn and what was
+  measured (never "no difference is shown").
 - the summary metric file (small enough for ``dvc exp show``): per target the full-data
   scratch and fine-tuned means and their difference with its interval.
 - images under ``--plots``: ``data_efficiency/<dataset>.png`` (mAP@0.5 against the number of

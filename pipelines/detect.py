@@ -27,6 +27,8 @@ from typing import Any
 from dsod_core.detection import DetectResult, DetectRun
 from dsod_core.errors import ConfigError, DataError
 from dsod_core.inference import BACKENDS, Predictor
+from dsod_core.io import write_json
+from dsod_core.operating_point import DEFAULT_SCORE_THRESHOLD
 from modalities import get_adapter
 from modalities.registry import available as list_modalities
 from pipelines._common import load_params, stage_main
@@ -125,6 +127,7 @@ def run(args: argparse.Namespace) -> list[DetectResult]:
         backend=args.backend,
         device=args.device,
         score_threshold=args.score_threshold,
+        fallback_threshold=DEFAULT_SCORE_THRESHOLD,
         nms_iou=args.nms_iou,
         max_detections=args.max_detections,
         threads=args.threads,
@@ -157,6 +160,7 @@ def run(args: argparse.Namespace) -> list[DetectResult]:
     if detect_run.labels is not None and len(inputs) != 1:
         raise ConfigError("--labels scores one input: give one INPUT with it")
     detect_run.out_dir.mkdir(parents=True, exist_ok=True)
+    print(threshold_line(predictor))
     results = []
     try:
         for path in inputs:
@@ -171,7 +175,32 @@ def run(args: argparse.Namespace) -> list[DetectResult]:
                 started = time.perf_counter()
     finally:
         predictor.close()
+    write_summary(detect_run.out_dir, predictor, results)
     return results
+
+
+def threshold_line(predictor: Predictor) -> str:
+    """Which score threshold the run uses and where it came from (one line)."""
+    t = predictor.threshold
+    where = {"model": "stored in model.pt", "option": "--score-threshold", "default": "default"}
+    return f"score threshold {t['score_threshold']:.4g} ({where[t['source']]}: {t['note']})"
+
+
+def write_summary(out_dir: Path, predictor: Predictor, results: list[DetectResult]) -> Path:
+    """``DIR/detect_summary.json``: the model, the threshold and its origin, and per input
+    the files written and the detection count (what the stdout lines say)."""
+    rows = [
+        {
+            "input": str(r.input),
+            "outputs": [str(p) for p in r.outputs],
+            "detections": r.detections,
+            "units": r.units,
+            "skipped": r.skipped,
+        }
+        for r in results
+    ]
+    summary = {"model": predictor.describe(), "threshold": predictor.threshold, "inputs": rows}
+    return write_json(out_dir / "detect_summary.json", summary)
 
 
 def summary_line(r: DetectResult) -> str:
@@ -200,9 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--score-threshold",
         type=float,
-        default=0.3,
-        help="keep detections scoring at least this (default 0.3; the evaluate stage's 0.01 "
-        "suits mAP, not maps of objects)",
+        default=None,
+        help="keep detections scoring at least this (default: the threshold model.pt stores, "
+        f"chosen on the validation split; {DEFAULT_SCORE_THRESHOLD} for a model without one)",
     )
     parser.add_argument("--nms-iou", type=float, default=0.45, help="per-image NMS IoU")
     parser.add_argument("--max-detections", type=int, default=200, help="per network input")
@@ -246,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.batch_size < 1:
         raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if not 0.0 <= args.score_threshold <= 1.0:
+    if args.score_threshold is not None and not 0.0 <= args.score_threshold <= 1.0:
         raise ConfigError(f"--score-threshold must be in [0, 1], got {args.score_threshold}")
     run(args)
     return 0

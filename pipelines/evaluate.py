@@ -31,12 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from dsod_core.data.store import StoreReader
+from dsod_core.diagnostics import run_diagnostics
 from dsod_core.engine.evaluator import select_device
 from dsod_core.engine.provenance import RunProvenance
 from dsod_core.engine.weights import load_trained_model
 from dsod_core.errors import CheckpointError
 from dsod_core.evaluation import (
     HEADLINE,
+    frame_level,
     headline,
     predict_split,
     sample_items,
@@ -45,6 +47,7 @@ from dsod_core.evaluation import (
     write_pictures,
 )
 from dsod_core.metrics import plot_pr_curves, score_detections
+from dsod_core.operating_point import measured_at
 from modalities.registry import adapter_from_store
 from pipelines._common import load_params, stage_main, write_json
 from pipelines.params import evaluate_section, validate_params
@@ -88,7 +91,10 @@ def evaluate_run(
     predictions, targets = predict_split(
         model, meta, reader, split, post, device, int(sec.get("batch_size", 16))
     )
-    scores, voc07 = score_detections(targets, predictions, reader.class_names)
+    # A tiled store is scored by whole frames: the tiles' detections merged per frame.
+    frames = frame_level(predictions, targets, reader, split, int(sec.get("max_detections", 200)))
+    scored = frames or (predictions, targets)
+    scores, voc07 = score_detections(scored[1], scored[0], reader.class_names)
     metrics = {
         "run": run_dir.name,
         "dataset": dataset,
@@ -99,8 +105,11 @@ def evaluate_run(
         **scores,
         **model_fields(model, meta),
         "channels": reader.channel_names,
+        **({"tiling": reader.params["tiling"], "tiles": len(predictions)} if frames else {}),
+        "operating_point": measured_at(meta, scored[0], scored[1], len(reader.class_names)),
     }
-    run = (predictions, targets, voc07, meta)
+    metrics.update(run_diagnostics(meta, predictions, scores["map50"]))  # collapsed, stopping
+    run = (predictions, targets, voc07, meta, scored)
     _write_outputs(out, metrics, run, reader, adapter, sec, pr_curves)
     metrics_path = metrics_path or out / "metrics.json"
     metrics_path.parent.mkdir(parents=True, exist_ok=True)
@@ -112,14 +121,17 @@ def _write_outputs(out, metrics, run, reader, adapter, sec, pr_curves) -> None:
     """The run's report folder: PR curves, COCO results, the modality's world outputs from
     the per-unit merged detections (the rule `dsod detect` uses) and its own metrics (added
     to ``metrics``), pictures, history, the match table and ``detail.json``. ``run``:
-    ``(predictions, targets, voc07, model meta)``."""
-    predictions, targets, voc07, meta = run
+    ``(predictions, targets, voc07, model meta, (predictions, targets) scored)``: the
+    scored ones are a tiled store's whole frames (:func:`frame_level`), from which the world
+    outputs and the match table come; COCO results and pictures stay those of the stored
+    samples (tiles)."""
+    predictions, targets, voc07, meta, (scored, truth) = run
     out.mkdir(parents=True, exist_ok=True)
     pr_curves = pr_curves or out / "pr_curves.png"
     pr_curves.parent.mkdir(parents=True, exist_ok=True)
     plot_pr_curves(voc07, reader.class_names, pr_curves)
     write_coco_results(out / "predictions_coco.json", predictions)
-    items = sample_items(predictions, targets)
+    items = sample_items(scored, truth)
     merged = adapter.merge(items)
     world = adapter.export_predictions(items, out / "world", merged=merged)
     metrics["world_outputs"] = [str(w) for w in world]
@@ -127,7 +139,7 @@ def _write_outputs(out, metrics, run, reader, adapter, sec, pr_curves) -> None:
     pictures = int(sec.get("pictures", 4))
     write_pictures(out / "pictures", reader, predictions, targets, adapter.render, pictures)
     write_json(out / "history.json", meta.get("history", []))
-    write_matches(out / "matches.npz", predictions, targets, len(reader.class_names))
+    write_matches(out / "matches.npz", scored, truth, len(reader.class_names))
     write_json(out / "detail.json", metrics)
 
 
@@ -218,6 +230,8 @@ def main(argv: list[str] | None = None) -> int:
 def _say(name: str, m: dict[str, Any]) -> None:
     ap = m["coco_ap"]
     print(f"evaluate {name}: mAP@0.5 {m['map50'] or 0:.3f}  COCO AP {ap or 0:.3f}")
+    if m.get("collapsed"):
+        print(f"evaluate {name}: the model did not learn: {m['collapse']['summary']}")
 
 
 if __name__ == "__main__":

@@ -33,6 +33,7 @@ from typing import Any, ClassVar, Literal
 from dsod_core.engine.config import NOT_OVERRIDES, TrainConfig
 from dsod_core.errors import ConfigError, DataError
 from dsod_core.model.config import MIN_INPUT_SIZE, DSODConfig
+from dsod_core.operating_point import OperatingPointParams
 from dsod_core.params import ParamError, Params, param
 
 INITS = ("scratch", "finetuned")
@@ -70,6 +71,33 @@ class DemoSection(Params):
 
 
 @dataclass
+class TilingSection(Params):
+    """``datasets.<name>.tiling``: cut every image (or slice) into overlapping square tiles
+    at prepare time; evaluation and ``dsod detect`` merge the tiles' detections back into
+    whole frames (docs/training.md, "Tiling")."""
+
+    section: ClassVar[str] = "datasets.<name>.tiling"
+
+    tile_size: int = param(doc="side of one tile in input pixels", min=8)
+    overlap: int = param(doc="pixels shared by neighbouring tiles (> the largest object)", min=0)
+    min_visible: float = param(
+        0.5, "a box cut by a tile is an object there when this share of it shows", min=0, max=1
+    )
+    keep_empty: float = param(
+        0.25, "share of the train split's tiles without boxes kept (stable hash)", min=0, max=1
+    )
+    merge_iou: float = param(0.45, "NMS threshold of the tile merge", min=0, max=1)
+
+    def check(self) -> None:
+        if self.overlap >= self.tile_size:
+            self.fail("overlap", f"must be < tile_size ({self.tile_size}), got {self.overlap}")
+
+
+#: Modalities that cut their inputs themselves (their adapter's chip_size/overlap).
+SELF_TILED = ("multispectral",)
+
+
+@dataclass
 class DatasetEntry(Params):
     """One entry of ``datasets``: where the data is and how to read it."""
 
@@ -87,6 +115,18 @@ class DatasetEntry(Params):
     finetune: dict[str, Any] | None = param(
         None, "this dataset's overrides for fine-tuned runs (over train)"
     )
+    tiling: TilingSection | None = param(
+        None, "cut images into tiles {tile_size, overlap} (null: whole images)"
+    )
+    input_size: int | None = param(
+        None,
+        "this dataset's square network input in pixels, for every stage (null: model.input_size)",
+        min=MIN_INPUT_SIZE,
+    )
+
+    def check(self) -> None:
+        if self.tiling is not None and self.modality in SELF_TILED:
+            self.fail("tiling", "multispectral rasters are cut by the adapter's chip_size/overlap")
 
 
 @dataclass
@@ -111,6 +151,15 @@ class ModelSection(Params):
     input_size: int = param(doc="square network input in pixels", min=MIN_INPUT_SIZE)
     overrides: dict[str, Any] | None = param(
         None, "DSODConfig fields over the variant's, e.g. {norm: group}", schema=DSODConfig
+    )
+    prior_fit: bool = param(
+        False, "fit default-box sizes and aspect ratios to each run's training boxes (model.pt)"
+    )
+    min_coverage: float = param(
+        0.8,
+        "prepare warns when fewer training boxes have a default box at IoU >= 0.5",
+        min=0,
+        max=1,
     )
 
     def check(self) -> None:
@@ -154,6 +203,11 @@ class EvaluateSection(Params):
     pictures: int = param(4, "test images drawn with predicted and true boxes", min=0)
     batch_size: int = param(16, "images per inference batch", min=1)
     device: Literal["auto", "cpu", "cuda"] = param("auto", "auto: the GPU when there is one")
+    operating_point: OperatingPointParams = param(
+        default_factory=OperatingPointParams,
+        doc="the score threshold stored in model.pt, chosen on val by the train stages "
+        "({rule: f1} or {rule: precision|recall, target: 0.9}; docs/detect.md)",
+    )
 
 
 @dataclass(kw_only=True)
@@ -280,6 +334,47 @@ def merged_adapter_params(entry: dict[str, Any]) -> dict[str, Any]:
             raise DataError(f"not valid JSON ({exc})", path=demo_params) from None
     values.update(entry.get("adapter") or {})
     return values
+
+
+def dataset_tiling(entry: dict[str, Any], source: str = "params.yaml") -> dict[str, Any] | None:
+    """A dataset's ``tiling`` with its defaults filled (:class:`TilingSection`), or None (whole
+    images): what the prepare stage cuts by and records in the store's params."""
+    raw = entry.get("tiling")
+    if raw is None:
+        return None
+    return TilingSection.parse(raw, owner="datasets.<name>.tiling", source=source).to_dict()
+
+
+def dataset_input_size(params: Mapping[str, Any], dataset: str) -> int:
+    """The network input side of ``dataset``'s runs: ``datasets.<name>.input_size``, else
+    ``model.input_size`` (docs/small_objects.md)."""
+    entry = (params.get("datasets") or {}).get(dataset) or {}
+    own = entry.get("input_size") if isinstance(entry, Mapping) else None
+    return int(own if own is not None else (params.get("model") or {}).get("input_size", 64))
+
+
+def coverage_settings(params: Mapping[str, Any], dataset: str) -> dict[str, Any]:
+    """Keyword arguments of :func:`dsod_core.model.fit.store_coverage` for ``dataset``'s
+    runs: the model, its input size, the prior fit and the warning threshold."""
+    model = params.get("model") or {}
+    return {
+        "variant": model.get("variant", "dsod_tiny"),
+        "input_size": dataset_input_size(params, dataset),
+        "overrides": dict(model.get("overrides") or {}),
+        "prior_fit": bool(model.get("prior_fit", False)),
+        "min_coverage": float(model.get("min_coverage", 0.8)),
+    }
+
+
+def prepare_settings(params: Mapping[str, Any], dataset: str) -> dict[str, Any]:
+    """What ``prepare@<dataset>`` reads from params.yaml besides the entry's ``modality``,
+    ``root``, ``code`` and ``adapter`` (its DVC params): the resolved ``tiling`` and the
+    settings of the default-box coverage report. The check stage writes it to
+    ``data/prepare_settings/<dataset>.json``, a DVC dependency of that prepare stage: optional
+    keys cannot be DVC params (a key absent from params.yaml fails `dvc repro`), and the whole
+    entry would make a dataset's training overrides re-run its prepare."""
+    entry = (params.get("datasets") or {}).get(dataset) or {}
+    return {"tiling": dataset_tiling(entry), "coverage": coverage_settings(params, dataset)}
 
 
 def check_dataset(name: str, entry: dict[str, Any], source: str = "params.yaml") -> None:
@@ -450,7 +545,7 @@ def build_config(
                 "store": str(store),
                 "out_dir": str(out_dir),
                 "variant": model.get("variant", "dsod_tiny"),
-                "input_size": model.get("input_size", 64),
+                "input_size": dataset_input_size(params, dataset),
                 "model_overrides": dict(model.get("overrides") or {}),
                 "init_weights": str(init_weights) if init == "finetuned" and init_weights else None,
                 "seed": params.get("seed", 0) if seed is None else seed,

@@ -17,18 +17,23 @@ from __future__ import annotations
 import argparse
 import hashlib
 import re
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from dsod_core.data.sample import Sample
 from dsod_core.data.store import StoreWriter
 from dsod_core.detection import progress
 from dsod_core.errors import ConfigError, DataError, ProjectError
 from dsod_core.io import write_json
+from dsod_core.tiling import FRAMES_UNIT, frame_record, tile_sample
 from modalities import PrepareLog, SampleRef, get_adapter
+from modalities.base import split_hash
 from modalities.registry import adapter_code, adapter_version
 from pipelines._common import load_params, stage_main
 from pipelines.params import (
     dataset_entry,
+    dataset_tiling,
     merged_adapter_params,
     prepare_section,
     validate_params,
@@ -165,6 +170,35 @@ def _discover(adapter: Any, entry: dict[str, Any], log: PrepareLog) -> list[Samp
     return refs
 
 
+def _cut(
+    samples: Iterable[Sample],
+    tiling: dict[str, Any] | None,
+    frames: dict[str, Any],
+    tally: dict[str, int],
+) -> Iterator[Sample]:
+    """The samples as they go into the store: as read, or (a tiled dataset) each cut into
+    tiles by :func:`dsod_core.tiling.tile_sample`, its whole-frame ground truth put into
+    ``frames`` (:func:`dsod_core.tiling.frame_record`). A train tile without boxes is kept
+    when ``split_hash("empty-tile:<tile id>") < keep_empty`` (a stable draw); val and test
+    keep every tile, so that false positives on background are scored. ``tally`` counts the
+    tiles, the empty ones kept and those dropped."""
+    if tiling is None:
+        yield from samples
+        return
+    size, overlap = tiling["tile_size"], tiling["overlap"]
+    for sample in samples:
+        frames[sample.sample_id] = frame_record(sample)
+        for tile in tile_sample(sample, size, overlap, tiling["min_visible"]):
+            tally["tiles"] += 1
+            if len(tile.boxes) == 0:
+                drawn = split_hash(f"empty-tile:{tile.sample_id}")
+                if tile.split == "train" and drawn >= tiling["keep_empty"]:
+                    tally["empty tiles dropped (train)"] += 1
+                    continue
+                tally["empty tiles kept"] += 1
+            yield tile
+
+
 def _write_units(
     writer: StoreWriter,
     adapter: Any,
@@ -172,20 +206,27 @@ def _write_units(
     log: PrepareLog,
     name: str,
     on_error: str,
+    tiling: dict[str, Any] | None = None,
 ) -> tuple[dict[str, int], dict[str, int]]:
     """Stream every unit's samples into the store (a failing unit is rolled back whole and
     skipped, or stops the stage, by ``on_error``), record each kept unit's world-level
     ground truth and the adapter's state; returns the samples and the background samples
-    (no box: negatives) per split."""
+    (no box: negatives) per split. With ``tiling`` the samples are tiles (:func:`_cut`) and
+    the frames' ground truth goes to ``/units`` under ``dsod_core.tiling.FRAMES_UNIT``."""
     counts = {"train": 0, "val": 0, "test": 0}
     background = dict(counts)
+    if tiling is not None:
+        keys = ("tile_size", "overlap")
+        writer.units[FRAMES_UNIT] = {**{k: tiling[k] for k in keys}, "frames": {}}
     # A bar on a terminal only: elsewhere plain lines on stdout, so an error stays one line.
     for ref in progress(refs, desc=f"prepare {name}", unit="unit"):
         mark = writer.mark()
         added = {"train": 0, "val": 0, "test": 0}
         empty = dict(added)
-        try:
-            for s in adapter.read(ref):  # streamed: chips/slices never all in memory
+        frames: dict[str, Any] = {}
+        tally = dict.fromkeys(("tiles", "empty tiles kept", "empty tiles dropped (train)"), 0)
+        try:  # streamed: chips/slices/tiles never all in memory
+            for s in _cut(adapter.read(ref), tiling, frames, tally):
                 writer.add(s)
                 added[s.split] += 1
                 empty[s.split] += len(s.boxes) == 0
@@ -202,6 +243,10 @@ def _write_units(
             counts[k] += v
             background[k] += empty[k]
         writer.units[ref.ref_id] = adapter.unit_record(ref)
+        if tiling is not None:
+            writer.units[FRAMES_UNIT]["frames"].update(frames)
+            for k, v in tally.items():
+                log.counts[k] = log.counts.get(k, 0) + v
     writer.adapter_state = adapter.state()
     return counts, background
 
@@ -247,6 +292,8 @@ def prepare(
 ) -> dict[str, Any]:
     log = PrepareLog(on_error=on_error)
     adapter, adapter_params = adapter_for(entry, source, log)
+    tiling = dataset_tiling(entry, source)
+    resolved = {"tiling": tiling} if tiling is not None else {}  # absent: as before tiling
     failure_path = report_path.with_name(report_path.name.replace(".report.json", ".failed.json"))
     report: dict[str, Any] = {
         "dataset": name,
@@ -254,6 +301,7 @@ def prepare(
         "on_error": on_error,
         "adapter": code_fingerprint(entry["modality"]),
         "adapter_params": adapter_params,
+        **resolved,
     }
 
     def finish(status: str, **extra: Any) -> dict[str, Any]:
@@ -266,11 +314,11 @@ def prepare(
             modality=entry["modality"],
             class_names=adapter.class_names,
             channel_names=adapter.channel_names,
-            params={"dataset": name, **entry, "adapter": adapter_params},
+            params={"dataset": name, **entry, "adapter": adapter_params, **resolved},
             compression=compression,
             allow_no_train=True,  # a test-only dataset scores a trained model on new data
         ) as writer:
-            counts, background = _write_units(writer, adapter, refs, log, name, on_error)
+            counts, background = _write_units(writer, adapter, refs, log, name, on_error, tiling)
             _check_written(counts, log, out, entry["root"])
     except ProjectError as exc:
         if on_error == "skip" or log.skipped or log.warnings:
@@ -331,6 +379,13 @@ def main(argv: list[str] | None = None) -> int:
         source=args.params,
     )
     print(summary_line(report))
+    # Default boxes vs the training boxes (docs/small_objects.md): a warning before training.
+    from dsod_core.model.fit import attach_coverage
+    from pipelines.params import coverage_settings
+
+    warning = attach_coverage(args.report, args.out, **coverage_settings(params, args.dataset))
+    if warning:
+        print(f"prepare {args.dataset}: warning: {warning}")
     return 0
 
 

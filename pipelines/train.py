@@ -26,13 +26,26 @@ import argparse
 import multiprocessing
 import os
 import shutil
+import sys
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
 from dsod_core.errors import ConfigError, ProjectError
+from dsod_core.operating_point import calibrate_run, threshold_words
 from pipelines._common import load_params, stage_main
-from pipelines.params import build_config, study_axes, validate_params
+from pipelines.params import build_config, evaluate_section, study_axes, validate_params
+
+
+def _fit_priors(config: Any, subset: Any) -> None:
+    """``model.prior_fit``: default-box sizes and aspect ratios fitted to the run's own
+    training boxes (``dsod_core.boxes.coverage``), set as model overrides (so ``model.pt``
+    rebuilds the same boxes)."""
+    from dsod_core.model.fit import fitted_overrides, run_config
+
+    model = run_config(subset.reader, config.variant, config.input_size, config.model_overrides)
+    fitted = fitted_overrides(subset.reader, model, indices=subset.indices)
+    config.model_overrides = {**config.model_overrides, **fitted}
 
 
 def _train_one(job: dict[str, Any]) -> str | None:
@@ -61,6 +74,8 @@ def _train_one(job: dict[str, Any]) -> str | None:
         subset = DetectionDataset(
             config.store, config.train_split, seed=config.seed, fraction=config.train_fraction
         )
+        if (params.get("model") or {}).get("prior_fit"):
+            _fit_priors(config, subset)
         if not job["resume"]:
             shutil.rmtree(out_dir, ignore_errors=True)
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -73,10 +88,27 @@ def _train_one(job: dict[str, Any]) -> str | None:
             train_units=len(set(subset.reader.sources(subset.indices))),
         ).write(out_dir)
         result = train(config)
+        # The score threshold `dsod detect` uses, chosen on val and stored in model.pt.
+        section = evaluate_section(params, job["params_path"])
+        point = calibrate_run(
+            out_dir / "model.pt", config.store, config.val_split, section, config.device
+        )
     except ProjectError as exc:
         return " ".join(str(exc).split())
     print(f"trained {out_dir}: {result['epochs']} epochs in {result['train_seconds']:.0f} s")
+    print(f"  operating point: {threshold_words(point)}")
     return None
+
+
+def _coverage_warning(params: dict[str, Any], dataset: str, store: str) -> None:
+    """One line on stderr, before training, when too few training boxes have a default box
+    at IoU >= 0.5 (docs/small_objects.md)."""
+    from dsod_core.model.fit import store_coverage
+    from pipelines.params import coverage_settings
+
+    warning = store_coverage(store, **coverage_settings(params, dataset))["warning"]
+    if warning:
+        print(f"train {dataset}: warning: {warning}", file=sys.stderr)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -132,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
 
     first = build_config(params, args.dataset, args.init, out_dir, args.store, source=args.params)
     StoreReader(args.store).require_training(first.train_split)
+    _coverage_warning(params, args.dataset, args.store)
     if jobs[0]["init_weights"]:
         load_weights(jobs[0]["init_weights"])
     if nested and not args.resume:

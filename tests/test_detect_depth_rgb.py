@@ -113,7 +113,7 @@ def test_depth_folder_with_labels_scored(depth_model, tmp_path):
     code = run_cli(depth_model.model, out, data / "depth", extra=extra)
     assert code == 0
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        [f"{s}.json" for s in stems] + ["depth.eval.json"]
+        [f"{s}.json" for s in stems] + ["depth.eval.json", "detect_summary.json"]
     )
     ev = json.loads((out / "depth.eval.json").read_text())
     n_gt = sum(len(voc.parse_voc_xml(data / "xml" / f"{s}.xml")["objects"]) for s in stems)
@@ -137,6 +137,7 @@ def test_depth_nyu_mat_every_frame(depth_model, tmp_path):
     extra = ("--labels", str(mat), "--adapter-params", str(over))
     assert run_cli(depth_model.model, out, mat, extra=extra) == 0
     assert sorted(p.name for p in out.iterdir()) == [
+        "detect_summary.json",
         "nyu.eval.json",
         "nyu_0000.json",
         "nyu_0001.json",

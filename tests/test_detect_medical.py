@@ -122,8 +122,9 @@ def test_a_folder_of_volumes_is_one_input_each(demo):
         shutil.copy(dm.root / entry["image"], folder)
     out = tmp / "out_folder"
     assert detect([str(folder), "--model", str(dm.model), "--out", str(out)]) == 0
-    names = sorted(p.name for p in out.glob("*.json"))
+    names = sorted(p.name for p in out.glob("*.json") if p.name != "detect_summary.json")
     assert names == sorted(f"{p.name[:-7]}.json" for p in folder.glob("*.nii.gz"))
+    assert (out / "detect_summary.json").is_file()
     assert len(names) == min(2, len(datalist["test"])) + 1
 
 

@@ -32,6 +32,8 @@ sqrt(min * max), then for each aspect ratio r: r and 1/r. A head must flatten it
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -141,30 +143,51 @@ def _sizes_fraction(dataset: str, num_maps: int) -> tuple[list[float], list[floa
     return samples[:-1], samples[1:]
 
 
-def default_boxes(
+@dataclass(frozen=True)
+class PriorMap:
+    """The default boxes of one square source map: ``size`` x ``size`` locations, centres at
+    ``(i + 0.5) * step`` (fractions of the image), and the ``(w, h)`` shapes of one location
+    from ``min_size``, ``max_size`` and the aspect ratios ``ratios`` (Caffe PriorBox order)."""
+
+    size: int
+    step: float
+    min_size: float
+    max_size: float
+    ratios: tuple[float, ...]
+
+    def shapes(self) -> list[tuple[float, float]]:
+        """``(w, h)`` of the boxes of one location, in the order of :func:`default_boxes`."""
+        smin, smax = self.min_size, self.max_size
+        wh = [(smin, smin), (math.sqrt(smin * smax),) * 2]
+        for r in self.ratios:
+            wh.append((smin * math.sqrt(r), smin / math.sqrt(r)))
+            wh.append((smin / math.sqrt(r), smin * math.sqrt(r)))
+        return wh
+
+    def boxes(self) -> Tensor:
+        """``Tensor[size*size*A, 4]`` float64 (cx, cy, w, h) of this map."""
+        return _map_boxes(self.size, self.step, self.shapes())
+
+
+def prior_maps(
     feature_map_sizes: list[int],
     image_size: int,
     layout: str = "auto",
     dataset: str = "voc",
-) -> Tensor:
-    """Default boxes for square feature maps of a square input.
+    min_sizes: Sequence[float] | None = None,
+    max_sizes: Sequence[float] | None = None,
+    ratios: Sequence[float] | None = None,
+) -> list[PriorMap]:
+    """The :class:`PriorMap` of each source map (see :func:`default_boxes` for the args).
 
-    Args:
-        feature_map_sizes: side of each (square) source map, e.g. ``[38, 19, 10, 5, 3, 2]``.
-        image_size: side of the (square) network input in pixels.
-        layout: ``"auto"`` (``"dsod300"`` at 300 px with DSOD300's maps, ``"generic"``
-            otherwise), ``"dsod300"`` (the authors' exact boxes for a 300 px input; any other
-            ``image_size`` raises ``ConfigError``) or ``"generic"`` (steps
-            ``image_size / map``, sizes as fractions of the image). See the module docstring.
-        dataset: ``"voc"`` or ``"coco"`` min/max sizes.
-
-    Returns:
-        ``Tensor[P, 4]`` float32 ``(cx, cy, w, h)`` normalised by ``image_size``; not clipped.
-        ``P = 8744`` for six maps ``[38, 19, 10, 5, 3, 2]`` (``dsod300`` and ``auto`` at 300).
+    ``min_sizes`` / ``max_sizes`` (fractions of the image side, one per map) replace the
+    layout's sizes when given (fitted default boxes, :mod:`dsod_core.boxes.coverage`);
+    ``ratios`` (values >= 1) replace the aspect ratios 2 and 3 of every map, keeping the
+    number of ratios of each map (so the box counts, and the head, stay the same).
     """
     num_maps = len(feature_map_sizes)
     layout = resolve_layout(layout, list(feature_map_sizes), image_size)
-    ratios = _aspect_ratios(layout, num_maps)
+    layout_ratios = _aspect_ratios(layout, num_maps)
     if image_size <= 0 or any(int(f) <= 0 for f in feature_map_sizes):
         raise ConfigError(
             f"image size and feature map sizes must be positive, got image_size="
@@ -182,20 +205,70 @@ def default_boxes(
     else:
         mins, maxs = _sizes_fraction(dataset, num_maps)
         steps = [1.0 / int(f) for f in feature_map_sizes]
+    mins, maxs = _fitted_sizes(mins, maxs, min_sizes, max_sizes)
+    if ratios is not None:
+        layout_ratios = [tuple(float(ratios[j]) for j in range(len(rs))) for rs in layout_ratios]
+    shapes = zip(feature_map_sizes, steps, mins, maxs, layout_ratios, strict=True)
+    return [PriorMap(int(f), float(st), float(a), float(b), rs) for f, st, a, b, rs in shapes]
 
-    shapes = zip(feature_map_sizes, steps, mins, maxs, ratios, strict=True)
-    per_map = [_map_boxes(int(f), step, smin, smax, rs) for f, step, smin, smax, rs in shapes]
+
+def _fitted_sizes(
+    mins: list[float],
+    maxs: list[float],
+    min_sizes: Sequence[float] | None,
+    max_sizes: Sequence[float] | None,
+) -> tuple[list[float], list[float]]:
+    if min_sizes is None and max_sizes is None:
+        return mins, maxs
+    new_mins = list(min_sizes) if min_sizes is not None else mins
+    new_maxs = list(max_sizes) if max_sizes is not None else maxs
+    if len(new_mins) != len(mins) or len(new_maxs) != len(mins):
+        raise ConfigError(
+            f"prior min/max sizes need one value per source map ({len(mins)}), got "
+            f"{len(new_mins)} and {len(new_maxs)}"
+        )
+    return [float(v) for v in new_mins], [float(v) for v in new_maxs]
+
+
+def default_boxes(
+    feature_map_sizes: list[int],
+    image_size: int,
+    layout: str = "auto",
+    dataset: str = "voc",
+    min_sizes: Sequence[float] | None = None,
+    max_sizes: Sequence[float] | None = None,
+    ratios: Sequence[float] | None = None,
+) -> Tensor:
+    """Default boxes for square feature maps of a square input.
+
+    Args:
+        feature_map_sizes: side of each (square) source map, e.g. ``[38, 19, 10, 5, 3, 2]``.
+        image_size: side of the (square) network input in pixels.
+        layout: ``"auto"`` (``"dsod300"`` at 300 px with DSOD300's maps, ``"generic"``
+            otherwise), ``"dsod300"`` (the authors' exact boxes for a 300 px input; any other
+            ``image_size`` raises ``ConfigError``) or ``"generic"`` (steps
+            ``image_size / map``, sizes as fractions of the image). See the module docstring.
+        dataset: ``"voc"`` or ``"coco"`` min/max sizes.
+        min_sizes, max_sizes, ratios: fitted sizes and aspect ratios that replace the
+            layout's (:func:`prior_maps`); None keeps the layout's, bit for bit.
+
+    Returns:
+        ``Tensor[P, 4]`` float32 ``(cx, cy, w, h)`` normalised by ``image_size``; not clipped.
+        ``P = 8744`` for six maps ``[38, 19, 10, 5, 3, 2]`` (``dsod300`` and ``auto`` at 300).
+    """
+    maps = prior_maps(feature_map_sizes, image_size, layout, dataset, min_sizes, max_sizes, ratios)
+    return boxes_of_maps(maps)
+
+
+def boxes_of_maps(maps: Sequence[PriorMap]) -> Tensor:
+    """``Tensor[P, 4]`` float32 (cx, cy, w, h) of ``maps``, in their order."""
     # Computed in float64 so the float32 result is the correctly rounded value.
-    return torch.cat(per_map, dim=0).to(torch.float32)
+    return torch.cat([m.boxes() for m in maps], dim=0).to(torch.float32)
 
 
-def _map_boxes(f: int, step: float, smin: float, smax: float, rs: tuple[float, ...]) -> Tensor:
-    """``Tensor[f*f*A, 4]`` float64 (cx, cy, w, h) of one ``f`` x ``f`` map: A shapes per
-    location in Caffe PriorBox order, locations row by row."""
-    wh = [(smin, smin), (math.sqrt(smin * smax),) * 2]
-    for r in rs:
-        wh.append((smin * math.sqrt(r), smin / math.sqrt(r)))
-        wh.append((smin / math.sqrt(r), smin * math.sqrt(r)))
+def _map_boxes(f: int, step: float, wh: list[tuple[float, float]]) -> Tensor:
+    """``Tensor[f*f*A, 4]`` float64 (cx, cy, w, h) of one ``f`` x ``f`` map: the A shapes
+    ``wh`` per location, locations row by row."""
     wh_t = torch.tensor(wh, dtype=torch.float64)  # [A, 2]
     centres = (torch.arange(f, dtype=torch.float64) + _OFFSET) * step  # [f]
     cy, cx = torch.meshgrid(centres, centres, indexing="ij")  # rows (y) outer, columns inner

@@ -114,6 +114,18 @@ class TrainConfig(Params):
         doc="decoding and NMS of the validation (PostprocessParams)",
         schema=PostprocessParams,
     )
+    # budget: stop on a validation plateau, keep the best weights (docs/training.md)
+    patience: int | None = param(
+        None,
+        "stop after this many validation evaluations in a row without a better val mAP@0.5 "
+        "(Ignite EarlyStopping); null: off, every epoch runs",
+        min=1,
+    )
+    keep_best: bool = param(
+        False,
+        "model.pt holds the weights of the best validation evaluation (val mAP@0.5), not the "
+        "last epoch's",
+    )
     # hardware
     device: Literal["auto", "cpu", "cuda"] = param("auto", "auto: the GPU when there is one")
     threads: int | None = param(
@@ -146,6 +158,8 @@ class TrainConfig(Params):
     def check(self) -> None:
         self.parse_nested("augmentation", AugmentationParams)
         self.parse_nested("postprocess", PostprocessParams)
+        if self.patience is not None and self.eval_every == 0:
+            self.fail("patience", "needs validation evaluations during training (eval_every >= 1)")
         fixed = [k for k in NOT_OVERRIDES if k in self.model_overrides]
         if fixed:
             self.fail(

@@ -33,6 +33,8 @@ from dsod_core.data.dataset import DetectionDataset
 from dsod_core.data.store import StoreReader
 from dsod_core.data.transforms import build_train_transform
 from dsod_core.detection import progress_mode
+from dsod_core.diagnostics import collapse_check
+from dsod_core.engine.budget import Budget
 from dsod_core.engine.checkpoint import checkpointer, latest_checkpoint, save_atomic
 from dsod_core.engine.config import TrainConfig
 from dsod_core.engine.evaluator import (
@@ -428,9 +430,11 @@ def setup_epoch_end(
     history: list[dict[str, Any]],
     live: Any | None,
     saver: Checkpoint | None,
+    budget: Budget | None = None,
 ) -> Callable[[Engine], None]:
-    """The end of an epoch: a history row (loss, lr, validation scores when due), logged
-    and checkpointed on rank 0; every rank waits for the others."""
+    """The end of an epoch: a history row (loss, lr, validation scores when due), the
+    budget's plateau count and best weights (:mod:`dsod_core.engine.budget`), logged and
+    checkpointed on rank 0; every rank waits for the others."""
     rank = idist.get_rank()
     lines = rank == 0 and progress_mode(config.progress) == "lines"
 
@@ -442,11 +446,14 @@ def setup_epoch_end(
             "lr": float(optimizer.param_groups[0]["lr"]),
         }
         due = config.eval_every and epoch % config.eval_every == 0
-        if due or length.is_last(engine):
+        evaluated = bool(due or length.is_last(engine))
+        if evaluated:
             scores = evaluate()
             if scores is not None:
                 row.update({"val_map50": scores["map50"], "val_coco_ap": scores["coco_ap"]})
         history.append(row)
+        if budget is not None:
+            budget.update(engine, row, evaluated)
         if rank == 0:
             log_epoch(live, row)
             saver(engine)
@@ -524,10 +531,24 @@ def save_outputs(
             "train_seconds": result["train_seconds"],
             "history": result["history"],
             "transfer": transfer,
+            "stopping": result["stopping"],
         },
     )
     save_atomic(weights, out_dir / "model.pt")
     write_json(out_dir / "history.json", result, indent=1)
+
+
+def report_end(config: TrainConfig, result: dict[str, Any]) -> None:
+    """A line when the run stopped early or learnt nothing (:mod:`dsod_core.diagnostics`)."""
+    if result["stopping"].get("why"):
+        print(f"train {config.out_dir}: early stop: {result['stopping']['why']}", flush=True)
+    if result["collapse"]["collapsed"]:
+        collapse = result["collapse"]
+        print(
+            f"train {config.out_dir}: the model did not learn: {collapse['summary']} "
+            f"({'; '.join(collapse['reasons'])})",
+            flush=True,
+        )
 
 
 def run(local_rank: int, config: TrainConfig) -> dict[str, Any]:
@@ -553,10 +574,14 @@ def run(local_rank: int, config: TrainConfig) -> dict[str, Any]:
         "trainer": trainer,
         "run": state,
     }
+    budget = Budget(config, trainer, unwrap(model))
+    to_save.update(budget.state())  # nothing when patience and keep_best are off
     saver = setup_checkpointing(config, to_save)
     live = setup_logging(config, resumed=bool(state.history))
     evaluate = setup_evaluation(config, model, reader, device)
-    end_epoch = setup_epoch_end(config, optimizer, evaluate, length, state.history, live, saver)
+    end_epoch = setup_epoch_end(
+        config, optimizer, evaluate, length, state.history, live, saver, budget
+    )
     setup_handlers(trainer, config, loader, sampler, length, end_epoch)
 
     run_trainer(trainer, loader, length, config)
@@ -567,8 +592,11 @@ def run(local_rank: int, config: TrainConfig) -> dict[str, Any]:
         "steps": length.total_steps,
         "train_seconds": seconds,
         "history": state.history,
+        "stopping": budget.finish(state.history, length.epochs),
+        "collapse": collapse_check(state.history),
     }
     if idist.get_rank() == 0:
+        report_end(config, result)
         save_outputs(config, model, reader, result, transfer)
     return result
 

@@ -10,6 +10,8 @@ A plain dict of tensors and primitives, loaded with ``weights_only=True``:
   (float32 ``[C]``, the store's train-split normalisation), ``adapter_params`` (the adapter
   params the store was prepared with, resolved: what ``dsod detect`` reads new files with)
   and ``dataset`` (the params name of the store's dataset);
+* ``tiling`` (only for a tiled store: the dataset's resolved tiling params; ``dsod detect``
+  tiles inputs by it);
 * extras of the run (``train_seconds``, ``history``, ``transfer``).
 
 Evaluation, export and benchmarks load a model through :func:`load_trained_model` without
@@ -59,6 +61,8 @@ def weights_dict(
         "std": torch.from_numpy(reader.std.copy()),
         "adapter_params": _plain(reader.params.get("adapter")),
         "dataset": str(reader.params.get("dataset", "")),
+        # A tiled store's resolved tiling params: `dsod detect` cuts inputs into the same tiles.
+        **({"tiling": _plain(reader.params["tiling"])} if reader.params.get("tiling") else {}),
         **(extra or {}),
     }
 

@@ -348,10 +348,19 @@ class DSODBackbone(nn.Module):
 
         return cp.checkpoint(stem, images, use_reentrant=False)
 
-    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
-        x = self.transition1(self.block1(self._stem(images)))
-        source1 = self.transition2(self.block2(x))
+    def high_res_size(self, input_size: int) -> int:
+        """Side of dense block 1's output (stride 4 with either stem) for ``input_size``."""
+        return self._stem_output_size(input_size)
+
+    def features(self, images: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``(block 1 output at stride 4, source 1, top map)``; ``forward`` drops the first."""
+        early = self.block1(self._stem(images))
+        source1 = self.transition2(self.block2(self.transition1(early)))
         x = self.block3(self.pool3(source1))
         if self.block4 is not None and self.transition3 is not None:
             x = self.block4(self.transition3(x))
-        return source1, self.transition4(x)
+        return early, source1, self.transition4(x)
+
+    def forward(self, images: Tensor) -> tuple[Tensor, Tensor]:
+        _, source1, top = self.features(images)
+        return source1, top

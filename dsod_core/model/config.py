@@ -71,6 +71,18 @@ class DSODConfig(Params):
             ``"generic"`` derives them from the map sizes at any size, 300 included
             (``dsod_core/boxes/priors.py`` defines all three).
         prior_dataset: ``"voc"`` or ``"coco"`` min/max box sizes.
+        prior_min_sizes, prior_max_sizes: fitted default-box sizes, fractions of the input
+            side, one per source map (six, seven with ``high_res_source``); null keeps the
+            layout's. Written by the train stage when ``model.prior_fit`` is on
+            (``dsod_core/boxes/coverage.py``) and stored in ``model.pt``, so the model
+            rebuilds the same boxes.
+        prior_ratios: fitted aspect ratios (>= 1) that replace 2 and 3 on every map (the
+            number of ratios of each map, and so the head, stays the same); null: 2 and 3.
+        high_res_source: add a stride-4 source map (dense block 1's output, before the
+            first pooling transition) with its own 1x1 conv, prediction layer and default
+            boxes, for objects of a few pixels (docs/small_objects.md). Its head layers come
+            after the six others, so the six keep their names and transfer.
+        high_res_channels: width of the stride-4 source's 1x1 conv.
     """
 
     section: ClassVar[str] = "model"
@@ -99,6 +111,17 @@ class DSODConfig(Params):
     norm: str = param("batch", "norm layer of every conv unit", choices=NORMS)
     prior_layout: PriorLayout = param("auto", "default boxes: auto, dsod300 or generic")
     prior_dataset: PriorDataset = param("voc", "min/max box sizes of voc or coco")
+    prior_min_sizes: tuple[float, ...] | None = param(
+        None, "fitted min box sizes per source map, fractions of the input (null: layout's)", min=0
+    )
+    prior_max_sizes: tuple[float, ...] | None = param(
+        None, "fitted max box sizes per source map, fractions of the input (null: layout's)", min=0
+    )
+    prior_ratios: tuple[float, ...] | None = param(
+        None, "fitted aspect ratios (>= 1) replacing 2 and 3 (null: 2 and 3)", min=1
+    )
+    high_res_source: bool = param(False, "add a stride-4 source (dense block 1) for tiny objects")
+    high_res_channels: int = param(128, "width of the stride-4 source's 1x1 conv", min=1)
 
     def check(self) -> None:
         if len(self.block_layers) not in (3, 4):
@@ -113,6 +136,30 @@ class DSODConfig(Params):
                 "model.transition_wo_pool to false"
             )
         check_dsod300_input_size(self.prior_layout, self.input_size)
+        self._check_fitted_priors()
+
+    @property
+    def num_sources(self) -> int:
+        """Source maps of the detector: six, seven with ``high_res_source``."""
+        return NUM_SOURCES + int(self.high_res_source)
+
+    def _check_fitted_priors(self) -> None:
+        for name in ("prior_min_sizes", "prior_max_sizes"):
+            sizes = getattr(self, name)
+            if sizes is not None and (len(sizes) != self.num_sources or min(sizes) <= 0):
+                self.fail(
+                    name,
+                    f"needs {self.num_sources} positive fractions (one per source map), got "
+                    f"{list(sizes)}",
+                )
+        if (self.prior_min_sizes is None) != (self.prior_max_sizes is None):
+            self.fail("prior_max_sizes", "is set together with prior_min_sizes, or neither")
+        if self.prior_min_sizes is not None and any(
+            hi < lo for lo, hi in zip(self.prior_min_sizes, self.prior_max_sizes or ())
+        ):
+            self.fail("prior_max_sizes", "must be >= prior_min_sizes map by map")
+        if self.prior_ratios is not None and len(self.prior_ratios) != 2:
+            self.fail("prior_ratios", f"needs 2 values, got {list(self.prior_ratios)}")
 
     def notation(self) -> str:
         """The paper's DS/A-B-k-θ name of this backbone, e.g. ``DS/64-192-48-1``."""

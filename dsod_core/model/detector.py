@@ -8,9 +8,9 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from dsod_core.boxes.priors import boxes_per_location, default_boxes
+from dsod_core.boxes.priors import PriorMap, boxes_of_maps, boxes_per_location, prior_maps
 from dsod_core.errors import ConfigError
-from dsod_core.model.backbone import DSODBackbone
+from dsod_core.model.backbone import DSODBackbone, PreActConv
 from dsod_core.model.config import NUM_SOURCES, DSODConfig
 from dsod_core.model.head import DSODHead
 from dsod_core.model.norm import is_norm
@@ -27,6 +27,33 @@ def init_backbone_conv(conv: nn.Conv2d) -> None:
     fan_in = conv.in_channels // conv.groups * math.prod(conv.kernel_size)
     bound = math.sqrt(3.0 / fan_in)
     nn.init.uniform_(conv.weight, -bound, bound)
+
+
+def model_prior_maps(config: DSODConfig, sizes: tuple[int, ...]) -> list[PriorMap]:
+    """The :class:`PriorMap` of every source map of a detector with ``config`` whose source
+    maps have sides ``sizes`` (six, then the stride-4 one with ``high_res_source``).
+
+    The six are :func:`dsod_core.boxes.priors.prior_maps` of the layout (with the fitted
+    sizes and ratios when the config has them). The stride-4 map has steps ``1 / side``, one
+    aspect ratio (2, or the first fitted one) and, unless fitted, min size half of source 1's
+    and max size source 1's min size (0.05 and 0.1 of the input with VOC sizes).
+    """
+    mins, maxs = config.prior_min_sizes, config.prior_max_sizes
+    six = prior_maps(
+        list(sizes[:NUM_SOURCES]),
+        config.input_size,
+        layout=config.prior_layout,
+        dataset=config.prior_dataset,
+        min_sizes=None if mins is None else mins[:NUM_SOURCES],
+        max_sizes=None if maxs is None else maxs[:NUM_SOURCES],
+        ratios=config.prior_ratios,
+    )
+    if not config.high_res_source:
+        return six
+    side = int(sizes[NUM_SOURCES])
+    ratio = 2.0 if config.prior_ratios is None else float(config.prior_ratios[0])
+    lo, hi = (six[0].min_size / 2, six[0].min_size) if mins is None else (mins[-1], maxs[-1])
+    return [*six, PriorMap(side, 1.0 / side, float(lo), float(hi), (ratio,))]
 
 
 class DSOD(nn.Module):
@@ -65,24 +92,25 @@ class DSOD(nn.Module):
             source_sizes(*self.backbone.output_sizes(config.input_size), NUM_SOURCES - 2)
         )
         self.boxes_per_location = tuple(boxes_per_location(config.prior_layout, NUM_SOURCES))
+        # The stride-4 source (config.high_res_source) comes after the six, in the head's
+        # lists and in the default boxes, so the six keep their parameter names.
+        self.high_res: nn.Module | None = None
+        if config.high_res_source:
+            early = self.backbone.block1.out_channels
+            self.high_res = PreActConv(early, config.high_res_channels, norm=config.norm)
+            self._source_channels += (config.high_res_channels,)
+            self._source_sizes += (self.backbone.high_res_size(config.input_size),)
+            self.boxes_per_location += (4,)
         self.head = DSODHead(
             self._source_channels, self.boxes_per_location, config.num_classes, config.norm
         )
-        self.register_buffer(
-            "default_boxes",
-            default_boxes(
-                list(self._source_sizes),
-                config.input_size,
-                layout=config.prior_layout,
-                dataset=config.prior_dataset,
-            ),
-            persistent=False,
-        )
+        self.prior_maps: tuple[PriorMap, ...] = tuple(model_prior_maps(config, self._source_sizes))
+        self.register_buffer("default_boxes", boxes_of_maps(self.prior_maps), persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         """Xavier (Caffe) on backbone and prediction convs, BN to (1, 0), head N(0, 0.01)."""
-        for module in (self.backbone, self.prediction):
+        for module in (self.backbone, self.prediction, self.high_res or nn.Identity()):
             for m in module.modules():
                 if isinstance(m, nn.Conv2d):
                     init_backbone_conv(m)
@@ -115,8 +143,13 @@ class DSOD(nn.Module):
                 f"DSOD expects images [B, {self.config.in_channels}, H, W], "
                 f"got {list(images.shape)}"
             )
-        source1, top = self.backbone(images)
-        return self.head(self.prediction(source1, top))
+        if self.high_res is None:
+            source1, top = self.backbone(images)
+            return self.head(self.prediction(source1, top))
+        early, source1, top = self.backbone.features(images)
+        sources = list(self.prediction(source1, top))
+        sources.append(self.high_res(early))
+        return self.head(sources)
 
     @torch.no_grad()
     def detect(self, images: Tensor, **postprocess_kwargs: Any) -> list[dict[str, Tensor]]:

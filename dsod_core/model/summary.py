@@ -3,7 +3,9 @@
 Run ``python -m dsod_core.model.summary`` for a table or ``--json`` for a JSON list of
 ``{"variant", "params", "num_priors", "paper_params"}``. Counts are learnable parameters
 (``requires_grad``: conv weights, BN affine, L2-norm scales) for 21 classes (K = 20), 3 input
-channels and each variant's own input size (300 px for the paper's models).
+channels and each variant's own input size (300 px for the paper's models). ``--high-res``
+builds every variant with the stride-4 source (``high_res_source``, docs/small_objects.md):
+the extra parameters and default boxes it adds (the paper's figure is not comparable then).
 """
 
 from __future__ import annotations
@@ -25,17 +27,22 @@ def count_learnable(model: torch.nn.Module) -> int:
 
 
 def summarize(
-    variants: Sequence[str] | None = None, *, in_channels: int = 3, num_classes: int = 20
+    variants: Sequence[str] | None = None,
+    *,
+    in_channels: int = 3,
+    num_classes: int = 20,
+    **overrides: Any,
 ) -> list[dict[str, Any]]:
     """One row per variant: ``variant``, ``params``, ``num_priors``, ``paper_params`` (or
     None), plus ``notation``, ``input_size``, ``source_sizes``, ``source_channels``,
-    ``description``."""
+    ``description``. ``overrides``: ``DSODConfig`` fields over every variant's (e.g.
+    ``high_res_source=True``)."""
     rows = []
     for name in variants if variants is not None else list_variants():
         variant = get_variant(name)
         # Only shapes are needed: the meta device skips allocation and initialisation work.
         with torch.device("meta"):
-            model = build_model(name, in_channels=in_channels, num_classes=num_classes)
+            model = build_model(name, in_channels=in_channels, num_classes=num_classes, **overrides)
         rows.append(
             {
                 "variant": name,
@@ -77,10 +84,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print a JSON list instead")
     parser.add_argument("--in-channels", type=int, default=3)
     parser.add_argument("--num-classes", type=int, default=20, help="K, background excluded")
+    parser.add_argument(
+        "--high-res", action="store_true", help="with the stride-4 source (high_res_source)"
+    )
     parser.add_argument("variants", nargs="*", help="variant names (default: all)")
     args = parser.parse_args(argv)
+    extra = {"high_res_source": True} if args.high_res else {}
     rows = summarize(
-        args.variants or None, in_channels=args.in_channels, num_classes=args.num_classes
+        args.variants or None,
+        in_channels=args.in_channels,
+        num_classes=args.num_classes,
+        **extra,
     )
     if args.json:
         keys = ("variant", "params", "num_priors", "paper_params")

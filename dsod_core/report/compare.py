@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from dsod_core.diagnostics import collapse_check
 from dsod_core.errors import DataError
 from dsod_core.metrics.bootstrap import describe, paired_bootstrap
 from dsod_core.metrics.plots import plot_comparison, plot_curves
@@ -67,6 +68,8 @@ def load_run_row(folder: Path, **keys: Any) -> dict[str, Any]:
         "channels": len(m["channels"]),
         "curve": [[h["epoch"], h.get("val_map50")] for h in history],
         "loss": [[h["epoch"], h.get("loss")] for h in history],
+        # the evaluate stage's check (test predictions included); older runs: from the history
+        "collapse": m.get("collapse") or collapse_check(history, map50=m["map50"]),
         "folder": folder.as_posix(),
     }
 
@@ -122,6 +125,42 @@ def aggregate(rows: list[dict]) -> list[dict[str, Any]]:
     return out
 
 
+def _collapsed(row: dict[str, Any]) -> bool:
+    return bool((row.get("collapse") or {}).get("collapsed"))
+
+
+def did_not_learn(arm: str, runs: list[dict[str, Any]]) -> str | None:
+    """``scratch did not learn: mAP@0.5 0.000, scores constant (0.124 ± 0.000), loss 5.1 ->
+    5.0`` for an arm with a collapsed seed (the seeds named when not all of them); None when
+    every seed learnt (:func:`dsod_core.diagnostics.collapse_check`)."""
+    bad = [r for r in runs if _collapsed(r)]
+    if not bad:
+        return None
+    seeds = (
+        ""
+        if len(bad) == len(runs) == 1
+        else (f" (seed {', '.join(str(r['seed']) for r in bad)} of {len(runs)})")
+    )
+    return f"{arm} did not learn{seeds}: {bad[0]['collapse']['summary']}"
+
+
+def collapse_statement(
+    scratch: list[dict[str, Any]], tuned: list[dict[str, Any]], source: str
+) -> tuple[list[str], str | None]:
+    """(the arms that did not learn, the report's sentence for them): a difference with a
+    collapsed arm compares a model that learnt nothing, so its interval says nothing about
+    the initialisations and is not phrased as one."""
+    arms = [("scratch", scratch), (f"fine-tuned from {source}", tuned)]
+    found = [(name, did_not_learn(name, runs)) for name, runs in arms]
+    found = [(name, text) for name, text in found if text]
+    if not found:
+        return [], None
+    sentence = "; ".join(text for _, text in found) + (
+        " — not a comparison of the initialisations (fix the run first: docs/training.md)"
+    )
+    return [name for name, _ in found], sentence
+
+
 def load_matches(folder: str | Path) -> dict[str, np.ndarray]:
     """The VOC match table the evaluate stage saved in a run's folder (``matches.npz``)."""
     path = Path(folder) / "matches.npz"
@@ -162,6 +201,9 @@ def differences(rows: list[dict], replicates: int = REPLICATES) -> list[dict[str
         result = paired_bootstrap(
             [str(u) for u in units], tables_a, tables_b, replicates=replicates, seed=0
         )
+        failed, sentence = collapse_statement(
+            [scratch[s] for s in seeds], [tuned_by_seed[s] for s in seeds], source
+        )
         out.append(
             {
                 "dataset": dataset,
@@ -175,7 +217,9 @@ def differences(rows: list[dict], replicates: int = REPLICATES) -> list[dict[str
                 "ci95": [round(v, 4) for v in result["ci"]],
                 "contains_zero": result["contains_zero"],
                 "seed_diffs": [round(v, 4) for v in result["seed_diffs"]],
-                "statement": describe(result, f"fine-tuned from {source} − scratch mAP@0.5"),
+                "did_not_learn": failed,
+                "statement": sentence
+                or describe(result, f"fine-tuned from {source} − scratch mAP@0.5"),
             }
         )
     return out
@@ -221,9 +265,28 @@ def transfer_matrix(differences: list[dict[str, Any]]) -> tuple[float | None, li
                 if d is None
                 else f"{d['diff_mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
                 + (" (self)" if d["self_transfer"] else "")
+                + (
+                    f" (did not learn: {', '.join(d['did_not_learn'])})"
+                    if d.get("did_not_learn")
+                    else ""
+                )
             )
         lines.append(f"| {dataset} | " + " | ".join(cells) + " |")
     return full, lines
+
+
+def collapsed_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """Below the runs table: one line per run that learnt nothing (none: no lines)."""
+    out = []
+    for r in runs:
+        if _collapsed(r):
+            name = label(r)
+            out.append(
+                f"- **{r['dataset']}, {name}, fraction {r['train_fraction']:g}, seed "
+                f"{r['seed']} did not learn**: {r['collapse']['summary']} "
+                f"({'; '.join(r['collapse']['reasons'])})"
+            )
+    return [""] + out if out else []
 
 
 # long: the report page as one linear Markdown template, section by section
@@ -250,6 +313,7 @@ def markdown(report: dict[str, Any], pictures: dict[str, str]) -> str:
             f"| {fmt_mean_std(a['map50_mean'], a['map50_std'])} "
             f"| {fmt_mean_std(a['coco_ap_mean'], a['coco_ap_std'])} |"
         )
+    lines += collapsed_lines(report.get("runs", []))
     lines += [
         "",
         "## Fine-tuned − scratch (mAP@0.5)",
@@ -313,6 +377,11 @@ def summary(report: dict[str, Any]) -> dict[str, dict[str, dict[str, float | Non
             "map50_std": a["map50_std"],
             "coco_ap": a["coco_ap_mean"],
         }
+        collapsed = sum(
+            1 for r in report.get("runs", []) if _collapsed(r) and group_key(r) == group_key(a)
+        )
+        if collapsed:  # seeds that learnt nothing (absent when none)
+            out[a["dataset"]][key]["collapsed_seeds"] = collapsed
     for d in report["differences"]:
         if d["train_fraction"] == full:
             out[d["dataset"]][f"difference_from_{d['source']}"] = {

@@ -37,7 +37,14 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from dsod_core.detection import DetectResult, DetectRun, PredictorLike, batched, progress_bar
+from dsod_core.detection import (
+    DetectResult,
+    DetectRun,
+    PredictorLike,
+    batched,
+    progress_bar,
+    tiled,
+)
 from dsod_core.errors import ConfigError, DataError
 from dsod_core.io import write_json
 from dsod_core.metrics.scoring import score_detections
@@ -52,6 +59,7 @@ def detect_inputs(
 ) -> list[DetectResult]:
     """Detect every frame of ``path`` (a depth file, a folder of them or an NYU ``.mat``);
     the adapter reads with the model's classes (labels 1..K of its detections)."""
+    predictor = tiled(predictor, run.batch_size)  # a model trained on tiles: merged per frame
     path = Path(path)
     try:
         adapter.restore({"class_names": list(predictor.class_names)})

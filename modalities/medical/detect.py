@@ -58,7 +58,14 @@ from typing import Any
 import nibabel as nib
 import numpy as np
 
-from dsod_core.detection import DetectResult, DetectRun, PredictorLike, batched, progress_bar
+from dsod_core.detection import (
+    DetectResult,
+    DetectRun,
+    PredictorLike,
+    batched,
+    progress_bar,
+    tiled,
+)
 from dsod_core.errors import DataError
 from dsod_core.io import atomic_path, write_json
 from modalities.base import SampleRef
@@ -303,5 +310,7 @@ def detect_volume(adapter, path: Path, predictor: PredictorLike, run: DetectRun)
 def detect_inputs(
     adapter, path: Path, predictor: PredictorLike, run: DetectRun
 ) -> list[DetectResult]:
-    """``dsod detect`` on one ``INPUT`` (see the module docstring): one result per volume."""
+    """``dsod detect`` on one ``INPUT`` (see the module docstring): one result per volume.
+    A model trained on tiles has each slice cut and merged (:func:`tiled`)."""
+    predictor = tiled(predictor, run.batch_size)
     return [detect_volume(adapter, p, predictor, run) for p in expand_inputs(Path(path))]

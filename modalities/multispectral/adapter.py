@@ -397,10 +397,10 @@ class MultispectralAdapter(ModalityAdapter):
 
     def merge(self, items: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Chip detections -> one set per raster in raster pixels (:func:`scene.merge_chips`:
-        the house's tile merge, ``dsod_core.tiling.merge_tiles``, at ``merge_iou``): the same
-        rule for a prepared store's chips (the evaluate stage) and for the windows of
-        ``dsod detect``."""
-        return scene_io.merge_chips(items, self.params.merge_iou)
+        the house's tile merge, ``dsod_core.tiling.merge_tiles``, at ``merge_iou`` and
+        ``merge_containment``): the same rule for a prepared store's chips (the evaluate stage)
+        and for the windows of ``dsod detect``."""
+        return scene_io.merge_chips(items, self.params.merge_iou, self.params.merge_containment)
 
     def write_scene(
         self, unit: Mapping[str, Any], out_dir: Path, stem: str, wgs84: bool

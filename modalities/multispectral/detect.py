@@ -13,10 +13,13 @@ The scene is never in memory whole. Per scene:
    order, with GDAL's block cache capped (``GDAL_CACHEMAX`` = 128 MB), and a window whose
    pixels are all no-data is skipped without running the network. Batches of
    ``--batch-size`` windows go through the model.
-3. Merging: :meth:`MultispectralAdapter.merge`, the rule the evaluate stage applies to a
-   store's chips too (:func:`dsod_core.tiling.merge_tiles`: each window keeps the detections
-   centred in its core, then class-wise NMS at the adapter's ``merge_iou``), so one scene
-   gives the same merged detections through both.
+3. Merging: :func:`scene.merge_chips`, the rule :meth:`MultispectralAdapter.merge` applies to
+   a store's chips in the evaluate stage too (:func:`dsod_core.tiling.merge_tiles`: each
+   window keeps the detections centred in its core, then class-wise NMS at the adapter's
+   ``merge_iou`` with its containment rule at ``merge_containment``: a fragment lying that
+   share inside a larger, higher-scored box of its class is dropped), so one scene gives
+   the same merged detections through both. ``--merge-containment`` overrides the share for
+   one run (0: off, the IoU-only merge).
 
 Outputs, written atomically: ``<stem>.geojson``, a FeatureCollection of Polygons in the
 raster's CRS (named by the legacy ``crs`` member, as GDAL and QGIS read it; none for a WGS84
@@ -50,6 +53,7 @@ from dsod_core.errors import DataError
 from dsod_core.io import write_json
 from dsod_core.metrics.scoring import score_detections
 from dsod_core.tiling import tile_grid
+from modalities.multispectral.scene import merge_chips
 from modalities.multispectral.tiling import boxes_in_chip
 
 GDAL_CACHE_MB = 128  # rasterio takes GDAL_CACHEMAX in bytes
@@ -177,6 +181,13 @@ def _empty_unit(info) -> dict[str, Any]:
     }
 
 
+def merge_containment(adapter, opts) -> float | None:
+    """The containment share of the scene merge: ``--merge-containment`` when given, else the
+    adapter's ``merge_containment`` (the value the model's store was prepared with)."""
+    given = getattr(opts, "merge_containment", None)
+    return given if given is not None else adapter.params.merge_containment
+
+
 def detect_scene(
     adapter, path: Path, rel: str, scene, predictor: PredictorLike, run: DetectRun
 ) -> DetectResult:
@@ -198,7 +209,7 @@ def detect_scene(
         target = adapter.scene_labels(info, Path(run.labels), class_names)
     stem = adapter.output_stem(path if scene is None else Path(rel))
     items, chips, skipped = _window_items(adapter, info, windows, predictor, run, stem, target)
-    merged = adapter.merge(items)
+    merged = merge_chips(items, adapter.params.merge_iou, merge_containment(adapter, opts))
     if not merged:  # every window all no-data: an empty scene
         merged = [_empty_unit(info)]
     (unit,) = merged
@@ -224,6 +235,7 @@ def detect_scene(
             "size": [info.width, info.height],
             "chip_size": chip,
             "overlap": overlap,
+            "merge_containment": merge_containment(adapter, opts),
             "transform": list(Affine(*list(info.transform)[:6]))[:6],
         },
     )

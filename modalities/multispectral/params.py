@@ -178,6 +178,13 @@ class MultispectralParams(AdapterParams):
     merge_iou: float = param(
         0.5, "IoU above which chip predictions of one class are merged by NMS", min=0, max=1
     )
+    merge_containment: float | None = param(
+        0.7,
+        "the merge NMS also drops a box whose intersection with a larger, higher-scored box "
+        "of its class is at least this share of its own area (a fragment); 0 or null: off",
+        min=0,
+        max=1,
+    )
     export_wgs84: bool = param(True, "also write the predictions as RFC 7946 WGS84 GeoJSON")
     max_pixels: int = param(MAX_PIXELS, "largest width x height a raster header may declare", min=1)
 
@@ -285,10 +292,17 @@ class MultispectralParams(AdapterParams):
 @dataclass(frozen=True)
 class MultispectralDetectParams(AdapterParams):
     """Options of ``dsod detect`` on multispectral scenes (flags ``--chip-size``,
-    ``--overlap``, ``--wgs84``)."""
+    ``--overlap``, ``--wgs84``, ``--merge-containment``)."""
 
     chip_size: int | None = param(
         None, "window side in px (default: the model's training chip_size)", min=1
     )
     overlap: int | None = param(None, "window overlap in px (default: half a window)", min=0)
     wgs84: bool = param(False, "also write an RFC 7946 (WGS84) copy of each GeoJSON")
+    merge_containment: float | None = param(
+        None,
+        "containment share of the scene merge (0: off; default: the model's adapter "
+        "merge_containment)",
+        min=0,
+        max=1,
+    )

@@ -84,9 +84,13 @@ def write_scene(
     return written
 
 
-def merge_chips(items: list[dict[str, Any]], iou: float) -> list[dict[str, Any]]:
+def merge_chips(
+    items: list[dict[str, Any]], iou: float, containment: float | None = None
+) -> list[dict[str, Any]]:
     """Chip detections -> one set per raster, in raster pixels, by
-    :func:`dsod_core.tiling.merge_tiles` (the core rule, then class-wise NMS at ``iou``).
+    :func:`dsod_core.tiling.merge_tiles` (the core rule, then class-wise NMS at ``iou``,
+    with its containment rule at ``containment``: a box lying that share inside a larger,
+    higher-scored box of its class is dropped; 0 or None: off).
     ``items``: per chip ``source``, ``meta`` (as the adapter's ``read`` writes it: ``raster``,
     ``window``, ``crs``, ``raster_transform``, ``raster_size``) and ``detections`` in chip
     pixels. One entry per raster: ``unit`` (its id), ``source``, ``crs``, ``transform``,
@@ -113,7 +117,9 @@ def merge_chips(items: list[dict[str, Any]], iou: float) -> list[dict[str, Any]]
                 "crs": meta["crs"],
                 "transform": list(meta["raster_transform"])[:6],
                 "size": list(meta.get("raster_size", [])),
-                "detections": merge_tiles(tiles, int(meta["window"][2]), iou),
+                "detections": merge_tiles(
+                    tiles, int(meta["window"][2]), iou, containment=containment
+                ),
             }
         )
     return merged

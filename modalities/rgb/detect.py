@@ -40,6 +40,7 @@ from dsod_core.detection import (
     batched,
     input_files,
     progress_bar,
+    tiled,
 )
 from dsod_core.errors import ConfigError, DataError
 from dsod_core.io import write_json
@@ -56,6 +57,7 @@ def detect_inputs(
     adapter: RGBAdapter, path: Path, predictor: PredictorLike, run: DetectRun
 ) -> list[DetectResult]:
     """Detect every image of ``path`` (an image or a folder of images): one results file."""
+    predictor = tiled(predictor, run.batch_size)  # a model trained on tiles: merged per image
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     files = _image_files(path)

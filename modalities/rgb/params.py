@@ -124,7 +124,8 @@ class RGBParams(CollectionParams):
         for name in unused:
             if getattr(self, name) != getattr(defaults, name):
                 self.fail(
-                    name, f"applies to format: collection, not format: {self.format} (set "
+                    name,
+                    f"applies to format: collection, not format: {self.format} (set "
                     f"format: collection with labels: ... to use it)"
                     if name in COLLECTION_ONLY
                     else f"does not apply to format: {self.format}",

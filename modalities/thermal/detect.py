@@ -29,6 +29,7 @@ from dsod_core.detection import (
     batched,
     input_files,
     progress_bar,
+    tiled,
 )
 from dsod_core.errors import ConfigError, DataError
 from dsod_core.io import write_json
@@ -43,6 +44,7 @@ def detect_inputs(
     adapter: ThermalAdapter, path: Path, predictor: PredictorLike, run: DetectRun
 ) -> list[DetectResult]:
     """Detect every frame of ``path`` (a frame or a folder of frames): one results file."""
+    predictor = tiled(predictor, run.batch_size)  # a model trained on tiles: merged per frame
     path = Path(path)
     folder = path if path.is_dir() else path.parent
     names = list(predictor.class_names)
