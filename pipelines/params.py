@@ -156,7 +156,7 @@ class ModelSection(Params):
         False, "fit default-box sizes and aspect ratios to each run's training boxes (model.pt)"
     )
     min_coverage: float = param(
-        0.8,
+        0.2,
         "prepare warns when fewer training boxes have a default box at IoU >= 0.5",
         min=0,
         max=1,
@@ -362,7 +362,7 @@ def coverage_settings(params: Mapping[str, Any], dataset: str) -> dict[str, Any]
         "input_size": dataset_input_size(params, dataset),
         "overrides": dict(model.get("overrides") or {}),
         "prior_fit": bool(model.get("prior_fit", False)),
-        "min_coverage": float(model.get("min_coverage", 0.8)),
+        "min_coverage": float(model.get("min_coverage", 0.2)),
     }
 
 

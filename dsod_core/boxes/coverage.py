@@ -155,7 +155,7 @@ def coverage_report(
     }
 
 
-def coverage_warning(report: dict[str, Any], min_coverage: float = 0.8) -> str | None:
+def coverage_warning(report: dict[str, Any], min_coverage: float = 0.2) -> str | None:
     """One line when the coverage is below ``min_coverage`` (None otherwise), naming the
     numbers and the params that change them."""
     if report["boxes"] == 0 or report["coverage"] >= min_coverage:

@@ -104,7 +104,7 @@ def store_coverage(
     input_size: int,
     overrides: dict[str, Any] | None = None,
     prior_fit: bool = False,
-    min_coverage: float = 0.8,
+    min_coverage: float = 0.2,
     split: str = "train",
 ) -> dict[str, Any]:
     """The coverage report (:func:`dsod_core.boxes.coverage.coverage_report`) of the store's
