@@ -215,3 +215,48 @@ def from_coco_results(
         }
         for image_id, dets in grouped.items()
     }
+
+
+def predict_images(
+    adapter: Any,
+    refs: Sequence[Any],
+    predictor: Any,
+    run: Any,
+    name: str,
+    label_to_category_id: Mapping[int, int],
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], list[dict[str, Any]], list[Any]]:
+    """``dsod detect`` over image refs of a 2D image modality (rgb, thermal): each ref read
+    with ``adapter.read`` (one sample each), the model run in batches of ``run.batch_size``
+    (``predictor`` follows :class:`dsod_core.detection.PredictorLike`), with a progress bar.
+    Returns, in input order, the COCO result rows (:func:`to_coco_results`), the image entries
+    (``id``, ``file_name``, ``width``, ``height`` of each sample's meta), the targets
+    (boxes, labels, difficult, crowd) and the detections."""
+    from dsod_core.detection import batched, progress_bar
+
+    rows: list[dict[str, Any]] = []
+    images: list[dict[str, Any]] = []
+    targets: list[dict[str, Any]] = []
+    predictions: list[Any] = []
+    bar = progress_bar(len(refs), f"detect {name}", "image", run)
+    try:
+        for batch in batched(refs, run.batch_size):
+            samples = [next(iter(adapter.read(ref))) for ref in batch]
+            for ref, sample in zip(batch, samples):
+                predictor.check_channels(int(sample.image.shape[0]), ref.paths["image"])
+            dets = predictor([s.image for s in samples])
+            items = [
+                {"sample_id": s.sample_id, "meta": s.meta, "detections": d}
+                for s, d in zip(samples, dets)
+            ]
+            rows += to_coco_results(items, label_to_category_id)
+            for s, d in zip(samples, dets):
+                keys = ("file_name", "width", "height")
+                images.append({"id": s.meta["image_id"], **{k: s.meta[k] for k in keys}})
+                targets.append(
+                    {k: getattr(s, k) for k in ("boxes", "labels", "difficult", "crowd")}
+                )
+                predictions.append(d)
+            bar.update(len(batch))
+    finally:
+        bar.close()
+    return rows, images, targets, predictions

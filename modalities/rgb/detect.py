@@ -37,9 +37,7 @@ from dsod_core.detection import (
     DetectResult,
     DetectRun,
     PredictorLike,
-    batched,
     input_files,
-    progress_bar,
     tiled,
 )
 from dsod_core.errors import ConfigError, DataError
@@ -47,6 +45,7 @@ from dsod_core.io import write_json
 from dsod_core.metrics.coco import evaluate_coco_dicts
 from dsod_core.metrics.scoring import score_detections
 from modalities.base import SampleRef
+from modalities.formats.coco import predict_images
 from modalities.rgb import coco, voc
 from modalities.rgb.adapter import RGBAdapter
 
@@ -93,40 +92,10 @@ def detect_inputs(
 
 
 def _predict(adapter: RGBAdapter, refs, predictor: PredictorLike, run: DetectRun, name: str):
-    """Every image through the model in batches: COCO result rows, the image entries, the
-    targets and the detections, in input order."""
+    """Every image through the model in batches (:func:`modalities.formats.coco.predict_images`):
+    COCO result rows, image entries, targets and detections, in input order."""
     mapping = adapter.label_to_category_id
-    rows: list[dict[str, Any]] = []
-    images, targets, predictions = [], [], []
-    bar = progress_bar(len(refs), f"detect {name}", "image", run)
-    try:
-        for batch in batched(refs, run.batch_size):
-            samples = [next(iter(adapter.read(ref))) for ref in batch]
-            for ref, sample in zip(batch, samples):
-                predictor.check_channels(int(sample.image.shape[0]), ref.paths["image"])
-            dets = predictor([s.image for s in samples])
-            items = [
-                {"sample_id": s.sample_id, "meta": s.meta, "detections": d}
-                for s, d in zip(samples, dets)
-            ]
-            rows += coco.to_coco_results(items, mapping)
-            for s, d in zip(samples, dets):
-                images.append(
-                    {
-                        "id": s.meta["image_id"],
-                        "file_name": s.meta["file_name"],
-                        "width": s.meta["width"],
-                        "height": s.meta["height"],
-                    }
-                )
-                targets.append({k: getattr(s, k) for k in ("boxes", "labels", "difficult")})
-                targets[-1]["crowd"] = s.crowd
-                predictions.append(d)
-            bar.update(len(batch))
-    finally:
-        bar.close()
-
-    return rows, images, targets, predictions
+    return predict_images(adapter, refs, predictor, run, name, mapping)
 
 
 def _image_files(path: Path) -> list[Path]:

@@ -26,9 +26,7 @@ from dsod_core.detection import (
     DetectResult,
     DetectRun,
     PredictorLike,
-    batched,
     input_files,
-    progress_bar,
     tiled,
 )
 from dsod_core.errors import ConfigError, DataError
@@ -74,32 +72,10 @@ def detect_inputs(
 
 
 def _predict(adapter: ThermalAdapter, refs, predictor: PredictorLike, run: DetectRun, name: str):
-    """Every frame through the model in batches: result rows, image entries, targets and
-    detections, in input order."""
+    """Every image through the model in batches (:func:`modalities.formats.coco.predict_images`):
+    COCO result rows, image entries, targets and detections, in input order."""
     mapping = {i + 1: i + 1 for i in range(len(adapter.class_names))}
-    rows: list[dict[str, Any]] = []
-    images, targets, predictions = [], [], []
-    bar = progress_bar(len(refs), f"detect {name}", "image", run)
-    try:
-        for batch in batched(refs, run.batch_size):
-            samples = [next(iter(adapter.read(ref))) for ref in batch]
-            for ref, sample in zip(batch, samples):
-                predictor.check_channels(int(sample.image.shape[0]), ref.paths["image"])
-            dets = predictor([s.image for s in samples])
-            items = [
-                {"sample_id": s.sample_id, "meta": s.meta, "detections": d}
-                for s, d in zip(samples, dets)
-            ]
-            rows += coco.to_coco_results(items, mapping)
-            for s, d in zip(samples, dets):
-                keys = ("file_name", "width", "height")
-                images.append({"id": s.meta["image_id"], **{k: s.meta[k] for k in keys}})
-                targets.append({k: getattr(s, k) for k in ("boxes", "labels", "difficult")})
-                predictions.append(d)
-            bar.update(len(batch))
-    finally:
-        bar.close()
-    return rows, images, targets, predictions
+    return coco.predict_images(adapter, refs, predictor, run, name, mapping)
 
 
 def image_files(path: Path) -> list[Path]:
