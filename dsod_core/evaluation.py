@@ -129,6 +129,7 @@ def _frame_target(parent: str, rec: dict[str, Any], channels: int) -> dict[str, 
         "shape": (channels, int(rec["size"][1]), int(rec["size"][0])),
         "sample_id": parent,
         "source": rec["source"],
+        "unit": rec.get("unit", rec["source"]),
         "split": rec["split"],
         "affine": np.asarray(rec["affine"], dtype=np.float64),
         "meta": rec["meta"],
@@ -165,15 +166,16 @@ def write_matches(
     num_classes: int,
 ) -> Path:
     """``matches.npz``: the VOC match table of the predictions (ranked ``label``, ``image``,
-    ``tp``, ``fp``; ``gt_count`` per image and class) with each image's source ``unit`` and
-    store ``index``, from which the compare stage bootstraps intervals without the store."""
+    ``tp``, ``fp``; ``gt_count`` per image and class) with each image's independence ``unit``
+    (its group, else its source) and store ``index``, from which the compare stage bootstraps
+    intervals without the store."""
     table = voc_matches(targets, predictions, num_classes)
     with atomic_path(path, suffix=".npz") as tmp:
         with open(tmp, "wb") as fh:
             np.savez_compressed(
                 fh,
                 **{k: v for k, v in table.items() if k != "num_classes"},
-                unit=np.asarray([t["source"] for t in targets], dtype=str),
+                unit=np.asarray([t.get("unit", t["source"]) for t in targets], dtype=str),
                 index=np.asarray([p["index"] for p in predictions], dtype=np.int64),
             )
     return path

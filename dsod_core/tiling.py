@@ -287,19 +287,21 @@ def tile_sample(sample: Any, tile: int, overlap: int, min_visible: float = 0.5) 
                 valid=valid,
                 meta=meta,
                 native=native,
+                group=getattr(sample, "group", None),
             )
         )
     return out
 
 
 def frame_record(sample: Any) -> dict[str, Any]:
-    """The whole-frame ground truth of a tiled input (JSON): ``split``, ``source``, ``size``
-    ``[W, H]``, ``affine``, ``meta`` and its ``boxes``, ``labels``, ``difficult``,
+    """The whole-frame ground truth of a tiled input (JSON): ``split``, ``source``, ``unit``,
+    ``size`` ``[W, H]``, ``affine``, ``meta`` and its ``boxes``, ``labels``, ``difficult``,
     ``crowd``: what the evaluate stage scores the merged detections of its tiles against."""
     _, h, w = sample.image.shape
     return {
         "split": sample.split,
         "source": sample.source,
+        "unit": getattr(sample, "unit", sample.source),
         "size": [int(w), int(h)],
         "affine": np.asarray(sample.affine, dtype=np.float64).tolist(),
         "meta": sample.meta,

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -37,38 +38,53 @@ from dsod_core.report.compare import (
     load_run_row,
     markdown,
     plot_report,
+    results_file,
     summary,
 )
 from pipelines._common import load_params, stage_main, write_atomic, write_json
-from pipelines.params import study_axes, validate_params
+from pipelines.params import comparison_section, study_axes, validate_params
 
 
 def run_name(init: str, source: str | None, fraction: Any) -> str:
     """The run folder under models/<dataset>/ (as dvc.yaml names it: the fraction as written
     in params.yaml)."""
-    return f"scratch-f{fraction}" if init == "scratch" else f"finetuned-{source}-f{fraction}"
+    return f"scratch-f{fraction}" if init == "scratch" else f"{init}-{source}-f{fraction}"
+
+
+def arms(params: dict[str, Any], axes: dict[str, list]) -> list[tuple[str, str | None, Any]]:
+    """(init, source, fraction as written) of every run folder of a target: scratch and every
+    source's fine-tuned run at each fraction, the matched arm at ``comparison
+    .matched_fractions``."""
+    section = comparison_section(params)
+    matched = [float(f) for f in section.matched_fractions] if section else []
+    out = []
+    for raw in params.get("train_fractions", [1.0]):
+        out.append(("scratch", None, raw))
+        out += [("finetuned", s, raw) for s in axes["sources"]]
+        if float(raw) in matched:
+            out += [("matched", s, raw) for s in axes["sources"]]
+    return out
 
 
 def collect(params: dict[str, Any], runs_dir: Path) -> tuple[list[dict], list[dict]]:
-    """(source rows, target rows): every run the params call for, one row per seed."""
+    """(source rows, target rows): every run the params call for, one row per seed (the
+    source models one per source seed)."""
     axes = study_axes(params)
     sources = [
-        load_run_row(
-            runs_dir / "pretrain" / s, init="pretrain", source=None, seed=params.get("seed", 0)
-        )
+        load_run_row(runs_dir / "pretrain" / s / f"seed-{k}", init="pretrain", source=None, seed=k)
         for s in axes["sources"]
+        for k in axes["source_seeds"]
     ]
     rows = []
     for dataset in params["targets"]:
-        for init, source in [("scratch", None)] + [("finetuned", s) for s in axes["sources"]]:
-            for raw in params.get("train_fractions", [1.0]):
-                for seed in axes["seeds"]:
-                    folder = runs_dir / dataset / run_name(init, source, raw) / f"seed-{seed}"
-                    rows.append(
-                        load_run_row(
-                            folder, init=init, source=source, seed=seed, train_fraction=float(raw)
-                        )
+        for init, source, raw in arms(params, axes):
+            for seed in axes["seeds"]:
+                folder = runs_dir / dataset / run_name(init, source, raw) / f"seed-{seed}"
+                rows.append(
+                    load_run_row(
+                        folder, init=init, source=source, seed=seed, train_fraction=float(raw)
                     )
+                )
     return sources, rows
 
 
@@ -80,12 +96,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output prefix, e.g. reports/compare")
     parser.add_argument("--summary", help="the summary metric file (results/summary.json)")
     parser.add_argument("--plots", help="folder of the images (results/plots)")
+    parser.add_argument(
+        "--results", help="the compact git-tracked report the README is generated from"
+    )
     parser.add_argument("--replicates", type=int, default=REPLICATES, help="bootstrap replicates")
     args = parser.parse_args(argv)
     params = load_params(args.params)
     validate_params(params, args.params, datasets=[])
     sources, rows = collect(params, Path(args.runs_dir))
-    report = build_report(sources, rows, args.replicates)
+    section = comparison_section(params, args.params)
+    report = build_report(
+        sources,
+        rows,
+        args.replicates,
+        primary=None if section is None else asdict(section.primary),
+        level=0.95 if section is None else section.level,
+    )
     out = Path(args.out)
     plots = Path(args.plots) if args.plots else out.parent / "plots"
     # The epoch charts show the first seed's full-data runs beside the source models.
@@ -95,6 +121,8 @@ def main(argv: list[str] | None = None) -> int:
     md = markdown(report, rel)
     write_atomic(f"{out}.md", md)
     write_json(args.summary or f"{out}.summary.json", summary(report))
+    if args.results:
+        write_json(args.results, results_file(report))
     print(md.split("\n## Source models")[0])
     return 0
 

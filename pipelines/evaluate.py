@@ -152,6 +152,7 @@ def provenance_fields(provenance: RunProvenance) -> dict[str, Any]:
         "train_fraction": provenance.train_fraction,
         "train_images": provenance.train_images,
         "train_units": provenance.train_units,
+        "budget": provenance.budget,
     }
 
 
@@ -162,6 +163,8 @@ def model_fields(model: Any, meta: dict[str, Any]) -> dict[str, Any]:
         "train_seconds": float(meta.get("train_seconds", 0.0)),
         "epochs": len(meta.get("history", [])),
         "variant": meta["variant"],
+        "image_passes": (meta.get("budget") or {}).get("image_passes"),
+        "global_batch": (meta.get("budget") or {}).get("global_batch"),
         "input_size": meta["input_size"],
     }
 

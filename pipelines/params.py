@@ -139,6 +139,11 @@ class PrepareSection(Params):
         "error", "error: stop at the first bad unit; skip: leave it out and report it"
     )
     compression: Literal["gzip"] | None = param("gzip", "HDF5 image compression (null: none)")
+    straddle: Literal["error", "warn"] = param(
+        "error",
+        "an independence unit (patient, scene, sequence) with samples in two splits: "
+        "error refuses the store, warn keeps it with a warning per unit",
+    )
 
 
 @dataclass
@@ -210,6 +215,42 @@ class EvaluateSection(Params):
     )
 
 
+@dataclass
+class PrimaryComparison(Params):
+    """``comparison.primary``: the one comparison declared before the results are seen; it
+    alone is reported unadjusted (docs/study.md, "Multiplicity")."""
+
+    section: ClassVar[str] = "comparison.primary"
+
+    target: str = param(doc="a dataset in targets", min_len=1)
+    source: str = param(doc="a dataset in sources", min_len=1)
+    fraction: float = param(1.0, "a value of train_fractions", min=0, max=1, min_exclusive=True)
+    against: Literal["matched", "scratch"] = param(
+        "matched",
+        "the scratch arm fine-tuning is compared with: matched (the same total image passes, "
+        "source pretraining included) or scratch (the same target-training budget)",
+    )
+
+
+@dataclass
+class ComparisonSection(Params):
+    """``comparison``: the compare stage's declared primary comparison, the train fractions
+    that get a compute-matched scratch arm, and the intervals' level."""
+
+    section: ClassVar[str] = "comparison"
+
+    primary: PrimaryComparison = param(doc="the declared primary comparison")
+    matched_fractions: list[float] = param(
+        default_factory=lambda: [1.0],
+        doc="train fractions with a compute-matched scratch arm (each in train_fractions)",
+        min=0,
+        max=1,
+        min_exclusive=True,
+        min_len=1,
+    )
+    level: float = param(0.95, "coverage of every interval", min=0.5, max=0.999)
+
+
 @dataclass(kw_only=True)
 class ParamsFile(Params):
     """The whole ``params.yaml``."""
@@ -226,6 +267,13 @@ class ParamsFile(Params):
         min_exclusive=True,
         min_len=1,
     )
+    source_seeds: list[int] | None = param(
+        None,
+        "training seeds of the source models (null: [seed]); fine-tuned seed i starts from "
+        "source seed i mod len(source_seeds)",
+        min=0,
+        min_len=1,
+    )
     sources: list[str] = param(
         doc="datasets whose source model fine-tuned runs start from",
         min_len=1,
@@ -240,15 +288,49 @@ class ParamsFile(Params):
     train: dict[str, Any] | None = param(None, "training params of every target run")
     finetune: dict[str, Any] | None = param(None, "overrides of train for fine-tuned runs")
     evaluate: EvaluateSection = param(doc="the evaluate stage")
+    comparison: ComparisonSection | None = param(
+        None, "the compare stage (null: no primary comparison declared, every one adjusted)"
+    )
 
     def check(self) -> None:
         _check_lists(vars(self), self.datasets)
+        _check_comparison(self)
+
+
+def _check_comparison(f: ParamsFile) -> None:
+    """The primary comparison names a target, a source and a trained fraction (a matched one
+    when it is against the matched arm); matched fractions are trained fractions."""
+    c = f.comparison
+    if c is None:
+        return
+    fractions = [float(x) for x in f.train_fractions]
+    for x in c.matched_fractions:
+        if float(x) not in fractions:
+            raise ParamError(
+                ("comparison", "matched_fractions"), "check", f"{x!r} is not in train_fractions"
+            )
+    p = c.primary
+    for key, value, allowed in (
+        ("target", p.target, f.targets),
+        ("source", p.source, f.sources),
+        ("fraction", float(p.fraction), fractions),
+    ):
+        if value not in allowed:
+            raise ParamError(
+                ("comparison", "primary", key), "check", f"{value!r} is not in {list(allowed)}"
+            )
+    if p.against == "matched" and float(p.fraction) not in [float(x) for x in c.matched_fractions]:
+        raise ParamError(
+            ("comparison", "primary", "fraction"),
+            "check",
+            f"{p.fraction!r} has no matched arm (add it to comparison.matched_fractions)",
+        )
 
 
 def _check_lists(values: Mapping[str, Any], datasets: Mapping[str, Any]) -> None:
     """No repeats in ``seeds``, ``train_fractions``, ``sources`` and ``targets``; every source
     and target is a dataset."""
-    for name in ("seeds", "train_fractions", "sources", "targets"):
+    for name in ("seeds", "source_seeds", "train_fractions", "sources", "targets"):
         items = values.get(name)
         if items is not None and len(set(items)) != len(items):
             raise ParamError((name,), "value", f"has repeats: {items!r}")
@@ -259,7 +341,7 @@ def _check_lists(values: Mapping[str, Any], datasets: Mapping[str, Any]) -> None
                 raise ParamError((name,), "check", f"{dataset!r} is not in datasets ({known})")
 
 
-AXES = ("seed", "seeds", "train_fractions", "sources")
+AXES = ("seed", "seeds", "source_seeds", "train_fractions", "sources")
 
 
 # --- the public functions the stages use ------------------------------------------------------
@@ -292,8 +374,32 @@ def study_axes(params: dict[str, Any], source: str = "params.yaml") -> dict[str,
     except ParamError as exc:
         raise exc.located(ParamsFile, "", source) from None
     seeds = axes.get("seeds") or [axes.get("seed", 0)]
+    source_seeds = axes.get("source_seeds") or [axes.get("seed", 0)]
     fractions = axes.get("train_fractions", [1.0])
-    return {"seeds": seeds, "train_fractions": fractions, "sources": axes["sources"]}
+    return {
+        "seeds": seeds,
+        "source_seeds": source_seeds,
+        "train_fractions": fractions,
+        "sources": axes["sources"],
+    }
+
+
+def source_seed_for(axes: Mapping[str, list], seed: int) -> int:
+    """The source seed a fine-tuned (or matched) run of training seed ``seed`` is paired with:
+    ``source_seeds[i % len(source_seeds)]`` for the ``i``-th of ``seeds``, so the seed
+    differences of the study carry source-model variance as well (docs/study.md)."""
+    seeds, sources = list(axes["seeds"]), list(axes["source_seeds"])
+    i = seeds.index(seed) if seed in seeds else int(seed)
+    return int(sources[i % len(sources)])
+
+
+def comparison_section(
+    params: dict[str, Any], source: str = "params.yaml"
+) -> ComparisonSection | None:
+    """The ``comparison`` section, parsed (every default applied); None when absent."""
+    if "comparison" not in params:
+        return None
+    return _section(params, "comparison", source)[0]
 
 
 def demo_section(params: dict[str, Any], source: str = "params.yaml") -> dict[str, Any]:
@@ -502,8 +608,11 @@ def train_params(params: dict[str, Any], dataset: str, init: str, source: str) -
 
     ``pretrain``: ``pretrain.train`` alone (the source model's own params). ``scratch``:
     ``train`` < ``datasets.<dataset>.train``. ``finetuned``: ``train`` < ``finetune`` <
-    ``datasets.<dataset>.train`` < ``datasets.<dataset>.finetune``.
+    ``datasets.<dataset>.train`` < ``datasets.<dataset>.finetune``. ``matched`` (the
+    compute-matched scratch arm): scratch's params; the train stage sets its length.
     """
+    if init == "matched":
+        init = "scratch"
     if init == "pretrain":
         layers = [("pretrain.train", (params.get("pretrain") or {}).get("train"))]
     elif init in INITS:

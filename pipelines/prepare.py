@@ -215,6 +215,7 @@ def _write_units(
     the frames' ground truth goes to ``/units`` under ``dsod_core.tiling.FRAMES_UNIT``."""
     counts = {"train": 0, "val": 0, "test": 0}
     background = dict(counts)
+    units: dict[str, set[str]] = {}  # independence unit -> the splits its samples are in
     if tiling is not None:
         keys = ("tile_size", "overlap")
         writer.units[FRAMES_UNIT] = {**{k: tiling[k] for k in keys}, "frames": {}}
@@ -225,9 +226,11 @@ def _write_units(
         empty = dict(added)
         frames: dict[str, Any] = {}
         tally = dict.fromkeys(("tiles", "empty tiles kept", "empty tiles dropped (train)"), 0)
+        seen: set[tuple[str, str]] = set()
         try:  # streamed: chips/slices/tiles never all in memory
             for s in _cut(adapter.read(ref), tiling, frames, tally):
                 writer.add(s)
+                seen.add((s.unit, s.split))
                 added[s.split] += 1
                 empty[s.split] += len(s.boxes) == 0
         except Exception as exc:
@@ -239,6 +242,8 @@ def _write_units(
             writer.rollback(mark)
             log.record_skip(err, _unit_file(ref), unit=ref.ref_id)
             continue
+        for unit, split in seen:
+            units.setdefault(unit, set()).add(split)
         for k, v in added.items():
             counts[k] += v
             background[k] += empty[k]
@@ -248,7 +253,39 @@ def _write_units(
             for k, v in tally.items():
                 log.counts[k] = log.counts.get(k, 0) + v
     writer.adapter_state = adapter.state()
-    return counts, background
+    return counts, background, units
+
+
+def unit_counts(units: dict[str, set[str]]) -> dict[str, Any]:
+    """The report's ``units``: independence units (patients, scenes, sequences, else files)
+    per split, and those whose samples lie in more than one split (``straddling``)."""
+    per = {s: sum(1 for v in units.values() if s in v) for s in ("train", "val", "test")}
+    straddling = sorted(u for u, v in units.items() if len(v) > 1)
+    return {
+        **per,
+        "total": len(units),
+        "straddling": len(straddling),
+        "straddling_units": straddling[:20],
+    }
+
+
+def check_straddle(units: dict[str, set[str]], log: PrepareLog, out: Path, mode: str) -> None:
+    """Refuse (``prepare.straddle: error``) or warn about units in two splits: their samples
+    would let the model see a test patient, scene or sequence in training."""
+    order = ("train", "val", "test")
+    bad = {u: sorted(v, key=order.index) for u, v in units.items() if len(v) > 1}
+    if not bad:
+        return
+    first, splits = next(iter(sorted(bad.items())))
+    text = (
+        f"{len(bad)} independence unit(s) have samples in more than one split, e.g. "
+        f"{first!r} in {' and '.join(splits)} (a patient, scene or sequence must lie in one "
+        "split: set the adapter's group_by or fix the split lists"
+    )
+    if mode == "error":
+        raise DataError(text + "; prepare.straddle: warn keeps the store)", path=out)
+    for unit, splits in sorted(bad.items()):
+        log.warn(f"unit {unit!r} has samples in {' and '.join(splits)}", path=unit)
 
 
 def _check_written(counts: dict[str, int], log: PrepareLog, out: Path, root: str) -> None:
@@ -281,6 +318,28 @@ def _finish(report: dict[str, Any], log: PrepareLog, status: str, **extra: Any) 
     return report
 
 
+def _written(
+    writer: StoreWriter,
+    adapter: Any,
+    counts: dict[str, int],
+    background: dict[str, int],
+    units: dict[str, set[str]],
+) -> dict[str, Any]:
+    """The report's fields of a written store: samples, background samples and independence
+    units per split, how the pixels were stored, classes and channels."""
+    return {
+        "samples": counts,
+        "background": background,
+        "units": unit_counts(units),
+        "storage": {
+            "float32_fallbacks": writer.native_fallbacks,  # samples not stored natively
+            "first_fallback": writer.fallback_reason,
+        },
+        "classes": adapter.class_names,
+        "channels": adapter.channel_names,
+    }
+
+
 def prepare(
     name: str,
     entry: dict[str, Any],
@@ -289,6 +348,7 @@ def prepare(
     on_error: str = "error",
     compression: str | None = "gzip",
     source: str = "params.yaml",
+    straddle: str = "error",
 ) -> dict[str, Any]:
     log = PrepareLog(on_error=on_error)
     adapter, adapter_params = adapter_for(entry, source, log)
@@ -318,24 +378,17 @@ def prepare(
             compression=compression,
             allow_no_train=True,  # a test-only dataset scores a trained model on new data
         ) as writer:
-            counts, background = _write_units(writer, adapter, refs, log, name, on_error, tiling)
+            counts, background, units = _write_units(
+                writer, adapter, refs, log, name, on_error, tiling
+            )
             _check_written(counts, log, out, entry["root"])
+            check_straddle(units, log, out, straddle)
     except ProjectError as exc:
         if on_error == "skip" or log.skipped or log.warnings:
             write_json(failure_path, finish("failed", error=str(exc)))
         raise
     failure_path.unlink(missing_ok=True)
-    finish(
-        "ok",
-        samples=counts,
-        background=background,
-        storage={
-            "float32_fallbacks": writer.native_fallbacks,  # samples not stored natively
-            "first_fallback": writer.fallback_reason,
-        },
-        classes=adapter.class_names,
-        channels=adapter.channel_names,
-    )
+    finish("ok", **_written(writer, adapter, counts, background, units))
     write_json(report_path, report)
     return report
 
@@ -349,6 +402,9 @@ def summary_line(report: dict[str, Any]) -> str:
         f"{' / '.join(str(samples[s]) for s in samples)}), of them background "
         f"{' / '.join(str(background[s]) for s in samples)}"
     )
+    units = report.get("units")
+    if units:
+        line += f"; units {' / '.join(str(units[s]) for s in samples)}"
     for key, what in (("skipped", "unit(s) skipped"), ("warnings", "warning(s)")):
         entries = report[key]
         line += f"; {len(entries)} {what}"
@@ -377,6 +433,7 @@ def main(argv: list[str] | None = None) -> int:
         on_error=sec.get("on_error", "error"),
         compression=sec.get("compression", "gzip"),
         source=args.params,
+        straddle=sec.get("straddle", "error"),
     )
     print(summary_line(report))
     # Default boxes vs the training boxes (docs/small_objects.md): a warning before training.

@@ -1,13 +1,22 @@
-"""Stages `pretrain@<source>`, `train_scratch@<dataset>-<fraction>` and
-`train_finetuned@<dataset>-<source>-<fraction>`: train detectors on a prepared store.
+"""Stages `pretrain@<source>`, `train_scratch@<dataset>-<fraction>`,
+`train_finetuned@<dataset>-<source>-<fraction>` and `train_matched@<dataset>-<source>-<fraction>`:
+train detectors on a prepared store.
 
 ``python -m pipelines.train DATASET --init pretrain --store S --out-dir models/pretrain/DATASET``
-trains a source model (``pretrain.train``, the top-level ``seed``, the whole train split).
+trains the source models (``pretrain.train``, the whole train split), one per seed in
+``source_seeds``, into ``models/pretrain/DATASET/seed-<k>/``.
 
 ``python -m pipelines.train DATASET --init scratch|finetuned --fraction F --store S
---out-dir models/DATASET/RUN [--init-weights models/pretrain/SOURCE/model.pt --source SOURCE]``
+--out-dir models/DATASET/RUN [--init-weights models/pretrain/SOURCE --source SOURCE]``
 trains one run per seed in ``seeds``, into ``RUN/seed-<s>/``, on the nested subset ``F`` of
-the train split drawn by whole source units (``dsod_core.data.subsets``). The seeds of a run
+the train split drawn by whole independence units (``dsod_core.data.subsets``). A fine-tuned
+run of the ``i``-th seed starts from source seed ``source_seeds[i % len(source_seeds)]``
+(``--init-weights`` may also name one ``model.pt``).
+
+``--init matched --source SOURCE --init-weights models/pretrain/SOURCE --match-dir
+models/DATASET/finetuned-SOURCE-fF`` trains the compute-matched scratch arm: scratch params,
+run for the optimiser steps whose image passes equal the paired fine-tuned run's plus its
+source model's (``train.iterations``; docs/study.md, "Equal budget"). The seeds of a run
 train side by side, one process each (up to the CPU count): a DVC stage is one command, and on
 a small CPU running the seeds concurrently is what keeps the study's wall time down.
 ``--seed S`` trains that seed alone into ``--out-dir`` itself. ``finetuned`` starts from the
@@ -23,6 +32,8 @@ in ``--out-dir`` is removed, so a typo never destroys a trained model.
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import multiprocessing
 import os
 import shutil
@@ -34,7 +45,13 @@ from typing import Any
 from dsod_core.errors import ConfigError, ProjectError
 from dsod_core.operating_point import calibrate_run, threshold_words
 from pipelines._common import load_params, stage_main
-from pipelines.params import build_config, evaluate_section, study_axes, validate_params
+from pipelines.params import (
+    build_config,
+    evaluate_section,
+    source_seed_for,
+    study_axes,
+    validate_params,
+)
 
 
 def _fit_priors(config: Any, subset: Any) -> None:
@@ -71,6 +88,8 @@ def _train_one(job: dict[str, Any]) -> str | None:
         )
         config.resume = job["resume"]
         config.progress = config.progress and job["progress"]
+        if job.get("iterations"):  # the matched arm: its length is its budget
+            config.iterations = job["iterations"]
         subset = DetectionDataset(
             config.store, config.train_split, seed=config.seed, fraction=config.train_fraction
         )
@@ -85,7 +104,8 @@ def _train_one(job: dict[str, Any]) -> str | None:
             init=job["init"],
             source=job["source"],
             train_images=len(subset.indices),
-            train_units=len(set(subset.reader.sources(subset.indices))),
+            train_units=len(set(subset.reader.unit_keys(subset.indices))),
+            budget=job.get("budget"),
         ).write(out_dir)
         result = train(config)
         # The score threshold `dsod detect` uses, chosen on val and stored in model.pt.
@@ -114,16 +134,120 @@ def _coverage_warning(params: dict[str, Any], dataset: str, store: str) -> None:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("dataset", help="the dataset to train on")
-    parser.add_argument("--init", default="scratch", choices=["pretrain", "scratch", "finetuned"])
+    parser.add_argument(
+        "--init", default="scratch", choices=["pretrain", "scratch", "finetuned", "matched"]
+    )
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--store", required=True, help="the prepared store (.h5)")
     parser.add_argument("--out-dir", required=True, help="the run folder")
-    parser.add_argument("--init-weights", help="source model.pt (init = finetuned)")
-    parser.add_argument("--source", help="the source dataset's name (init = finetuned)")
+    parser.add_argument(
+        "--init-weights",
+        help="the source models' folder (one seed-<k>/ per source seed) or one model.pt "
+        "(init = finetuned, matched)",
+    )
+    parser.add_argument("--source", help="the source dataset's name (init = finetuned, matched)")
+    parser.add_argument(
+        "--match-dir", help="the fine-tuned run whose budget a matched run gets (init = matched)"
+    )
     parser.add_argument("--fraction", type=float, default=1.0, help="train fraction (0, 1]")
     parser.add_argument("--seed", type=int, help="train this seed alone, into --out-dir")
     parser.add_argument("--resume", action="store_true")
     return parser
+
+
+def source_model(init_weights: str, axes: dict[str, list], seed: int) -> tuple[Path, int | None]:
+    """(the source ``model.pt`` training seed ``seed`` starts from, its source seed): in a
+    folder of source seeds the paired one (:func:`pipelines.params.source_seed_for`), else the
+    file itself (seed unknown)."""
+    path = Path(init_weights)
+    if not path.is_dir():
+        return path, None
+    k = source_seed_for(axes, seed)
+    model = path / f"seed-{k}" / "model.pt"
+    if not model.is_file():
+        raise ConfigError(
+            f"no source model of source seed {k} (seed {seed} is paired with it; source_seeds "
+            f"{axes['source_seeds']}): re-run its pretrain stage",
+            path=model,
+        )
+    return model, k
+
+
+def image_passes(run_dir: Path) -> int | None:
+    """The image passes a trained run spent (its ``history.json`` budget; None for a run
+    trained before budgets were recorded)."""
+    path = run_dir / "history.json"
+    if not path.is_file():
+        return None
+    return (json.loads(path.read_text()).get("budget") or {}).get("image_passes")
+
+
+def run_budget(args: argparse.Namespace, axes: dict[str, list], seed: int) -> dict[str, Any]:
+    """What a fine-tuned or matched run's compute is counted with (its ``config.json``
+    ``budget``): the paired source model's seed and image passes, and for a matched run the
+    total it is given, the paired fine-tuned run's own passes plus its source's."""
+    if args.init not in ("finetuned", "matched"):
+        return {}
+    model, k = source_model(args.init_weights, axes, seed)
+    out: dict[str, Any] = {
+        "source_seed": k,
+        "source_model": model.as_posix(),
+        "source_image_passes": image_passes(model.parent),
+    }
+    if args.init == "matched":
+        paired = Path(args.match_dir) / f"seed-{seed}"
+        own = image_passes(paired)
+        if own is None or out["source_image_passes"] is None:
+            raise ConfigError(
+                "the matched arm needs the image passes of the paired fine-tuned run and its "
+                "source model (history.json 'budget'; re-run their stages)",
+                path=paired / "history.json",
+            )
+        out.update(matches=paired.as_posix(), target_image_passes=own + out["source_image_passes"])
+    return out
+
+
+def _jobs(args: argparse.Namespace, params: dict[str, Any], seeds: list[int], nested: bool):
+    """One training job per seed (a dict a worker process can take)."""
+    axes = study_axes(params, args.params)
+    out_dir = Path(args.out_dir)
+    jobs = []
+    for k, seed in enumerate(seeds):
+        budget = run_budget(args, axes, seed)
+        job = {
+            "params_path": args.params,
+            "dataset": args.dataset,
+            "init": args.init,
+            "store": args.store,
+            "init_weights": budget.get("source_model") if args.init == "finetuned" else None,
+            "source": args.source if args.init in ("finetuned", "matched") else None,
+            "seed": seed,
+            "fraction": args.fraction,
+            "out_dir": str(out_dir / f"seed-{seed}" if nested else out_dir),
+            "resume": args.resume,
+            "progress": k == 0,  # one progress bar on the terminal, not interleaved ones
+            "budget": budget,
+        }
+        if args.init == "matched":
+            config = build_config(params, args.dataset, "matched", out_dir, args.store)
+            batch = config.batch_size * config.accumulate * (config.nproc_per_node or 1)
+            job["iterations"] = math.ceil(budget["target_image_passes"] / batch)
+        jobs.append(job)
+    return jobs
+
+
+def _seeds(args: argparse.Namespace, params: dict[str, Any]) -> tuple[list[int], bool]:
+    """(the seeds to train, whether each goes into its own ``seed-<s>/``)."""
+    axes = study_axes(params, args.params)
+    if args.init == "pretrain":
+        if args.fraction != 1.0:
+            raise ConfigError("a source model trains on its whole train split", path=args.params)
+        if args.seed is not None:
+            return [args.seed], False
+        return axes["source_seeds"], True
+    if args.seed is not None:
+        return [args.seed], False
+    return axes["seeds"], True
 
 
 @stage_main
@@ -131,33 +255,13 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     params = load_params(args.params)
     validate_params(params, args.params, datasets=[])
-    if args.init == "finetuned" and not args.init_weights:
-        raise ConfigError("init 'finetuned' needs --init-weights", path=args.params)
-    if args.init == "pretrain":
-        seeds, nested = [int(params.get("seed", 0))], False
-        if args.fraction != 1.0:
-            raise ConfigError("a source model trains on its whole train split", path=args.params)
-    elif args.seed is not None:
-        seeds, nested = [args.seed], False
-    else:
-        seeds, nested = study_axes(params, args.params)["seeds"], True
+    if args.init in ("finetuned", "matched") and not args.init_weights:
+        raise ConfigError(f"init {args.init!r} needs --init-weights", path=args.params)
+    if args.init == "matched" and not args.match_dir:
+        raise ConfigError("init 'matched' needs --match-dir", path=args.params)
+    seeds, nested = _seeds(args, params)
     out_dir = Path(args.out_dir)
-    jobs = [
-        {
-            "params_path": args.params,
-            "dataset": args.dataset,
-            "init": args.init,
-            "store": args.store,
-            "init_weights": args.init_weights if args.init == "finetuned" else None,
-            "source": args.source if args.init == "finetuned" else None,
-            "seed": seed,
-            "fraction": args.fraction,
-            "out_dir": str(out_dir / f"seed-{seed}" if nested else out_dir),
-            "resume": args.resume,
-            "progress": k == 0,  # one progress bar on the terminal, not interleaved ones
-        }
-        for k, seed in enumerate(seeds)
-    ]
+    jobs = _jobs(args, params, seeds, nested)
     # Inputs known good before anything in out_dir is touched.
     from dsod_core.data.store import StoreReader
     from dsod_core.engine.weights import load_weights
@@ -165,8 +269,8 @@ def main(argv: list[str] | None = None) -> int:
     first = build_config(params, args.dataset, args.init, out_dir, args.store, source=args.params)
     StoreReader(args.store).require_training(first.train_split)
     _coverage_warning(params, args.dataset, args.store)
-    if jobs[0]["init_weights"]:
-        load_weights(jobs[0]["init_weights"])
+    for weights in dict.fromkeys(j["init_weights"] for j in jobs if j["init_weights"]):
+        load_weights(weights)
     if nested and not args.resume:
         shutil.rmtree(out_dir, ignore_errors=True)
     workers = min(len(jobs), os.cpu_count() or 1)

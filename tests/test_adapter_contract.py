@@ -217,6 +217,7 @@ def test_evaluate_stage_with_classes_from_the_data(tmp_path, monkeypatch):
     params["datasets"] = {"hm": entry}
     params["sources"] = ["hm"]
     params["targets"] = ["hm"]
+    params["comparison"]["primary"].update(target="hm", source="hm")
     store, report = tmp_path / "hm.h5", tmp_path / "hm.report.json"
     prepare("hm", entry, store, report)
     assert json.loads(report.read_text())["classes"] == ["building", "tree"]

@@ -36,6 +36,7 @@ def trained(tmp_path_factory):
     params["datasets"] = {"full": full, "new": new}
     params["sources"] = ["full"]
     params["targets"] = ["full"]
+    params["comparison"]["primary"].update(target="full", source="full")
     prepare("full", full, tmp / "full.h5", tmp / "full.report.json")
     report = prepare("new", new, tmp / "new.h5", tmp / "new.report.json")
     run = tmp / "models/full-scratch"

@@ -31,6 +31,7 @@ from dsod_core.model.config import DSODConfig
 from dsod_core.params import AdapterParams, Params, param
 from modalities.registry import get_adapter
 from pipelines.params import (
+    ComparisonSection,
     DatasetEntry,
     DemoSection,
     EvaluateSection,
@@ -38,6 +39,7 @@ from pipelines.params import (
     ParamsFile,
     PrepareSection,
     PretrainSection,
+    PrimaryComparison,
     build_config,
     validate_params,
 )
@@ -145,12 +147,15 @@ def _declared(path: tuple[str, ...]) -> tuple[Any, dict]:
         return (DatasetEntry, {}) if len(rest) == 1 else fields_of(DatasetEntry)[rest[1]]
     if head == "model" and rest[0] == "overrides" and len(rest) == 2:
         return OVERRIDE_FIELDS[rest[1]]
+    if head == "comparison" and rest[0] == "primary" and len(rest) == 2:
+        return fields_of(PrimaryComparison)[rest[1]]
     sections = {
         "demo": DemoSection,
         "prepare": PrepareSection,
         "model": ModelSection,
         "pretrain": PretrainSection,
         "evaluate": EvaluateSection,
+        "comparison": ComparisonSection,
     }
     return fields_of(sections[head])[rest[0]]
 
@@ -222,6 +227,9 @@ def test_the_walk_covers_every_key_of_the_file():
         "train.eval_every",
         "finetune.lr",
         "evaluate.device",
+        "source_seeds",
+        "comparison.primary.against",
+        "comparison.matched_fractions",
     ):
         assert must in keys, must
     assert len(keys) >= 100

@@ -54,6 +54,8 @@ def tiny_params() -> dict:
     params["pretrain"]["train"].update(tiny)
     params["model"]["input_size"] = 48
     params["evaluate"]["pictures"] = 2
+    params["source_seeds"] = [0, 1]  # fine-tuned seed i starts from source seed i
+    params["comparison"]["primary"]["target"] = "medical_demo"
     return params
 
 
@@ -91,7 +93,7 @@ def test_outputs(repo):
     repo, first = repo
     assert "Running stage 'compare'" in first.stdout
     report = json.loads((repo / "reports/compare.json").read_text())
-    assert set(report) == {"runs", "aggregates", "differences", "sources"}
+    assert set(report) == {"runs", "aggregates", "differences", "primary", "sources"}
     runs = report["runs"]
     keys = [(r["init"], r["source"], r["train_fraction"], r["seed"]) for r in runs]
     assert sorted(keys, key=str) == sorted(
@@ -100,7 +102,9 @@ def test_outputs(repo):
             for init, src in (("scratch", None), ("finetuned", "rgb_demo"))
             for frac in (0.5, 1.0)
             for seed in (0, 1)
-        ],
+        ]
+        # the compute-matched scratch arm at comparison.matched_fractions only
+        + [("matched", "rgb_demo", 1.0, seed) for seed in (0, 1)],
         key=str,
     )
     for r in runs:
@@ -111,7 +115,7 @@ def test_outputs(repo):
     # the two seeds are two trainings, not one result copied
     by_key = {k: r for k, r in zip(keys, runs, strict=True)}
     assert by_key[("scratch", None, 1.0, 0)]["loss"] != by_key[("scratch", None, 1.0, 1)]["loss"]
-    assert len(report["aggregates"]) == 4
+    assert len(report["aggregates"]) == 5
     for agg in report["aggregates"]:
         assert agg["n_seeds"] == 2
         values = [
@@ -123,32 +127,52 @@ def test_outputs(repo):
         assert agg["map50_mean"] == pytest.approx(np.mean(values), abs=1e-4)
         assert agg["map50_std"] == pytest.approx(np.std(values, ddof=1), abs=1e-4)
     diffs = report["differences"]
-    assert [(d["dataset"], d["source"], d["train_fraction"]) for d in diffs] == [
-        ("medical_demo", "rgb_demo", 0.5),
-        ("medical_demo", "rgb_demo", 1.0),
+    assert [(d["dataset"], d["source"], d["train_fraction"], d["against"]) for d in diffs] == [
+        ("medical_demo", "rgb_demo", 0.5, "scratch"),
+        ("medical_demo", "rgb_demo", 1.0, "scratch"),
+        ("medical_demo", "rgb_demo", 1.0, "matched"),
     ]
+    # the declared primary (params comparison.primary) alone is unadjusted
+    assert [d["primary"] for d in diffs] == [False, False, True]
+    assert diffs[2]["p_holm"] is None and diffs[0]["p_holm"] >= diffs[0]["p"]
     for d in diffs:
         assert d["n_seeds"] == 2 and d["n_units"] >= 1
         low, high = d["ci95"]
         assert low <= high
+        alow, ahigh = d["ci_adjusted"]
+        assert (alow, ahigh) == (low, high) if d["primary"] else alow <= low <= high <= ahigh
+        other = ("scratch", None) if d["against"] == "scratch" else ("matched", "rgb_demo")
         paired = [
             by_key[("finetuned", "rgb_demo", d["train_fraction"], s)]["map50"]
-            - by_key[("scratch", None, d["train_fraction"], s)]["map50"]
+            - by_key[(*other, d["train_fraction"], s)]["map50"]
             for s in (0, 1)
         ]
         # the bootstrap's point estimate is the paired difference on the whole test set
         assert d["diff_mean"] == pytest.approx(np.mean(paired), abs=1e-3)
         assert min(paired) - 1e-3 <= d["diff_mean"] <= max(paired) + 1e-3
-    assert [s["dataset"] for s in report["sources"]] == ["rgb_demo"]
+    assert [(s["dataset"], s["seed"]) for s in report["sources"]] == [
+        ("rgb_demo", 0),
+        ("rgb_demo", 1),
+    ]
     md = (repo / "reports/compare.md").read_text()
-    for needle in ("Fine-tuned − scratch", "Transfer matrix", "medical_demo", "95% CI"):
+    for needle in (
+        "## Primary comparison",
+        "Fine-tuned − scratch",
+        "Transfer matrix",
+        "medical_demo",
+        "95% CI",
+        "Holm p",
+        "image passes",
+    ):
         assert needle in md, needle
     assert "](../results/plots/compare.png)" in md
     assert "](../results/plots/data_efficiency/medical_demo.png)" in md
     for png in ("compare.png", "data_efficiency/medical_demo.png"):
         assert (repo / "results/plots" / png).stat().st_size > 1000, png
     flat = json.loads((repo / "results/runs/medical_demo.json").read_text())
-    assert len(flat) == 8 and "scratch-f1.0/seed-0" in flat
+    assert (
+        len(flat) == 10 and "scratch-f1.0/seed-0" in flat and "matched-rgb_demo-f1.0/seed-1" in flat
+    )
     for rel, values in flat.items():
         assert list(values) == list(HEADLINE), values  # small and flat: no per-class detail
         assert all(_is_number(v) for v in values.values()), values
@@ -161,19 +185,84 @@ def test_outputs(repo):
         png = repo / "results/plots/pr_curves/medical_demo" / (rel.replace("/", "_") + ".png")
         assert png.stat().st_size > 1000, png
     source = json.loads((repo / "results/runs/pretrain-rgb_demo.json").read_text())
-    assert list(source) == list(HEADLINE)
+    assert list(source) == ["seed-0", "seed-1"]  # one source model per source seed
+    assert all(list(v) == list(HEADLINE) for v in source.values())
     summary = json.loads((repo / "results/summary.json").read_text())
     assert set(summary) == {"rgb_demo", "medical_demo"}
     assert set(summary["rgb_demo"]) == {"source"}
     med = summary["medical_demo"]
-    assert set(med) == {"scratch", "finetuned_from_rgb_demo", "difference_from_rgb_demo"}
-    assert med["difference_from_rgb_demo"]["map50"] == pytest.approx(diffs[-1]["diff_mean"])
+    assert set(med) == {
+        "scratch",
+        "matched_rgb_demo",
+        "finetuned_from_rgb_demo",
+        "difference_from_rgb_demo",
+        "difference_matched_rgb_demo",
+        "primary",
+    }
+    assert med["difference_from_rgb_demo"]["map50"] == pytest.approx(diffs[1]["diff_mean"])
+    assert med["primary"]["map50"] == pytest.approx(diffs[2]["diff_mean"])
+    assert all(_is_number(v) for part in med.values() for v in part.values() if v is not None)
+    assert (repo / "results/plots/budget/medical_demo.png").stat().st_size > 1000
+    compact = json.loads((repo / "results/comparison.json").read_text())
+    assert compact["differences"] == diffs and compact["primary"] == report["primary"]
     for sub in ("val_map50", "train_loss"):
         charts = sorted(p.name for p in (repo / "results/plots" / sub).glob("*.png"))
         assert charts == ["medical_demo.png", "rgb_demo.png"], (sub, charts)
     scratch = repo / "reports/runs/medical_demo/scratch-f1.0/seed-0"
     assert "froc_cpm" in json.loads((scratch / "detail.json").read_text())
     assert (scratch / "world/predictions_3d.json").exists()
+
+
+def _history(run: Path) -> dict:
+    return json.loads((run / "history.json").read_text())
+
+
+def test_budget_per_arm_is_image_passes_and_the_matched_arm_equals_fine_tuning(repo):
+    """Equal compute (docs/study.md): every run records optimiser steps x global batch; a
+    fine-tuned run is charged its paired source model's passes too; the matched scratch run
+    of a seed is given exactly that total (rounded up to a whole step)."""
+    import math
+
+    repo, _ = repo
+    params = yaml.safe_load((repo / "params.yaml").read_text())
+    batch = params["train"]["batch_size"]
+    models = repo / "models"
+    for seed in (0, 1):
+        scratch = _history(models / f"medical_demo/scratch-f1.0/seed-{seed}")
+        assert scratch["budget"]["global_batch"] == batch
+        assert scratch["budget"]["steps"] == scratch["steps"]  # no early stop: all planned
+        assert scratch["budget"]["image_passes"] == scratch["steps"] * batch
+        tuned_dir = models / f"medical_demo/finetuned-rgb_demo-f1.0/seed-{seed}"
+        tuned = _history(tuned_dir)
+        record = json.loads((tuned_dir / "config.json").read_text())["budget"]
+        assert record["source_seed"] == seed  # seeds [0, 1] paired with source_seeds [0, 1]
+        source = _history(models / f"pretrain/rgb_demo/seed-{seed}")
+        assert record["source_image_passes"] == source["budget"]["image_passes"] > 0
+        target = tuned["budget"]["image_passes"] + source["budget"]["image_passes"]
+        matched_dir = models / f"medical_demo/matched-rgb_demo-f1.0/seed-{seed}"
+        matched = _history(matched_dir)
+        assert (
+            json.loads((matched_dir / "config.json").read_text())["budget"]["target_image_passes"]
+            == target
+        )
+        assert matched["budget"]["steps"] == math.ceil(target / batch)
+        assert target <= matched["budget"]["image_passes"] < target + batch
+    # the two source seeds are two trainings (the seed term carries the source's spread)
+    w0 = _history(models / "pretrain/rgb_demo/seed-0")["history"]
+    w1 = _history(models / "pretrain/rgb_demo/seed-1")["history"]
+    assert [h["loss"] for h in w0] != [h["loss"] for h in w1]
+    # the report charges each arm what it spent
+    report = json.loads((repo / "reports/compare.json").read_text())
+    for r in report["runs"]:
+        if r["init"] == "finetuned":
+            assert r["total_image_passes"] == r["image_passes"] + r["source_image_passes"]
+        else:
+            assert r["total_image_passes"] == r["image_passes"]
+    matched = [d for d in report["differences"] if d["against"] == "matched"]
+    assert matched and all(
+        d["budget"]["finetuned"] <= d["budget"]["against"] < d["budget"]["finetuned"] + batch
+        for d in matched
+    )
 
 
 def test_second_repro_does_nothing_and_status_clean(repo):
@@ -436,8 +525,8 @@ def test_interrupted_repro_then_repro_completes(repo):
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    ckpt = repo / "models/pretrain/rgb_demo/checkpoints"
-    model = repo / "models/pretrain/rgb_demo/model.pt"
+    ckpt = repo / "models/pretrain/rgb_demo/seed-0/checkpoints"
+    model = repo / "models/pretrain/rgb_demo/seed-0/model.pt"
     deadline = time.time() + 180
 
     def retraining() -> bool:  # the old outputs are gone and the new run has checkpointed

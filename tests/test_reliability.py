@@ -116,6 +116,7 @@ def full_params(
     params["datasets"] = {DATASET: entry}
     params["sources"] = [DATASET]
     params["targets"] = [DATASET]
+    params["comparison"]["primary"].update(target=DATASET, source=DATASET)
     params["prepare"] = {"on_error": on_error, "compression": compression}
     return params
 

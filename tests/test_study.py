@@ -147,9 +147,28 @@ def _agg(dataset, init, source, mean, std, coco=None, fraction=1.0, images=10.0,
             "coco_ap_std": None}  # fmt: skip
 
 
-def _diff(dataset, source, fraction, mean, low, high, self_transfer=False):
+def _diff(
+    dataset,
+    source,
+    fraction,
+    mean,
+    low,
+    high,
+    self_transfer=False,
+    against="scratch",
+    primary=False,
+    adjusted=None,
+    p=0.2,
+    p_holm=0.4,
+    budget=(300.0, 100.0, 200.0),
+):
     return {"dataset": dataset, "source": source, "train_fraction": fraction, "n_seeds": 2,
-            "n_units": 7, "diff_mean": mean, "ci95": [low, high],
+            "n_units": 7, "diff_mean": mean, "ci95": [low, high], "level": 0.95,
+            "against": against, "primary": primary, "p": p,
+            "p_holm": None if primary else p_holm,
+            "ci_adjusted": list(adjusted or (low - 0.1, high + 0.1)),
+            "budget": {"finetuned": budget[0], "against": budget[1],
+                       "finetuned_source": budget[2]},
             "self_transfer": self_transfer, "statement": "S."}  # fmt: skip
 
 
@@ -174,11 +193,13 @@ def test_aggregate_means_and_sample_std_over_seeds():
     rows = [run("scratch", 0, 0.5, 10), run("scratch", 1, 0.6, 12), run("pretrain", 0, 0.25, 8)]
     assert aggregate(rows) == [
         {"dataset": "ct", "modality": "medical", "init": "scratch", "source": None,
-         "train_fraction": 1.0, "train_images": 11.0, "n_seeds": 2, "map50_mean": 0.55,
-         "map50_std": 0.0707, "coco_ap_mean": None, "coco_ap_std": None},
+         "train_fraction": 1.0, "train_images": 11.0, "n_seeds": 2, "channels": None,
+         "map50_mean": 0.55, "map50_std": 0.0707, "coco_ap_mean": None, "coco_ap_std": None,
+         "image_passes_mean": None},
         {"dataset": "ct", "modality": "medical", "init": "pretrain", "source": None,
-         "train_fraction": 1.0, "train_images": 8, "n_seeds": 1, "map50_mean": 0.25,
-         "map50_std": None, "coco_ap_mean": None, "coco_ap_std": None},
+         "train_fraction": 1.0, "train_images": 8, "n_seeds": 1, "channels": None,
+         "map50_mean": 0.25, "map50_std": None, "coco_ap_mean": None, "coco_ap_std": None,
+         "image_passes_mean": None},
     ]  # fmt: skip
 
 
@@ -187,19 +208,23 @@ def test_transfer_matrix_of_known_differences():
 
     differences = [
         _diff("ct", "rgb", 0.5, 0.3, 0.1, 0.5),  # not the largest fraction: not shown
-        _diff("ct", "rgb", 1.0, 0.05, -0.02, 0.125),
-        _diff("ct", "depth", 1.0, -0.1, -0.2, 0.0),
+        _diff("ct", "rgb", 1.0, 0.05, -0.02, 0.125, primary=True),
+        _diff("ct", "depth", 1.0, -0.1, -0.2, 0.0, adjusted=(-0.3, 0.1)),
         _diff("depth", "depth", 1.0, 0.0, -0.01, 0.01, self_transfer=True),
     ]
+    # the primary's own interval; every other one adjusted (marked *)
     assert transfer_matrix(differences) == (
         1.0,
         [
             "| target \\ source | rgb | depth |",
             "|---|---|---|",
-            "| ct | +0.050 [-0.020, +0.125] | -0.100 [-0.200, +0.000] |",
-            "| depth | – | +0.000 [-0.010, +0.010] (self) |",
+            "| ct | +0.050 [-0.020, +0.125] | -0.100 [-0.300, +0.100]* |",
+            "| depth | – | +0.000 [-0.110, +0.110]* (self) |",
         ],
     )
+    # where the matched arm ran at the largest fraction, the matrix shows that comparison
+    matched = [*differences, _diff("ct", "rgb", 1.0, -0.2, -0.4, 0.0, against="matched")]
+    assert transfer_matrix(matched)[1][2] == "| ct | -0.200 [-0.500, +0.100]* |"
     assert transfer_matrix([]) == (None, ["| target \\ source |  |", "|---|"])
 
 
@@ -207,52 +232,79 @@ def test_markdown_of_a_tiny_report():
     from dsod_core.report.compare import markdown
 
     report = {
+        "primary": {"target": "ct", "source": "rgb", "fraction": 1.0, "against": "matched"},
         "aggregates": [
             _agg("ct", "scratch", None, 0.5, 0.01, coco=0.25),
+            _agg("ct", "matched", "rgb", 0.55, 0.02),
             _agg("ct", "finetuned", "rgb", 0.6, None, images=None, seeds=1),
         ],
-        "differences": [_diff("ct", "rgb", 1.0, 0.1, -0.05, 0.2)],
+        "differences": [
+            _diff("ct", "rgb", 1.0, 0.1, -0.05, 0.2),
+            _diff("ct", "rgb", 1.0, 0.05, -0.1, 0.2, against="matched", primary=True,
+                  budget=(300.0, 304.0, 200.0)),
+        ],
         "sources": [
-            {"dataset": "rgb", "modality": "rgb", "map50": 0.8, "coco_ap": None,
-             "train_seconds": 12.4},
+            {"dataset": "rgb", "modality": "rgb", "map50": 0.8, "coco_ap": None, "seed": 0,
+             "image_passes": 200, "train_seconds": 12.4},
         ],
     }  # fmt: skip
     expected = """# Scratch vs fine-tuned
 
-VOC07 11-point mAP@0.5 and COCO AP@[.5:.95] on each target's test split, mean ± std over the \
-training seeds. `finetuned` starts from a source model (first conv adapted to the channel \
-count, new class head); `train fraction` is a nested subset of the train split drawn by whole \
-source units. Intervals: 95% paired bootstrap over the test set's source units and the seeds \
-(docs/study.md).
+VOC07 11-point mAP@0.5 and COCO AP@[.5:.95] on each target's test split, mean ± std over \
+the training seeds. `finetuned` starts from a source model (first conv adapted to the \
+channel count, new class head); `train fraction` is a nested subset of the train split \
+drawn by whole independence units; `matched` is scratch trained for the image passes of \
+source pretraining + fine-tuning. Intervals: a paired cluster bootstrap over the test \
+set's independence units combined with a t term over the seeds (docs/study.md).
+
+## Primary comparison
+
+Declared in params before the runs: fine-tuned from rgb against compute-matched scratch on \
+ct at train fraction 1.
+
+- S.
+- Budget: fine-tuned 300 (source 200 + own 100) vs matched scratch 304 image passes.
 
 ## Runs (mean over seeds)
 
-| dataset | init | source | train fraction | train images | seeds | mAP@0.5 | COCO AP |
-|---|---|---|---|---|---|---|---|
-| ct | scratch | – | 1 | 10 | 2 | 0.500 ± 0.010 | 0.250 |
-| ct | finetuned | rgb | 1 | – | 1 | 0.600 | – |
+| dataset | init | source | train fraction | train images | image passes | seeds | mAP@0.5 \
+| COCO AP |
+|---|---|---|---|---|---|---|---|---|
+| ct | scratch | – | 1 | 10 | – | 2 | 0.500 ± 0.010 | 0.250 |
+| ct | matched | rgb | 1 | 10 | – | 2 | 0.550 ± 0.020 | – |
+| ct | finetuned | rgb | 1 | – | – | 1 | 0.600 | – |
 
-## Fine-tuned − scratch (mAP@0.5)
+## Fine-tuned − scratch arms (mAP@0.5)
 
-| dataset | source | train fraction | seeds | test units | difference | 95% CI |
-|---|---|---|---|---|---|---|
-| ct | rgb | 1 | 2 | 7 | +0.100 | [-0.050, +0.200] |
+`against`: `scratch` trains the target as long as fine-tuning does (fine-tuned also had \
+the source's compute); `matched scratch` gets the same total image passes, source \
+pretraining included. Every comparison but the primary is adjusted for multiplicity: Holm \
+p and a Bonferroni 95% interval (marked *).
 
-- ct, fraction 1: S.
+| dataset | source | fraction | against | image passes (fine-tuned / other) | seeds | \
+units | difference | 95% CI | p | Holm p | adjusted CI |
+|---|---|---|---|---|---|---|---|---|---|---|---|
+| ct | rgb | 1 | scratch | 300 / 100 | 2 | 7 | +0.100 | [-0.050, +0.200] | 0.200 | 0.400 | \
+[-0.150, +0.300]* |
+| ct | rgb | 1 | matched scratch | 300 / 304 | 2 | 7 | +0.050 | [-0.100, +0.200] | 0.200 | \
+– | primary |
 
-## Transfer matrix (train fraction 1; fine-tuned − scratch mAP@0.5)
+- ct, fraction 1, against scratch: S.
+- ct, fraction 1, against matched scratch: S.
+
+## Transfer matrix (train fraction 1; fine-tuned − matched scratch mAP@0.5; * adjusted)
 
 | target \\ source | rgb |
 |---|---|
-| ct | +0.100 [-0.050, +0.200] |
+| ct | +0.050 [-0.100, +0.200] |
 
 ## Source models on their own test sets
 
-| dataset | modality | mAP@0.5 | COCO AP | train s |
-|---|---|---|---|---|
-| rgb | rgb | 0.800 | – | 12 |
+| dataset | source seed | modality | mAP@0.5 | COCO AP | image passes | train s |
+|---|---|---|---|---|---|---|
+| rgb | 0 | rgb | 0.800 | – | 200 | 12 |
 
-## Data efficiency
+## Data efficiency and compute
 
 ![ct](plots/ct.png)
 """
@@ -266,22 +318,36 @@ def test_summary_is_flat_at_the_largest_fraction():
         "aggregates": [
             _agg("ct", "scratch", None, 0.4, None, fraction=0.5),
             _agg("ct", "scratch", None, 0.5, 0.01, coco=0.25),
+            _agg("ct", "matched", "rgb", 0.55, 0.03),
             _agg("ct", "finetuned", "rgb", 0.6, 0.02),
         ],
         "differences": [
             _diff("ct", "rgb", 0.5, 0.3, 0.1, 0.5),
-            _diff("ct", "rgb", 1.0, 0.1, -0.05, 0.2),
+            _diff("ct", "rgb", 1.0, 0.1, -0.05, 0.2, adjusted=(-0.15, 0.3)),
+            _diff("ct", "rgb", 1.0, 0.05, -0.1, 0.2, against="matched", primary=True),
         ],
-        "sources": [{"dataset": "rgb", "map50": 0.812345, "coco_ap": None}],
+        # two source seeds: their mean
+        "sources": [
+            {"dataset": "rgb", "map50": 0.812345, "coco_ap": None},
+            {"dataset": "rgb", "map50": 0.8, "coco_ap": None},
+        ],
     }
+    primary = {"map50": 0.05, "ci_low": -0.1, "ci_high": 0.2, "p": 0.2}
     assert summary(report) == {
-        "rgb": {"source": {"map50": 0.8123, "coco_ap": None}},
+        "rgb": {"source": {"map50": 0.8062, "coco_ap": None, "source_seeds": 2}},
         "ct": {
-            "scratch": {"map50": 0.5, "map50_std": 0.01, "coco_ap": 0.25},
-            "finetuned_from_rgb": {"map50": 0.6, "map50_std": 0.02, "coco_ap": None},
-            "difference_from_rgb": {"map50": 0.1, "ci_low": -0.05, "ci_high": 0.2},
+            "scratch": {"map50": 0.5, "map50_std": 0.01, "coco_ap": 0.25, "image_passes": None},
+            "matched_rgb": {"map50": 0.55, "map50_std": 0.03, "coco_ap": None,
+                            "image_passes": None},
+            "finetuned_from_rgb": {"map50": 0.6, "map50_std": 0.02, "coco_ap": None,
+                                   "image_passes": None},
+            "difference_from_rgb": {"map50": 0.1, "ci_low": -0.05, "ci_high": 0.2, "p": 0.2,
+                                    "p_holm": 0.4, "ci_low_adjusted": -0.15,
+                                    "ci_high_adjusted": 0.3},
+            "difference_matched_rgb": primary,
+            "primary": primary,
         },
-    }
+    }  # fmt: skip
 
 
 def test_splice_section_replaces_between_markers_or_appends():
@@ -315,7 +381,7 @@ def test_run_provenance_round_trip_keeps_the_config_json_format(tmp_path):
     write_json(
         old,
         {**config.to_dict(), "dataset": "ct", "init": "finetuned", "source": "rgb",
-         "train_images": 40, "train_units": 6},
+         "train_images": 40, "train_units": 6, "budget": {}},
     )  # fmt: skip
     assert path.read_bytes() == old.read_bytes()
     again = RunProvenance.read(tmp_path)

@@ -33,6 +33,8 @@ def test_the_projects_study_file_is_valid_for_every_variant():
         st.validate_params(candidate, "study", datasets=[])
         axes = st.study_axes(candidate)
         assert len(axes["seeds"]) >= 3 and len(axes["train_fractions"]) >= 3
+        # each fine-tuned seed from its own source model (source variance in the intervals)
+        assert axes["source_seeds"] == axes["seeds"]
     gn = st.apply_settings(params, st.settings_of(study, "group_norm"))
     assert gn["model"]["overrides"]["norm"] == "group"
     assert params["model"]["overrides"] == {}  # the original is not changed
@@ -89,6 +91,10 @@ def test_dry_run_validates_before_running(tmp_path, capsys):
     ]
 
 
+def _terms(diff: float) -> dict:
+    return {"diff": diff, "test_se": 0.04, "test_df": 6, "seed_se": 0.02, "seed_df": 1}
+
+
 def _report(diff: float, scratch: float) -> dict:
     agg = [
         {"dataset": "d", "init": "scratch", "source": None, "train_fraction": 1.0,
@@ -97,11 +103,15 @@ def _report(diff: float, scratch: float) -> dict:
          "train_images": 10, "n_seeds": 2, "map50_mean": scratch + diff, "map50_std": 0.02},
     ]  # fmt: skip
     differences = [
-        {"dataset": "d", "source": "s", "train_fraction": 1.0, "n_seeds": 2, "n_units": 7,
-         "diff_mean": diff, "ci95": [diff - 0.1, diff + 0.1], "self_transfer": False,
+        {"dataset": "d", "source": "s", "train_fraction": 1.0, "against": "scratch",
+         "n_seeds": 2, "n_units": 7, "diff_mean": diff, "ci95": [diff - 0.1, diff + 0.1],
+         "level": 0.95, "terms": _terms(diff), "self_transfer": False,
+         "budget": {"finetuned": 300.0, "against": 100.0, "finetuned_source": 200.0},
          "statement": "words"},
     ]  # fmt: skip
-    return {"runs": [], "aggregates": agg, "differences": differences, "sources": []}
+    primary = {"target": "d", "source": "s", "fraction": 1.0, "against": "scratch"}
+    return {"runs": [], "aggregates": agg, "differences": differences, "primary": primary,
+            "sources": []}  # fmt: skip
 
 
 def test_results_section_tables_and_in_place_rewrite(tmp_path):
@@ -113,10 +123,21 @@ def test_results_section_tables_and_in_place_rewrite(tmp_path):
                "settings": {"seeds": [0, 1]}}  # fmt: skip
         (out / v / "run.json").write_text(json.dumps(run))
     section = st.results_section(out, ["bn", "gn"], tmp_path / "docs")
+    from dsod_core.metrics.bootstrap import interval_at, p_value
+
+    # one table of every variant's comparisons: the first variant's declared primary keeps its
+    # own interval; the other variant's is adjusted over the whole study (m = 1 here)
+    p_bn, p_gn = p_value(_terms(0.05)), p_value(_terms(-0.02))
     assert (
-        "| d | s | 1 | 10 | 2 | 7 | 0.600 ± 0.010 | 0.650 ± 0.020 | +0.050 | [-0.050, +0.150] |"
-        in section
+        f"| bn | d | s | 1 | scratch | 300 / 100 | 2 | 7 | +0.050 | [-0.050, +0.150] "
+        f"| {p_bn:.3f} | primary |" in section
     )
+    low, high = interval_at(_terms(-0.02), 0.95)
+    assert (
+        f"| gn | d | s | 1 | scratch | 300 / 100 | 2 | 7 | -0.020 | [{low:+.3f}, {high:+.3f}]* "
+        f"| {p_gn:.3f} | {p_gn:.3f} |" in section
+    )
+    assert "The declared primary comparison, fine-tuned from s against scratch on d" in section
     assert "| d | scratch | – | 1 | 0.600 ± 0.010 | 0.700 ± 0.010 |" in section
     assert "bn 2 min, gn 2 min (4 min in all" in section
     doc = tmp_path / "docs/study.md"
@@ -125,3 +146,9 @@ def test_results_section_tables_and_in_place_rewrite(tmp_path):
     st.write_section(doc, section)
     text = doc.read_text()
     assert text.startswith("# Page\n\ntext\n") and text.count(BEGIN) == 1
+    # a report written before the interval terms existed is refused, not shown half-right
+    old = _report(0.05, 0.6)
+    del old["differences"][0]["terms"]
+    (out / "gn" / "compare.json").write_text(json.dumps(old))
+    with pytest.raises(ValueError, match="gn report predates"):
+        st.results_section(out, ["bn", "gn"], tmp_path / "docs")

@@ -54,7 +54,7 @@ class DetectionDataset(Dataset):
         if not 0.0 < float(fraction) <= 1.0:
             raise ValueError(f"fraction must lie in (0, 1], got {fraction!r}")
         if fraction < 1.0:  # whole source units, nested across fractions for one seed
-            units = self.reader.sources(self.indices)
+            units = self.reader.unit_keys(self.indices)
             keep = nested_unit_subsets(units, [fraction], seed=int(seed))[float(fraction)]
             self.indices = self.indices[keep]
         self.transform = transform

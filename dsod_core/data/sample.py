@@ -219,6 +219,9 @@ class Sample:
         crowd: bool ``[N]`` (COCO ``iscrowd``: a region of many objects), all False when
             unknown. Crowd boxes are neither positives nor negatives in training (the loss
             ignores the default boxes covering them) and ignored ground truth in evaluation.
+        group: the independence unit the sample belongs to (a patient, a scene, a video
+            sequence), when it is wider than ``source``: splits, training subsets and the
+            study's bootstrap keep a group whole. None: the unit is ``source``.
         native: optional :class:`NativeImage` whose :meth:`~NativeImage.decode` equals
             ``image`` bit for bit: the store then keeps the integer array (smaller, faster to
             read) instead of float32. Never read by training; only the store writes it.
@@ -236,6 +239,12 @@ class Sample:
     meta: dict[str, Any] = field(default_factory=dict)
     crowd: np.ndarray | None = None
     native: NativeImage | None = None
+    group: str | None = None
+
+    @property
+    def unit(self) -> str:
+        """The independence unit: ``group`` when set, else ``source``."""
+        return self.source if self.group is None else self.group
 
     def __post_init__(self) -> None:
         self.image = np.asarray(self.image, dtype=np.float32)

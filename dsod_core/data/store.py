@@ -190,6 +190,8 @@ class StoreWriter:
             )
         g.attrs["sample_id"] = sample.sample_id
         g.attrs["source"] = sample.source
+        if sample.group is not None:  # the independence unit, when wider than the file
+            g.attrs["group"] = sample.group
         g.attrs["split"] = sample.split
         g.attrs["affine"] = sample.affine.astype(np.float64)
         g.attrs["meta"] = json.dumps(sample.meta)
@@ -432,16 +434,28 @@ class StoreReader:
             "shape": tuple(g["image"].shape),
             "sample_id": str(g.attrs["sample_id"]),
             "source": str(g.attrs["source"]),
+            "unit": str(g.attrs.get("group", g.attrs["source"])),
             "split": str(g.attrs["split"]),
             "affine": np.asarray(g.attrs["affine"], dtype=np.float64),
             "meta": json.loads(g.attrs["meta"]),
         }
 
     def sources(self, indices: Sequence[int]) -> list[str]:
-        """The ``source`` attribute (the file the pixels came from: the study's unit) of each
-        sample in ``indices``, without reading pixels or boxes."""
+        """The ``source`` attribute (the file the pixels came from) of each sample in
+        ``indices``, without reading pixels or boxes."""
         samples = self._handle()["samples"]
         return [str(samples[f"{int(i):07d}"].attrs["source"]) for i in indices]
+
+    def unit_keys(self, indices: Sequence[int]) -> list[str]:
+        """The independence unit of each sample in ``indices`` (its ``group`` attribute: a
+        patient, a scene, a sequence; else its ``source``): what splits, training subsets and
+        the study's bootstrap keep whole."""
+        samples = self._handle()["samples"]
+        out = []
+        for i in indices:
+            attrs = samples[f"{int(i):07d}"].attrs
+            out.append(str(attrs.get("group", attrs["source"])))
+        return out
 
     def read_image(self, index: int) -> np.ndarray:
         """The stored (un-normalised) float32 ``[C, H, W]`` image of sample ``index``: a
@@ -476,6 +490,7 @@ class StoreReader:
             crowd=t["crowd"],
             sample_id=t["sample_id"],
             source=t["source"],
+            group=t["unit"] if t["unit"] != t["source"] else None,
             split=t["split"],
             affine=t["affine"],
             valid=valid,

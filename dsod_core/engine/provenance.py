@@ -4,8 +4,12 @@
 One JSON object: the training settings the run was trained with
 (:meth:`TrainConfig.to_dict`, among them ``seed`` and ``train_fraction``), then ``dataset``
 (the params dataset it trained on), ``init`` (``pretrain``, ``scratch`` or ``finetuned``),
-``source`` (the source dataset a fine-tuned run started from, else null), ``train_images``
-and ``train_units`` (the samples and whole source units of its training subset).
+``source`` (the source dataset a fine-tuned run started from, or whose budget a matched
+scratch run was given, else null), ``train_images`` and ``train_units`` (the samples and whole
+independence units of its training subset) and ``budget``: what else its compute is counted
+with (a fine-tuned run: ``source_seed`` and ``source_image_passes``, the source model's
+training; a matched run: the same and ``target_image_passes``, the total it was given;
+docs/study.md, "Equal budget").
 """
 
 from __future__ import annotations
@@ -22,17 +26,18 @@ from dsod_core.io import write_json
 RUN_CONFIG = "config.json"  # the record's file name in a run folder
 
 # The record's own keys, written after the training settings, in this order.
-_KEYS = ("dataset", "init", "source", "train_images", "train_units")
+_KEYS = ("dataset", "init", "source", "train_images", "train_units", "budget")
 
 
 @dataclass(frozen=True)
 class RunProvenance:
     dataset: str
-    init: str  # "pretrain", "scratch" or "finetuned"
-    source: str | None = None  # the source dataset of a fine-tuned run
+    init: str  # "pretrain", "scratch", "finetuned" or "matched" (compute-matched scratch)
+    source: str | None = None  # the source dataset of a fine-tuned (or matched) run
     train_images: int | None = None  # samples in the training subset
     train_units: int | None = None  # whole source units (images, volumes, scenes) in it
     train: dict[str, Any] = field(default_factory=dict)  # TrainConfig.to_dict() of the run
+    budget: dict[str, Any] = field(default_factory=dict)  # source compute counted with it
 
     @property
     def seed(self) -> int | None:
@@ -53,9 +58,12 @@ class RunProvenance:
         source: str | None,
         train_images: int,
         train_units: int,
+        budget: dict[str, Any] | None = None,
     ) -> RunProvenance:
         """The record of a run trained with ``config``."""
-        return cls(dataset, init, source, train_images, train_units, config.to_dict())
+        return cls(
+            dataset, init, source, train_images, train_units, config.to_dict(), dict(budget or {})
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON object of :data:`RUN_CONFIG`."""
@@ -66,6 +74,7 @@ class RunProvenance:
             "source": self.source,
             "train_images": self.train_images,
             "train_units": self.train_units,
+            "budget": self.budget,
         }
 
     @classmethod
@@ -85,6 +94,7 @@ class RunProvenance:
             train_images=d.get("train_images"),
             train_units=d.get("train_units"),
             train={k: v for k, v in d.items() if k not in _KEYS},
+            budget=dict(d.get("budget") or {}),
         )
 
     @classmethod

@@ -396,7 +396,7 @@ def log_epoch(live: Any | None, row: dict[str, Any]) -> None:
     if live is None:
         return
     for k, v in row.items():
-        if k != "epoch" and v is not None:
+        if k not in ("epoch", "step") and v is not None:
             live.log_metric(f"train/{k}" if k in ("loss", "lr") else k, v)
     live.next_step()
 
@@ -418,7 +418,8 @@ def close_logging(live: Any | None) -> None:
 def epoch_line(row: dict[str, Any], epochs: int, where: str) -> str:
     """The plain line of an epoch where no bar is drawn (``train <run>: epoch 3/16 loss
     1.234 lr 0.05 val_map50 0.512``)."""
-    values = " ".join(f"{k} {v:.4g}" for k, v in row.items() if k != "epoch" and v is not None)
+    shown = {k: v for k, v in row.items() if k not in ("epoch", "step") and v is not None}
+    values = " ".join(f"{k} {v:.4g}" for k, v in shown.items())
     return f"train {where}: epoch {row['epoch']}/{epochs} {values}"
 
 
@@ -444,6 +445,8 @@ def setup_epoch_end(
             "epoch": epoch,
             "loss": float(engine.state.metrics["loss"]),
             "lr": float(optimizer.param_groups[0]["lr"]),
+            # optimiser steps so far: x global batch = the image passes spent (the budget)
+            "step": engine.state.iteration // config.accumulate,
         }
         due = config.eval_every and epoch % config.eval_every == 0
         evaluated = bool(due or length.is_last(engine))
@@ -532,6 +535,7 @@ def save_outputs(
             "history": result["history"],
             "transfer": transfer,
             "stopping": result["stopping"],
+            "budget": result["budget"],
         },
     )
     save_atomic(weights, out_dir / "model.pt")
@@ -549,6 +553,15 @@ def report_end(config: TrainConfig, result: dict[str, Any]) -> None:
             f"({'; '.join(collapse['reasons'])})",
             flush=True,
         )
+
+
+def run_budget(config: TrainConfig, history: list[dict[str, Any]]) -> dict[str, int]:
+    """The compute a run spent: optimiser ``steps`` taken (fewer than planned when early
+    stopping ended it), the ``global_batch`` (``batch_size * accumulate * processes``) and
+    their product, ``image_passes`` (docs/study.md, "Equal budget")."""
+    steps = int(history[-1].get("step", 0)) if history else 0
+    batch = config.batch_size * config.accumulate * idist.get_world_size()
+    return {"steps": steps, "global_batch": batch, "image_passes": steps * batch}
 
 
 def run(local_rank: int, config: TrainConfig) -> dict[str, Any]:
@@ -590,6 +603,7 @@ def run(local_rank: int, config: TrainConfig) -> dict[str, Any]:
     result = {
         "epochs": length.epochs,
         "steps": length.total_steps,
+        "budget": run_budget(config, state.history),
         "train_seconds": seconds,
         "history": state.history,
         "stopping": budget.finish(state.history, length.epochs),

@@ -23,14 +23,24 @@ import numpy as np
 
 from dsod_core.diagnostics import collapse_check
 from dsod_core.errors import DataError
-from dsod_core.metrics.bootstrap import describe, paired_bootstrap
+from dsod_core.metrics.bootstrap import adjust_family, seed_test_interval
 from dsod_core.metrics.plots import plot_comparison, plot_curves
 from dsod_core.metrics.voc import ResampledVOC
+from dsod_core.report.budget import (
+    ARMS,
+    arm_label,
+    budget_curve,
+    budget_words,
+    mean_budget,
+    plot_budget,
+    row_budget,
+)
 
 REPLICATES = 1000  # bootstrap replicates per difference
+TERMS = ("diff", "test_se", "test_df", "seed_se", "seed_df")  # an interval's parts
 
 # The chart folders under the plots folder that hold one image per dataset.
-PLOT_FOLDERS = ("val_map50", "train_loss", "data_efficiency")
+PLOT_FOLDERS = ("val_map50", "train_loss", "data_efficiency", "budget")
 RUNS_PICTURE = "runs (first seed, all data)"  # the comparison chart's name in the report
 
 
@@ -51,6 +61,7 @@ def load_run_row(folder: Path, **keys: Any) -> dict[str, Any]:
         raise DataError("metrics of run missing (did evaluate run?)", path=path)
     m = json.loads(path.read_text())
     history = json.loads((folder / "history.json").read_text())
+    budget = row_budget(m, keys.get("init", ""))
     return {
         **keys,
         "dataset": m["dataset"],
@@ -70,6 +81,8 @@ def load_run_row(folder: Path, **keys: Any) -> dict[str, Any]:
         "loss": [[h["epoch"], h.get("loss")] for h in history],
         # the evaluate stage's check (test predictions included); older runs: from the history
         "collapse": m.get("collapse") or collapse_check(history, map50=m["map50"]),
+        **budget,
+        "budget_curve": budget_curve(history, budget),
         "folder": folder.as_posix(),
     }
 
@@ -116,10 +129,12 @@ def aggregate(rows: list[dict]) -> list[dict[str, Any]]:
                 "train_fraction": fraction,
                 "train_images": _mean_std([r["train_images"] for r in runs])[0],
                 "n_seeds": len(runs),
+                "channels": runs[0].get("channels"),
                 "map50_mean": m_mean,
                 "map50_std": m_std,
                 "coco_ap_mean": c_mean,
                 "coco_ap_std": c_std,
+                "image_passes_mean": mean_budget(runs),
             }
         )
     return out
@@ -145,12 +160,15 @@ def did_not_learn(arm: str, runs: list[dict[str, Any]]) -> str | None:
 
 
 def collapse_statement(
-    scratch: list[dict[str, Any]], tuned: list[dict[str, Any]], source: str
+    scratch: list[dict[str, Any]],
+    tuned: list[dict[str, Any]],
+    source: str,
+    scratch_name: str = "scratch",
 ) -> tuple[list[str], str | None]:
     """(the arms that did not learn, the report's sentence for them): a difference with a
     collapsed arm compares a model that learnt nothing, so its interval says nothing about
     the initialisations and is not phrased as one."""
-    arms = [("scratch", scratch), (f"fine-tuned from {source}", tuned)]
+    arms = [(scratch_name, scratch), (f"fine-tuned from {source}", tuned)]
     found = [(name, did_not_learn(name, runs)) for name, runs in arms]
     found = [(name, text) for name, text in found if text]
     if not found:
@@ -175,66 +193,193 @@ def _metric(table: ResampledVOC):
     return lambda positions: table.map(np.bincount(positions, minlength=n))
 
 
-def differences(rows: list[dict], replicates: int = REPLICATES) -> list[dict[str, Any]]:
-    """Fine-tuned − scratch mAP@0.5 per dataset, source and train fraction: the mean over
-    seeds and a paired bootstrap interval over test units and seeds."""
+def _paired_tables(
+    arm_a: dict[int, dict], arm_b: dict[int, dict]
+) -> tuple[list[int], list, list, np.ndarray]:
+    """(the seeds both arms ran, arm a's and arm b's metric per seed, the test units): the
+    runs' match tables, checked to score the same test images."""
+    seeds = [s for s in arm_b if s in arm_a]
+    tables_a, tables_b, units, index = [], [], None, None
+    for s in seeds:
+        for row, sink in ((arm_a[s], tables_a), (arm_b[s], tables_b)):
+            m = load_matches(row["folder"])
+            if units is None:
+                units, index = m["unit"], m["index"]
+            elif not (np.array_equal(m["index"], index) and np.array_equal(m["unit"], units)):
+                raise DataError(
+                    "runs were scored on different test images; re-run evaluate",
+                    path=Path(row["folder"]) / "matches.npz",
+                )
+            sink.append(_metric(ResampledVOC.from_matches(m)))
+    return seeds, tables_a, tables_b, units
+
+
+def contrast(
+    tuned: dict[int, dict],
+    other: dict[int, dict],
+    against: str,
+    key: tuple,
+    replicates: int,
+    level: float,
+) -> dict[str, Any]:
+    """Fine-tuned − ``against`` (``scratch``: the same target training; ``matched``: the same
+    total image passes) for one (dataset, source, fraction): the mean over paired seeds, its
+    interval (test units and seeds, :func:`dsod_core.metrics.bootstrap.seed_test_interval`)
+    and each arm's budget."""
+    dataset, source, fraction = key
+    seeds, tables_a, tables_b, units = _paired_tables(other, tuned)
+    result = seed_test_interval(
+        [str(u) for u in units], tables_a, tables_b, replicates=replicates, seed=0, level=level
+    )
+    name = "scratch" if against == "scratch" else "matched scratch"
+    failed, sentence = collapse_statement(
+        [other[s] for s in seeds], [tuned[s] for s in seeds], source, name
+    )
+    tuned_runs = [tuned[s] for s in seeds]
+    return {
+        "dataset": dataset,
+        "source": source,
+        "train_fraction": fraction,
+        "against": against,
+        "self_transfer": source == dataset,
+        "n_seeds": result["n_seeds"],
+        "n_units": result["n_units"],
+        "n_images": int(len(units)),
+        "diff_mean": round(result["diff"], 4),
+        "ci95": [round(v, 4) for v in result["ci"]],
+        "level": result["level"],
+        "se": round(result["se"], 5),
+        "df": round(result["df"], 2),
+        "contains_zero": result["contains_zero"],
+        "seed_diffs": [round(v, 4) for v in result["seed_diffs"]],
+        "method": result["method"],
+        "note": result.get("note"),
+        # what the interval is made of, so a report of several experiments can adjust them
+        # as one family again (dsod_core.report.study)
+        "terms": {k: result[k] for k in TERMS},
+        "budget": {
+            "finetuned": mean_budget(tuned_runs),
+            "finetuned_source": mean_budget(
+                [{"total_image_passes": r.get("source_image_passes")} for r in tuned_runs]
+            ),
+            "against": mean_budget([other[s] for s in seeds]),
+        },
+        "did_not_learn": failed,
+        "_result": result,
+        "_sentence": sentence,
+    }
+
+
+def differences(
+    rows: list[dict],
+    replicates: int = REPLICATES,
+    primary: dict[str, Any] | None = None,
+    level: float = 0.95,
+) -> list[dict[str, Any]]:
+    """Fine-tuned − scratch and, where the matched arm ran, fine-tuned − matched scratch
+    mAP@0.5 per dataset, source and train fraction (:func:`contrast`); then the family
+    adjustment: ``primary`` (``target``, ``source``, ``fraction``, ``against``) is reported as
+    it is, every other comparison with a Holm-adjusted p and a Bonferroni interval
+    (:func:`dsod_core.metrics.bootstrap.adjust_family`)."""
     groups = _groups(rows)
     out = []
-    for (dataset, init, source, fraction), tuned in groups.items():
+    for (dataset, init, source, fraction), runs in groups.items():
         if init != "finetuned":
             continue
-        scratch = {r["seed"]: r for r in groups[(dataset, "scratch", None, fraction)]}
-        tuned_by_seed = {r["seed"]: r for r in tuned}
-        seeds = [s for s in tuned_by_seed if s in scratch]
-        tables_a, tables_b, units = [], [], None
-        for s in seeds:
-            for row, sink in ((scratch[s], tables_a), (tuned_by_seed[s], tables_b)):
-                m = load_matches(row["folder"])
-                if units is None:
-                    units, index = m["unit"], m["index"]
-                elif not (np.array_equal(m["index"], index) and np.array_equal(m["unit"], units)):
-                    raise DataError(
-                        "runs were scored on different test images; re-run evaluate",
-                        path=Path(row["folder"]) / "matches.npz",
-                    )
-                sink.append(_metric(ResampledVOC.from_matches(m)))
-        result = paired_bootstrap(
-            [str(u) for u in units], tables_a, tables_b, replicates=replicates, seed=0
-        )
-        failed, sentence = collapse_statement(
-            [scratch[s] for s in seeds], [tuned_by_seed[s] for s in seeds], source
-        )
-        out.append(
-            {
-                "dataset": dataset,
-                "source": source,
-                "train_fraction": fraction,
-                "self_transfer": source == dataset,
-                "n_seeds": result["n_seeds"],
-                "n_units": result["n_units"],
-                "n_images": int(len(units)),
-                "diff_mean": round(result["diff"], 4),
-                "ci95": [round(v, 4) for v in result["ci"]],
-                "contains_zero": result["contains_zero"],
-                "seed_diffs": [round(v, 4) for v in result["seed_diffs"]],
-                "did_not_learn": failed,
-                "statement": sentence
-                or describe(result, f"fine-tuned from {source} − scratch mAP@0.5"),
-            }
-        )
+        tuned = {r["seed"]: r for r in runs}
+        for against, other_key in (
+            ("scratch", (dataset, "scratch", None, fraction)),
+            ("matched", (dataset, "matched", source, fraction)),
+        ):
+            if other_key in groups:
+                other = {r["seed"]: r for r in groups[other_key]}
+                key = (dataset, source, fraction)
+                out.append(contrast(tuned, other, against, key, replicates, level))
+    index = primary_index(out, primary)
+    apply_family(out, [d.pop("_result") for d in out], index, level)
+    for d in out:
+        what = f"fine-tuned from {d['source']} − {against_name(d)} mAP@0.5"
+        d["statement"] = d.pop("_sentence") or family_words(d, what)
     return out
 
 
+def primary_index(diffs: list[dict[str, Any]], primary: dict[str, Any] | None) -> int | None:
+    """The position of the declared primary comparison (``target``, ``source``, ``fraction``,
+    ``against``) among ``diffs``; None when none is declared or it was not run."""
+    if primary is None:
+        return None
+    want = (primary["target"], primary["source"], float(primary["fraction"]), primary["against"])
+    for i, d in enumerate(diffs):
+        if (d["dataset"], d["source"], float(d["train_fraction"]), d["against"]) == want:
+            return i
+    return None
+
+
+def apply_family(
+    diffs: list[dict[str, Any]],
+    results: list[dict[str, Any]],
+    index: int | None,
+    level: float,
+) -> None:
+    """Set each difference's ``primary``, ``p``, ``p_holm``, ``ci_adjusted`` and
+    ``adjustment`` from :func:`adjust_family` over ``results`` (one per difference)."""
+    adjusted = adjust_family(results, index, level=level)
+    for i, (d, adj) in enumerate(zip(diffs, adjusted)):
+        d["primary"] = i == index
+        d["p"] = _round(adj["p"])
+        d["p_holm"] = _round(adj["p_holm"])
+        d["ci_adjusted"] = [round(v, 4) for v in adj["ci_adjusted"]]
+        d["adjustment"] = adj["adjustment"]
+
+
+def family_words(d: dict[str, Any], what: str) -> str:
+    """The report's sentence of one comparison: the difference, its interval (the adjusted
+    one for a non-primary comparison), the p value and what they allow to say."""
+    low, high = d["ci95"] if d["primary"] else d["ci_adjusted"]
+    kind = "primary" if d["primary"] else f"adjusted: {d['adjustment']}"
+    pct = round(d["level"] * 100)
+    p = d["p"] if d["primary"] else d["p_holm"]
+    text = (
+        f"{what}: {d['diff_mean']:+.3f} ({pct}% CI {low:+.3f} to {high:+.3f}, {kind}; "
+        f"p {p:.3f}; {d['n_units']} units, {d['n_seeds']} seeds)"
+    )
+    if d["n_units"] < 5:
+        return text + "; too few test units for the interval to mean much."
+    if low <= 0.0 <= high:
+        return text + "; the interval contains 0: no difference is shown."
+    return text + ("; fine-tuned is better." if low > 0 else "; scratch is better.")
+
+
 def build_report(
-    sources: list[dict], rows: list[dict], replicates: int = REPLICATES
+    sources: list[dict],
+    rows: list[dict],
+    replicates: int = REPLICATES,
+    primary: dict[str, Any] | None = None,
+    level: float = 0.95,
 ) -> dict[str, Any]:
-    """The report object (``runs``, ``aggregates``, ``differences``, ``sources``) of the
-    source models' rows and the target runs' rows (one per seed)."""
+    """The report object (``runs``, ``aggregates``, ``differences``, ``primary``,
+    ``sources``) of the source models' rows and the target runs' rows (one per seed)."""
+    diffs = differences(rows, replicates, primary, level)
     return {
         "runs": [public_row(r) for r in rows],
         "aggregates": aggregate(rows),
-        "differences": differences(rows, replicates),
+        "differences": diffs,
+        "primary": primary,
         "sources": [public_row(r) for r in sources],
+    }
+
+
+def results_file(report: dict[str, Any]) -> dict[str, Any]:
+    """The compact, git-tracked copy of a report (``results/comparison.json``) that the
+    README's Results are generated from (``python -m pipelines.docs_results``): the primary
+    comparison, the aggregates, every difference and the source models, without the per-run
+    curves."""
+    keep = ("dataset", "seed", "modality", "map50", "coco_ap", "image_passes", "train_seconds")
+    return {
+        "primary": report.get("primary"),
+        "aggregates": report["aggregates"],
+        "differences": report["differences"],
+        "sources": [{k: r.get(k) for k in keep} for r in report["sources"]],
     }
 
 
@@ -251,8 +396,13 @@ def fmt_mean_std(mean: float | None, std: float | None) -> str:
 
 def transfer_matrix(differences: list[dict[str, Any]]) -> tuple[float | None, list[str]]:
     """The target x source table (Markdown lines) of the differences at the largest train
-    fraction: mean difference and interval per cell, self-transfer marked; and that fraction."""
+    fraction (against the matched arm where it ran, else scratch): mean difference and
+    interval per cell (the adjusted one unless primary), self-transfer marked; and that
+    fraction."""
     full = max((d["train_fraction"] for d in differences), default=None)
+    at_full = [d for d in differences if d["train_fraction"] == full]
+    against = "matched" if any(d["against"] == "matched" for d in at_full) else "scratch"
+    differences = [d for d in differences if d["against"] == against]
     sources = list(dict.fromkeys(d["source"] for d in differences))
     cell = {(d["dataset"], d["source"]): d for d in differences if d["train_fraction"] == full}
     lines = ["| target \\ source | " + " | ".join(sources) + " |", "|---|" + "---|" * len(sources)]
@@ -263,7 +413,7 @@ def transfer_matrix(differences: list[dict[str, Any]]) -> tuple[float | None, li
             cells.append(
                 "–"
                 if d is None
-                else f"{d['diff_mean']:+.3f} [{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}]"
+                else f"{d['diff_mean']:+.3f} {_interval_text(d)}"
                 + (" (self)" if d["self_transfer"] else "")
                 + (
                     f" (did not learn: {', '.join(d['did_not_learn'])})"
@@ -289,6 +439,81 @@ def collapsed_lines(runs: list[dict[str, Any]]) -> list[str]:
     return [""] + out if out else []
 
 
+def _interval_text(d: dict[str, Any]) -> str:
+    """``[low, high]`` (primary: its own interval) or ``[low, high]*`` (adjusted)."""
+    low, high = d["ci95"] if d.get("primary") else d.get("ci_adjusted", d["ci95"])
+    return f"[{low:+.3f}, {high:+.3f}]" + ("" if d.get("primary") else "*")
+
+
+def against_name(d: dict[str, Any]) -> str:
+    return "scratch" if d["against"] == "scratch" else "matched scratch"
+
+
+def primary_lines(report: dict[str, Any]) -> list[str]:
+    """The declared primary comparison (params ``comparison.primary``) and its result."""
+    p = report.get("primary")
+    if not p:
+        return [
+            "",
+            "No primary comparison is declared (`comparison.primary`): every "
+            "interval below is adjusted.",
+        ]
+    found = [d for d in report["differences"] if d.get("primary")]
+    head = (
+        f"Declared in params before the runs: fine-tuned from {p['source']} against "
+        f"{'compute-matched scratch' if p['against'] == 'matched' else 'scratch'} on "
+        f"{p['target']} at train fraction {float(p['fraction']):g}."
+    )
+    if not found:
+        return ["", "## Primary comparison", "", head, "", "It was not run (no such runs)."]
+    d = found[0]
+    return [
+        "",
+        "## Primary comparison",
+        "",
+        head,
+        "",
+        f"- {d['statement']}",
+        f"- Budget: {budget_words(d)}.",
+    ]
+
+
+def difference_lines(report: dict[str, Any]) -> list[str]:
+    """The table of every comparison with each arm's budget, p values and both intervals,
+    then one sentence each."""
+    pct = round(report["differences"][0]["level"] * 100) if report["differences"] else 95
+    lines = [
+        "",
+        "## Fine-tuned − scratch arms (mAP@0.5)",
+        "",
+        "`against`: `scratch` trains the target as long as fine-tuning does (fine-tuned also "
+        "had the source's compute); `matched scratch` gets the same total image passes, source "
+        "pretraining included. Every comparison but the primary is adjusted for multiplicity: "
+        f"Holm p and a Bonferroni {pct}% interval (marked *).",
+        "",
+        "| dataset | source | fraction | against | image passes (fine-tuned / other) | seeds "
+        f"| units | difference | {pct}% CI | p | Holm p | adjusted CI |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for d in report["differences"]:
+        low, high = d["ci95"]
+        b = d["budget"]
+        alow, ahigh = d["ci_adjusted"]
+        adjusted = "primary" if d["primary"] else f"[{alow:+.3f}, {ahigh:+.3f}]*"
+        lines.append(
+            f"| {d['dataset']} | {d['source']} | {d['train_fraction']:g} | {against_name(d)} "
+            f"| {_fmt(b['finetuned'], 0)} / {_fmt(b['against'], 0)} | {d['n_seeds']} "
+            f"| {d['n_units']} | {d['diff_mean']:+.3f} | [{low:+.3f}, {high:+.3f}] "
+            f"| {_fmt(d['p'])} | {_fmt(d['p_holm'])} | {adjusted} |"
+        )
+    lines += [""] + [
+        f"- {d['dataset']}, fraction {d['train_fraction']:g}, against {against_name(d)}: "
+        f"{d['statement']}"
+        for d in report["differences"]
+    ]
+    return lines
+
+
 # long: the report page as one linear Markdown template, section by section
 def markdown(report: dict[str, Any], pictures: dict[str, str]) -> str:
     """The report as a Markdown page; ``pictures``: image name -> link, in page order."""
@@ -298,44 +523,37 @@ def markdown(report: dict[str, Any], pictures: dict[str, str]) -> str:
         "VOC07 11-point mAP@0.5 and COCO AP@[.5:.95] on each target's test split, mean ± std "
         "over the training seeds. `finetuned` starts from a source model (first conv adapted to "
         "the channel count, new class head); `train fraction` is a nested subset of the train "
-        "split drawn by whole source units. Intervals: 95% paired bootstrap over the test "
-        "set's source units and the seeds (docs/study.md).",
+        "split drawn by whole independence units; `matched` is scratch trained for the image "
+        "passes of source pretraining + fine-tuning. Intervals: a paired cluster bootstrap "
+        "over the test set's independence units combined with a t term over the seeds "
+        "(docs/study.md).",
+        *primary_lines(report),
         "",
         "## Runs (mean over seeds)",
         "",
-        "| dataset | init | source | train fraction | train images | seeds | mAP@0.5 | COCO AP |",
-        "|---|---|---|---|---|---|---|---|",
+        "| dataset | init | source | train fraction | train images | image passes | seeds "
+        "| mAP@0.5 | COCO AP |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for a in report["aggregates"]:
         lines.append(
             f"| {a['dataset']} | {a['init']} | {a['source'] or '–'} | {a['train_fraction']:g} "
-            f"| {_fmt(a['train_images'], 0)} | {a['n_seeds']} "
+            f"| {_fmt(a['train_images'], 0)} | {_fmt(a.get('image_passes_mean'), 0)} "
+            f"| {a['n_seeds']} "
             f"| {fmt_mean_std(a['map50_mean'], a['map50_std'])} "
             f"| {fmt_mean_std(a['coco_ap_mean'], a['coco_ap_std'])} |"
         )
     lines += collapsed_lines(report.get("runs", []))
-    lines += [
-        "",
-        "## Fine-tuned − scratch (mAP@0.5)",
-        "",
-        "| dataset | source | train fraction | seeds | test units | difference | 95% CI |",
-        "|---|---|---|---|---|---|---|",
-    ]
-    for d in report["differences"]:
-        low, high = d["ci95"]
-        lines.append(
-            f"| {d['dataset']} | {d['source']} | {d['train_fraction']:g} | {d['n_seeds']} "
-            f"| {d['n_units']} | {d['diff_mean']:+.3f} | [{low:+.3f}, {high:+.3f}] |"
-        )
-    lines += [""] + [
-        f"- {d['dataset']}, fraction {d['train_fraction']:g}: {d['statement']}"
-        for d in report["differences"]
-    ]
+    lines += difference_lines(report)
     full, table = transfer_matrix(report["differences"])
+    at_full = [d for d in report["differences"] if d["train_fraction"] == full]
+    matched = any(d["against"] == "matched" for d in at_full)
+    matrix_against = "matched scratch" if matched else "scratch"
     if full is not None:
         lines += [
             "",
-            f"## Transfer matrix (train fraction {full:g}; fine-tuned − scratch mAP@0.5)",
+            f"## Transfer matrix (train fraction {full:g}; fine-tuned − {matrix_against} "
+            "mAP@0.5; * adjusted)",
             "",
             *table,
         ]
@@ -343,15 +561,16 @@ def markdown(report: dict[str, Any], pictures: dict[str, str]) -> str:
         "",
         "## Source models on their own test sets",
         "",
-        "| dataset | modality | mAP@0.5 | COCO AP | train s |",
-        "|---|---|---|---|---|",
+        "| dataset | source seed | modality | mAP@0.5 | COCO AP | image passes | train s |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in report["sources"]:
         lines.append(
-            f"| {r['dataset']} | {r['modality']} | {_fmt(r['map50'])} | {_fmt(r['coco_ap'])} "
+            f"| {r['dataset']} | {r.get('seed', '–')} | {r['modality']} | {_fmt(r['map50'])} "
+            f"| {_fmt(r['coco_ap'])} | {_fmt(r.get('image_passes'), 0)} "
             f"| {_fmt(r['train_seconds'], 0)} |"
         )
-    lines += ["", "## Data efficiency", ""]
+    lines += ["", "## Data efficiency and compute", ""]
     lines += [f"![{name}]({rel})" for name, rel in pictures.items()]
     lines.append("")
     return "\n".join(lines)
@@ -359,23 +578,32 @@ def markdown(report: dict[str, Any], pictures: dict[str, str]) -> str:
 
 def summary(report: dict[str, Any]) -> dict[str, dict[str, dict[str, float | None]]]:
     """The flat summary metrics at the largest train fraction: per target ``scratch``,
-    ``finetuned_from_<source>`` (means over seeds) and ``difference_from_<source>`` (mean,
-    ``ci_low``, ``ci_high``); per source dataset ``source`` (the source model)."""
+    ``matched_<source>``, ``finetuned_from_<source>`` (means over seeds, with mean image
+    passes), ``difference_from_<source>`` (against scratch) and ``difference_matched_<source>``
+    (against the matched arm): mean, ``ci_low``/``ci_high``, ``p`` and, unless primary, the
+    Holm ``p_holm`` and adjusted ``ci_low_adjusted``/``ci_high_adjusted``; ``primary`` (the
+    declared comparison, also under its own key); per source dataset ``source`` (the source
+    models, mean over source seeds)."""
     out: dict[str, dict[str, dict[str, float | None]]] = {}
-    for r in report["sources"]:
-        out.setdefault(r["dataset"], {})["source"] = {
-            "map50": _round(r["map50"]),
-            "coco_ap": _round(r["coco_ap"]),
+    for dataset in dict.fromkeys(r["dataset"] for r in report["sources"]):
+        mine = [r for r in report["sources"] if r["dataset"] == dataset]
+        out.setdefault(dataset, {})["source"] = {
+            "map50": _mean_std([r["map50"] for r in mine])[0],
+            "coco_ap": _mean_std([r["coco_ap"] for r in mine])[0],
+            "source_seeds": len(mine),
         }
     full = max((a["train_fraction"] for a in report["aggregates"]), default=None)
     for a in report["aggregates"]:
         if a["train_fraction"] != full:
             continue
-        key = "scratch" if a["init"] == "scratch" else f"finetuned_from_{a['source']}"
+        key = {"scratch": "scratch", "matched": f"matched_{a['source']}"}.get(
+            a["init"], f"finetuned_from_{a['source']}"
+        )
         out.setdefault(a["dataset"], {})[key] = {
             "map50": a["map50_mean"],
             "map50_std": a["map50_std"],
             "coco_ap": a["coco_ap_mean"],
+            "image_passes": a.get("image_passes_mean"),
         }
         collapsed = sum(
             1 for r in report.get("runs", []) if _collapsed(r) and group_key(r) == group_key(a)
@@ -383,12 +611,21 @@ def summary(report: dict[str, Any]) -> dict[str, dict[str, dict[str, float | Non
         if collapsed:  # seeds that learnt nothing (absent when none)
             out[a["dataset"]][key]["collapsed_seeds"] = collapsed
     for d in report["differences"]:
+        if d["train_fraction"] != full and not d.get("primary"):
+            continue
+        values = {"map50": d["diff_mean"], "ci_low": d["ci95"][0], "ci_high": d["ci95"][1]}
+        values["p"] = d.get("p")
+        if not d.get("primary"):
+            values.update(
+                p_holm=d.get("p_holm"),
+                ci_low_adjusted=d["ci_adjusted"][0],
+                ci_high_adjusted=d["ci_adjusted"][1],
+            )
+        else:
+            out[d["dataset"]]["primary"] = dict(values)
         if d["train_fraction"] == full:
-            out[d["dataset"]][f"difference_from_{d['source']}"] = {
-                "map50": d["diff_mean"],
-                "ci_low": d["ci95"][0],
-                "ci_high": d["ci95"][1],
-            }
+            kind = "difference_from" if d["against"] == "scratch" else "difference_matched"
+            out[d["dataset"]][f"{kind}_{d['source']}"] = values
     return out
 
 
@@ -396,15 +633,8 @@ def _round(x: Any) -> float | None:
     return None if x is None else round(float(x), 4)
 
 
-_STYLE = {"scratch": "-", "finetuned": "--", "pretrain": ":"}
-
-
-def label(row: dict[str, Any]) -> str:
-    """A run's name in charts: ``scratch``, ``fine-tuned from <source>`` or ``source model
-    (<dataset>)``."""
-    if row["init"] == "pretrain":
-        return f"source model ({row['dataset']})"
-    return "scratch" if row["init"] == "scratch" else f"fine-tuned from {row['source']}"
+_STYLE = ARMS  # chart style per arm (dsod_core.report.budget)
+label = arm_label  # a run's name in charts and tables
 
 
 def plot_data_efficiency(aggregates: list[dict], plots: Path) -> dict[str, Path]:
@@ -480,4 +710,9 @@ def plot_report(
     )
     plot_dataset_curves(shown, plots)
     curves = plot_data_efficiency(report["aggregates"], plots)
-    return {**curves, RUNS_PICTURE: picture}
+    budget = plot_budget(rows, plots, seed)
+    return {
+        **curves,
+        **{f"{name}: mAP against compute": path for name, path in budget.items()},
+        RUNS_PICTURE: picture,
+    }

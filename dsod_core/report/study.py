@@ -10,7 +10,14 @@ import json
 from pathlib import PurePosixPath
 from typing import Any
 
-from dsod_core.report.compare import fmt_mean_std, group_key, transfer_matrix
+from dsod_core.report.claims import claims
+from dsod_core.report.compare import (
+    apply_family,
+    fmt_mean_std,
+    group_key,
+    primary_index,
+    transfer_matrix,
+)
 
 BEGIN = "<!-- study results: begin (written by python -m pipelines.study; edit study.yaml) -->"
 END = "<!-- study results: end -->"
@@ -54,33 +61,33 @@ def results_section(
         shown = ", ".join(f"`{k}={json.dumps(x)}`" for k, x in runs[v]["settings"].items())
         lines.append(f"| {v} | {shown} |")
     rep = reports[first]
+    family = study_family(reports, first)
     lines += [
         "",
-        f"### Fine-tuned − scratch ({first})",
+        "### Every comparison (all variants, one family)",
         "",
-        "mAP@0.5 difference, mean over seeds, with the 95% paired cluster-bootstrap interval "
-        "over test units and seeds.",
+        "mAP@0.5 difference fine-tuned − the other arm (`scratch`: the same target training; "
+        "`matched`: the same total image passes, source pretraining included), mean over paired "
+        "seeds, with the interval of docs/study.md. The declared primary comparison (the first "
+        "variant's `comparison.primary`) keeps its own interval; every other one, in every "
+        "variant, is adjusted over the whole study: Holm p and a Bonferroni interval (*).",
         "",
-        "| dataset | source | train fraction | train images | seeds | test units "
-        "| scratch | fine-tuned | difference | 95% CI |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| variant | dataset | source | fraction | against | image passes (fine-tuned / other) "
+        "| seeds | units | difference | interval | p | Holm p |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    agg = {group_key(a): a for a in rep["aggregates"]}
-    for d in rep["differences"]:
-        s = agg.get((d["dataset"], "scratch", None, d["train_fraction"]), {})
-        f = agg.get((d["dataset"], "finetuned", d["source"], d["train_fraction"]), {})
-        low, high = d["ci95"]
+    for d in family:
+        low, high = d["ci95"] if d["primary"] else d["ci_adjusted"]
+        b = d["budget"]
         lines.append(
-            f"| {d['dataset']} | {d['source']}{' (self)' if d['self_transfer'] else ''} "
-            f"| {d['train_fraction']:g} | {s.get('train_images', 0):.0f} | {d['n_seeds']} "
-            f"| {d['n_units']} | {fmt_mean_std(s.get('map50_mean'), s.get('map50_std'))} "
-            f"| {fmt_mean_std(f.get('map50_mean'), f.get('map50_std'))} | {d['diff_mean']:+.3f} "
-            f"| [{low:+.3f}, {high:+.3f}] |"
+            f"| {d['variant']} | {d['dataset']} | {d['source']}"
+            f"{' (self)' if d['self_transfer'] else ''} | {d['train_fraction']:g} "
+            f"| {d['against']} | {_n(b.get('finetuned'))} / {_n(b.get('against'))} "
+            f"| {d['n_seeds']} | {d['n_units']} | {d['diff_mean']:+.3f} "
+            f"| [{low:+.3f}, {high:+.3f}]{'' if d['primary'] else '*'} | {d['p']:.3f} "
+            f"| {'primary' if d['primary'] else format(d['p_holm'], '.3f')} |"
         )
-    lines += [""] + [
-        f"- {d['dataset']} from {d['source']}, fraction {d['train_fraction']:g}: {d['statement']}"
-        for d in rep["differences"]
-    ]
+    lines += ["", " ".join(claims({"differences": family}))]
     full, table = transfer_matrix(rep["differences"])
     lines += ["", f"### Transfer matrix ({first}, train fraction {full:g})", "", *table]
     lines += ["", f"### Data efficiency ({first})", ""]
@@ -119,11 +126,35 @@ def results_section(
     return "\n".join(lines)
 
 
-def splice_section(text: str, section: str) -> str:
-    """``text`` with the part between the markers (both included) replaced by ``section``;
-    ``section`` appended when the markers are not both there."""
-    if BEGIN in text and END in text:
-        head, rest = text.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1]
+def _n(x: float | None) -> str:
+    return "?" if x is None else f"{x:,.0f}"
+
+
+def study_family(reports: dict[str, dict[str, Any]], first: str) -> list[dict[str, Any]]:
+    """Every difference of every variant, as one family: the first variant's declared primary
+    comparison unadjusted, all the others Holm/Bonferroni-adjusted over the whole study
+    (:func:`dsod_core.metrics.bootstrap.adjust_family` on each difference's stored ``terms``)."""
+    diffs = []
+    for variant, rep in reports.items():
+        for d in rep["differences"]:
+            if "terms" not in d:
+                raise ValueError(
+                    f"the {variant} report predates the study's interval terms: run make study"
+                )
+            diffs.append({**d, "variant": variant})
+    primary = primary_index(
+        [d for d in diffs if d["variant"] == first], reports[first].get("primary")
+    )
+    level = diffs[0]["level"] if diffs else 0.95
+    apply_family(diffs, [dict(d["terms"]) for d in diffs], primary, level)
+    return diffs
+
+
+def splice_section(text: str, section: str, begin: str = BEGIN, end: str = END) -> str:
+    """``text`` with the part between the markers ``begin`` and ``end`` (both included)
+    replaced by ``section``; ``section`` appended when the markers are not both there."""
+    if begin in text and end in text:
+        head, rest = text.split(begin, 1)
+        tail = rest.split(end, 1)[1]
         return head + section + tail
     return text.rstrip("\n") + "\n\n" + section + "\n"

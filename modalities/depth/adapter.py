@@ -20,7 +20,10 @@ Layouts under ``root`` (param ``layout``; ``auto`` picks the first that exists):
 
 A frame's files are found by :mod:`.frames`. Every layout takes split lists (``split_files``,
 else ``<split_dir>/{train,val,test}.txt``; :mod:`.split_lists`); frames without boxes are kept
-and counted (``log.counts["background_images"]``).
+and counted (``log.counts["background_images"]``). A frame's independence unit
+(``Sample.group``, ``ref.meta["group"]``) is its NYU room (:func:`.nyu.room`), its SUN RGB-D
+recording (:func:`.sunrgbd.recording`) or what ``group_by`` reads from its path; hash splits
+are drawn by group.
 
 Depth is converted to metres: ``metres = raw * unit * depth_scale`` with ``unit`` 0.001 for
 ``depth_unit: mm`` and 1 for ``m`` (``auto``: mm for integer images, m for float data). Pixels
@@ -188,9 +191,11 @@ class DepthAdapter(ModalityAdapter):
         """Split -> list file (:func:`modalities.depth.split_lists.split_files`)."""
         return split_lists.split_files(self)
 
-    def _splits(self, units: Mapping[str, Iterable[str]]) -> dict[str, str]:
-        """Unit id -> split (:func:`modalities.depth.split_lists.splits`)."""
-        return split_lists.splits(self, units)
+    def _splits(
+        self, units: Mapping[str, Iterable[str]], groups: Mapping[str, str | None] | None = None
+    ) -> dict[str, str]:
+        """Unit id -> split, drawn by group (:func:`modalities.depth.split_lists.splits`)."""
+        return split_lists.splits(self, units, groups)
 
     def _count_backgrounds(self, refs: list[SampleRef]) -> None:
         """Frames without a box are kept as ordinary negatives: counted
@@ -293,7 +298,6 @@ class DepthAdapter(ModalityAdapter):
                 sample=ref.ref_id,
             )
         rgb = self._rgb(ref, extras, h, w, source) if p.encoding == "rgbd" else None
-        metres = _UNITS["mm" if p.depth_unit == "auto" else p.depth_unit] * float(p.depth_scale)
         image, enc_meta = encode(
             p.encoding,
             filled,
@@ -324,10 +328,20 @@ class DepthAdapter(ModalityAdapter):
             affine=np.eye(4),
             valid=valid,
             meta=meta,
-            native=None if "nyu" in ref.paths else _native_depth(image, p.encoding, metres),
+            native=self._native(ref, image),
+            group=ref.meta.get("group"),
         )
         sample.validate(num_channels=len(self.channel_names), num_classes=len(self.class_names))
         yield sample
+
+    def _native(self, ref: SampleRef, image: np.ndarray) -> NativeImage | None:
+        """The integer codes the store may keep for ``image`` (:func:`_native_depth`); none
+        for NYU frames (float metres in the file)."""
+        p = self.params
+        if "nyu" in ref.paths:
+            return None
+        metres = _UNITS["mm" if p.depth_unit == "auto" else p.depth_unit] * float(p.depth_scale)
+        return _native_depth(image, p.encoding, metres)
 
     def _targets(
         self, ref: SampleRef, extras: dict[str, Any], w: int, h: int, source: Path | None

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from dsod_core.errors import DataError
 from modalities.base import SampleRef
 from modalities.depth.annotations import keep_difficult
+from modalities.depth.split_lists import path_groups
 from modalities.formats.coco import (
     is_coco_json,
     load_coco_json,
@@ -104,13 +105,26 @@ def _units(data: dict[str, Any], depth_dir: str) -> dict[str, list[str]]:
     return units
 
 
+def _groups(adapter: DepthAdapter, data: dict[str, Any], path: Path) -> dict[str, str | None]:
+    """``file_name`` stem -> group: ``group_by`` on the image's ``file_name`` as the JSON
+    writes it (``seq_03/000120.png``); every group None with ``group_by: null``. An image
+    whose name the rule does not match is refused through the log's guard."""
+    names: dict[str, tuple[str, Path]] = {}
+    for img in data["images"]:
+        name = img.get("file_name") if isinstance(img, dict) else None
+        if isinstance(name, str) and name:
+            names.setdefault(Path(name).stem, (name.replace("\\", "/"), path))
+    return path_groups(adapter, names, unit="image")
+
+
 def discover(adapter: DepthAdapter) -> list[SampleRef]:
     """One ref per ``images`` entry, in image id order, split by the split lists
     (:meth:`DepthAdapter._splits`; an image they leave out has no ref), else by the stable
-    hash of its stem. Objects of classes outside ``class_names`` are left out with one
-    warning per image, as are zero-width or zero-height boxes. The entry's ``width`` and
-    ``height`` are kept to be checked against the depth map when it is read (a disagreement
-    is a warning). Without ``class_names`` the classes are the categories sorted by id."""
+    hash of its group (``group_by`` on its ``file_name``; null: its stem). Objects of
+    classes outside ``class_names`` are left out with one warning per image, as are
+    zero-width or zero-height boxes. The entry's ``width`` and ``height`` are kept to be
+    checked against the depth map when it is read (a disagreement is a warning). Without
+    ``class_names`` the classes are the categories sorted by id."""
     p = adapter.params
     path = adapter.root / p.coco_file
     data, cats = load_coco_json(path)
@@ -121,7 +135,9 @@ def discover(adapter: DepthAdapter) -> list[SampleRef]:
         data["images"],
         key=lambda im: (0, im["id"]) if isinstance(im, dict) and _is_id(im.get("id")) else (1, 0),
     )
-    split_of = adapter._splits(_units(data, p.depth_dir))
+    groups = _groups(adapter, data, path)
+    units = {k: v for k, v in _units(data, p.depth_dir).items() if k in groups}
+    split_of = adapter._splits(units, groups)
     refs = []
     for img in ordered:
         with adapter.log.guard(path, unit="image"):
@@ -135,6 +151,7 @@ def discover(adapter: DepthAdapter) -> list[SampleRef]:
             objects, left_out = select_objects(objects, p.class_names)
             ref = adapter._ref(stem, split_of[stem], stem, path, objects)
             ref.meta["declared_size"] = entry["declared_size"]
+            ref.meta["group"] = groups[stem]
             refs.append(ref)
             adapter._note_left_out(left_out, path, stem)
             if dropped:

@@ -14,7 +14,9 @@ pair with the depth map. The aligned colour image ``<rgb_dir>/<id>.{png,jpg}`` a
 ``labels: voc`` reads ``label_dir`` (null: ``annotation_dir``); ``labels: coco`` reads
 ``coco_json`` (empty: ``{all: <coco_file>}``). Splits: the split lists (``split_files``, else
 ``<split_dir>/{train,val,test}.txt``), a per-split ``coco_json``, ``train``/``val``/``test``
-folders under the depth folder, else the hash (``val_fraction``/``test_fraction``). Every quirk
+folders under the depth folder, else the hash (``val_fraction``/``test_fraction``) of the
+frame's group (``group_by`` on the depth map's path under root, read by the shared layer;
+null: the frame itself). Every quirk
 (objects without a box, background frames, unmatched COCO annotations, crowd-only files,
 classes dropped by ``class_map``) is one warning line with its count in the prepare report.
 """
@@ -88,5 +90,6 @@ def _ref(adapter: DepthAdapter, item: LabeledImage) -> SampleRef:
         "declared_size": None if item.declared_size is None else list(item.declared_size),
         "image_id": item.image_id,
         "background": item.background,
+        "group": item.group,  # group_by on the depth map's path (the shared layer)
     }
     return SampleRef(item.image_id, item.split, paths, meta)

@@ -8,13 +8,23 @@ MATLAB writes arrays column-major, so h5py sees every array with its axes revers
     labels:            [N, W, H] uint16, 0 = unlabelled, else 1-based index into names
     instances:         [N, W, H] uint8, instance number within its label, 0 = none
     names:             [1, C] object references; each to a uint16 [len, 1] char array
+    scenes:            [1, N] object references, one per frame, to its scene's name
+                       (``kitchen_0028a``), a uint16 char array like ``names``
 
 This reader transposes one frame at a time back to ``[H, W]`` / ``[H, W, 3]``. Boxes are the
 tight boxes of the (label, instance) masks.
+
+Independence: the frames of one room are not independent samples. A frame's group
+(``Sample.group``) is its room: its ``scenes`` entry with a trailing lower-case letter after
+the 4-digit number removed (``kitchen_0028a`` and ``kitchen_0028b``, two recordings of one
+room, are both ``kitchen_0028``; :func:`room`). Splits are drawn by room. ``group_by``
+overrides the rule on the path ``<scene>/nyu_<iiii>`` (``folder``: the recording, a and b
+apart). A file without ``scenes`` makes every frame its own group (counted in the report).
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -25,6 +35,7 @@ from dsod_core.errors import DataError
 from modalities.base import SampleRef
 from modalities.depth.encodings import Intrinsics
 from modalities.formats import has_suffix, head
+from modalities.formats.groups import group_of
 
 if TYPE_CHECKING:
     from modalities.depth.adapter import DepthAdapter
@@ -59,24 +70,84 @@ def claims(path: Path) -> bool:
 def discover(adapter: DepthAdapter) -> list[SampleRef]:
     """One ref per frame of the labelled file ``nyu_file`` (``nyu_<iiii>``, 0-based), split by
     the split lists (which name a frame by that id or by its 1-based index, as NYU's
-    ``splits.mat`` does), else by the stable hash of the id; the file's datasets and frame
-    size are checked from the header (``max_pixels``), no frame is read. Classes:
-    ``class_names``, else :data:`DEFAULT_CLASSES`."""
+    ``splits.mat`` does), else by the stable hash of its group (its room,
+    :func:`frame_groups`); the file's datasets and frame size are checked from the header
+    (``max_pixels``), no frame is read. Classes: ``class_names``, else
+    :data:`DEFAULT_CLASSES`."""
     p = adapter.params
     path = adapter.resolve_inside_root(p.nyu_file, adapter.root)
     with open_labelled(path, adapter._nyu_need()) as f:
         file_names = class_names(f, path)
         n, w, h = frame_count_and_size(f, p.nyu_depth_key, path, with_rgb=p.encoding == "rgbd")
+        scenes = scene_names(f, path, n)
     adapter.check_declared_size(path, w * h, p.max_pixels, f"{w} x {h} px frames", "max_pixels")
     adapter._class_names = list(p.class_names or DEFAULT_CLASSES)
     ids = [f"nyu_{i:04d}" for i in range(n)]
+    groups = frame_groups(adapter, path, ids, scenes)
     # split lists name a frame by its id or its 1-based index (as NYU's splits.mat does)
-    split_of = adapter._splits({u: [u, str(i + 1)] for i, u in enumerate(ids)})
+    aliases = {u: [u, str(i + 1)] for i, u in enumerate(ids) if u in groups}
+    split_of = adapter._splits(aliases, groups)
     return [
-        SampleRef(u, split_of[u], {"nyu": path}, {"index": i, "file_names": file_names})
+        SampleRef(
+            u,
+            split_of[u],
+            {"nyu": path},
+            {"index": i, "file_names": file_names, "group": groups[u]},
+        )
         for i, u in enumerate(ids)
         if u in split_of
     ]
+
+
+_RECORDING = re.compile(r"^(.*_\d{4})[a-z]$")
+
+
+def room(scene: str) -> str:
+    """The room of an NYU scene name: a trailing lower-case letter after the 4-digit number
+    removed (``kitchen_0028a`` -> ``kitchen_0028``: the a and b recordings are one room);
+    any other name unchanged."""
+    m = _RECORDING.match(scene)
+    return m.group(1) if m else scene
+
+
+def frame_groups(
+    adapter: DepthAdapter, path: Path, ids: list[str], scenes: list[str] | None
+) -> dict[str, str]:
+    """Frame id -> group: the room of its scene (:func:`room`), or ``group_by`` on
+    ``<scene>/<id>`` (``<id>`` without ``scenes``); without either, the frame itself
+    (counted: ``nyu_frames_without_scene`` in the prepare report). A frame whose path
+    ``group_by`` does not match is refused through the log's guard (an error, or skipped
+    and absent from the result)."""
+    spec = adapter.params.group_by
+    if spec is None:
+        if scenes is None:  # frames of one room may then land in different splits
+            adapter.log.counts["nyu_frames_without_scene"] = len(ids)
+            return {u: u for u in ids}
+        return {u: room(scene) for u, scene in zip(ids, scenes)}
+    out = {}
+    for k, u in enumerate(ids):
+        relative = u if scenes is None else f"{scenes[k]}/{u}"
+        with adapter.log.guard(path, unit="frame"):
+            out[u] = group_of(relative, spec, path=str(path))
+    return out
+
+
+def scene_names(f, path: Path, n: int) -> list[str] | None:
+    """The scene name of each of the ``n`` frames (``scenes``, a cell array of strings:
+    ``[1, N]`` object references as h5py sees them); None when the file has no ``scenes``."""
+    if "scenes" not in f:
+        return None
+    try:
+        refs = f["scenes"][()].reshape(-1)
+        names = ["".join(chr(c) for c in f[r][()].reshape(-1)) for r in refs]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"cannot decode the 'scenes' cell array: {exc}", path=path) from exc
+    if len(names) != n:
+        raise DataError(f"'scenes' names {len(names)} frames but the file holds {n}", path=path)
+    bad = [i for i, s in enumerate(names) if not s.strip()]
+    if bad:
+        raise DataError(f"'scenes' is empty for frame(s) {bad[:5]}", path=path)
+    return names
 
 
 def open_labelled(path: Path, need: tuple[str, ...]):

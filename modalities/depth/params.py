@@ -16,6 +16,7 @@ from typing import Literal
 
 from modalities.base import param
 from modalities.formats.collection import CollectionParams
+from modalities.formats.groups import check_group_by
 
 # The folder and file-name params: each must be a non-empty string.
 _NAMES = (
@@ -139,6 +140,13 @@ class DepthParams(CollectionParams):
         0.15, "hash-split share of test (1: an evaluation-only dataset)", min=0, max=1
     )
     seed: int = param(0, "seed of the hash split")
+    group_by: str | None = param(
+        None,
+        "independence unit of a frame, kept whole by splits, subsets and intervals: null = "
+        "NYU its room (`scenes`), SUN RGB-D its recording, else the frame; 'folder', "
+        "'folder:N' or a regex (first capture group) on its path: voc the XML, coco the "
+        "file_name, collection the depth map, sunrgbd the scene folder, nyu <scene>/nyu_<iiii>",
+    )
     max_pixels: float = param(
         50e6,
         "refuse a depth or colour image whose header declares more pixels",
@@ -168,6 +176,8 @@ class DepthParams(CollectionParams):
             bad = sorted(v for v in self.sunrgbd_name_map.values() if normalise(v) not in known)
             if bad:
                 self.fail("sunrgbd_name_map", f"maps to names not in class_names: {bad}")
+        if why := check_group_by(self.group_by):
+            self.fail("group_by", why)
         if self.val_fraction + self.test_fraction > 1:
             # == 1 is an evaluation-only dataset (no train split; to score a trained model)
             self.fail("val_fraction", "val_fraction + test_fraction must be <= 1")

@@ -22,6 +22,20 @@ on uint16, i.e. a rotation right by 3 bits: ``mm = (v >> 3) | (v << 13)`` in 16-
 ``object`` is a 0-based index into ``objects``; deleted objects are left as ``null`` or ``{}``.
 Only ``frames[0]`` is the frame's own image. A polygon's box is the axis-aligned box enclosing
 its vertices (continuous pixel coordinates), clipped to the image.
+
+Independence: frames of one recording are not independent samples. A scene folder's group
+(``Sample.group``; splits are drawn by group) is its recording (:func:`recording`):
+
+* ``.../sun3ddata/<place>/<sequence>/<frame>`` (SUN3D videos): the place
+  ``.../sun3ddata/<place>`` (its scans ``<place>/d507_1``, ``d507_2`` show one room);
+* ``.../kinect2data/<nnnnnn>_<date>_<time>_<serial>_rgbf<frame>-resize``: the capture
+  session ``.../kinect2data/<date>_<time>_<serial>``;
+* any other folder (``kv1/NYUdata/NYU0001``, ``kv1/b3dodata/...``, ``realsense/...``): the
+  frame itself. The NYU frames' rooms are not in the tree (``scene.txt`` holds the scene
+  *category*, such as ``bedroom``, not the room), so they cannot be grouped from it.
+
+``group_by`` replaces the rule, applied to the scene folder's path under the root
+(``folder``: its parent folder).
 """
 
 from __future__ import annotations
@@ -29,6 +43,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections import Counter
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -40,6 +55,7 @@ from dsod_core.errors import DataError
 from modalities.base import SampleRef
 from modalities.depth import annotations, intrinsics, nyu, png
 from modalities.formats import has_suffix
+from modalities.formats.groups import group_of
 
 if TYPE_CHECKING:
     from modalities.base import ModalityAdapter
@@ -235,20 +251,42 @@ def select(
     return kept, left_out, empty
 
 
-def discover_scenes(
-    adapter: ModalityAdapter,
-    scenes: list[Path],
-    unannotated: list[Path],
-    splits: Callable[[dict[str, list[str]]], dict[str, str]],
-) -> tuple[list[SampleRef], list[str]]:
-    """The refs of ``scenes`` (from :func:`find_scenes`) and the class names (``class_names``,
-    else NYU's). A ref's id is its folder's path under ``adapter.root`` (posix); its split is
-    ``splits({ref_id: aliases})[ref_id]`` (split lists naming the folder path or its name,
-    else the hash; a folder the lists leave out has no split and no ref). Per scene (under
-    ``adapter.log.guard``): the annotation parses, the depth PNG (and, for ``rgbd``, the
-    colour image) declares at most ``max_pixels``, the intrinsics parse; objects are the
-    polygons of the classes (:func:`select`)."""
-    p, root, log = adapter.params, adapter.root, adapter.log
+_KINECT2 = re.compile(r"^\d+_(.+)_rgbf\d+(?:-resize)?$")
+
+
+def recording(ref_id: str) -> str:
+    """The default group of a scene folder at ``ref_id`` (its path under the root): the SUN3D
+    sequence, the Kinect v2 capture session, else the folder itself (module docs)."""
+    parts = ref_id.split("/")
+    if "sun3ddata" in parts[:-1]:
+        k = parts.index("sun3ddata")
+        # sun3ddata/<place>/<sequence>/...: every scan of a place (d507_1, d507_2) shows the
+        # same room, so the place is the unit (as NYU's a/b recordings of one room are)
+        if len(parts) >= k + 3:
+            return "/".join(parts[: k + 2])
+    m = _KINECT2.match(parts[-1])
+    if m and len(parts) >= 2 and parts[-2] == "kinect2data":
+        return "/".join([*parts[:-1], m.group(1)])
+    return ref_id
+
+
+def scene_groups(adapter: ModalityAdapter, scenes: Mapping[str, Path]) -> dict[str, str]:
+    """Scene id -> group: :func:`recording`, or the ``group_by`` param on the id; a folder
+    whose path ``group_by`` does not match is refused through the log's guard (an error, or
+    skipped and absent from the result)."""
+    spec = getattr(adapter.params, "group_by", None)
+    if spec is None:
+        return {ref_id: recording(ref_id) for ref_id in scenes}
+    out = {}
+    for ref_id, scene in scenes.items():
+        with adapter.log.guard(scene, unit="scene"):
+            out[ref_id] = group_of(ref_id, spec, path=str(scene))
+    return out
+
+
+def _check_found(adapter: ModalityAdapter, scenes: list[Path], unannotated: list[Path]) -> None:
+    """No scene folder is an error; folders without the annotation are one warning."""
+    p, root = adapter.params, adapter.root
     if not scenes:
         raise DataError(
             f"no SUN RGB-D scene folder (depth/, {INTRINSICS_FILE} and "
@@ -257,23 +295,44 @@ def discover_scenes(
         )
     if unannotated:
         first = ", ".join(d.relative_to(root).as_posix() for d in unannotated[:3])
-        log.warn(
+        adapter.log.warn(
             f"left out {len(unannotated)} folder(s) with depth/ and "
             f"{INTRINSICS_FILE} but no {p.sunrgbd_annotation}: {first}"
             + (", ..." if len(unannotated) > 3 else ""),
             root,
         )
+
+
+def discover_scenes(
+    adapter: ModalityAdapter,
+    scenes: list[Path],
+    unannotated: list[Path],
+    splits: Callable[..., dict[str, str]],
+) -> tuple[list[SampleRef], list[str]]:
+    """The refs of ``scenes`` (from :func:`find_scenes`) and the class names (``class_names``,
+    else NYU's). A ref's id is its folder's path under ``adapter.root`` (posix), its group
+    that of :func:`scene_groups` (``meta["group"]``); its split is
+    ``splits({ref_id: aliases}, groups)[ref_id]`` (split lists naming the folder path or its
+    name, else the hash of the group; a folder the lists leave out has no split and no ref).
+    Per scene (under ``adapter.log.guard``): the annotation parses, the depth PNG (and, for
+    ``rgbd``, the colour image) declares at most ``max_pixels``, the intrinsics parse;
+    objects are the polygons of the classes (:func:`select`)."""
+    p, root, log = adapter.params, adapter.root, adapter.log
+    _check_found(adapter, scenes, unannotated)
     classes = list(p.class_names or nyu.DEFAULT_CLASSES)
-    ids = [scene.relative_to(root).as_posix() for scene in scenes]
-    split_of = splits({i: [i, i.rsplit("/", 1)[-1]] for i in ids})
+    ids = {scene.relative_to(root).as_posix(): scene for scene in scenes}
+    groups = scene_groups(adapter, ids)
+    split_of = splits({i: [i, i.rsplit("/", 1)[-1]] for i in ids if i in groups}, groups)
     refs = []
-    for scene, ref_id in zip(scenes, ids):
+    for ref_id, scene in ids.items():
         split = split_of.get(ref_id)
         if split is None:
             continue
         ann = adapter.resolve_inside_root(scene / p.sunrgbd_annotation, scene)
         with log.guard(ann, unit="scene"):
-            refs.append(_scene_ref(adapter, scene, ref_id, split, ann, classes))
+            ref = _scene_ref(adapter, scene, ref_id, split, ann, classes)
+            ref.meta["group"] = groups[ref_id]
+            refs.append(ref)
     return refs, classes
 
 

@@ -17,6 +17,7 @@ from dsod_core.errors import DataError
 from modalities.base import SampleRef
 from modalities.depth.annotations import keep_difficult
 from modalities.depth.png import RGB_EXTENSIONS
+from modalities.depth.split_lists import path_groups
 from modalities.formats.splits import unit_aliases
 from modalities.formats.voc import IMAGE_SUFFIXES, is_voc_xml, parse_voc_xml, select_objects
 
@@ -46,7 +47,8 @@ def claims(path: Path) -> bool:
 def discover(adapter: DepthAdapter) -> list[SampleRef]:
     """One ref per ``*.xml`` of ``annotation_dir`` (sorted), split by the split lists
     (:meth:`DepthAdapter._splits`; a list names a frame by the XML's stem or its depth file's
-    name), else by the stable hash of the stem. Per file (under ``adapter.log.guard``,
+    name), else by the stable hash of its group (``group_by`` on the XML's path under root,
+    ``Annotations/seq03_0001.xml``; null: the stem). Per file (under ``adapter.log.guard``,
     ``unit="image"``): the XML parses, its depth map (:func:`depth_stem`) exists and declares
     at most ``max_pixels``; objects of classes outside ``class_names`` are left out with one
     warning per file, difficult ones kept (flagged) unless ``keep_difficult`` is false;
@@ -60,8 +62,16 @@ def discover(adapter: DepthAdapter) -> list[SampleRef]:
     if not xmls:
         raise DataError("no VOC XML annotations (*.xml) found", path=ann_dir)
     exts = (*_depth_extensions(), *RGB_EXTENSIONS)
+    groups = path_groups(
+        adapter, {x.stem: (f"{p.annotation_dir}/{x.name}", x) for x in xmls}, unit="image"
+    )
     split_of = adapter._splits(
-        {x.stem: [a for e in exts for a in unit_aliases(x.stem + e, p.depth_dir)] for x in xmls}
+        {
+            x.stem: [a for e in exts for a in unit_aliases(x.stem + e, p.depth_dir)]
+            for x in xmls
+            if x.stem in groups
+        },
+        groups,
     )
     keep = keep_difficult(p)
     refs, names, no_box, used = [], set(), 0, set()
@@ -78,6 +88,7 @@ def discover(adapter: DepthAdapter) -> list[SampleRef]:
             objects, _ = select_objects(known, None, keep_difficult=keep)
             ref = adapter._ref(xml.stem, split, stem, xml, objects)
             ref.meta["declared_size"] = ann["size"]
+            ref.meta["group"] = groups[xml.stem]
             refs.append(ref)
             names.update(o["name"] for o in known)
             adapter._note_left_out(left_out, xml, xml.stem)

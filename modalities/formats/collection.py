@@ -52,6 +52,11 @@ Splits, in this order: ``split_files`` (:mod:`.splits`; units in no list: ``unli
 per-split ``coco_json`` key, the image's first folder under ``image_dir`` when it is
 ``train``/``val``/``valid``/``validation``/``test`` (Ultralytics ``images/train``), else the
 hash of the image id with ``val_fraction``/``test_fraction``/``seed``.
+
+Independent units (``group_by``, :mod:`.unit_groups`): an image's group (a video sequence, a
+scene) is read from its path under root (``"folder"``, ``"folder:N"`` or a regex); the hash
+is then drawn on the group, so one group never straddles train/val/test; split lists and
+split folders stay authoritative (the prepare stage refuses a group they put in two splits).
 """
 
 from __future__ import annotations
@@ -71,8 +76,10 @@ from modalities.base import AdapterParams, assign_split, param, split_hash
 from modalities.formats import coco as coco_format
 from modalities.formats import masks as mask_format
 from modalities.formats import splits as split_format
+from modalities.formats import unit_groups
 from modalities.formats import voc as voc_format
 from modalities.formats import yolo as yolo_format
+from modalities.formats.groups import GROUP_BY_DOC, check_group_by
 
 #: First folder names under ``image_dir`` read as the split (Ultralytics ``images/train``).
 FOLDER_SPLITS = {
@@ -112,6 +119,7 @@ class CollectionParams(AdapterParams):
     val_fraction: float = param(0.0, "fraction of hash-split images sent to val", min=0, max=1)
     test_fraction: float = param(0.0, "fraction of hash-split images sent to test", min=0, max=1)
     seed: int = param(0, "seed of the split and background hashes")
+    group_by: str | None = param(None, GROUP_BY_DOC)
     class_names: list[str] | None = param(
         None, "names of labels 1..K; null: the classes found, in the format's order"
     )
@@ -152,6 +160,8 @@ class CollectionParams(AdapterParams):
                 self.fail("class_names", f"names must be unique, got {self.class_names}")
         if self.val_fraction + self.test_fraction >= 1:
             self.fail("val_fraction", "val_fraction + test_fraction must be < 1")
+        if why := check_group_by(self.group_by):
+            self.fail("group_by", why)
         bad = sorted(set(self.split_files) - set(split_format.SPLITS))
         if bad:
             self.fail("split_files", f"keys must be train, val or test, got {bad}")
@@ -181,6 +191,7 @@ class LabeledImage:
     crowd: list[bool] = field(default_factory=list)
     declared_size: tuple[int, int] | None = None
     background: bool = False
+    group: str | None = None  # the independence unit (group_by); None: the image itself
 
 
 def label_index(names: Sequence[str], class_names: Sequence[str]) -> list[int]:
@@ -191,7 +202,7 @@ def label_index(names: Sequence[str], class_names: Sequence[str]) -> list[int]:
 
 def ref_meta(item: LabeledImage, class_names: Sequence[str], file_name: str | None = None):
     """The ``SampleRef.meta`` of an image: boxes, labels, difficult, crowd, declared_size,
-    file_name, image_id, background."""
+    file_name, image_id, background, group (the adapter's ``Sample.group``)."""
     return {
         "image_id": item.image_id,
         "file_name": file_name or item.image.name,
@@ -201,6 +212,7 @@ def ref_meta(item: LabeledImage, class_names: Sequence[str], file_name: str | No
         "difficult": list(item.difficult),
         "crowd": list(item.crowd),
         "background": item.background,
+        "group": item.group,
     }
 
 
@@ -370,6 +382,7 @@ def discover_collection(
         with run.log.guard(run.display(raw.annotation or raw.image), unit="image"):
             items.append(_classify(run, raw, class_names))
     _class_warnings(run)
+    items = unit_groups.set_groups(adapter, items, params.group_by, run.display)
     items = _assign_splits(run, items)
     items = _backgrounds(run, items)
     run.flush_counts()
@@ -464,7 +477,7 @@ def _assign_splits(run: CollectionRun, items: list[LabeledImage]) -> list[Labele
             continue
         first = item.image_id.split("/", 1)[0] if "/" in item.image_id else ""
         item.split = FOLDER_SPLITS.get(first.lower()) or assign_split(
-            item.image_id, p.val_fraction, p.test_fraction, p.seed
+            unit_groups.hash_key(item.image_id, item.group), p.val_fraction, p.test_fraction, p.seed
         )
     return items
 
@@ -487,6 +500,7 @@ def _from_split_files(run: CollectionRun, items: list[LabeledImage]) -> list[Lab
         val_fraction=p.val_fraction,
         test_fraction=p.test_fraction,
         seed=p.seed,
+        keys={item.image_id: unit_groups.hash_key(item.image_id, item.group) for item in items},
     )
     missing = result.not_found
     run.warn(

@@ -115,6 +115,7 @@ def assign_splits(
     val_fraction: float = 0.0,
     test_fraction: float = 0.0,
     seed: int = 0,
+    keys: Mapping[str, str] | None = None,
 ) -> SplitAssignment:
     """Match split lists to units.
 
@@ -123,6 +124,9 @@ def assign_splits(
         listed: entry -> (split, file) from :func:`read_split_files`.
         unlisted: a unit no entry names is dropped (``"drop"``) or gets a split from the
             stable hash of its id (``"hash"``, :func:`modalities.base.assign_split`).
+        keys: unit id -> the key its hash is drawn from (its group, so the unlisted units
+            of one group share a split; :mod:`modalities.formats.unit_groups`); default:
+            the unit id.
 
     An entry naming several units (a stem shared by two folders) gives all of them its
     split; a unit named by entries of two splits is refused (:class:`DataError` naming both
@@ -153,5 +157,6 @@ def assign_splits(
         else:
             result.unlisted.append(unit)
             if unlisted == "hash":
-                result.split[unit] = assign_split(unit, val_fraction, test_fraction, seed)
+                key = unit if keys is None else keys.get(unit, unit)
+                result.split[unit] = assign_split(key, val_fraction, test_fraction, seed)
     return result

@@ -40,7 +40,7 @@ from modalities.base import (
     assign_split,
 )
 from modalities.medical import datalist as dl
-from modalities.medical import formats, slices, split_files, volumes
+from modalities.medical import formats, slices, split_files, units, volumes
 from modalities.medical.linking import (
     link_volume,
     lps_ras_flip,
@@ -68,8 +68,10 @@ class MedicalAdapter(ModalityAdapter):
     Params: :class:`modalities.medical.params.MedicalParams` (``datalist`` or
     ``annotations_csv`` + ``series_map``; ``world_frame``; CT ``windows`` or MRI percentiles;
     ``slice_context``; ``target_spacing``; ``min_cross_section`` / ``small_section``;
-    ``negative_slice_rate``; splits; ``max_voxels``; ``link_*`` for the 3D linking of
-    predictions, :func:`modalities.medical.linking.link_volume`).
+    ``negative_slice_rate``; splits and the patient of each volume (``group_by``,
+    ``patient_key``, ``patients_csv``: :mod:`modalities.medical.units`); ``max_voxels``;
+    ``link_*`` for the 3D linking of predictions,
+    :func:`modalities.medical.linking.link_volume`).
     """
 
     name = "medical"
@@ -135,6 +137,7 @@ class MedicalAdapter(ModalityAdapter):
         dimensions, affine) and assign splits; no voxels are read. A bad entry or volume goes
         through ``self.log.guard`` (the prepare stage's ``on_error`` decides)."""
         refs = formats.FORMATS[formats.layout_of(self.params)].discover(self)
+        units.report(self, refs)
         if self.params.split_files:
             listed = split_files.read_split_files(
                 self.root, self.params.split_files, self.resolve_inside_root
@@ -272,6 +275,7 @@ class MedicalAdapter(ModalityAdapter):
                 sample_id=f"{ref.ref_id}_k{k:04d}",
                 source=str(ref.paths["image"]),
                 split=ref.split,
+                group=ref.meta.get("group"),
                 affine=volume_affine @ slices.translate_z(k),
                 meta=meta,
                 native=volumes.native_slices([cache[j] for j in needed], self._windows, mri_range),

@@ -191,15 +191,17 @@ def claims(path: Path) -> bool:
 
 def discover(adapter: MedicalAdapter) -> list[SampleRef]:
     """One ref per datalist entry: entry checked, labels within ``class_names``, the volume
-    located inside the root and its header checked (no voxels); the split is the datalist key
-    when the file names splits (``validation``/``test``), else the stable hash of the volume
-    id. Each entry is one unit of ``adapter.log.guard`` (``unit="volume"``)."""
-    from modalities.medical import dicom
+    located inside the root and its header checked (no voxels); its group (patient:
+    :mod:`modalities.medical.units`); the split is the datalist key when the file names splits
+    (``validation``/``test``), else the stable hash of the group (of the volume id when it has
+    none). Each entry is one unit of ``adapter.log.guard`` (``unit="volume"``)."""
+    from modalities.medical import dicom, units
     from modalities.medical.adapter import _naming
 
-    assert adapter.params.datalist is not None
+    p = adapter.params
+    assert p.datalist is not None
     root = adapter.root
-    path = adapter.resolve_inside_root(adapter.params.datalist, root)
+    path = adapter.resolve_inside_root(p.datalist, root)
     raw_entries, has_splits = read_datalist(path)
     refs: list[SampleRef] = []
     seen: set[str] = set()
@@ -217,16 +219,15 @@ def discover(adapter: MedicalAdapter) -> list[SampleRef]:
             if vid in seen:
                 raise DataError(f"{where}: image {entry.image!r} listed twice", path=path)
             seen.add(vid)
+            patient = (None, None)
+            if p.patient_key is not None:
+                patient = units.entry_patient(raw, p.patient_key, where, path)
             image, fmt = adapter._locate_volume(
                 entry.image, path, f"{where}: image file {entry.image!r} not found"
             )
-            sp = split if has_splits else adapter._split(vid)
-            refs.append(
-                SampleRef(
-                    vid,
-                    sp,
-                    {"image": image, "annotation": path},
-                    {"image": entry.image, "boxes": entry.boxes, "labels": entry.labels, **fmt},
-                )
-            )
+            group = units.volume_group(root, p, image, fmt, patient)
+            sp = split if has_splits else adapter._split(group[0] or vid)
+            meta = {"image": entry.image, "boxes": entry.boxes, "labels": entry.labels, **fmt}
+            meta.update(units.group_meta(group))
+            refs.append(SampleRef(vid, sp, {"image": image, "annotation": path}, meta))
     return refs

@@ -8,7 +8,8 @@
   slices. DICOM files that are not images (no ``Rows``: DICOMDIR, structured reports) are
   ignored; a file with the ``DICM`` prefix that cannot be parsed is refused (it may be a
   slice). pydicom's warnings and log lines are captured (:attr:`FolderIndex.notes`, then the
-  prepare report), never printed.
+  prepare report), never printed. ``PatientID`` and ``StudyInstanceUID`` of the first slice
+  are kept: the volume's independence unit (:mod:`modalities.medical.units`).
 * :func:`select_series` refuses a folder holding several series without a
   ``folder#<SeriesInstanceUID>`` selection, naming a file, the modality and the file count of
   each series; the files of one series must share one ``Modality``.
@@ -121,6 +122,7 @@ class SliceHeader:
     samples_per_pixel: int
     modality: str = ""
     patient: str = ""
+    study: str = ""
 
 
 @dataclass
@@ -209,7 +211,8 @@ def read_slice_header(path: Path, notes: list[str] | None = None) -> tuple[str, 
         frames,
         samples,
         str(ds.get("Modality", "") or ""),
-        str(ds.get("PatientID", "") or ""),
+        str(ds.get("PatientID", "") or "").strip(),
+        str(ds.get("StudyInstanceUID", "") or "").strip(),
     )
 
 
@@ -273,6 +276,7 @@ class SeriesGeometry:
     affine_lps: np.ndarray
     slice_step_mm: float
     patient: str = ""
+    study: str = ""
 
 
 def series_geometry(folder: Path, uid: str, headers: list[SliceHeader]) -> SeriesGeometry:
@@ -319,6 +323,7 @@ def series_geometry(folder: Path, uid: str, headers: list[SliceHeader]) -> Serie
         affine,
         step,
         first.patient,
+        first.study,
     )
 
 

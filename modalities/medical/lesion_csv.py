@@ -75,18 +75,33 @@ def _missing_series(
     )
 
 
+def _patients(adapter: MedicalAdapter) -> tuple[Path | None, dict[str, str] | None]:
+    """The ``patients_csv`` path and its ``{series uid: patient}`` (None, None: not set)."""
+    from modalities.medical.units import DEFAULT_PATIENT_COLUMN, read_patients_csv
+
+    p = adapter.params
+    if p.patients_csv is None:
+        return None, None
+    path = adapter.resolve_inside_root(p.patients_csv, adapter.root)
+    return path, read_patients_csv(path, p.patient_key or DEFAULT_PATIENT_COLUMN)
+
+
 def discover(adapter: MedicalAdapter) -> list[SampleRef]:
     """One ref per series (those with rows, and every series of a ``series_map`` mapping):
     series whose volume is absent (another LUNA16 subset) are counted and reported once
     (``missing_series``); a series with an unusable row is refused; the volume's header is
-    checked (no voxels); the split is the stable hash of the series uid. Each series is one
-    unit of ``adapter.log.guard`` (``unit="volume"``)."""
+    checked (no voxels); its group (patient: ``patients_csv``, DICOM headers or ``group_by``,
+    :mod:`modalities.medical.units`); the split is the stable hash of the group (of the series
+    uid when it has none). Each series is one unit of ``adapter.log.guard``
+    (``unit="volume"``)."""
+    from modalities.medical import units
     from modalities.medical.adapter import _naming
 
     p = adapter.params
     assert p.annotations_csv is not None
     path = adapter.resolve_inside_root(p.annotations_csv, adapter.root)
     rows, bad = read_lesion_csv(path, p.candidate_diameter_mm)
+    patients_path, patients = _patients(adapter)
     series = list(iter_series(rows, p.series_map))
     missing = [uid for uid, rel in series if _absent(adapter, rel)]
     if missing:
@@ -102,14 +117,16 @@ def discover(adapter: MedicalAdapter) -> list[SampleRef]:
             if uid in bad:
                 raise DataError(f"series {uid!r}: {bad[uid]}", path=path)
             assert rel is not None  # absent series are left out above
+            patient = units.series_patient(patients, uid, patients_path)
             image, fmt = adapter._locate_volume(
                 rel, path, f"image file {rel!r} of series {uid!r} not found"
             )
+            group = units.volume_group(adapter.root, p, image, fmt, patient)
             boxes = rows.get(uid, [])
             refs.append(
                 SampleRef(
                     volume_id(rel),
-                    adapter._split(uid),
+                    adapter._split(group[0] or uid),
                     {"image": image, "annotation": path},
                     {
                         "image": rel,
@@ -117,6 +134,7 @@ def discover(adapter: MedicalAdapter) -> list[SampleRef]:
                         "labels": [0] * len(boxes),
                         "seriesuid": uid,
                         **fmt,
+                        **units.group_meta(group),
                     },
                 )
             )

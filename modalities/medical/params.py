@@ -7,6 +7,7 @@ from typing import Any, Literal
 
 from dsod_core.errors import ConfigError
 from modalities.base import AdapterParams, param
+from modalities.formats.groups import GROUP_BY_DOC, check_group_by
 
 #: Named CT windows, ``(lo, hi)`` in HU (lung: WL -600/WW 1500; mediastinum: 40/400; bone:
 #: 300/1500).
@@ -135,8 +136,20 @@ class MedicalParams(AdapterParams):
     split_files: dict[str, str] = param(
         default_factory=dict,
         doc="split (train/val/test) -> text file relative to root listing its volumes, one a "
-        "line: volume id, image path, series uid or PatientID ('#' comments); overrides "
+        "line: volume id, image path, series uid, PatientID or group ('#' comments); overrides "
         "datalist keys and the hash",
+    )
+    group_by: str | None = param(None, GROUP_BY_DOC)
+    patient_key: str | None = param(
+        None,
+        "the patient of each volume (splits keep it whole): a field every datalist entry must "
+        "have (e.g. patient_id), or the patient column of patients_csv (default patient_id); "
+        "null = DICOM PatientID, else the volume",
+    )
+    patients_csv: str | None = param(
+        None,
+        "LUNA16 CSV layout: CSV relative to root naming each series' patient, columns "
+        "seriesuid (or 'Series UID') and patient_key; null = DICOM PatientID, else the series",
     )
     dicom_stray_files: Literal["error", "skip"] = param(
         "error",
@@ -204,12 +217,37 @@ class MedicalParams(AdapterParams):
                     "series_map",
                     f"a template may only use {{seriesuid}}, got {self.series_map!r}",
                 )
+        self._check_groups()
         bad_splits = sorted(set(self.split_files) - {"train", "val", "test"})
         if bad_splits:
             self.fail("split_files", f"keys must be train, val or test, got {bad_splits}")
         cn = self.class_names
         if cn is not None and (not cn or not all(cn) or len(set(cn)) != len(cn)):
             self.fail("class_names", f"must be a list of distinct non-empty names, got {cn!r}")
+
+    def _check_groups(self) -> None:
+        """``group_by``, ``patient_key`` and ``patients_csv``: one source of the patient,
+        each for its layout."""
+        if why := check_group_by(self.group_by):
+            self.fail("group_by", why)
+        if self.group_by is not None:
+            for name in ("patient_key", "patients_csv"):
+                if getattr(self, name) is not None:
+                    self.fail(name, "set either group_by (from the path) or " + name)
+        if self.patients_csv is not None and self.datalist is not None:
+            self.fail(
+                "patients_csv",
+                "belongs to the LUNA16 CSV layout (annotations_csv); with a datalist name the "
+                "entries' patient field with patient_key",
+            )
+        if self.annotations_csv is not None and self.patient_key and not self.patients_csv:
+            self.fail(
+                "patient_key",
+                "with annotations_csv it names the patient column of patients_csv; set "
+                "patients_csv (LUNA16's CSV names series only)",
+            )
+        if self.patient_key is not None and not self.patient_key.strip():
+            self.fail("patient_key", "must be a non-empty field name or null")
 
 
 @dataclass(frozen=True)

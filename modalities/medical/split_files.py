@@ -7,7 +7,9 @@ root), read by the project's shared reader (:mod:`modalities.formats.splits`: on
 volume by any of: its volume id (the image path as the annotations write it, with ``/`` and
 ``#`` as ``__`` and the suffix dropped), the image path as written, the file or folder name
 with or without its suffix, its series uid (the LUNA16 ``seriesuid``, the DICOM
-``SeriesInstanceUID``) or, for DICOM, its ``PatientID`` (so a patient's volumes share a split).
+``SeriesInstanceUID``), for DICOM its ``PatientID``, or its group (the patient of
+``patient_key`` / ``patients_csv``, the key of ``group_by``): so a patient's volumes share a
+split.
 
 * A volume named in two files (directly, or through its patient and its series) is refused
   naming both files; a name listed twice in one file is harmless.
@@ -52,7 +54,7 @@ def names_of(ref: SampleRef) -> set[str]:
     for suffix in VOLUME_SUFFIXES:
         if base.lower().endswith(suffix):
             names.add(base[: -len(suffix)])
-    for key in ("seriesuid", "dicom_series", "patient_id"):
+    for key in ("seriesuid", "dicom_series", "patient_id", "group"):
         if ref.meta.get(key):
             names.add(str(ref.meta[key]))
     names.discard("")

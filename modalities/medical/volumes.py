@@ -140,6 +140,8 @@ def locate_volume(
         meta = {"format": "dicom", "dicom_series": geometry.uid}
         if geometry.patient:
             meta["patient_id"] = geometry.patient
+        if geometry.study:
+            meta["study_uid"] = geometry.study
         return path, meta
     if not path.is_file():
         raise DataError(not_found, path=referenced_from)

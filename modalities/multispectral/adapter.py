@@ -21,6 +21,8 @@ from rasterio.windows import Window
 from dsod_core.data.sample import Sample
 from dsod_core.errors import ConfigError, DataError
 from modalities.base import ModalityAdapter, PrepareLog, SampleRef, assign_split, split_hash
+from modalities.formats.groups import group_of
+from modalities.formats.unit_groups import hash_key
 from modalities.multispectral import (
     background,
     bandstack,
@@ -207,6 +209,7 @@ class MultispectralAdapter(ModalityAdapter):
                         path=path,
                     )
                 feats = unit_labels.read_labels(self, info)
+                info.group = group_of(info.rel, p.group_by, path=path)  # None without group_by
                 self._channel_names = info.channel_names
                 self._rasters[info.rel] = info
                 kept.append((info, feats))
@@ -239,12 +242,14 @@ class MultispectralAdapter(ModalityAdapter):
     ) -> SampleRef:
         """The raster's ref: its chips (windows with their boxes), empty ones kept at
         ``empty_chip_rate`` by a stable hash, each with its split (``listed``: the raster's
-        split from ``split_files``, for all its chips; else the split hash)."""
+        split from ``split_files``, for all its chips; else the split hash of its group
+        (``group_by``), or of the raster)."""
         p = self.params
         boxes = np.array([b for _, b, _ in feats], dtype=np.float64).reshape(-1, 4)
         labels = np.array([self._class_names.index(c) + 1 for c, _, _ in feats], dtype=np.int64)
         difficult = np.array([d for _, _, d in feats], dtype=bool)
-        raster_split = listed or assign_split(info.rel, p.val_fraction, p.test_fraction, p.seed)
+        key = hash_key(info.rel, info.group)
+        raster_split = listed or assign_split(key, p.val_fraction, p.test_fraction, p.seed)
         bg = self._background
         bg["units"] += 1
         bg["background_units"] += not feats
@@ -283,7 +288,7 @@ class MultispectralAdapter(ModalityAdapter):
             ref_id=stem,
             split=raster_split,
             paths={"image": info.path},
-            meta={"raster": info.rel, "chips": chips, "stack": info.stack},
+            meta={"raster": info.rel, "chips": chips, "stack": info.stack, "group": info.group},
         )
 
     # --- reading -----------------------------------------------------------------------
@@ -330,6 +335,9 @@ class MultispectralAdapter(ModalityAdapter):
                 col, row, w, h = chip["window"]
                 image, valid = self._read_chip(ds, info, Window(col, row, w, h), stats)
                 sample = chips.chip_sample(info, chip, image, valid, units)
+                # the raster's group (group_by); split_by: chip declares every chip its own
+                # unit (the user's choice for one big raster; docs: it leaks neighbourhoods)
+                sample.group = sample.sample_id if p.split_by == "chip" else ref.meta.get("group")
                 sample.validate(
                     num_channels=len(self.channel_names), num_classes=len(self.class_names)
                 )

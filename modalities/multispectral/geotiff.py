@@ -160,6 +160,8 @@ class RasterInfo:
     # A band stack's scene ({"folder", "scene_id", "files": band -> file under root}), or
     # None for a raster file; opened by the adapter as a bandstack.BandStack.
     stack: dict | None = None
+    # The independence unit (``group_by`` on ``rel``); None: the raster or scene itself.
+    group: str | None = None
     # Per band read: the raw value that is no-data beside GDAL's mask (a band without a
     # nodata tag: Sentinel-2 MTD NODATA or the nodata param), NaN for none.
     nodata: np.ndarray | None = None

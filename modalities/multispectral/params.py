@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from modalities.base import AdapterParams, param
+from modalities.formats.groups import GROUP_BY_DOC, check_group_by
 
 # Spectral roles -> default band description (the role's own name).
 DEFAULT_ROLES: dict[str, str] = {
@@ -170,6 +171,9 @@ class MultispectralParams(AdapterParams):
     split_by: Literal["raster", "chip"] = param(
         "raster", "split unit: whole rasters (no leakage between overlapping chips) or chips"
     )
+    # on the raster's path (a scene's <folder>/<scene id>) under root; e.g. the Sentinel-2
+    # tile '_(T\d{2}[A-Z]{3})_' makes one place on every date one unit (needs split_by: raster)
+    group_by: str | None = param(None, GROUP_BY_DOC)
     val_fraction: float = param(0.15, "share of the validation split", min=0, max=1)
     test_fraction: float = param(
         0.15, "share of the test split (1: an evaluation-only dataset)", min=0, max=1
@@ -208,6 +212,10 @@ class MultispectralParams(AdapterParams):
         bad = sorted(set(self.split_files) - {"train", "val", "test"})
         if bad:
             self.fail("split_files", f"keys must be train, val, test; got {bad[0]!r}")
+        if why := check_group_by(self.group_by):
+            self.fail("group_by", why)
+        if self.group_by is not None and self.split_by == "chip":
+            self.fail("group_by", "keeps rasters of one group in one split: needs split_by: raster")
         pattern = self.labels_pattern
         if self.label_format == "coco" and "{stem}" in pattern:
             self.fail("label_pattern", f"coco labels are one file for all rasters: {pattern!r}")

@@ -32,6 +32,7 @@ from dsod_core.io import write_atomic, write_json
 from modalities.base import AdapterParams, ModalityAdapter, PrepareLog, SampleRef, assign_split
 from modalities.formats.collection import BOX_TOLERANCE_PX as BOX_TOLERANCE_PX  # re-exported
 from modalities.formats.collection import clip_boxes, size_mismatch
+from modalities.formats.unit_groups import group_for, hash_key
 from modalities.rgb import coco, demo, formats, voc
 from modalities.rgb.params import RGBParams
 
@@ -118,16 +119,34 @@ class RGBAdapter(ModalityAdapter):
     # --- discovery ----------------------------------------------------------------------
     def discover(self) -> list[SampleRef]:
         """The units of the ``format`` param's module (:data:`modalities.rgb.formats.FORMATS`:
-        ``voc.discover``, ``coco.discover`` or ``collection.discover``); with
-        ``val_fraction`` > 0, VOC and COCO train images go to val by the stable split hash of
-        their id (a collection applies it to its own hash-split images)."""
+        ``voc.discover``, ``coco.discover`` or ``collection.discover``). VOC and COCO images
+        get their group from ``group_by`` on the image's path under root (``meta["group"]``;
+        an image whose path it does not match is refused through ``self.log.guard``); with
+        ``val_fraction`` > 0 their train images go to val by the stable split hash of their
+        group, else their id (a collection does both in the shared layer)."""
         refs = formats.FORMATS[self.params.format].discover(self)
+        if self.params.format == "collection":  # the layer set groups and hash splits
+            return refs
+        refs = self._grouped(refs)
         fraction = self.params.val_fraction
-        if fraction > 0 and self.params.format != "collection":  # there: the layer's hash
+        if fraction > 0:
             for ref in refs:
                 if ref.split == "train":
-                    ref.split = assign_split(ref.ref_id, fraction, 0.0, seed=self.params.seed)
+                    key = hash_key(ref.ref_id, ref.meta.get("group"))
+                    ref.split = assign_split(key, fraction, 0.0, seed=self.params.seed)
         return refs
+
+    def _grouped(self, refs: list[SampleRef]) -> list[SampleRef]:
+        """``ref.meta["group"]`` of every VOC or COCO image from ``group_by`` (its image path
+        under root); an image whose path has no group goes through ``self.log.guard``."""
+        spec = self.params.group_by
+        kept = []
+        for ref in refs:
+            image = ref.paths["image"]
+            with self.log.guard(self._display(image), unit="image"):
+                ref.meta["group"] = group_for(self.root, image, spec, self._display(image))
+                kept.append(ref)
+        return kept
 
     def _display(self, path: Path) -> Path:
         """``path`` (absolute, inside root) shown relative to ``root`` as the user gave it."""
@@ -180,6 +199,7 @@ class RGBAdapter(ModalityAdapter):
             affine=np.eye(4),
             meta=meta,
             native=NativeImage(chw, divisor=255.0),  # stored as uint8 (docs/store.md)
+            group=ref.meta.get("group"),  # group_by (docs/modalities/rgb.md)
         )
         sample.validate(num_channels=3, num_classes=len(self.class_names))
         yield sample

@@ -4,7 +4,9 @@
 The collection layout's params (``labels``, ``image_dir``, ``label_dir``, ``split_files``,
 ``class_map``, ``crowd``, ``unmatched``, ...) are those of the shared labelled-image layer,
 :class:`modalities.formats.collection.CollectionParams`, from which :class:`RGBParams`
-derives; ``class_map``, ``crowd`` and ``unmatched`` apply to the ``coco`` layout too."""
+derives; ``class_map``, ``crowd`` and ``unmatched`` apply to the ``coco`` layout too,
+``group_by`` to every layout (on the image's path under root, e.g.
+``VOC2007/JPEGImages/000005.jpg`` or ``train2017/seq01/frame_0001.jpg``)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,7 @@ from typing import Literal
 
 from modalities.base import param
 from modalities.formats.collection import CollectionParams
+from modalities.formats.groups import check_group_by
 
 SPLIT_PARAM = {"train": "train_sets", "val": "val_sets", "test": "test_sets"}
 """Split -> the VOC param listing its ``ImageSets/Main`` lists."""
@@ -55,7 +58,8 @@ class RGBParams(CollectionParams):
     val_fraction: float = param(
         0.0,
         "move this fraction (in [0, 1)) of the train images to val by a stable hash of the "
-        "sample id; 0 keeps the dataset's own splits (collection: of hash-split images)",
+        "group (group_by), else the sample id; 0 keeps the dataset's own splits "
+        "(collection: of hash-split images)",
         min=0,
         max=1,
     )
@@ -102,6 +106,8 @@ class RGBParams(CollectionParams):
             self.fail(
                 "val_fraction", f"must be < 1 (some images must train), got {self.val_fraction}"
             )
+        if why := check_group_by(self.group_by):  # every layout: the image path under root
+            self.fail("group_by", why)
         if self.format == "voc":
             self._check_voc()
         elif self.format == "coco":

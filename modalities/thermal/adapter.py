@@ -161,6 +161,7 @@ class ThermalAdapter(ModalityAdapter):
             split=ref.split,
             affine=np.eye(4),
             meta=meta,
+            group=ref.meta.get("group"),  # group_by (docs/modalities/thermal.md)
         )
         sample.validate(num_channels=1, num_classes=len(self.class_names))
         yield sample
