@@ -101,6 +101,25 @@ def unit_groups(units: Sequence[Hashable]) -> list[np.ndarray]:
     return [np.asarray(v, dtype=np.int64) for v in groups.values()]
 
 
+def _paired_runs(
+    units: Sequence[Hashable],
+    metric_a: Metric | Sequence[Metric],
+    metric_b: Metric | Sequence[Metric],
+    level: float,
+) -> tuple[list[np.ndarray], list[tuple[Metric, Metric]]]:
+    """(the units' image positions, the (a, b) metric pair of every seed), checked."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"level must lie in (0, 1), got {level}")
+    groups = unit_groups(units)
+    if not groups:
+        raise ValueError("no test images")
+    runs_a = [metric_a] if callable(metric_a) else list(metric_a)
+    runs_b = [metric_b] if callable(metric_b) else list(metric_b)
+    if not runs_a or len(runs_a) != len(runs_b):
+        raise ValueError(f"need paired seeds, got {len(runs_a)} and {len(runs_b)} metrics")
+    return groups, list(zip(runs_a, runs_b))
+
+
 def paired_bootstrap(
     units: Sequence[Hashable],
     metric_a: Metric | Sequence[Metric],
@@ -124,18 +143,11 @@ def paired_bootstrap(
     ``n_units``, ``n_seeds``, ``seed_diffs`` (each seed's difference on the full set),
     ``replicates`` and ``contains_zero``.
     """
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must lie in (0, 1), got {level}")
-    groups = unit_groups(units)
-    if not groups:
-        raise ValueError("no test images")
-    runs_a = [metric_a] if callable(metric_a) else list(metric_a)
-    runs_b = [metric_b] if callable(metric_b) else list(metric_b)
-    if not runs_a or len(runs_a) != len(runs_b):
-        raise ValueError(f"need paired seeds, got {len(runs_a)} and {len(runs_b)} metrics")
-    n_seeds = len(runs_a)
+    groups, runs = _paired_runs(units, metric_a, metric_b, level)
+    runs_a, runs_b = [a for a, _ in runs], [b for _, b in runs]
+    n_seeds = len(runs)
     everything = np.concatenate(groups)
-    seed_diffs = [float(b(everything) - a(everything)) for a, b in zip(runs_a, runs_b)]
+    seed_diffs = [float(b(everything) - a(everything)) for a, b in runs]
     rng = np.random.default_rng(seed)
     values = np.empty(replicates, dtype=np.float64)
     for r in range(replicates):
@@ -206,16 +218,7 @@ def seed_test_interval(
 
     Returns the fields of :func:`combine_terms`.
     """
-    if not 0.0 < level < 1.0:
-        raise ValueError(f"level must lie in (0, 1), got {level}")
-    groups = unit_groups(units)
-    if not groups:
-        raise ValueError("no test images")
-    runs_a = [metric_a] if callable(metric_a) else list(metric_a)
-    runs_b = [metric_b] if callable(metric_b) else list(metric_b)
-    if not runs_a or len(runs_a) != len(runs_b):
-        raise ValueError(f"need paired seeds, got {len(runs_a)} and {len(runs_b)} metrics")
-    runs = list(zip(runs_a, runs_b))
+    groups, runs = _paired_runs(units, metric_a, metric_b, level)
     everything = np.concatenate(groups)
     seed_diffs = [float(b(everything) - a(everything)) for a, b in runs]
     values = np.zeros(0)
