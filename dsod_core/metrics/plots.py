@@ -144,8 +144,8 @@ def plot_curves(
 
     ``series``: one mapping per curve with ``label``, ``points`` (``[(x, y), ...]``; points
     whose ``y`` is None are left out, so a curve only joins measured values) and optionally
-    ``style`` (a matplotlib format string such as ``"--"``) and ``spread`` (one half-width
-    per point, e.g. the std over seeds, drawn as error bars).
+    ``style`` (a matplotlib format string such as ``"--"``), ``marker`` and ``spread`` (one
+    half-width per point, e.g. the std over seeds, drawn as error bars).
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
@@ -158,9 +158,8 @@ def plot_curves(
         pts = [(x, y, e) for (x, y), e in zip(s["points"], spread) if y is not None]
         if pts:
             xs, ys, es = zip(*pts)
-            line = ax.plot(
-                xs, ys, s.get("style", "-"), marker="." if len(pts) < 30 else None, label=s["label"]
-            )
+            marker = s.get("marker", "." if len(pts) < 30 else None)
+            line = ax.plot(xs, ys, s.get("style", "-"), marker=marker, label=s["label"])
             if s.get("spread"):
                 err = [0.0 if e is None else e for e in es]
                 ax.errorbar(xs, ys, yerr=err, fmt="none", capsize=3, color=line[0].get_color())

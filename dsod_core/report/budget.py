@@ -106,7 +106,8 @@ def plot_budget(rows: list[dict[str, Any]], plots: Path, seed: int) -> dict[str,
                 {
                     "label": f"{arm_label(arm[0])} (test, mean of {len(arm)})",
                     "points": [(x, float(np.mean([r["map50"] for r in arm])))],
-                    "style": "o",
+                    "style": "",
+                    "marker": "o",
                 }
             )
         if series:

@@ -246,7 +246,7 @@ def contrast(
         "n_units": result["n_units"],
         "n_images": int(len(units)),
         "diff_mean": round(result["diff"], 4),
-        "ci95": [round(v, 4) for v in result["ci"]],
+        "ci95": clipped(result["ci"]),
         "level": result["level"],
         "se": round(result["se"], 5),
         "df": round(result["df"], 2),
@@ -303,6 +303,15 @@ def differences(
     return out
 
 
+def clipped(interval: list[float]) -> list[float]:
+    """An interval of a difference of two mAPs, intersected with ``[-1, 1]`` (the range the
+    difference can take, so the intersection covers the truth exactly as often) and rounded
+    to 4 decimals: with one degree of freedom in the seed term a raw interval can run past
+    ±1, which says only that nothing is shown."""
+    low, high = interval
+    return [round(max(-1.0, float(low)), 4), round(min(1.0, float(high)), 4)]
+
+
 def primary_index(diffs: list[dict[str, Any]], primary: dict[str, Any] | None) -> int | None:
     """The position of the declared primary comparison (``target``, ``source``, ``fraction``,
     ``against``) among ``diffs``; None when none is declared or it was not run."""
@@ -328,7 +337,7 @@ def apply_family(
         d["primary"] = i == index
         d["p"] = _round(adj["p"])
         d["p_holm"] = _round(adj["p_holm"])
-        d["ci_adjusted"] = [round(v, 4) for v in adj["ci_adjusted"]]
+        d["ci_adjusted"] = clipped(adj["ci_adjusted"])
         d["adjustment"] = adj["adjustment"]
 
 
