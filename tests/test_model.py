@@ -38,6 +38,16 @@ def _one_intra_op_thread():
 def reference_sizes(cfg: DSODConfig) -> list[int]:
     """Source-map sides from the layer arithmetic of the spec (ceil-mode pools)."""
     s = cfg.input_size
+    if cfg.backbone == "vgg16":  # pool1, pool2 floor, pool3 ceil: conv4_3; pool4 floor: fc7
+        s = math.ceil(s // 4 / 2)
+        sizes = [s, s // 2]
+        if cfg.prediction == "plain":  # conv8_2, conv9_2 3x3/2 pad 1; conv10_2, conv11_2 valid
+            sizes += [(sizes[-1] - 1) // 2 + 1]
+            sizes += [(sizes[-1] - 1) // 2 + 1]
+            return sizes + [sizes[-1] - 2, sizes[-1] - 4]
+        for _ in range(4):
+            sizes.append(math.ceil(sizes[-1] / 2))
+        return sizes
     if cfg.stem == "dsod":
         s = (s - 1) // 2 + 1  # 3×3/2 pad 1
         s = math.ceil(s / 2)  # max 2×2/2 ceil
@@ -52,8 +62,39 @@ def reference_sizes(cfg: DSODConfig) -> list[int]:
     return sizes
 
 
+def reference_vgg16_param_count(cfg: DSODConfig) -> tuple[int, list[int]]:
+    """SSD300 VGG16 (Caffe layout), counted by hand: convs with bias, no norm except in the
+    dense structure's pre-activation units, L2 norm on conv4_3 only."""
+    widths = [64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512]
+    n, c = 0, cfg.in_channels
+    for w in widths:
+        n += c * w * 9 + w
+        c = w
+    n += 512 * 1024 * 9 + 1024 + 1024 * 1024 + 1024  # fc6 (3x3, dilation 6), fc7 (1x1)
+    channels = [512, 1024]
+    if cfg.prediction == "plain":
+        for w in cfg.extra_channels:  # 1x1 -> n, 3x3 -> 2n, bias on both
+            n += channels[-1] * w + w + w * 2 * w * 9 + 2 * w
+            channels.append(2 * w)
+    else:
+        half = cfg.learned_half_channels
+        n += 2 * 512 + 512 * half  # pooled conv4_3 -> BN-ReLU-1x1
+        channels[-1] += half
+        for w in cfg.extra_channels:
+            c = channels[-1]
+            n += 2 * (2 * c + c * w) + 2 * w + w * w * 9
+            channels.append(2 * w)
+    n += 512  # L2-norm scale on conv4_3
+    for ch, nb in zip(channels, [4, 6, 6, 6, 4, 4]):
+        for out in (nb * 4, nb * (cfg.num_classes + 1)):
+            n += ch * out * 9 + out
+    return n, channels
+
+
 def reference_param_count(cfg: DSODConfig) -> tuple[int, list[int]]:
     """Learnable parameters and source channels of a DSOD, counted by hand from the spec."""
+    if cfg.backbone == "vgg16":
+        return reference_vgg16_param_count(cfg)
 
     def conv(i: int, o: int, k: int) -> int:  # no bias anywhere
         return i * o * k * k
@@ -148,6 +189,9 @@ def meta_model(name: str, **kwargs) -> DSOD:
         {"prior_dataset": "imagenet"},
         {"memory_efficient": "yes"},
         {"input_size": 16},
+        {"backbone": "resnet50"},
+        {"backbone": "vgg16", "prediction": "plain", "input_size": 267},
+        {"backbone": "vgg16", "high_res_source": True},
     ],
 )
 def test_config_rejects_bad_values(bad: dict) -> None:
@@ -255,6 +299,58 @@ def test_plain_param_count_closest_faithful_reading() -> None:
     dsod_stem = 3 * 64 * 9 + 64 * 64 * 9 + 64 * 128 * 9 + 2 * (64 + 64 + 128)
     densenet_stem = 3 * 128 * 49 + 2 * 128
     assert params - nostem == dsod_stem - densenet_stem
+
+
+def test_ssd300_vgg16_matches_the_paper_and_caffe_ssd() -> None:
+    # Table 4: SSD300 VGG16, 26.3M for 21 classes at 300 px (from scratch or fine-tuned).
+    rows = {r["variant"]: r for r in summarize(["ssd300_vgg16", "ssd300_vgg16_dense"])}
+    ssd = rows["ssd300_vgg16"]
+    assert ssd["params"] == 26_285_486
+    assert abs(ssd["params"] - 26.3e6) <= 0.01 * 26.3e6
+    assert ssd["paper_params"] == 26_300_000 and ssd["notation"] == "VGG16"
+    assert ssd["source_sizes"] == [38, 19, 10, 5, 3, 1]
+    assert ssd["source_channels"] == [512, 1024, 512, 256, 256, 256]
+    assert ssd["num_priors"] == 8732
+    assert rows["ssd300_vgg16_dense"]["paper_params"] is None
+    assert rows["ssd300_vgg16_dense"]["source_sizes"] == [38, 19, 10, 5, 3, 2]
+    model = meta_model("ssd300_vgg16")
+    # Caffe SSD300's boxes: min 30..264 px, max 60..315, steps 8, 16, 32, 64, 100, 300.
+    boxes = build_model("ssd300_vgg16", in_channels=3, num_classes=1).default_boxes
+    assert boxes.shape == (8732, 4)
+    torch.testing.assert_close(boxes[0], torch.tensor([4, 4, 30, 30]) / 300.0)
+    torch.testing.assert_close(boxes[1, 2:], torch.full((2,), math.sqrt(30 * 60) / 300.0))
+    last = boxes[-4:]  # the 1x1 conv11_2 map: centre 150 px, min 264, max 315
+    torch.testing.assert_close(last[:, :2], torch.full((4, 2), 0.5))
+    torch.testing.assert_close(last[1, 2:], torch.full((2,), math.sqrt(264 * 315) / 300.0))
+    conv10_2 = boxes[-4 - 36 : -4 : 4]  # steps of 100 px: centres 50, 150, 250
+    torch.testing.assert_close(conv10_2[:3, 0], torch.tensor([50.0, 150.0, 250.0]) / 300.0)
+    # Caffe SSD layout: bias on every conv, no norm layer, L2 norm on conv4_3 only.
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert len(convs) == 13 + 2 + 8 + 12 and all(m.bias is not None for m in convs)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert [type(m) for m in model.head.norms] == [L2Norm] + [nn.Identity] * 5
+    pools = [m for m in model.backbone.modules() if isinstance(m, nn.MaxPool2d)]
+    assert [p.ceil_mode for p in pools] == [False, False, True, False, False]
+    assert model.backbone.fc6.dilation == (6, 6) and model.backbone.fc6.kernel_size == (3, 3)
+    # The forward gives the same (loc, conf) layout as DSOD (shapes only, on the meta device).
+    with torch.device("meta"):
+        loc, conf = model(torch.empty(2, 3, 300, 300))
+    assert loc.shape == (2, 8732, 4) and conf.shape == (2, 8732, 21)
+
+
+def test_ssd300_vgg16_minimum_input_and_vgg16_initialisation() -> None:
+    assert variant_config("ssd300_vgg16", in_channels=1, num_classes=1, input_size=268)
+    with pytest.raises(ConfigError, match=r"input_size.*267 is too small.*>= 268 px"):
+        variant_config("ssd300_vgg16", in_channels=1, num_classes=1, input_size=267)
+    assert meta_model("ssd300_vgg16", input_size=268).source_sizes == (34, 17, 9, 5, 3, 1)
+    # The dense structure on VGG16 works at the project's small test sizes.
+    assert meta_model("ssd300_vgg16_dense", input_size=64).source_sizes == (8, 4, 2, 1, 1, 1)
+    torch.manual_seed(3)
+    model = build_model("ssd300_vgg16", in_channels=2, num_classes=1)
+    for conv in (m for m in model.modules() if isinstance(m, nn.Conv2d)):
+        bound = math.sqrt(3.0 / conv.weight[0].numel())  # Caffe xavier, bias 0 (scratch)
+        assert conv.weight.abs().max() <= bound and not conv.bias.any()
+    assert torch.equal(model.head.norms[0].weight, torch.full((512,), 20.0))
 
 
 def test_summary_json(capsys: pytest.CaptureFixture[str]) -> None:
@@ -445,8 +541,12 @@ def _assert_trains(model: DSOD, batch: torch.Tensor) -> None:
         assert torch.isfinite(p.grad).all(), name
 
 
+# SSD300's extra layers need 268 px: ssd300_vgg16 trains at 300 in tests/test_backbone_init.py.
+SMALL_INPUT_VARIANTS = [n for n in list_variants() if n != "ssd300_vgg16"]
+
+
 @pytest.mark.parametrize("in_channels", [1, 3, 4, 13])
-@pytest.mark.parametrize("name", list_variants())
+@pytest.mark.parametrize("name", SMALL_INPUT_VARIANTS)
 def test_forward_backward_every_variant(name: str, in_channels: int) -> None:
     torch.manual_seed(4)
     model = build_model(name, in_channels=in_channels, num_classes=3, input_size=64)

@@ -15,7 +15,9 @@ Three layouts:
   the last two maps and [2, 3] on the others.
 - ``auto`` (the default): ``dsod300`` when ``image_size == 300`` and the maps are DSOD300's
   ``[38, 19, 10, 5, 3, 2]`` (which is what the network produces at 300 px, so the boxes are
-  bit for bit the authors'), ``generic`` otherwise. For the six maps of the network at any
+  bit for bit the authors') or SSD300's ``[38, 19, 10, 5, 3, 1]`` (the same sizes and steps
+  on a 1x1 last map: exactly Caffe SSD300's 8,732 boxes, for the VGG16 variants),
+  ``generic`` otherwise. For the six maps of the network at any
   other size this means: the same aspect ratios, per-location order and box counts as at 300;
   min and max sizes the same fractions of the image side as at 300 (VOC min 0.1, 0.2, 0.37,
   0.54, 0.71, 0.88 and max 0.2 .. 1.05); steps ``image_size / map_size``, so every centre lies
@@ -45,6 +47,8 @@ LAYOUTS = ("auto", "dsod300", "generic")
 # The only input size the dsod300 layout is defined for, and the source maps it has there.
 DSOD300_SIZE = 300
 DSOD300_MAPS = (38, 19, 10, 5, 3, 2)
+# SSD300's maps (VGG16 with the Caffe extra layers): the same layout gives its 8,732 boxes.
+SSD300_MAPS = (38, 19, 10, 5, 3, 1)
 
 # Pixel sizes at a 300x300 input (docs/dsod.md section 3, the authors' generator scripts).
 _MIN_SIZES_300 = {
@@ -92,13 +96,14 @@ def check_dsod300_input_size(layout: str, input_size: int) -> None:
 
 def resolve_layout(layout: str, feature_map_sizes: list[int], image_size: int) -> str:
     """The concrete layout (``"dsod300"`` or ``"generic"``) that ``layout`` means for these maps
-    and this input size: ``"auto"`` is ``"dsod300"`` at 300 px with DSOD300's maps, else
-    ``"generic"``; the other layouts are themselves."""
+    and this input size: ``"auto"`` is ``"dsod300"`` at 300 px with DSOD300's or SSD300's
+    maps, else ``"generic"``; the other layouts are themselves."""
     _check_layout(layout, len(feature_map_sizes))
     if layout != "auto":
         return layout
     maps = tuple(int(f) for f in feature_map_sizes)
-    return "dsod300" if image_size == DSOD300_SIZE and maps == DSOD300_MAPS else "generic"
+    paper_maps = maps in (DSOD300_MAPS, SSD300_MAPS)
+    return "dsod300" if image_size == DSOD300_SIZE and paper_maps else "generic"
 
 
 def _aspect_ratios(layout: str, num_maps: int) -> list[tuple[float, ...]]:

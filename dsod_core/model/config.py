@@ -15,10 +15,12 @@ from dsod_core.errors import ConfigError
 from dsod_core.model.norm import NORMS
 from dsod_core.params import Params, param
 
+Backbone = Literal["dsod", "vgg16"]
 Stem = Literal["dsod", "densenet"]
 Prediction = Literal["dense", "plain"]
 PriorLayout = Literal["auto", "dsod300", "generic"]
 PriorDataset = Literal["voc", "coco"]
+BACKBONES = typing.get_args(Backbone)
 STEMS = typing.get_args(Stem)
 PREDICTIONS = typing.get_args(Prediction)
 PRIOR_LAYOUTS = typing.get_args(PriorLayout)
@@ -39,6 +41,12 @@ class DSODConfig(Params):
         num_classes: K object classes, background excluded; ``conf`` has K + 1 columns.
         input_size: side of the square input in pixels; fixes the source-map sizes and
             the default boxes.
+        backbone: ``"dsod"`` (the DenseNet backbone below, every DSOD variant) or ``"vgg16"``
+            (SSD300's VGG16 trunk with its reduced fc6/fc7, ``dsod_core/model/vgg.py``, the
+            paper's SSD300 baselines). With ``vgg16`` the DenseNet fields (stem, widths,
+            blocks, ``memory_efficient``) are not used; ``prediction`` ``plain`` is SSD300's
+            extra layers and head (bias, no norm, L2 norm on conv4_3 only; input_size >= 268)
+            and ``dense`` DSOD's dense structure on conv4_3 and fc7 with the same head.
         stem_channels: A, width of the first stem conv (the stem ends with 2A channels).
         bottleneck_width: B, output width of each dense layer's 1×1 conv.
         growth_rate: k, channels each dense layer adds.
@@ -64,7 +72,8 @@ class DSODConfig(Params):
             the batch size) or ``"sync_batch"`` (BatchNorm synchronised across processes)
             in every conv unit of backbone, prediction layers and head
             (``dsod_core/model/norm.py``).
-        prior_layout: ``"auto"`` (default) is exactly the paper's default boxes at 300 px and
+        prior_layout: ``"auto"`` (default) is exactly the paper's default boxes at 300 px
+            (SSD300's with the VGG16 extra layers' 1x1 last map) and
             the same layout scaled to the input size elsewhere (sizes as the same fractions of
             the image, steps image / map so every centre lies inside it); ``"dsod300"`` the
             paper's boxes (absolute steps and sizes, the 2×2 quirk), 300 px inputs only;
@@ -91,6 +100,7 @@ class DSODConfig(Params):
     in_channels: int = param(doc="channels of the input image", min=1)
     num_classes: int = param(doc="K object classes, background excluded", min=1)
     input_size: int = param(300, "side of the square input in pixels", min=MIN_INPUT_SIZE)
+    backbone: Backbone = param("dsod", "dsod (DenseNet, DSOD) or vgg16 (SSD300's VGG16 trunk)")
     stem_channels: int = param(64, "A, width of the first stem conv", min=1)
     bottleneck_width: int = param(192, "B, output width of each dense layer's 1x1 conv", min=1)
     growth_rate: int = param(48, "k, channels each dense layer adds", min=1)
@@ -137,6 +147,23 @@ class DSODConfig(Params):
             )
         check_dsod300_input_size(self.prior_layout, self.input_size)
         self._check_fitted_priors()
+        if self.backbone == "vgg16":
+            self._check_vgg16()
+
+    def _check_vgg16(self) -> None:
+        # Imported here: the VGG module builds on backbone.py, which imports this one.
+        from dsod_core.model.vgg import SSD_MIN_INPUT_SIZE, ssd_extras_sizes, vgg16_output_sizes
+
+        if self.high_res_source:
+            self.fail("high_res_source", "is a DSOD backbone option; backbone 'vgg16' has none")
+        top = vgg16_output_sizes(self.input_size)[1]
+        if self.prediction == "plain" and min(ssd_extras_sizes(top)) < 1:
+            self.fail(
+                "input_size",
+                f"{self.input_size} is too small for backbone 'vgg16' with SSD300's extra layers "
+                f"(prediction 'plain': conv10_2 and conv11_2 are valid 3x3 convs), which need "
+                f">= {SSD_MIN_INPUT_SIZE} px; use prediction 'dense' below that",
+            )
 
     @property
     def num_sources(self) -> int:
@@ -162,7 +189,10 @@ class DSODConfig(Params):
             self.fail("prior_ratios", f"needs 2 values, got {list(self.prior_ratios)}")
 
     def notation(self) -> str:
-        """The paper's DS/A-B-k-θ name of this backbone, e.g. ``DS/64-192-48-1``."""
+        """The paper's DS/A-B-k-θ name of this backbone, e.g. ``DS/64-192-48-1``; ``VGG16``
+        for the VGG16 trunk."""
+        if self.backbone == "vgg16":
+            return "VGG16"
         theta = f"{self.compression:g}"
         return f"DS/{self.stem_channels}-{self.bottleneck_width}-{self.growth_rate}-{theta}"
 

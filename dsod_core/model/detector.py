@@ -14,7 +14,8 @@ from dsod_core.model.backbone import DSODBackbone, PreActConv
 from dsod_core.model.config import NUM_SOURCES, DSODConfig
 from dsod_core.model.head import DSODHead
 from dsod_core.model.norm import is_norm
-from dsod_core.model.prediction import DensePrediction, PlainPrediction, source_sizes
+from dsod_core.model.prediction import DensePrediction, PlainPrediction
+from dsod_core.model.vgg import SSDExtras, VGG16Backbone
 
 
 def init_backbone_conv(conv: nn.Conv2d) -> None:
@@ -56,6 +57,36 @@ def model_prior_maps(config: DSODConfig, sizes: tuple[int, ...]) -> list[PriorMa
     return [*six, PriorMap(side, 1.0 / side, float(lo), float(hi), (ratio,))]
 
 
+def build_trunk(config: DSODConfig) -> tuple[nn.Module, nn.Module]:
+    """The backbone and the prediction structure of ``config``.
+
+    Both backbones give (source 1, top map) with ``out_channels`` and ``output_sizes``; every
+    prediction structure turns them into the six sources (``source_channels``, ``map_sizes``).
+    """
+    dense = config.prediction == "dense"
+    if config.backbone == "vgg16":
+        vgg = VGG16Backbone(config.in_channels)
+        if not dense:
+            return vgg, SSDExtras(vgg.out_channels, config.extra_channels)
+        structure = DensePrediction(
+            vgg.out_channels, config.learned_half_channels, config.extra_channels, config.norm
+        )
+        return vgg, structure
+    # Dense: the last transition is the 256-wide learned half of source 2. Plain: it
+    # compresses by θ like the other transitions and is source 2 itself.
+    backbone = DSODBackbone(config, config.learned_half_channels if dense else None)
+    if dense:
+        prediction: nn.Module = DensePrediction(
+            backbone.out_channels,
+            config.learned_half_channels,
+            config.extra_channels,
+            config.norm,
+        )
+    else:
+        prediction = PlainPrediction(backbone.out_channels, config.extra_channels, config.norm)
+    return backbone, prediction
+
+
 class DSOD(nn.Module):
     """DSOD object detector for images of any channel count.
 
@@ -64,7 +95,8 @@ class DSOD(nn.Module):
     logits with column 0 the background. ``default_boxes`` [P, 4] (cx, cy, w, h, normalised to
     [0, 1]) is a non-persistent buffer derived from the config, so checkpoints hold only
     weights. C = ``config.in_channels``, S = ``config.input_size``; other sizes run but the
-    default boxes only fit S.
+    default boxes only fit S. ``config.backbone`` ``vgg16`` builds the paper's SSD300 baselines
+    with the same interface (:func:`build_trunk`, ``dsod_core/model/vgg.py``).
     """
 
     default_boxes: Tensor
@@ -72,24 +104,10 @@ class DSOD(nn.Module):
     def __init__(self, config: DSODConfig) -> None:
         super().__init__()
         self.config = config
-        # Dense: the last transition is the 256-wide learned half of source 2. Plain: it
-        # compresses by θ like the other transitions and is source 2 itself.
-        dense = config.prediction == "dense"
-        self.backbone = DSODBackbone(config, config.learned_half_channels if dense else None)
-        if dense:
-            self.prediction: nn.Module = DensePrediction(
-                self.backbone.out_channels,
-                config.learned_half_channels,
-                config.extra_channels,
-                config.norm,
-            )
-        else:
-            self.prediction = PlainPrediction(
-                self.backbone.out_channels, config.extra_channels, config.norm
-            )
+        self.backbone, self.prediction = build_trunk(config)
         self._source_channels: tuple[int, ...] = tuple(self.prediction.source_channels)
         self._source_sizes = tuple(
-            source_sizes(*self.backbone.output_sizes(config.input_size), NUM_SOURCES - 2)
+            self.prediction.map_sizes(*self.backbone.output_sizes(config.input_size))
         )
         self.boxes_per_location = tuple(boxes_per_location(config.prior_layout, NUM_SOURCES))
         # The stride-4 source (config.high_res_source) comes after the six, in the head's
@@ -102,18 +120,25 @@ class DSOD(nn.Module):
             self._source_sizes += (self.backbone.high_res_size(config.input_size),)
             self.boxes_per_location += (4,)
         self.head = DSODHead(
-            self._source_channels, self.boxes_per_location, config.num_classes, config.norm
+            self._source_channels,
+            self.boxes_per_location,
+            config.num_classes,
+            config.norm,
+            style="ssd" if config.backbone == "vgg16" else "dsod",
         )
         self.prior_maps: tuple[PriorMap, ...] = tuple(model_prior_maps(config, self._source_sizes))
         self.register_buffer("default_boxes", boxes_of_maps(self.prior_maps), persistent=False)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """Xavier (Caffe) on backbone and prediction convs, BN to (1, 0), head N(0, 0.01)."""
+        """Xavier (Caffe) on backbone and prediction convs (bias 0 where there is one, in the
+        VGG16 variants), BN to (1, 0), head N(0, 0.01) (SSD's head: xavier, bias 0)."""
         for module in (self.backbone, self.prediction, self.high_res or nn.Identity()):
             for m in module.modules():
                 if isinstance(m, nn.Conv2d):
                     init_backbone_conv(m)
+                    if m.bias is not None:
+                        nn.init.zeros_(m.bias)
                 elif is_norm(m):
                     m.reset_parameters()
         self.head.reset_parameters()

@@ -1,9 +1,14 @@
 """Detection head (docs/dsod.md §2): per source, L2 norm with a learnable per-channel scale,
-then 3×3 localisation and classification convs, each followed by BN and no ReLU."""
+then 3×3 localisation and classification convs, each followed by BN and no ReLU.
+
+The ``ssd`` style is Caffe SSD300's head, for the VGG16 variants: L2 norm on the first source
+(conv4_3) only, and 3×3 convs with a bias and no norm (Caffe ``xavier`` weights, zero bias)."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +19,7 @@ from dsod_core.model.norm import make_norm
 L2_SCALE_INIT = 20.0
 HEAD_BN_EPS = 1e-3
 HEAD_INIT_STD = 0.01
+HeadStyle = Literal["dsod", "ssd"]
 
 
 class L2Norm(nn.Module):
@@ -37,7 +43,11 @@ class L2Norm(nn.Module):
         return F.normalize(x, p=2.0, dim=1, eps=self.eps) * self.weight.view(1, -1, 1, 1)
 
 
-def _conv_bn(in_channels: int, out_channels: int, norm: str = "batch") -> nn.Sequential:
+def _conv_bn(
+    in_channels: int, out_channels: int, norm: str = "batch", style: HeadStyle = "dsod"
+) -> nn.Sequential:
+    if style == "ssd":  # Caffe SSD: conv with bias, no norm (same module names as below)
+        return nn.Sequential(nn.Conv2d(in_channels, out_channels, 3, padding=1))
     # The head's BN has eps 1e-3 (the authors' ConvBNLayer), not PyTorch's 1e-5.
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
@@ -52,6 +62,7 @@ class DSODHead(nn.Module):
     ``loc [B, P, 4]`` (box offsets in the coder's units) and ``conf [B, P, K+1]`` (logits,
     column 0 = background), P = Σ H_i·W_i·A_i. Rows are ordered source by source, then row-major
     over locations, then over the A_i boxes of a location: the order of the default boxes.
+    ``style``: ``"dsod"`` (L2 norm on every source, conv + BN) or ``"ssd"`` (module doc).
     """
 
     def __init__(
@@ -60,6 +71,7 @@ class DSODHead(nn.Module):
         boxes_per_location: Sequence[int],
         num_classes: int,
         norm: str = "batch",
+        style: HeadStyle = "dsod",
     ) -> None:
         super().__init__()
         if len(source_channels) != len(boxes_per_location):
@@ -67,22 +79,33 @@ class DSODHead(nn.Module):
                 f"{len(source_channels)} sources but {len(boxes_per_location)} box counts"
             )
         self.num_outputs = num_classes + 1
-        self.norms = nn.ModuleList(L2Norm(c) for c in source_channels)
+        self.style = style
+        self.norms = nn.ModuleList(
+            L2Norm(c) if style == "dsod" or i == 0 else nn.Identity()
+            for i, c in enumerate(source_channels)
+        )
         self.loc = nn.ModuleList(
-            _conv_bn(c, a * 4, norm) for c, a in zip(source_channels, boxes_per_location)
+            _conv_bn(c, a * 4, norm, style) for c, a in zip(source_channels, boxes_per_location)
         )
         self.conf = nn.ModuleList(
-            _conv_bn(c, a * self.num_outputs, norm)
+            _conv_bn(c, a * self.num_outputs, norm, style)
             for c, a in zip(source_channels, boxes_per_location)
         )
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
         for branch in (*self.loc, *self.conf):
-            nn.init.normal_(branch[0].weight, mean=0.0, std=HEAD_INIT_STD)
+            conv = branch[0]
+            if self.style == "ssd":  # Caffe SSD's head: xavier (variance 1 / fan_in), bias 0
+                bound = math.sqrt(3.0 / conv.weight[0].numel())
+                nn.init.uniform_(conv.weight, -bound, bound)
+                nn.init.zeros_(conv.bias)
+                continue
+            nn.init.normal_(conv.weight, mean=0.0, std=HEAD_INIT_STD)
             branch[1].reset_parameters()
         for norm in self.norms:
-            norm.reset_parameters()
+            if isinstance(norm, L2Norm):
+                norm.reset_parameters()
 
     def forward(self, sources: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
         locs, confs = [], []

@@ -68,6 +68,10 @@ class DensePrediction(nn.Module):
         self.scales = nn.ModuleList(scales)
         self.source_channels: tuple[int, ...] = tuple(channels)
 
+    def map_sizes(self, source1_size: int, top_size: int) -> list[int]:
+        """Sides of all source maps given the backbone's two."""
+        return source_sizes(source1_size, top_size, len(self.scales))
+
     def forward(self, source1: Tensor, top: Tensor) -> list[Tensor]:
         sources = [source1, torch.cat([top, self.source2_pooled(source1)], 1)]
         for scale in self.scales:
@@ -95,6 +99,10 @@ class PlainPrediction(nn.Module):
             channels.append(2 * width)
         self.scales = nn.ModuleList(scales)
         self.source_channels: tuple[int, ...] = tuple(channels)
+
+    def map_sizes(self, source1_size: int, top_size: int) -> list[int]:
+        """Sides of all source maps given the backbone's two."""
+        return source_sizes(source1_size, top_size, len(self.scales))
 
     def forward(self, source1: Tensor, top: Tensor) -> list[Tensor]:
         sources = [source1, top]

@@ -175,6 +175,27 @@ for _name, _params, _description, _config in _TABLE3:
         _name, paper_params=_params, description=_description, prediction="plain", **_config
     )
 
+# --- the paper's Table 4 SSD300 baselines: VGG16 trunk (dsod_core/model/vgg.py). The same
+# network is the "pre-trained" row (75.8 mAP, backbone from an ImageNet checkpoint,
+# dsod_core/backbone_init.py) and the "SSD300S" from-scratch row (69.6); 26.3M both. ---
+register_variant(
+    "ssd300_vgg16",
+    paper_params=26.3e6,
+    description="SSD300 VGG16, Caffe SSD extra layers and head (plain), input >= 268 px",
+    backbone="vgg16",
+    prediction="plain",
+)
+register_variant(
+    "ssd300_vgg16_dense",
+    paper_params=None,
+    description=(
+        "VGG16 trunk with DSOD's dense prediction structure (the paper's SSD300S dense row; "
+        "its parameter figure is not recorded here)"
+    ),
+    backbone="vgg16",
+    prediction="dense",
+)
+
 # --- not from the paper: small enough for CPU demos and tests (64-128 px inputs) ---
 register_variant(
     "dsod_tiny",
