@@ -174,6 +174,27 @@ def _check_source(state: dict[str, torch.Tensor], fmt: Format, path: Path) -> No
             )
 
 
+def check_backbone_checkpoint(path: str | os.PathLike, format: Format) -> dict[str, object]:
+    """Read the file at ``path`` and check it is an ImageNet VGG16 in layout ``format`` (every
+    mapped key, every shape; any first-conv channel count), without a model: what the
+    pipeline's checkpoint reference records. Returns ``tensors`` (the file's count),
+    ``in_channels`` (of its first conv) and ``unused`` (keys with no counterpart). Raises
+    ``CheckpointError`` naming the file, ``ConfigError`` on an unknown ``format``."""
+    path = Path(path)
+    if format not in FORMATS:
+        raise ConfigError(
+            f"backbone checkpoint format must be one of {list(FORMATS)}, got {format!r}"
+        )
+    state = read_state_dict(path)
+    _check_source(state, format, path)
+    used = {source for source, _, _ in KEY_MAP[format]}
+    return {
+        "tensors": len(state),
+        "in_channels": int(state["features.0.weight"].shape[1]),
+        "unused": sorted(k for k in state if k not in used),
+    }
+
+
 def _convert(tensor: torch.Tensor, conversion: str, target: torch.Tensor) -> torch.Tensor:
     if conversion == "adapt":
         return adapt_input_conv(tensor, target.shape[1])

@@ -29,6 +29,7 @@ def describe() -> str:
 
     tables = [
         ("(top level)", p.ParamsFile),
+        ("checkpoints.<name>", p.CheckpointEntry),
         ("demo", p.DemoSection),
         ("datasets.<name>", p.DatasetEntry),
         ("prepare", p.PrepareSection),

@@ -2,8 +2,8 @@
 
 ``python -m pipelines.compare --runs-dir reports/runs --out reports/compare --summary
 results/summary.json --plots results/plots`` (paths from ``dvc.yaml``). Reads every run the
-params call for (``targets`` x (scratch + ``sources``) x ``train_fractions`` x ``seeds``, and
-each source model) from the evaluate stages' folders and writes:
+params call for (``targets`` x (scratch + ``sources`` + ``checkpoints``) x ``train_fractions``
+x ``seeds``, and each project source model) from the evaluate stages' folders and writes:
 
 - ``reports/compare.json``: an object with ``runs`` (one row per trained run and seed),
   ``aggregates`` (mean and std over seeds per dataset, init, source and fraction),
@@ -53,14 +53,15 @@ def run_name(init: str, source: str | None, fraction: Any) -> str:
 
 def arms(params: dict[str, Any], axes: dict[str, list]) -> list[tuple[str, str | None, Any]]:
     """(init, source, fraction as written) of every run folder of a target: scratch and every
-    source's fine-tuned run at each fraction, the matched arm at ``comparison
-    .matched_fractions``."""
+    source's fine-tuned run at each fraction (the project sources', then the ImageNet
+    ``checkpoints``'), the matched arm of each project source at ``comparison
+    .matched_fractions`` (a checkpoint source has none: docs/compare_imagenet.md)."""
     section = comparison_section(params)
     matched = [float(f) for f in section.matched_fractions] if section else []
     out = []
     for raw in params.get("train_fractions", [1.0]):
         out.append(("scratch", None, raw))
-        out += [("finetuned", s, raw) for s in axes["sources"]]
+        out += [("finetuned", s, raw) for s in [*axes["sources"], *axes["checkpoints"]]]
         if float(raw) in matched:
             out += [("matched", s, raw) for s in axes["sources"]]
     return out

@@ -50,6 +50,7 @@ PIPELINE_KEYS = {
     "seed",
     "train_fraction",
     "resume",
+    "init_format",
 }
 
 
@@ -216,6 +217,28 @@ class EvaluateSection(Params):
 
 
 @dataclass
+class CheckpointEntry(Params):
+    """One entry of ``checkpoints``: an ImageNet VGG16 checkpoint file the user has, a source
+    of fine-tuned runs beside the project's source models (docs/compare_imagenet.md)."""
+
+    section: ClassVar[str] = "checkpoints.<name>"
+
+    path: str = param(
+        doc="the checkpoint file (in the repository or an absolute path; a DVC dependency)",
+        min_len=1,
+    )
+    format: Literal["torchvision", "timm"] = param(
+        doc="torchvision: vgg16-397923af.pth; timm: vgg16.tv_in1k model.safetensors (or .pth)"
+    )
+    image_passes: int = param(
+        doc="the compute that made the checkpoint, charged to its fine-tuned arm, e.g. "
+        "90 epochs x 1,281,167 images = 115305030",
+        min=0,
+    )
+    note: str | None = param(None, "where the file and the image_passes figure come from")
+
+
+@dataclass
 class PrimaryComparison(Params):
     """``comparison.primary``: the one comparison declared before the results are seen; it
     alone is reported unadjusted (docs/study.md, "Multiplicity")."""
@@ -223,12 +246,13 @@ class PrimaryComparison(Params):
     section: ClassVar[str] = "comparison.primary"
 
     target: str = param(doc="a dataset in targets", min_len=1)
-    source: str = param(doc="a dataset in sources", min_len=1)
+    source: str = param(doc="a dataset in sources or a name in checkpoints", min_len=1)
     fraction: float = param(1.0, "a value of train_fractions", min=0, max=1, min_exclusive=True)
     against: Literal["matched", "scratch"] = param(
         "matched",
         "the scratch arm fine-tuning is compared with: matched (the same total image passes, "
-        "source pretraining included) or scratch (the same target-training budget)",
+        "source pretraining included; project sources only) or scratch (the same "
+        "target-training budget)",
     )
 
 
@@ -242,7 +266,8 @@ class ComparisonSection(Params):
     primary: PrimaryComparison = param(doc="the declared primary comparison")
     matched_fractions: list[float] = param(
         default_factory=lambda: [1.0],
-        doc="train fractions with a compute-matched scratch arm (each in train_fractions)",
+        doc="train fractions with a compute-matched scratch arm of each project source "
+        "(each in train_fractions; checkpoints get none)",
         min=0,
         max=1,
         min_exclusive=True,
@@ -275,9 +300,13 @@ class ParamsFile(Params):
         min_len=1,
     )
     sources: list[str] = param(
-        doc="datasets whose source model fine-tuned runs start from",
-        min_len=1,
-        expect="a non-empty list of datasets (the source models of fine-tuning)",
+        doc="datasets whose source model fine-tuned runs start from ([]: only checkpoints)",
+        expect="a list of datasets (the source models of fine-tuning)",
+    )
+    checkpoints: dict[str, CheckpointEntry] = param(
+        default_factory=dict,
+        doc="name -> an ImageNet VGG16 checkpoint file: a source of fine-tuned runs of every "
+        "target (model.variant with backbone vgg16; {}: none)",
     )
     demo: DemoSection = param(doc="synthetic data of every modality")
     datasets: dict[str, DatasetEntry] = param(doc="name -> dataset entry", min_len=1)
@@ -294,6 +323,19 @@ class ParamsFile(Params):
 
     def check(self) -> None:
         _check_lists(vars(self), self.datasets)
+        if not self.sources and not self.checkpoints:
+            self.fail(
+                "sources",
+                "is empty and so is checkpoints: fine-tuned runs need a source (a dataset, or "
+                "an ImageNet checkpoint in checkpoints)",
+            )
+        clash = sorted(set(self.checkpoints) & set(self.datasets))
+        if clash:
+            self.fail(
+                "checkpoints",
+                f"{clash} are dataset names too; a checkpoint source needs a name of its own "
+                "(its reference is models/pretrain/<name>/)",
+            )
         _check_comparison(self)
 
 
@@ -312,13 +354,20 @@ def _check_comparison(f: ParamsFile) -> None:
     p = c.primary
     for key, value, allowed in (
         ("target", p.target, f.targets),
-        ("source", p.source, f.sources),
+        ("source", p.source, [*f.sources, *f.checkpoints]),
         ("fraction", float(p.fraction), fractions),
     ):
         if value not in allowed:
             raise ParamError(
                 ("comparison", "primary", key), "check", f"{value!r} is not in {list(allowed)}"
             )
+    if p.against == "matched" and p.source in f.checkpoints:
+        raise ParamError(
+            ("comparison", "primary", "against"),
+            "check",
+            f"checkpoint source {p.source!r} has no compute-matched scratch arm "
+            "(docs/compare_imagenet.md); set against: scratch",
+        )
     if p.against == "matched" and float(p.fraction) not in [float(x) for x in c.matched_fractions]:
         raise ParamError(
             ("comparison", "primary", "fraction"),
@@ -341,7 +390,7 @@ def _check_lists(values: Mapping[str, Any], datasets: Mapping[str, Any]) -> None
                 raise ParamError((name,), "check", f"{dataset!r} is not in datasets ({known})")
 
 
-AXES = ("seed", "seeds", "source_seeds", "train_fractions", "sources")
+AXES = ("seed", "seeds", "source_seeds", "train_fractions", "sources", "checkpoints")
 
 
 # --- the public functions the stages use ------------------------------------------------------
@@ -381,6 +430,7 @@ def study_axes(params: dict[str, Any], source: str = "params.yaml") -> dict[str,
         "source_seeds": source_seeds,
         "train_fractions": fractions,
         "sources": axes["sources"],
+        "checkpoints": list(axes.get("checkpoints") or {}),
     }
 
 
@@ -528,7 +578,7 @@ def validate_params(
             check_dataset(name, entry, source)
     model = parsed.model
     try:  # the rules of the whole DSODConfig (three blocks, input size of the prior layout)
-        variant_config(
+        built = variant_config(
             model.variant,
             in_channels=1,
             num_classes=1,
@@ -537,6 +587,7 @@ def validate_params(
         )
     except ConfigError as exc:
         raise ConfigError(f"model: {exc.reason}", path=source) from None
+    check_checkpoints(parsed.checkpoints, model.variant, built.backbone, source)
     for name, layer in training_layers(params):
         check_train_layer(name, layer, source)
     # Paths come from dvc.yaml at run time; only the params are checked here.
@@ -545,6 +596,39 @@ def validate_params(
     for dataset in params["targets"]:
         for init in INITS:
             build_config(params, dataset, init, Path("<out-dir>"), "<store>", source=source)
+
+
+def check_checkpoints(
+    checkpoints: Mapping[str, CheckpointEntry], variant: str, backbone: str, source: str
+) -> None:
+    """Checkpoint sources need a model with a VGG16 trunk and a file that is there (its
+    layout is checked by the reference stage, ``pipelines.train NAME --init checkpoint``)."""
+    if checkpoints and backbone != "vgg16":
+        raise ConfigError(
+            f"checkpoints {sorted(checkpoints)} are ImageNet VGG16 checkpoints: they need a "
+            f"model.variant with backbone vgg16 (ssd300_vgg16, ssd300_vgg16_dense), "
+            f"model.variant is {variant!r} (backbone {backbone!r})",
+            path=source,
+        )
+    for name, entry in checkpoints.items():
+        if not Path(entry.path).is_file():
+            raise ConfigError(
+                f"checkpoints.{name}.path: no file {entry.path!r} (download it on a connected "
+                "machine and put it there: docs/compare_imagenet.md)",
+                path=source,
+            )
+
+
+def checkpoint_entry(
+    params: Mapping[str, Any], name: str, source: str = "params.yaml"
+) -> CheckpointEntry:
+    """The entry ``checkpoints.<name>``, parsed; one line naming the known ones otherwise."""
+    raw = params.get("checkpoints") or {}
+    if not isinstance(raw, Mapping) or name not in raw:
+        known = sorted(raw) if isinstance(raw, Mapping) else []
+        detail = f"unknown checkpoint {name!r}; checkpoints in params: {known}"
+        raise ConfigError(detail, path=source)
+    return _section(params, "checkpoints", source)[0][name]
 
 
 # --- training params --------------------------------------------------------------------------

@@ -6,6 +6,15 @@ train detectors on a prepared store.
 trains the source models (``pretrain.train``, the whole train split), one per seed in
 ``source_seeds``, into ``models/pretrain/DATASET/seed-<k>/``.
 
+``python -m pipelines.train NAME --init checkpoint --out-dir models/pretrain/NAME`` trains
+nothing: it checks the ImageNet VGG16 file of ``checkpoints.NAME`` (every mapped key and
+shape, :mod:`dsod_core.backbone_init`) and writes its reference, ``checkpoint.json`` (path,
+format, sha256, the declared ``image_passes``, note) and a ``history.json`` whose budget is
+those declared image passes, so fine-tuned runs from it are charged them
+(docs/compare_imagenet.md). A fine-tuned run whose ``--init-weights`` is such a folder starts
+from the file (checked to still have the recorded sha256) through
+:func:`dsod_core.backbone_init.load_backbone_checkpoint`; there is no matched arm for it.
+
 ``python -m pipelines.train DATASET --init scratch|finetuned --fraction F --store S
 --out-dir models/DATASET/RUN [--init-weights models/pretrain/SOURCE --source SOURCE]``
 trains one run per seed in ``seeds``, into ``RUN/seed-<s>/``, on the nested subset ``F`` of
@@ -32,6 +41,7 @@ in ``--out-dir`` is removed, so a typo never destroys a trained model.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import multiprocessing
@@ -47,6 +57,7 @@ from dsod_core.operating_point import calibrate_run, threshold_words
 from pipelines._common import load_params, stage_main
 from pipelines.params import (
     build_config,
+    checkpoint_entry,
     evaluate_section,
     source_seed_for,
     study_axes,
@@ -87,6 +98,7 @@ def _train_one(job: dict[str, Any]) -> str | None:
             train_fraction=job["fraction"],
         )
         config.resume = job["resume"]
+        config.init_format = job.get("init_format") or "project"
         config.progress = config.progress and job["progress"]
         if job.get("iterations"):  # the matched arm: its length is its budget
             config.iterations = job["iterations"]
@@ -135,10 +147,13 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("dataset", help="the dataset to train on")
     parser.add_argument(
-        "--init", default="scratch", choices=["pretrain", "scratch", "finetuned", "matched"]
+        "--init",
+        default="scratch",
+        choices=["pretrain", "scratch", "finetuned", "matched", "checkpoint"],
+        help="checkpoint: write the reference of checkpoints.<dataset> (no training)",
     )
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--store", required=True, help="the prepared store (.h5)")
+    parser.add_argument("--store", help="the prepared store (.h5; every init but checkpoint)")
     parser.add_argument("--out-dir", required=True, help="the run folder")
     parser.add_argument(
         "--init-weights",
@@ -173,6 +188,80 @@ def source_model(init_weights: str, axes: dict[str, list], seed: int) -> tuple[P
     return model, k
 
 
+REFERENCE = "checkpoint.json"  # in models/pretrain/<name>/ of a checkpoint source
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def checkpoint_reference(init_weights: str | None) -> dict[str, Any] | None:
+    """The reference a checkpoint source's folder holds (:func:`write_reference`), None for
+    a folder of project source models or a model.pt."""
+    path = Path(init_weights or "") / REFERENCE
+    return json.loads(path.read_text()) if init_weights and path.is_file() else None
+
+
+def write_reference(args: argparse.Namespace, params: dict[str, Any]) -> None:
+    """``--init checkpoint``: check ``checkpoints.<name>``'s file and write its reference into
+    ``--out-dir`` (``checkpoint.json`` and a ``history.json`` with the declared budget)."""
+    from dsod_core.backbone_init import check_backbone_checkpoint
+
+    entry = checkpoint_entry(params, args.dataset, args.params)
+    path = Path(entry.path)
+    found = check_backbone_checkpoint(path, entry.format)  # refuses a file that does not fit
+    reference = {
+        "name": args.dataset,
+        "path": entry.path,
+        "format": entry.format,
+        "sha256": sha256(path),
+        "bytes": path.stat().st_size,
+        "image_passes": entry.image_passes,
+        "note": entry.note,
+        **found,
+    }
+    out_dir = Path(args.out_dir)
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    (out_dir / REFERENCE).write_text(json.dumps(reference, indent=2) + "\n")
+    budget = {"image_passes": entry.image_passes, "declared": True}
+    (out_dir / "history.json").write_text(json.dumps({"budget": budget}, indent=2) + "\n")
+    print(
+        f"checkpoint {args.dataset}: {entry.format} ImageNet VGG16 {entry.path} "
+        f"(sha256 {reference['sha256'][:12]}, {entry.image_passes:,} image passes declared)"
+    )
+
+
+def check_reference(reference: dict[str, Any], params: dict[str, Any], source: str) -> None:
+    """Before a fine-tuned run from a checkpoint source touches its folder: the model has a
+    VGG16 trunk and the file is the one the reference stage checked."""
+    from dsod_core.errors import CheckpointError
+    from dsod_core.model.registry import variant_config
+
+    model = params.get("model") or {}
+    built = variant_config(
+        model.get("variant", "dsod_tiny"), in_channels=1, num_classes=1,
+        input_size=int(model.get("input_size", 300)), **dict(model.get("overrides") or {}),
+    )  # fmt: skip
+    if built.backbone != "vgg16":
+        raise ConfigError(
+            f"checkpoint source {reference['name']!r} needs a model.variant with backbone vgg16 "
+            f"(ssd300_vgg16, ssd300_vgg16_dense), got {model.get('variant')!r}",
+            path=source,
+        )
+    path = Path(reference["path"])
+    if not path.is_file() or sha256(path) != reference["sha256"]:
+        raise CheckpointError(
+            "missing or changed since its reference was written (re-run `dvc repro`, which "
+            "re-runs its pretrain_checkpoint stage)",
+            path=path,
+        )
+
+
 def image_passes(run_dir: Path) -> int | None:
     """The image passes a trained run spent (its ``history.json`` budget; None for a run
     trained before budgets were recorded)."""
@@ -188,6 +277,23 @@ def run_budget(args: argparse.Namespace, axes: dict[str, list], seed: int) -> di
     total it is given, the paired fine-tuned run's own passes plus its source's."""
     if args.init not in ("finetuned", "matched"):
         return {}
+    reference = checkpoint_reference(args.init_weights)
+    if reference is not None:
+        if args.init == "matched":
+            raise ConfigError(
+                f"checkpoint source {reference['name']!r} has no compute-matched scratch arm "
+                "(docs/compare_imagenet.md)",
+                path=args.init_weights,
+            )
+        return {
+            "source_seed": None,
+            "source_model": reference["path"],
+            "source_image_passes": reference["image_passes"],
+            "source_kind": "checkpoint",
+            "source_format": reference["format"],
+            "source_sha256": reference["sha256"],
+            "source_note": reference.get("note"),
+        }
     model, k = source_model(args.init_weights, axes, seed)
     out: dict[str, Any] = {
         "source_seed": k,
@@ -227,6 +333,7 @@ def _jobs(args: argparse.Namespace, params: dict[str, Any], seeds: list[int], ne
             "resume": args.resume,
             "progress": k == 0,  # one progress bar on the terminal, not interleaved ones
             "budget": budget,
+            "init_format": budget.get("source_format") or "project",
         }
         if args.init == "matched":
             config = build_config(params, args.dataset, "matched", out_dir, args.store)
@@ -255,6 +362,11 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     params = load_params(args.params)
     validate_params(params, args.params, datasets=[])
+    if args.init == "checkpoint":
+        write_reference(args, params)
+        return 0
+    if not args.store:
+        raise ConfigError(f"init {args.init!r} needs --store", path=args.params)
     if args.init in ("finetuned", "matched") and not args.init_weights:
         raise ConfigError(f"init {args.init!r} needs --init-weights", path=args.params)
     if args.init == "matched" and not args.match_dir:
@@ -269,8 +381,12 @@ def main(argv: list[str] | None = None) -> int:
     first = build_config(params, args.dataset, args.init, out_dir, args.store, source=args.params)
     StoreReader(args.store).require_training(first.train_split)
     _coverage_warning(params, args.dataset, args.store)
+    reference = checkpoint_reference(args.init_weights)
+    if reference is not None:
+        check_reference(reference, params, args.params)
     for weights in dict.fromkeys(j["init_weights"] for j in jobs if j["init_weights"]):
-        load_weights(weights)
+        if reference is None:
+            load_weights(weights)
     if nested and not args.resume:
         shutil.rmtree(out_dir, ignore_errors=True)
     workers = min(len(jobs), os.cpu_count() or 1)

@@ -222,9 +222,16 @@ def test_transfer_matrix_of_known_differences():
             "| depth | – | +0.000 [-0.110, +0.110]* (self) |",
         ],
     )
-    # where the matched arm ran at the largest fraction, the matrix shows that comparison
+    # where the matched arm ran at the largest fraction, the matrix shows that comparison; a
+    # source without one (an ImageNet checkpoint) keeps its scratch comparison, marked
     matched = [*differences, _diff("ct", "rgb", 1.0, -0.2, -0.4, 0.0, against="matched")]
-    assert transfer_matrix(matched)[1][2] == "| ct | -0.200 [-0.500, +0.100]* |"
+    assert transfer_matrix(matched)[1][2] == (
+        "| ct | -0.200 [-0.500, +0.100]* | -0.100 [-0.300, +0.100]* (vs scratch) |"
+    )
+    assert (
+        transfer_matrix(matched)[1][3]
+        == "| depth | – | +0.000 [-0.110, +0.110]* (self) (vs scratch) |"
+    )
     assert transfer_matrix([]) == (None, ["| target \\ source |  |", "|---|"])
 
 

@@ -69,6 +69,11 @@ class TrainConfig(Params):
         schema=DSODConfig,
     )
     init_weights: str | None = param(None, "null: from scratch; else model.pt of a source run")
+    init_format: Literal["project", "torchvision", "timm"] = param(
+        "project",
+        "what init_weights is: project (a model.pt of this project) or an ImageNet VGG16 "
+        "checkpoint in torchvision's or timm's layout (dsod_core.backbone_init)",
+    )
     # optimisation (per-process micro-batch; global batch = batch_size*accumulate*world)
     batch_size: int = param(16, "images per process and micro-batch", min=1)
     accumulate: int = param(1, "micro-batches per optimiser step", min=1)

@@ -108,8 +108,11 @@ def setup_model(
     config: TrainConfig, reader: StoreReader, device: torch.device
 ) -> tuple[nn.Module, dict[str, list[str]]]:
     """Build the variant for the store's channels/classes; optionally initialise from a source
-    checkpoint (first conv adapted, class head re-initialised when classes differ). Returns
-    the model and which tensors were copied / adapted / re-initialised (empty from scratch)."""
+    checkpoint (first conv adapted, class head re-initialised when classes differ) or, with
+    ``init_format`` torchvision/timm, the VGG16 trunk from an ImageNet checkpoint
+    (:mod:`dsod_core.backbone_init`). Returns the model and which tensors were copied /
+    adapted / re-initialised (and, from an ImageNet file, its unused keys; empty from
+    scratch)."""
     torch.manual_seed(config.seed)
     model = build_model(
         config.variant,
@@ -119,7 +122,11 @@ def setup_model(
         **config.model_overrides,
     )
     transfer: dict[str, list[str]] = {}
-    if config.init_weights:
+    if config.init_weights and config.init_format != "project":  # an ImageNet VGG16 file
+        from dsod_core.backbone_init import load_backbone_checkpoint
+
+        transfer = load_backbone_checkpoint(model, config.init_weights, config.init_format)
+    elif config.init_weights:
         source = load_weights(config.init_weights)
         same = list(source.get("class_names") or []) == list(reader.class_names)
         transfer = load_transferred(

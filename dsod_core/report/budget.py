@@ -8,6 +8,11 @@ scratch arm did not); the compute-matched scratch arm (``init: matched``) was gi
 total (rounded up to a whole optimiser step), so "fine-tuned − matched" compares equal compute and
 "fine-tuned − scratch" compares equal target-training compute (He et al., "Rethinking ImageNet
 Pre-training", 2019, is the field's reference for why the distinction decides the answer).
+
+A source that is an ImageNet checkpoint (params ``checkpoints``, docs/compare_imagenet.md) is
+charged the image passes its entry declares (e.g. 90 epochs x 1,281,167 images =
+115,305,030); it has no matched arm, so its fine-tuned arm is compared with scratch only and
+the report states both budgets.
 """
 
 from __future__ import annotations
@@ -33,13 +38,21 @@ def row_budget(detail: dict[str, Any], init: str) -> dict[str, Any]:
     total = None
     if own is not None and (init != "finetuned" or source is not None):
         total = int(own) + int(source or 0)
-    return {
+    out = {
         "image_passes": own,
         "source_image_passes": source,
         "total_image_passes": total,
         "global_batch": detail.get("global_batch"),
         "source_seed": budget.get("source_seed"),
     }
+    if init == "finetuned" and budget.get("source_kind") == "checkpoint":
+        out["source_checkpoint"] = {
+            "file": budget.get("source_model"),
+            "format": budget.get("source_format"),
+            "sha256": budget.get("source_sha256"),
+            "note": budget.get("source_note"),
+        }
+    return out
 
 
 def budget_curve(history: list[dict[str, Any]], row: dict[str, Any]) -> list[list[float]]:
@@ -65,15 +78,18 @@ def mean_budget(runs: list[dict[str, Any]]) -> float | None:
 
 
 def budget_words(contrast: dict[str, Any]) -> str:
-    """``fine-tuned 9,408 (source 6,720 + own 2,688) vs matched scratch 9,416 image passes``."""
+    """``fine-tuned 9,408 (source 6,720 + own 2,688) vs matched scratch 9,416 image passes``;
+    from an ImageNet checkpoint ``(checkpoint, declared 115,305,030 + own 2,688)``."""
     ft, other = contrast["budget"]["finetuned"], contrast["budget"]["against"]
     src = contrast["budget"].get("finetuned_source")
+    checkpoint = contrast["budget"].get("source_kind") == "checkpoint"
+    what = "checkpoint, declared" if checkpoint else "source"
     name = "matched scratch" if contrast["against"] == "matched" else "scratch"
 
     def n(x: float | None) -> str:
         return "?" if x is None else f"{x:,.0f}"
 
-    detail = "" if src is None or ft is None else f" (source {n(src)} + own {n(ft - src)})"
+    detail = "" if src is None or ft is None else f" ({what} {n(src)} + own {n(ft - src)})"
     return f"fine-tuned {n(ft)}{detail} vs {name} {n(other)} image passes"
 
 

@@ -263,6 +263,7 @@ def contrast(
                 [{"total_image_passes": r.get("source_image_passes")} for r in tuned_runs]
             ),
             "against": mean_budget([other[s] for s in seeds]),
+            "source_kind": "checkpoint" if tuned_runs[0].get("source_checkpoint") else "model",
         },
         "did_not_learn": failed,
         "_result": result,
@@ -405,15 +406,19 @@ def fmt_mean_std(mean: float | None, std: float | None) -> str:
 
 def transfer_matrix(differences: list[dict[str, Any]]) -> tuple[float | None, list[str]]:
     """The target x source table (Markdown lines) of the differences at the largest train
-    fraction (against the matched arm where it ran, else scratch): mean difference and
-    interval per cell (the adjusted one unless primary), self-transfer marked; and that
-    fraction."""
+    fraction (per cell against the matched arm where it ran, else scratch, marked ``(vs
+    scratch)`` in a matrix of matched comparisons: an ImageNet checkpoint source has no
+    matched arm): mean difference and interval per cell (the adjusted one unless primary),
+    self-transfer marked; and that fraction."""
     full = max((d["train_fraction"] for d in differences), default=None)
     at_full = [d for d in differences if d["train_fraction"] == full]
     against = "matched" if any(d["against"] == "matched" for d in at_full) else "scratch"
-    differences = [d for d in differences if d["against"] == against]
     sources = list(dict.fromkeys(d["source"] for d in differences))
-    cell = {(d["dataset"], d["source"]): d for d in differences if d["train_fraction"] == full}
+    cell: dict[tuple, dict[str, Any]] = {}
+    for d in at_full:
+        key = (d["dataset"], d["source"])
+        if key not in cell or d["against"] == against:
+            cell[key] = d
     lines = ["| target \\ source | " + " | ".join(sources) + " |", "|---|" + "---|" * len(sources)]
     for dataset in dict.fromkeys(d["dataset"] for d in differences):
         cells = []
@@ -424,6 +429,7 @@ def transfer_matrix(differences: list[dict[str, Any]]) -> tuple[float | None, li
                 if d is None
                 else f"{d['diff_mean']:+.3f} {_interval_text(d)}"
                 + (" (self)" if d["self_transfer"] else "")
+                + (" (vs scratch)" if d["against"] != against else "")
                 + (
                     f" (did not learn: {', '.join(d['did_not_learn'])})"
                     if d.get("did_not_learn")
@@ -579,10 +585,39 @@ def markdown(report: dict[str, Any], pictures: dict[str, str]) -> str:
             f"| {_fmt(r['coco_ap'])} | {_fmt(r.get('image_passes'), 0)} "
             f"| {_fmt(r['train_seconds'], 0)} |"
         )
+    lines += checkpoint_lines(report.get("runs", []))
     lines += ["", "## Data efficiency and compute", ""]
     lines += [f"![{name}]({rel})" for name, rel in pictures.items()]
     lines.append("")
     return "\n".join(lines)
+
+
+def checkpoint_lines(runs: list[dict[str, Any]]) -> list[str]:
+    """The ImageNet checkpoint sources of the fine-tuned runs (params ``checkpoints``): file,
+    format, sha256 and the image passes charged to their arm as declared (none: no lines)."""
+    seen: dict[str, dict[str, Any]] = {}
+    for r in runs:
+        if r.get("source_checkpoint"):
+            seen.setdefault(r["source"], {**r["source_checkpoint"], "n": r["source_image_passes"]})
+    if not seen:
+        return []
+    lines = [
+        "",
+        "## ImageNet checkpoint sources",
+        "",
+        "Their fine-tuned arms are charged the image passes declared in params (the ImageNet "
+        "training that made the file, not measured here) and are compared with scratch only: "
+        "no compute-matched scratch arm is trained for them (docs/compare_imagenet.md).",
+        "",
+        "| source | format | file | sha256 | declared image passes | note |",
+        "|---|---|---|---|---|---|",
+    ]
+    for name, c in seen.items():
+        lines.append(
+            f"| {name} | {c['format']} | `{c['file']}` | {str(c['sha256'])[:12]} "
+            f"| {'–' if c['n'] is None else format(c['n'], ',')} | {c.get('note') or '–'} |"
+        )
+    return lines
 
 
 def summary(report: dict[str, Any]) -> dict[str, dict[str, dict[str, float | None]]]:
