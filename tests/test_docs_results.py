@@ -36,7 +36,7 @@ def test_claims_name_the_primary_the_adjusted_survivors_and_the_resolution():
                             "passes), gives +0.120 mAP@0.5 (95% CI +0.020 to +0.220")  # fmt: skip
     assert first.endswith("fine-tuned is better.")
     # the depth row's unadjusted interval excludes 0, its adjusted one does not: not claimed
-    assert "Of the other 2 comparisons, 1 exclude 0" in second
+    assert "Of the other 2 comparisons, 1 excludes 0" in second
     assert (
         "ct from rgb at train fraction 1 against scratch (+0.200, fine-tuned is better)" in second
     )

@@ -72,7 +72,8 @@ def claims(report: dict[str, Any]) -> list[str]:
             f"{_where(d)} ({d['diff_mean']:+.3f}, {_verdict(*d['ci_adjusted'])})" for d in clear
         )
         second = (
-            f"Of the other {len(others)} comparisons, {len(clear)} exclude 0 once adjusted for "
+            f"Of the other {len(others)} comparisons, {len(clear)} "
+            f"{'excludes' if len(clear) == 1 else 'exclude'} 0 once adjusted for "
             f"multiplicity (Holm p, Bonferroni intervals): {named}."
         )
     half = [(d["ci95"][1] - d["ci95"][0]) / 2 for d in diffs]
