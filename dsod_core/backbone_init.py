@@ -174,6 +174,21 @@ def _check_source(state: dict[str, torch.Tensor], fmt: Format, path: Path) -> No
             )
 
 
+def _check_format(format: str) -> None:
+    if format not in FORMATS:
+        raise ConfigError(
+            f"backbone checkpoint format must be one of {list(FORMATS)}, got {format!r}"
+        )
+
+
+def _read_checked(path: Path, format: Format) -> dict[str, torch.Tensor]:
+    """The tensors of ``path``, checked as an ImageNet VGG16 in layout ``format``."""
+    _check_format(format)
+    state = read_state_dict(path)
+    _check_source(state, format, path)
+    return state
+
+
 def check_backbone_checkpoint(path: str | os.PathLike, format: Format) -> dict[str, object]:
     """Read the file at ``path`` and check it is an ImageNet VGG16 in layout ``format`` (every
     mapped key, every shape; any first-conv channel count), without a model: what the
@@ -181,12 +196,7 @@ def check_backbone_checkpoint(path: str | os.PathLike, format: Format) -> dict[s
     ``in_channels`` (of its first conv) and ``unused`` (keys with no counterpart). Raises
     ``CheckpointError`` naming the file, ``ConfigError`` on an unknown ``format``."""
     path = Path(path)
-    if format not in FORMATS:
-        raise ConfigError(
-            f"backbone checkpoint format must be one of {list(FORMATS)}, got {format!r}"
-        )
-    state = read_state_dict(path)
-    _check_source(state, format, path)
+    state = _read_checked(path, format)
     used = {source for source, _, _ in KEY_MAP[format]}
     return {
         "tensors": len(state),
@@ -222,10 +232,7 @@ def load_backbone_checkpoint(
     ``format``.
     """
     path = Path(path)
-    if format not in FORMATS:
-        raise ConfigError(
-            f"backbone checkpoint format must be one of {list(FORMATS)}, got {format!r}"
-        )
+    _check_format(format)
     backbone = getattr(getattr(model, "config", None), "backbone", None)
     if backbone != "vgg16":
         raise CheckpointError(
@@ -233,8 +240,7 @@ def load_backbone_checkpoint(
             f"(ssd300_vgg16, ssd300_vgg16_dense); this model's backbone is {backbone!r}",
             path=path,
         )
-    state = read_state_dict(path)
-    _check_source(state, format, path)
+    state = _read_checked(path, format)
     target = model.state_dict()
     report: dict[str, list[str]] = {"copied": [], "adapted": [], "reinitialised": [], "unused": []}
     new_state = dict(target)

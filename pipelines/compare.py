@@ -42,29 +42,7 @@ from dsod_core.report.compare import (
     summary,
 )
 from pipelines._common import load_params, stage_main, write_atomic, write_json
-from pipelines.params import comparison_section, study_axes, validate_params
-
-
-def run_name(init: str, source: str | None, fraction: Any) -> str:
-    """The run folder under models/<dataset>/ (as dvc.yaml names it: the fraction as written
-    in params.yaml)."""
-    return f"scratch-f{fraction}" if init == "scratch" else f"{init}-{source}-f{fraction}"
-
-
-def arms(params: dict[str, Any], axes: dict[str, list]) -> list[tuple[str, str | None, Any]]:
-    """(init, source, fraction as written) of every run folder of a target: scratch and every
-    source's fine-tuned run at each fraction (the project sources', then the ImageNet
-    ``checkpoints``'), the matched arm of each project source at ``comparison
-    .matched_fractions`` (a checkpoint source has none: docs/compare_imagenet.md)."""
-    section = comparison_section(params)
-    matched = [float(f) for f in section.matched_fractions] if section else []
-    out = []
-    for raw in params.get("train_fractions", [1.0]):
-        out.append(("scratch", None, raw))
-        out += [("finetuned", s, raw) for s in [*axes["sources"], *axes["checkpoints"]]]
-        if float(raw) in matched:
-            out += [("matched", s, raw) for s in axes["sources"]]
-    return out
+from pipelines.params import arms, comparison_section, run_name, study_axes, validate_params
 
 
 def collect(params: dict[str, Any], runs_dir: Path) -> tuple[list[dict], list[dict]]:

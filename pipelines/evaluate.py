@@ -5,8 +5,10 @@ reports/runs/RUN --metrics results/runs/RUN.json --pr-curves results/plots/pr_cu
 (paths come from ``dvc.yaml``). A ``--run-dir`` without ``config.json`` is a folder of runs
 (``models/<dataset>``: every run and seed below it, e.g. ``scratch-f0.5/seed-1``): each is
 scored into the same relative folder under ``--out``, ``--metrics`` holds one entry per run
-(keyed by that relative path) and ``--pr-curves`` is a folder of images. ``--metrics`` is
-the run's small flat metrics file, kept in git
+(keyed by that relative path) and ``--pr-curves`` is a folder of images; with ``--study``
+only the run folders the params' study calls for are scored (one left by earlier
+``train_fractions`` or ``sources`` is named and skipped). ``--metrics`` is the run's small
+flat metrics file, kept in git
 (:data:`HEADLINE`: VOC07 11-point mAP@0.5, VOC area mAP, COCO AP/AP50/AP75, training seconds,
 parameters); ``--pr-curves`` its precision-recall image. Writes into ``--out``:
 ``detail.json`` (everything: per-class AP, AR, the modality's own metrics, world outputs, ...),
@@ -27,6 +29,7 @@ exactly the units it holds.
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +53,7 @@ from dsod_core.metrics import plot_pr_curves, score_detections
 from dsod_core.operating_point import measured_at
 from modalities.registry import adapter_from_store
 from pipelines._common import load_params, stage_main, write_json
-from pipelines.params import evaluate_section, validate_params
+from pipelines.params import arms, evaluate_section, run_name, study_axes, validate_params
 
 __all__ = ["HEADLINE", "evaluate_run", "main"]
 
@@ -191,11 +194,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--dataset", help="the store's dataset in params (default: the run's own dataset)"
     )
+    parser.add_argument(
+        "--study",
+        action="store_true",
+        help="--run-dir is models/<target>: score only the run folders the params' study calls "
+        "for; any other (left by an earlier train_fractions or sources) is named and skipped",
+    )
     args = parser.parse_args(argv)
     params = load_params(args.params)
     validate_params(params, args.params, datasets=[])
     root = Path(args.run_dir)
     runs = run_dirs(root)
+    if args.study and runs != [root]:
+        runs = study_runs(root, runs, params)
     if runs == [root]:
         m = evaluate_run(
             root,
@@ -228,6 +239,26 @@ def main(argv: list[str] | None = None) -> int:
     if args.metrics:
         write_json(args.metrics, table)
     return 0
+
+
+def study_runs(root: Path, runs: list[Path], params: dict[str, Any]) -> list[Path]:
+    """The runs under ``root`` (models/<target>) whose folder is one the study calls for
+    (``pipelines.params.arms``); a stale one is named on stderr and skipped, as the compare
+    stage would not read it."""
+    wanted = {run_name(*arm) for arm in arms(params, study_axes(params))}
+    keep, stale = [], {}
+    for run in runs:
+        top = run.relative_to(root).parts[0]
+        (keep if top in wanted else stale.setdefault(top, [])).append(run)
+    for top, found in stale.items():
+        print(
+            f"evaluate: skipped {(root / top).as_posix()} ({len(found)} run(s)): not a run of "
+            "the params' study (left by earlier params; delete it to silence this)",
+            file=sys.stderr,
+        )
+    if not keep:
+        raise CheckpointError("none of the study's runs is here", path=root)
+    return keep
 
 
 def _say(name: str, m: dict[str, Any]) -> None:

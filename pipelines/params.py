@@ -301,7 +301,8 @@ class ParamsFile(Params):
     )
     sources: list[str] = param(
         doc="datasets whose source model fine-tuned runs start from ([]: only checkpoints)",
-        expect="a list of datasets (the source models of fine-tuning)",
+        expect="a list of datasets (the source models of fine-tuning; an ImageNet checkpoint "
+        "file is a source named in `checkpoints:`, docs/compare_imagenet.md)",
     )
     checkpoints: dict[str, CheckpointEntry] = param(
         default_factory=dict,
@@ -432,6 +433,28 @@ def study_axes(params: dict[str, Any], source: str = "params.yaml") -> dict[str,
         "sources": axes["sources"],
         "checkpoints": list(axes.get("checkpoints") or {}),
     }
+
+
+def run_name(init: str, source: str | None, fraction: Any) -> str:
+    """The run folder under models/<dataset>/ (as dvc.yaml names it: the fraction as written
+    in params.yaml)."""
+    return f"scratch-f{fraction}" if init == "scratch" else f"{init}-{source}-f{fraction}"
+
+
+def arms(params: dict[str, Any], axes: dict[str, list]) -> list[tuple[str, str | None, Any]]:
+    """(init, source, fraction as written) of every run folder of a target: scratch and every
+    source's fine-tuned run at each fraction (the project sources', then the ImageNet
+    ``checkpoints``'), the matched arm of each project source at ``comparison
+    .matched_fractions`` (a checkpoint source has none: docs/compare_imagenet.md)."""
+    section = comparison_section(params)
+    matched = [float(f) for f in section.matched_fractions] if section else []
+    out = []
+    for raw in params.get("train_fractions", [1.0]):
+        out.append(("scratch", None, raw))
+        out += [("finetuned", s, raw) for s in [*axes["sources"], *axes["checkpoints"]]]
+        if float(raw) in matched:
+            out += [("matched", s, raw) for s in axes["sources"]]
+    return out
 
 
 def source_seed_for(axes: Mapping[str, list], seed: int) -> int:

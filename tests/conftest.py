@@ -5,6 +5,17 @@ import torch
 from dsod_core.data.sample import Sample
 
 
+@pytest.fixture(scope="module")
+def one_intra_op_thread():
+    """One torch intra-op thread for a module (``pytest.mark.usefixtures``): the test machine's
+    2 cores are shared with other jobs; there, two intra-op threads spin-wait on each other
+    and the model tests ran 3x slower in wall time than with one."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(0)

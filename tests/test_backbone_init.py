@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from safetensors.torch import save_file
 
 from dsod_core.backbone_init import (
     KEY_MAP,
@@ -22,21 +23,14 @@ from dsod_core.errors import CheckpointError, ConfigError
 from dsod_core.loss import MultiBoxLoss
 from dsod_core.model import build_model
 
-safetensors_torch = pytest.importorskip("safetensors.torch")
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
+
 
 # torchvision's vgg16: 13 convs (3x3, bias) at these indices of `features`, then the classifier.
 TV_CONVS = {0: (64, 3), 2: (64, 64), 5: (128, 64), 7: (128, 128), 10: (256, 128),
             12: (256, 256), 14: (256, 256), 17: (512, 256), 19: (512, 512), 21: (512, 512),
             24: (512, 512), 26: (512, 512), 28: (512, 512)}  # fmt: skip
 TV_CLASSIFIER = {0: (4096, 25088), 3: (4096, 4096), 6: (1000, 4096)}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def torchvision_vgg16_state(generator: torch.Generator) -> dict[str, torch.Tensor]:
@@ -70,7 +64,7 @@ def imagenet_files(tmp_path_factory) -> tuple[dict[str, torch.Tensor], Path, Pat
     tv_path = folder / "vgg16-397923af.pth"
     torch.save(tv, tv_path)
     timm_path = folder / "model.safetensors"
-    safetensors_torch.save_file(timm_layout(tv), str(timm_path))
+    save_file(timm_layout(tv), str(timm_path))
     return tv, tv_path, timm_path
 
 
@@ -205,7 +199,7 @@ def test_refuses_a_file_that_does_not_fit(tmp_path: Path) -> None:
         load_backbone_checkpoint(model, narrow, "torchvision")
     # timm keys read as torchvision: the line says which format the file has.
     timm_keys = tmp_path / "timm.safetensors"
-    safetensors_torch.save_file(_small_vgg_state([r[0] for r in KEY_MAP["timm"]]), str(timm_keys))
+    save_file(_small_vgg_state([r[0] for r in KEY_MAP["timm"]]), str(timm_keys))
     with pytest.raises(CheckpointError, match=r"has the timm layout: set format timm"):
         load_backbone_checkpoint(model, timm_keys, "torchvision")
     # A refused file leaves the model as it was.

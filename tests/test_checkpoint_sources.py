@@ -124,6 +124,9 @@ def test_refusals_name_the_key(params, tmp_path):
     validate_params(p, "params.yaml", datasets=[])  # a checkpoint may be the primary source
     p["comparison"]["primary"]["source"] = "nowhere"
     refused(p, "comparison.primary.source", "'nowhere'")
+    p = copy.deepcopy(params)
+    p["sources"] = [{"checkpoint": p["checkpoints"]["imagenet"]["path"], "format": "torchvision"}]
+    refused(p, "sources must be a list of datasets", "`checkpoints:`", "compare_imagenet.md")
     with pytest.raises(ConfigError, match=r"unknown checkpoint 'other'.*\['imagenet'\]"):
         checkpoint_entry(params, "other")
 

@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from dsod_core.data.store import StoreReader
-from dsod_core.errors import DataError
+from dsod_core.errors import CheckpointError, DataError
 from pipelines.evaluate import evaluate_run
 from pipelines.prepare import prepare
 from tests.detect_helpers import ROOT, train_demo_model
@@ -58,3 +58,30 @@ def test_evaluate_does_not_list_the_raw_data(rgb, tmp_path):
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     metrics = evaluate_run(dm.run, store, tmp_path / "report", params)
     assert metrics["split"] == "test" and (tmp_path / "report/matches.npz").is_file()
+
+
+def test_study_flag_skips_run_folders_the_params_no_longer_call_for(tmp_path, capsys):
+    """``--study``: a run folder left by an earlier ``train_fractions`` (scratch-f0.5) or
+    source is named and skipped; the study's own runs are all kept."""
+    from pipelines.evaluate import run_dirs, study_runs
+
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["train_fractions"] = [1.0]
+    params["sources"] = ["rgb_demo"]
+    root = tmp_path / "models" / "depth_demo"
+    names = ["scratch-f1.0", "finetuned-rgb_demo-f1.0", "matched-rgb_demo-f1.0"]
+    for name in [*names, "scratch-f0.5", "finetuned-gone-f1.0"]:
+        for seed in (0, 1):
+            run = root / name / f"seed-{seed}"
+            run.mkdir(parents=True)
+            (run / "config.json").write_text("{}")
+            (run / "model.pt").write_bytes(b"")
+    kept = study_runs(root, run_dirs(root), params)
+    assert sorted({p.parent.name for p in kept}) == sorted(names)
+    assert len(kept) == 2 * len(names)
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 2 and all("not a run of the params' study" in line for line in err)
+    assert "scratch-f0.5 (2 run(s))" in err[1] and "finetuned-gone-f1.0" in err[0]
+    params["targets"], params["train_fractions"] = ["depth_demo"], [0.25]
+    with pytest.raises(CheckpointError, match="none of the study's runs"):
+        study_runs(root, run_dirs(root), params)

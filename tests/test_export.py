@@ -15,19 +15,10 @@ from dsod_core.model import DSOD, build_model
 
 # torch 2.13 flags the TorchScript exporter, which export_onnx picks on purpose (see export.py).
 pytestmark = [
+    pytest.mark.usefixtures("one_intra_op_thread"),
     pytest.mark.filterwarnings("ignore:The feature will be removed:DeprecationWarning"),
     pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript:DeprecationWarning"),
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    # The test machine's 2 cores are shared with other jobs; there, two intra-op threads
-    # spin-wait on each other and these tests ran 3x slower in wall time than with one.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _randomise_bn_statistics(model: DSOD, seed: int) -> None:

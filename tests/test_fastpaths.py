@@ -27,18 +27,10 @@ from dsod_core.runners import eager_runner, onnx_runner
 from tests.synthetic import write_synthetic_store
 
 pytestmark = [
+    pytest.mark.usefixtures("one_intra_op_thread"),
     pytest.mark.filterwarnings("ignore:The feature will be removed:DeprecationWarning"),
     pytest.mark.filterwarnings("ignore:You are using the legacy TorchScript:DeprecationWarning"),
 ]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    # Two threads on the shared 2-core machine spin-wait on each other (see test_export.py).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _randomise_bn(model: nn.Module, seed: int) -> None:

@@ -45,8 +45,11 @@ def write_slice(
     intercept: float = -1024.0,
     instance: int = 1,
     rle: bool = False,
+    patient: str | None = "anon",
+    study: str | None = "1.2.826.0.1.3680043.8.498.1",
 ) -> None:
-    """One CT Image Storage file, explicit VR little endian (RLE Lossless if ``rle``)."""
+    """One CT Image Storage file, explicit VR little endian (RLE Lossless if ``rle``);
+    ``patient`` / ``study`` None leave PatientID / StudyInstanceUID out."""
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = CTImageStorage
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -55,8 +58,10 @@ def write_slice(
     ds.SOPClassUID = CTImageStorage
     ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
     ds.Modality = "CT"
-    ds.PatientID = "anon"
-    ds.StudyInstanceUID = "1.2.826.0.1.3680043.8.498.1"
+    if patient is not None:
+        ds.PatientID = patient
+    if study is not None:
+        ds.StudyInstanceUID = study
     ds.SeriesInstanceUID = series
     ds.InstanceNumber = instance
     ds.Rows, ds.Columns = stored.shape

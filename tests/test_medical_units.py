@@ -17,42 +17,17 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
-from pydicom.dataset import FileDataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from dsod_core.errors import ConfigError, DataError
 from modalities.base import PrepareLog, assign_split
 from modalities.medical import MedicalAdapter
 from pipelines.prepare import prepare
+from tests.test_medical_formats import write_slice
 
 DATA = Path(__file__).parent / "data" / "medical_real"
 HASH = {"val_fraction": 0.3, "test_fraction": 0.3, "slice_context": 0}
 N_PATIENTS = 24
-
-
-def _dicom_slice(path: Path, series: str, z: float, patient: str | None, study: str | None):
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(str(path), {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID = CTImageStorage
-    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
-    ds.Modality = "CT"
-    if patient is not None:
-        ds.PatientID = patient
-    if study is not None:
-        ds.StudyInstanceUID = study
-    ds.SeriesInstanceUID = series
-    ds.Rows, ds.Columns = 3, 3
-    ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-    ds.ImageOrientationPatient = ["1", "0", "0", "0", "1", "0"]
-    ds.ImagePositionPatient = ["0", "0", f"{z:g}"]
-    ds.PixelSpacing = ["1", "1"]
-    ds.PixelData = np.full((3, 3), 1000, "<u2").tobytes()
-    ds.save_as(path, enforce_file_format=True)
 
 
 def _series(folder: Path, patient: str | None, study: str | None = None) -> str:
@@ -60,7 +35,15 @@ def _series(folder: Path, patient: str | None, study: str | None = None) -> str:
     folder.mkdir(parents=True)
     uid = generate_uid()
     for s in range(2):
-        _dicom_slice(folder / f"IM{s}.dcm", uid, 2.0 * s, patient, study)
+        write_slice(
+            folder / f"IM{s}.dcm",
+            np.full((3, 3), 1000, np.uint16),
+            series=uid,
+            position=(0.0, 0.0, 2.0 * s),
+            spacing=(1.0, 1.0),
+            patient=patient,
+            study=study,
+        )
     return uid
 
 

@@ -21,15 +21,7 @@ from dsod_core.model.head import L2Norm
 from dsod_core.model.registry import variant_config
 from dsod_core.model.summary import count_learnable, main, summarize
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_intra_op_thread():
-    # The test machine's 2 cores are shared with other jobs; there, two intra-op threads
-    # spin-wait on each other and these tests ran 3x slower in wall time than with one.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_intra_op_thread")
 
 
 # ---------------------------------------------------------------- independent references

@@ -59,25 +59,30 @@ def tiny_params() -> dict:
     return params
 
 
-@pytest.fixture(scope="module")
-def repo(tmp_path_factory):
-    repo = tmp_path_factory.mktemp("pipeline")
+def pipeline_repo(repo: Path, params: dict, message: str) -> subprocess.CompletedProcess:
+    """``repo``: a git + DVC repository with this project's code, dvc.yaml and ``params``,
+    committed; returns its first ``dvc repro``."""
     for name in ("dsod_core", "modalities", "pipelines"):
         shutil.copytree(
             ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
         )
     for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
         shutil.copy(ROOT / name, repo / name)
-    (repo / "params.yaml").write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     _run(["git", "init", "-q"], repo)
     _run(["git", "config", "user.email", "ci@example.invalid"], repo)
     _run(["git", "config", "user.name", "ci"], repo)
     _run(["dvc", "init", "-q"], repo)
     _run(["dvc", "config", "core.analytics", "false"], repo)
     _run(["git", "add", "-A"], repo)
-    _run(["git", "commit", "-qm", "tiny pipeline"], repo)
-    first = _run(["dvc", "repro"], repo)
-    return repo, first
+    _run(["git", "commit", "-qm", message], repo)
+    return _run(["dvc", "repro"], repo)
+
+
+@pytest.fixture(scope="module")
+def repo(tmp_path_factory):
+    repo = tmp_path_factory.mktemp("pipeline")
+    return repo, pipeline_repo(repo, tiny_params(), "tiny pipeline")
 
 
 def _is_number(v) -> bool:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ import torch
 import yaml
 
 from tests.test_checkpoint_sources import IMAGENET_PASSES, write_imagenet
-from tests.test_pipeline import ROOT, _run
+from tests.test_pipeline import ROOT, _run, pipeline_repo
 
 pytestmark = pytest.mark.slow
 TARGET = "medical_demo"
@@ -59,21 +58,7 @@ def mixed_params(checkpoint: Path) -> dict:
 def repo(tmp_path_factory):
     checkpoint = write_imagenet(tmp_path_factory.mktemp("weights") / "vgg16-397923af.pth")
     repo = tmp_path_factory.mktemp("pipeline_checkpoint")
-    for name in ("dsod_core", "modalities", "pipelines"):
-        shutil.copytree(
-            ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
-        )
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(ROOT / name, repo / name)
-    (repo / "params.yaml").write_text(yaml.safe_dump(mixed_params(checkpoint), sort_keys=False))
-    _run(["git", "init", "-q"], repo)
-    _run(["git", "config", "user.email", "ci@example.invalid"], repo)
-    _run(["git", "config", "user.name", "ci"], repo)
-    _run(["dvc", "init", "-q"], repo)
-    _run(["dvc", "config", "core.analytics", "false"], repo)
-    _run(["git", "add", "-A"], repo)
-    _run(["git", "commit", "-qm", "mixed sources"], repo)
-    first = _run(["dvc", "repro"], repo)
+    first = pipeline_repo(repo, mixed_params(checkpoint), "mixed sources")
     return repo, first, checkpoint
 
 
