@@ -47,6 +47,8 @@ FORMATS = ("torchvision", "timm")
 FC_DECIMATION = 4  # 4096 → 1024 outputs (and fc7 inputs)
 FC6_TAPS = (0, 3, 6)  # of the 7×7 fc6 window, spaced like a 3×3 kernel of dilation 3 (×2)
 _IMAGENET_FC = 4096
+WRAPPERS = ("state_dict", "model")
+PREFIXES = ("module.", "_orig_mod.")
 _VGG16_WIDTHS = (64, 64, 128, 128, 256, 256, 256, 512, 512, 512, 512, 512, 512)
 
 
@@ -118,8 +120,10 @@ def decimate_fc7(weight: torch.Tensor) -> torch.Tensor:
 
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The tensors of ``path``: safetensors (no pickle) by its ``.safetensors`` suffix, else a
-    ``torch.save`` state dict loaded with ``weights_only=True`` (a ``{"state_dict": ...}``
-    wrapper is opened). ``CheckpointError`` naming the file otherwise."""
+    ``torch.save`` state dict loaded with ``weights_only=True``. A ``{"state_dict": ...}`` or
+    ``{"model": ...}`` wrapper is opened and a ``module.`` / ``_orig_mod.`` prefix on every
+    key (a model saved under DistributedDataParallel / torch.compile) is removed, as timm's
+    checkpoint loader does. ``CheckpointError`` naming the file otherwise."""
     path = Path(path)
     if path.suffix == ".safetensors":
         if not path.is_file():
@@ -138,9 +142,14 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             reason = f"corrupt or unreadable safetensors file ({first})"
             raise CheckpointError(reason, path=path) from exc
     state = load_checkpoint(path)
-    inner = state.get("state_dict")
-    if isinstance(inner, dict):
-        state = inner
+    for wrapper in WRAPPERS:  # a training checkpoint around the state dict
+        inner = state.get(wrapper)
+        if isinstance(inner, dict):
+            state = inner
+            break
+    for prefix in PREFIXES:  # DistributedDataParallel / torch.compile wrap every key
+        if state and all(str(k).startswith(prefix) for k in state):
+            state = {str(k)[len(prefix) :]: v for k, v in state.items()}
     bad = sorted(str(k) for k, v in state.items() if not isinstance(v, torch.Tensor))
     if bad:
         raise CheckpointError(
@@ -158,6 +167,11 @@ def _check_source(state: dict[str, torch.Tensor], fmt: Format, path: Path) -> No
             (f for f in FORMATS if f != fmt and all(row[0] in state for row in KEY_MAP[f])), None
         )
         hint = f"; the file has the {other} layout: set format {other}" if other else ""
+        if any(str(k).endswith("running_mean") for k in state):
+            hint += (
+                "; it holds BatchNorm statistics (a vgg16_bn?): SSD300's trunk is the plain "
+                "VGG16, use the vgg16 file without BatchNorm"
+            )
         found = ", ".join(sorted(state)[:3]) or "no tensors"
         raise CheckpointError(
             f"not a {fmt} ImageNet VGG16 checkpoint: {len(missing)} of its {len(shapes)} keys "

@@ -235,3 +235,36 @@ def test_refuses_a_dsod_model_unsafe_pickles_and_bad_files(tmp_path: Path) -> No
 
 class _Arbitrary:
     """A Python object a weights-only load must not unpickle."""
+
+
+def test_training_wrappers_and_prefixes_are_opened_and_a_vgg16_bn_is_named(tmp_path: Path):
+    """A VGG16 saved inside a training checkpoint ({"model": ...}) under DistributedDataParallel
+    (every key "module.") or torch.compile ("_orig_mod.") loads as the bare file does; a
+    vgg16_bn file (BatchNorm layers shift the feature indices) is refused saying so."""
+    from tests.test_checkpoint_sources import imagenet_vgg16
+
+    state = imagenet_vgg16("torchvision", seed=3)
+    bare = tmp_path / "vgg16.pth"
+    torch.save(state, bare)
+    reference = build_model("ssd300_vgg16_dense", in_channels=2, num_classes=2, input_size=64)
+    expected_report = load_backbone_checkpoint(reference, bare, "torchvision")
+    for prefix, wrapper in (("module.", "model"), ("_orig_mod.", "state_dict")):
+        path = tmp_path / f"{wrapper}.pth"
+        torch.save({wrapper: {prefix + k: v for k, v in state.items()}, "epoch": 90}, path)
+        model = build_model("ssd300_vgg16_dense", in_channels=2, num_classes=2, input_size=64)
+        assert load_backbone_checkpoint(model, path, "torchvision") == expected_report
+        got, want = model.backbone.state_dict(), reference.backbone.state_dict()
+        assert all(torch.equal(got[k], want[k]) for k in want)
+    # torchvision's vgg16_bn: conv at 0, 3, 7, ... with a BatchNorm after each
+    bn_state, channels = {}, 3
+    bn_convs = (0, 3, 7, 10, 14, 17, 20, 24, 27, 30, 34, 37, 40)
+    for index, (width, _) in zip(bn_convs, TV_CONVS.values(), strict=True):
+        bn_state[f"features.{index}.weight"] = torch.zeros(width, channels, 3, 3)
+        for kind in ("weight", "bias", "running_mean", "running_var"):
+            bn_state[f"features.{index + 1}.{kind}"] = torch.zeros(width)
+        channels = width
+    bn = tmp_path / "vgg16_bn-6c64b313.pth"
+    torch.save(bn_state, bn)
+    with pytest.raises(CheckpointError, match=r"vgg16_bn-6c64b313\.pth: .*BatchNorm statistics "
+                       r"\(a vgg16_bn\?\).*use the vgg16 file without BatchNorm"):  # fmt: skip
+        load_backbone_checkpoint(reference, bn, "torchvision")
