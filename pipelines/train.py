@@ -52,9 +52,9 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from dsod_core.errors import ConfigError, ProjectError
+from dsod_core.errors import CheckpointError, ConfigError, ProjectError
 from dsod_core.operating_point import calibrate_run, threshold_words
-from pipelines._common import load_params, stage_main
+from pipelines._common import load_params, stage_main, write_json
 from pipelines.params import (
     build_config,
     checkpoint_entry,
@@ -192,11 +192,8 @@ REFERENCE = "checkpoint.json"  # in models/pretrain/<name>/ of a checkpoint sour
 
 
 def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def checkpoint_reference(init_weights: str | None) -> dict[str, Any] | None:
@@ -227,9 +224,9 @@ def write_reference(args: argparse.Namespace, params: dict[str, Any]) -> None:
     out_dir = Path(args.out_dir)
     shutil.rmtree(out_dir, ignore_errors=True)
     out_dir.mkdir(parents=True)
-    (out_dir / REFERENCE).write_text(json.dumps(reference, indent=2) + "\n")
+    write_json(out_dir / REFERENCE, reference)
     budget = {"image_passes": entry.image_passes, "declared": True}
-    (out_dir / "history.json").write_text(json.dumps({"budget": budget}, indent=2) + "\n")
+    write_json(out_dir / "history.json", {"budget": budget})
     print(
         f"checkpoint {args.dataset}: {entry.format} ImageNet VGG16 {entry.path} "
         f"(sha256 {reference['sha256'][:12]}, {entry.image_passes:,} image passes declared)"
@@ -237,20 +234,13 @@ def write_reference(args: argparse.Namespace, params: dict[str, Any]) -> None:
 
 
 def check_reference(reference: dict[str, Any], params: dict[str, Any], source: str) -> None:
-    """Before a fine-tuned run from a checkpoint source touches its folder: the model has a
-    VGG16 trunk and the file is the one the reference stage checked."""
-    from dsod_core.errors import CheckpointError
-    from dsod_core.model.registry import variant_config
-
-    model = params.get("model") or {}
-    built = variant_config(
-        model.get("variant", "dsod_tiny"), in_channels=1, num_classes=1,
-        input_size=int(model.get("input_size", 300)), **dict(model.get("overrides") or {}),
-    )  # fmt: skip
-    if built.backbone != "vgg16":
+    """Before a fine-tuned run from a checkpoint source touches its folder: the source is one
+    of the params' ``checkpoints`` (so ``validate_params`` has checked that model.variant has
+    a VGG16 trunk) and the file is the one the reference stage checked."""
+    if reference["name"] not in (params.get("checkpoints") or {}):
         raise ConfigError(
-            f"checkpoint source {reference['name']!r} needs a model.variant with backbone vgg16 "
-            f"(ssd300_vgg16, ssd300_vgg16_dense), got {model.get('variant')!r}",
+            f"checkpoint source {reference['name']!r} is not in checkpoints (its entry gives "
+            "the file and the model needs a VGG16 trunk: docs/compare_imagenet.md)",
             path=source,
         )
     path = Path(reference["path"])
@@ -384,8 +374,8 @@ def main(argv: list[str] | None = None) -> int:
     reference = checkpoint_reference(args.init_weights)
     if reference is not None:
         check_reference(reference, params, args.params)
-    for weights in dict.fromkeys(j["init_weights"] for j in jobs if j["init_weights"]):
-        if reference is None:
+    else:  # every source model readable before any run folder is touched
+        for weights in dict.fromkeys(j["init_weights"] for j in jobs if j["init_weights"]):
             load_weights(weights)
     if nested and not args.resume:
         shutil.rmtree(out_dir, ignore_errors=True)

@@ -170,16 +170,21 @@ def test_reference_stage_records_the_file_and_its_declared_budget(params, tmp_pa
     assert train_stage.image_passes(out) == IMAGENET_PASSES
     # a fine-tuned run from it is charged them and starts from the file itself
     args = SimpleNamespace(init="finetuned", init_weights=str(out), match_dir=None)
+    assert json.loads((out / "history.json").read_text())["budget"]["declared"] is True
     budget = train_stage.run_budget(args, study_axes(params), seed=1)
     assert budget["source_model"] == str(file) and budget["source_seed"] is None
     assert budget["source_image_passes"] == IMAGENET_PASSES
     assert (budget["source_kind"], budget["source_format"]) == ("checkpoint", "torchvision")
     with pytest.raises(ConfigError, match="no compute-matched scratch arm"):
         train_stage.run_budget(SimpleNamespace(**{**vars(args), "init": "matched"}), {}, 0)
-    # the pre-training check: the model must have a VGG16 trunk and the file be unchanged
+    # the pre-training check: the source is in the params' checkpoints (whose validation
+    # requires a VGG16 trunk) and the file is unchanged
     train_stage.check_reference(ref, params, "params.yaml")
+    with pytest.raises(ConfigError, match="'imagenet' is not in checkpoints"):
+        train_stage.check_reference(ref, {**params, "checkpoints": {}}, "params.yaml")
+    dsod = {**params, "model": {**params["model"], "variant": "dsod_tiny"}}
     with pytest.raises(ConfigError, match="backbone vgg16"):
-        train_stage.check_reference(ref, {"model": {"variant": "dsod_tiny"}}, "params.yaml")
+        validate_params(dsod, "params.yaml", datasets=[])
     write_imagenet(file, seed=1)
     with pytest.raises(CheckpointError, match="changed since its reference"):
         train_stage.check_reference(ref, params, "params.yaml")
